@@ -1,0 +1,1031 @@
+//! The engine: one thread per workspace that watches, coalesces, reads,
+//! parses, validates, swaps and notifies.
+//!
+//! ```text
+//! inotify / poll ──▶ Coalescer ──ready──▶ read ─▶ fence ─▶ hash ─▶ parse+merge ─▶ validate (all sinks) ─▶ swap ─▶ events
+//! ```
+//!
+//! Everything here runs on the engine's own thread and owns its state; the
+//! rest of the crate talks to it through [`Command`]s. Nothing on this thread
+//! awaits or takes a lock that user code holds, and user code (handlers,
+//! validators aside) never runs here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use globset::GlobMatcher;
+use rustix::event::{PollFd, PollFlags};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::coalesce::{Backoff, Coalescer, Ready, Settings as CoalesceSettings, Signal};
+use crate::error::{ConfigError, ConfigErrorKind, Error};
+use crate::event::{ChangeEvent, ChangeType};
+use crate::handler::{self, DynHandler, HANDLER_QUEUE};
+use crate::paths::{self, ConfigFile, PathFilter};
+use crate::pipeline::{Document, Parsed, Sources};
+use crate::redact::Redactor;
+use crate::stream::{Sink, SinkFactory};
+use crate::watch::{self, AddError, Inotify, Meta, Raw, RawKind};
+use crate::workspace::{HotReloadConfig, Polling};
+
+/// How long a deleted file waits before it is reported, so that a
+/// delete-then-write (vim's backup-and-rename) is one change.
+const DELETE_GRACE: Duration = Duration::from_millis(50);
+
+/// How the engine learns about changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatcherMode {
+    /// Kernel events (inotify): changes are seen as they happen.
+    Events {
+        /// How many directories are watched.
+        watches: usize,
+    },
+    /// Periodic scans, because events are unavailable or were turned off.
+    Polling {
+        /// Why relive polls.
+        reason: String,
+        /// Time between scans.
+        interval: Duration,
+    },
+}
+
+/// Everything the engine needs, resolved from a [`HotReloadConfig`].
+pub(crate) struct Settings {
+    pub root: PathBuf,
+    pub config_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub env: Option<String>,
+    pub filter: PathFilter,
+    pub redactor: Redactor,
+    pub validate: bool,
+    pub backup: bool,
+    pub polling: Polling,
+    pub poll_interval: Duration,
+    pub quiet: Duration,
+    pub write_timeout: Duration,
+    pub watch_limit: Option<usize>,
+}
+
+impl Settings {
+    pub(crate) fn new(
+        root: &Path,
+        config_dir: PathBuf,
+        data_dir: PathBuf,
+        env: Option<String>,
+        c: &HotReloadConfig,
+    ) -> Result<Settings, Error> {
+        Ok(Settings {
+            root: root.to_path_buf(),
+            config_dir,
+            data_dir,
+            env,
+            filter: PathFilter::new(root, &c.watch_patterns, &c.exclude_patterns)?,
+            redactor: Redactor::new(&c.redact_patterns)?,
+            validate: c.validate_before_reload,
+            backup: c.backup_on_change,
+            polling: c.polling,
+            poll_interval: Duration::from_millis(c.poll_interval_ms.max(1)),
+            quiet: Duration::from_millis(c.debounce_ms),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            watch_limit: c.watch_limit,
+        })
+    }
+}
+
+enum Command {
+    Subscribe { name: String, factory: SinkFactory, reply: oneshot::Sender<Result<(), ConfigError>> },
+    AddHandler { name: String, glob: Option<GlobMatcher>, tx: mpsc::Sender<ChangeEvent> },
+    Publish { name: String, docs: Vec<Document>, reply: oneshot::Sender<Result<bool, ConfigError>> },
+    Pause { paused: std::sync::mpsc::SyncSender<()>, resume: std::sync::mpsc::Receiver<()> },
+    Shutdown,
+}
+
+/// The handle side of the engine, shared by the workspace and managers.
+pub(crate) struct Engine {
+    tx: std::sync::mpsc::Sender<Command>,
+    wake: OwnedFd,
+    events: broadcast::Sender<ChangeEvent>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+    mode: Arc<Mutex<WatcherMode>>,
+    root: PathBuf,
+}
+
+/// Keeps the engine paused until dropped. For tests that need the kernel's
+/// event queue to overflow.
+#[doc(hidden)]
+pub struct PauseGuard {
+    _resume: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Engine {
+    /// Starts the engine thread; returns once the first scan is done and
+    /// every change from now on will be seen.
+    pub(crate) async fn start(settings: Settings) -> Result<Arc<Engine>, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_rx, wake) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+                .map_err(|e| Error::Watch(format!("cannot create wake pipe: {e}")))?;
+        let (events, _) = broadcast::channel(1024);
+        let mode = Arc::new(Mutex::new(WatcherMode::Events { watches: 0 }));
+        let (started_tx, started_rx) = oneshot::channel();
+        let root = settings.root.clone();
+        let worker_events = events.clone();
+        let worker_mode = Arc::clone(&mode);
+        let thread = std::thread::Builder::new()
+            .name("relive-engine".into())
+            .spawn(move || match Worker::new(settings, rx, wake_rx, worker_events, worker_mode) {
+                Ok(mut worker) => {
+                    let _ = started_tx.send(Ok(()));
+                    worker.run();
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Watch(format!("cannot start engine thread: {e}")))?;
+        started_rx.await.map_err(|_| Error::Stopped)??;
+        Ok(Arc::new(Engine {
+            tx,
+            wake,
+            events,
+            thread: Mutex::new(Some(thread)),
+            tasks: Mutex::new(Vec::new()),
+            runtime: tokio::runtime::Handle::current(),
+            mode,
+            root,
+        }))
+    }
+
+    fn send(&self, command: Command) -> Result<(), Error> {
+        self.tx.send(command).map_err(|_| Error::Stopped)?;
+        // A full pipe already wakes the engine; any other error means it is
+        // gone, which the next send reports.
+        let _ = rustix::io::write(&self.wake, &[1]);
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(&self, name: &str, factory: SinkFactory) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Subscribe { name: name.to_string(), factory, reply })?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(|error| Error::Config { name: name.to_string(), error })
+    }
+
+    pub(crate) async fn publish(&self, name: &str, docs: Vec<Document>) -> Result<bool, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish { name: name.to_string(), docs, reply })?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(|error| Error::Config { name: name.to_string(), error })
+    }
+
+    pub(crate) fn add_handler(
+        &self,
+        name: String,
+        pattern: Option<&str>,
+        handler: Arc<dyn DynHandler>,
+    ) -> Result<(), Error> {
+        let glob = pattern
+            .map(|p| {
+                globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| Error::Pattern { pattern: p.to_string(), message: e.to_string() })
+            })
+            .transpose()?;
+        let (tx, rx) = mpsc::channel(HANDLER_QUEUE);
+        let task = self.runtime.spawn(handler::run(name.clone(), handler, rx, self.events.clone()));
+        self.tasks.lock().expect("tasks lock").push(task);
+        self.send(Command::AddHandler { name, glob, tx })
+    }
+
+    pub(crate) fn events(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn mode(&self) -> WatcherMode {
+        self.mode.lock().expect("mode lock").clone()
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn pause(&self) -> PauseGuard {
+        let (paused_tx, paused_rx) = std::sync::mpsc::sync_channel(1);
+        let (resume_tx, resume_rx) = std::sync::mpsc::sync_channel(1);
+        if self.send(Command::Pause { paused: paused_tx, resume: resume_rx }).is_ok() {
+            let _ = paused_rx.recv_timeout(Duration::from_secs(10));
+        }
+        PauseGuard { _resume: resume_tx }
+    }
+
+    /// Stops the thread and every handler task; waits for them.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The thread dropped the handlers' queues: each task finishes what
+        // it has, then ends. A handler stuck forever is cut off.
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for mut task in tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Shutdown);
+    }
+}
+
+/// What the engine knows of a tracked file.
+struct Known {
+    hash: u64,
+    meta: Meta,
+    /// The bytes, kept for config files only (for merging, backups and
+    /// error locations).
+    content: Option<Arc<[u8]>>,
+    parsed: Option<Result<Parsed, ConfigError>>,
+    config: Option<ConfigFile>,
+}
+
+#[derive(Default)]
+struct ConfigState {
+    /// The last applied value (unredacted), `None` until one is.
+    value: Option<Arc<Value>>,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Fed by [`HotReloadManager::publish`](crate::HotReloadManager::publish),
+    /// not by files.
+    external: bool,
+}
+
+struct HandlerSlot {
+    name: String,
+    glob: Option<GlobMatcher>,
+    tx: mpsc::Sender<ChangeEvent>,
+}
+
+struct Worker {
+    s: Settings,
+    rx: std::sync::mpsc::Receiver<Command>,
+    wake_rx: OwnedFd,
+    events: broadcast::Sender<ChangeEvent>,
+    mode: Arc<Mutex<WatcherMode>>,
+    inotify: Option<Inotify>,
+    /// When polling: the next scan, and what each file looked like at the
+    /// last one.
+    poll: Option<(Instant, HashMap<PathBuf, Meta>)>,
+    coalescer: Coalescer,
+    known: HashMap<PathBuf, Known>,
+    /// Config name → its files.
+    config_files: BTreeMap<String, BTreeSet<PathBuf>>,
+    configs: HashMap<String, ConfigState>,
+    handlers: Vec<HandlerSlot>,
+    raw: Vec<Raw>,
+    recheck: BTreeSet<PathBuf>,
+    stop: bool,
+}
+
+impl Worker {
+    fn new(
+        s: Settings,
+        rx: std::sync::mpsc::Receiver<Command>,
+        wake_rx: OwnedFd,
+        events: broadcast::Sender<ChangeEvent>,
+        mode: Arc<Mutex<WatcherMode>>,
+    ) -> Result<Worker, Error> {
+        if !s.root.is_dir() {
+            return Err(Error::io(
+                &s.root,
+                io::Error::new(io::ErrorKind::NotFound, "workspace root is not a directory"),
+            ));
+        }
+        let coalescer = Coalescer::new(coalesce_settings(&s, false));
+        let mut worker = Worker {
+            s,
+            rx,
+            wake_rx,
+            events,
+            mode,
+            inotify: None,
+            poll: None,
+            coalescer,
+            known: HashMap::new(),
+            config_files: BTreeMap::new(),
+            configs: HashMap::new(),
+            handlers: Vec::new(),
+            raw: Vec::new(),
+            recheck: BTreeSet::new(),
+            stop: false,
+        };
+        worker.start_backend()?;
+        worker.initial_scan();
+        Ok(worker)
+    }
+
+    /// Chooses inotify or polling, and sets up watches before the first scan
+    /// so that nothing written during the scan is missed.
+    fn start_backend(&mut self) -> Result<(), Error> {
+        match self.s.polling {
+            Polling::Always => {
+                self.enter_polling("polling was requested".to_string());
+                return Ok(());
+            }
+            Polling::Auto => {
+                if let Some(fs) = watch::eventless_filesystem(&self.s.root) {
+                    self.enter_polling(format!(
+                        "{} is on a {fs} filesystem, which reports no changes made by other machines",
+                        self.s.root.display()
+                    ));
+                    return Ok(());
+                }
+            }
+            Polling::Never => {}
+        }
+        let mut inotify = Inotify::new(self.s.watch_limit).map_err(|e| Error::Watch(format!("inotify: {e}")))?;
+        match inotify.watch_tree(&self.s.root, &self.s.filter) {
+            Ok(_) => {
+                *self.mode.lock().expect("mode lock") = WatcherMode::Events { watches: inotify.watch_count() };
+                metrics::gauge!("relive_watches").set(inotify.watch_count() as f64);
+                self.inotify = Some(inotify);
+                Ok(())
+            }
+            Err(AddError::Limit(reason)) if self.s.polling != Polling::Never => {
+                self.enter_polling(reason);
+                Ok(())
+            }
+            Err(AddError::Limit(reason)) => Err(Error::Watch(reason)),
+            Err(AddError::Io(e)) => Err(Error::io(&self.s.root, e)),
+        }
+    }
+
+    fn enter_polling(&mut self, reason: String) {
+        tracing::warn!(
+            root = %self.s.root.display(),
+            %reason,
+            interval_ms = self.s.poll_interval.as_millis() as u64,
+            "relive falls back to polling: changes are seen at the next scan, and a file still being written may be read once it has been quiet for debounce_ms"
+        );
+        metrics::counter!("relive_polling_fallbacks_total").increment(1);
+        self.inotify = None;
+        let baseline = watch::scan(&self.s.root, &self.s.filter).into_iter().collect();
+        self.poll = Some((Instant::now() + self.s.poll_interval, baseline));
+        self.coalescer = Coalescer::new(coalesce_settings(&self.s, true));
+        *self.mode.lock().expect("mode lock") = WatcherMode::Polling { reason, interval: self.s.poll_interval };
+    }
+
+    fn initial_scan(&mut self) {
+        for (path, _) in watch::scan(&self.s.root, &self.s.filter) {
+            match read_file(&path) {
+                Ok((bytes, meta)) => {
+                    let mut ignored = Vec::new();
+                    self.store(&path, bytes, meta, None, &mut ignored, &mut BTreeMap::new());
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read file"),
+            }
+        }
+        let names: Vec<String> = self.config_files.keys().cloned().collect();
+        let now = Instant::now();
+        for name in names {
+            let mut out = Vec::new();
+            self.reload(&name, now, &mut out);
+        }
+    }
+
+    fn run(&mut self) {
+        while !self.stop {
+            let now = Instant::now();
+            let deadline = match (self.coalescer.next_deadline(), self.poll.as_ref().map(|p| p.0)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.wait(deadline.map(|d| d.saturating_duration_since(now)));
+            self.drain_wake();
+            while let Ok(command) = self.rx.try_recv() {
+                self.command(command);
+                if self.stop {
+                    return;
+                }
+            }
+            self.read_events();
+            if self.poll.as_ref().is_some_and(|p| p.0 <= Instant::now()) {
+                self.poll_scan();
+            }
+            let ready = self.coalescer.take_ready(Instant::now());
+            if !ready.is_empty() {
+                self.process(ready);
+            }
+        }
+    }
+
+    /// Sleeps until an event, a command or `timeout`. With nothing pending
+    /// and no polling, that is until an event or command: an idle engine
+    /// uses no CPU.
+    fn wait(&self, timeout: Option<Duration>) {
+        let timespec = timeout.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 })
+        });
+        let mut fds = Vec::with_capacity(2);
+        fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
+        if let Some(inotify) = &self.inotify {
+            fds.push(PollFd::from_borrowed_fd(inotify.fd(), PollFlags::IN));
+        }
+        // EINTR and friends just mean "look again".
+        let _ = rustix::event::poll(&mut fds, timespec.as_ref());
+    }
+
+    fn drain_wake(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(rustix::io::read(self.wake_rx.as_fd(), &mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { name, factory, reply } => {
+                let result = self.subscribe(&name, factory);
+                let _ = reply.send(result);
+            }
+            Command::AddHandler { name, glob, tx } => self.handlers.push(HandlerSlot { name, glob, tx }),
+            Command::Publish { name, docs, reply } => {
+                let result = self.publish(&name, docs);
+                let _ = reply.send(result);
+            }
+            Command::Pause { paused, resume } => {
+                let _ = paused.send(());
+                // Returns when the guard is dropped.
+                let _ = resume.recv();
+            }
+            Command::Shutdown => self.stop = true,
+        }
+    }
+
+    /// Reads every pending kernel event into the coalescer, without blocking.
+    fn read_events(&mut self) {
+        let Some(inotify) = &mut self.inotify else { return };
+        self.raw.clear();
+        if let Err(e) = inotify.read(&mut self.raw) {
+            tracing::error!(error = %e, "reading inotify events failed");
+            return;
+        }
+        if self.raw.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let raws = std::mem::take(&mut self.raw);
+        let mut moves: HashMap<u32, PathBuf> = HashMap::new();
+        let mut overflow = false;
+        for raw in &raws {
+            let Raw::Path { path, kind, is_dir, cookie } = raw else {
+                overflow = true;
+                continue;
+            };
+            let tracked = self.s.filter.is_tracked(path);
+            match kind {
+                RawKind::Modify if tracked => self.coalescer.observe(path, Signal::Modified, now),
+                RawKind::CloseWrite if tracked => self.coalescer.observe(path, Signal::Closed, now),
+                RawKind::Attrib if tracked => self.coalescer.observe(path, Signal::Touched, now),
+                RawKind::Create => self.arrived(path, *is_dir, None, false, now),
+                RawKind::MovedTo => {
+                    let from = moves.remove(cookie);
+                    self.arrived(path, *is_dir, from, true, now);
+                }
+                RawKind::Delete => self.removed(path, *is_dir, now),
+                RawKind::MovedFrom => {
+                    moves.insert(*cookie, path.clone());
+                    self.removed(path, *is_dir, now);
+                }
+                RawKind::SelfGone => {
+                    if let Some(inotify) = &mut self.inotify {
+                        inotify.forget_tree(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.raw = raws;
+        if overflow {
+            self.rescan("overflow");
+        }
+        self.flush_rechecks(now);
+    }
+
+    /// A new entry at `path`: created, or renamed into place.
+    fn arrived(&mut self, path: &Path, is_dir: bool, from: Option<PathBuf>, moved: bool, now: Instant) {
+        if let Some(parent) = path.parent() {
+            // A directory or symlink appearing may re-point symlinks next to
+            // it: Kubernetes swaps `..data` this way.
+            let link = fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+            if is_dir || link || !self.s.filter.is_tracked(path) {
+                self.recheck.insert(parent.to_path_buf());
+            }
+        }
+        if is_dir {
+            self.watch_new_dir(path, now);
+            return;
+        }
+        if !self.s.filter.is_tracked(path) {
+            return;
+        }
+        let signal = if moved {
+            Signal::MovedIn { from: from.filter(|f| self.s.filter.is_tracked(f)) }
+        } else {
+            // A symlink or hard link is whole at once; a file created by
+            // open(O_CREAT) is complete only when its writer closes it.
+            let whole = fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+            Signal::Created { complete: whole }
+        };
+        self.coalescer.observe(path, signal, now);
+    }
+
+    fn removed(&mut self, path: &Path, is_dir: bool, now: Instant) {
+        if let Some(parent) = path.parent() {
+            if is_dir || !self.s.filter.is_tracked(path) {
+                self.recheck.insert(parent.to_path_buf());
+            }
+        }
+        if is_dir {
+            if let Some(inotify) = &mut self.inotify {
+                inotify.forget_tree(path);
+            }
+            let gone: Vec<PathBuf> = self.known.keys().filter(|p| p.starts_with(path)).cloned().collect();
+            for p in gone {
+                self.coalescer.observe(&p, Signal::Removed, now);
+            }
+        } else if self.known.contains_key(path) || self.s.filter.is_tracked(path) {
+            self.coalescer.observe(path, Signal::Removed, now);
+        }
+    }
+
+    fn watch_new_dir(&mut self, dir: &Path, now: Instant) {
+        if let Some(inotify) = &mut self.inotify {
+            match inotify.watch_tree(dir, &self.s.filter) {
+                Ok(_) => {
+                    let count = inotify.watch_count();
+                    *self.mode.lock().expect("mode lock") = WatcherMode::Events { watches: count };
+                    metrics::gauge!("relive_watches").set(count as f64);
+                }
+                Err(AddError::Limit(reason)) => {
+                    if self.s.polling == Polling::Never {
+                        tracing::error!(%reason, dir = %dir.display(), "cannot watch new directory; its changes will be missed");
+                    } else {
+                        self.enter_polling(reason);
+                        return;
+                    }
+                }
+                Err(AddError::Io(_)) => {}
+            }
+        }
+        // Files may have been written into it before the watch existed.
+        let sub = PathFilter::clone(&self.s.filter);
+        for (file, _) in watch::scan(dir, &sub) {
+            self.coalescer.observe(&file, Signal::Created { complete: true }, now);
+        }
+    }
+
+    /// Re-reads the tracked symlinks in directories where a directory or
+    /// symlink changed: their targets may have moved.
+    fn flush_rechecks(&mut self, now: Instant) {
+        for dir in std::mem::take(&mut self.recheck) {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_symlink()) && self.s.filter.is_tracked(&path) {
+                    self.coalescer.observe(&path, Signal::Touched, now);
+                }
+            }
+        }
+    }
+
+    /// After lost events: compare the whole tree with what we know.
+    fn rescan(&mut self, reason: &'static str) {
+        tracing::warn!(root = %self.s.root.display(), reason, "rescanning the workspace");
+        metrics::counter!("relive_rescans_total", "reason" => reason).increment(1);
+        let now = Instant::now();
+        if let Some(inotify) = &mut self.inotify {
+            if let Err(AddError::Limit(reason)) = inotify.watch_tree(&self.s.root, &self.s.filter) {
+                self.enter_polling(reason);
+            }
+        }
+        let found = watch::scan(&self.s.root, &self.s.filter);
+        let present: BTreeSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
+        let gone: Vec<PathBuf> = self.known.keys().filter(|p| !present.contains(p)).cloned().collect();
+        for path in gone {
+            self.coalescer.observe(&path, Signal::Removed, now);
+        }
+        for (path, meta) in &found {
+            if self.known.get(path).is_none_or(|k| k.meta != *meta) {
+                self.coalescer.observe(path, Signal::Touched, now);
+            }
+        }
+    }
+
+    fn poll_scan(&mut self) {
+        let now = Instant::now();
+        let Some((next, seen)) = &mut self.poll else { return };
+        *next = now + self.s.poll_interval;
+        let found: HashMap<PathBuf, Meta> = watch::scan(&self.s.root, &self.s.filter).into_iter().collect();
+        let mut signals = Vec::new();
+        for (path, meta) in &found {
+            match seen.get(path) {
+                Some(old) if old == meta => {}
+                Some(_) => signals.push((path.clone(), Signal::Modified)),
+                None => signals.push((path.clone(), Signal::Created { complete: false })),
+            }
+        }
+        for path in seen.keys() {
+            if !found.contains_key(path) {
+                signals.push((path.clone(), Signal::Removed));
+            }
+        }
+        *seen = found;
+        for (path, signal) in signals {
+            self.coalescer.observe(&path, signal, now);
+        }
+    }
+
+    /// Drains the kernel queue after reading files. Events are queued by the
+    /// kernel inside the writer's system call, so a write that overlapped a
+    /// read is in the queue by now; its path then has a pending entry and
+    /// the read is discarded.
+    fn fence(&mut self) {
+        if self.inotify.is_some() {
+            self.read_events();
+        }
+    }
+
+    fn process(&mut self, ready: Vec<Ready>) {
+        let reads: Vec<(Ready, io::Result<(Vec<u8>, Meta)>)> = ready
+            .into_iter()
+            .map(|r| {
+                let result = read_file(&r.path);
+                (r, result)
+            })
+            .collect();
+        self.fence();
+        let now = Instant::now();
+        let mut file_events = Vec::new();
+        let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
+        for (ready, result) in reads {
+            if self.coalescer.is_pending(&ready.path) {
+                continue;
+            }
+            match result {
+                Ok((bytes, meta)) => {
+                    self.store(&ready.path, bytes, meta, Some(&ready), &mut file_events, &mut dirty);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(old) = self.known.remove(&ready.path) {
+                        if let Some(cf) = &old.config {
+                            self.unindex(&cf.name, &ready.path);
+                            dirty.entry(cf.name.clone()).or_insert(ready.first_seen);
+                        }
+                        self.backup(&ready.path, &old);
+                        file_events.push(ChangeEvent::FileChanged {
+                            path: ready.path.clone(),
+                            change_type: ChangeType::Deleted,
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now) {
+                        tracing::warn!(path = %ready.path.display(), error = %e, attempts = ready.attempt + 1, "giving up reading file");
+                        file_events.push(ChangeEvent::ReadFailed { path: ready.path.clone(), error: e.to_string() });
+                        if let Some(cf) = paths::config_file(&self.s.config_dir, &ready.path) {
+                            let error = ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}"))
+                                .with_file(&ready.path);
+                            file_events.push(self.rejected(&cf.name, error));
+                        }
+                    }
+                }
+            }
+        }
+        let mut config_events = Vec::new();
+        for (name, first_seen) in dirty {
+            self.reload(&name, first_seen, &mut config_events);
+        }
+        for event in file_events.into_iter().chain(config_events) {
+            self.emit(event);
+        }
+    }
+
+    /// Records a file's new content; reports what kind of change it was.
+    fn store(
+        &mut self,
+        path: &Path,
+        bytes: Vec<u8>,
+        meta: Meta,
+        ready: Option<&Ready>,
+        events: &mut Vec<ChangeEvent>,
+        dirty: &mut BTreeMap<String, Instant>,
+    ) {
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+        let first_seen = ready.map_or_else(Instant::now, |r| r.first_seen);
+        let change = match self.known.get_mut(path) {
+            Some(known) if known.hash == hash => {
+                // Same bytes (a no-op save, a touch): nothing to deliver.
+                known.meta = meta;
+                return;
+            }
+            Some(_) => ChangeType::Modified,
+            None => match ready.and_then(|r| r.moved_from.clone()) {
+                Some(from) if self.known.contains_key(&from) && fs::symlink_metadata(&from).is_err() => {
+                    if let Some(old) = self.known.remove(&from) {
+                        if let Some(cf) = old.config {
+                            self.unindex(&cf.name, &from);
+                            dirty.entry(cf.name).or_insert(first_seen);
+                        }
+                    }
+                    ChangeType::Renamed { from }
+                }
+                _ => ChangeType::Created,
+            },
+        };
+        let config = paths::config_file(&self.s.config_dir, path);
+        if change == ChangeType::Modified {
+            if let Some(old) = self.known.get(path) {
+                self.backup(path, old);
+            }
+        }
+        if let Some(cf) = &config {
+            self.config_files.entry(cf.name.clone()).or_default().insert(path.to_path_buf());
+            dirty.entry(cf.name.clone()).or_insert(first_seen);
+        }
+        let content: Option<Arc<[u8]>> = config.as_ref().map(|_| bytes.into());
+        self.known.insert(path.to_path_buf(), Known { hash, meta, content, parsed: None, config });
+        if ready.is_some() {
+            events.push(ChangeEvent::FileChanged { path: path.to_path_buf(), change_type: change });
+        }
+    }
+
+    fn unindex(&mut self, name: &str, path: &Path) {
+        if let Some(files) = self.config_files.get_mut(name) {
+            files.remove(path);
+            if files.is_empty() {
+                self.config_files.remove(name);
+            }
+        }
+    }
+
+    /// `backup_on_change`: keeps the previous content of a config file as
+    /// `data/backups/configs/<timestamp>_<file name>`.
+    fn backup(&self, path: &Path, old: &Known) {
+        let (true, Some(content), Some(name)) = (self.s.backup, &old.content, path.file_name()) else { return };
+        let dir = self.s.data_dir.join("backups").join("configs");
+        let stamp: String = humantime::format_rfc3339_micros(SystemTime::now())
+            .to_string()
+            .chars()
+            .filter_map(|c| match c {
+                '0'..='9' => Some(c),
+                'T' | '.' => Some('_'),
+                _ => None,
+            })
+            .collect();
+        let target = dir.join(format!("{stamp}_{}", name.to_string_lossy()));
+        if let Err(e) = fs::create_dir_all(&dir).and_then(|()| fs::write(&target, content)) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot write config backup");
+        }
+    }
+
+    /// The documents of config `name` from files: the base, then the
+    /// overlay for the current environment.
+    fn sources(&mut self, name: &str) -> Result<Sources, ConfigError> {
+        let files: Vec<PathBuf> = self.config_files.get(name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
+        let mut base = Vec::new();
+        let mut overlay = Vec::new();
+        for path in files {
+            let Some(cf) = self.known.get(&path).and_then(|k| k.config.as_ref()) else { continue };
+            match &cf.env {
+                None => base.push(path),
+                Some(env) if Some(env) == self.s.env.as_ref() => overlay.push(path),
+                Some(_) => {}
+            }
+        }
+        for (role, list) in [("base file", &base), ("overlay", &overlay)] {
+            if list.len() > 1 {
+                let names: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+                return Err(ConfigError::new(
+                    ConfigErrorKind::Ambiguous,
+                    format!("config `{name}` has more than one {role}: {}; keep one", names.join(", ")),
+                )
+                .with_file(&list[1]));
+            }
+        }
+        if base.is_empty() && overlay.is_empty() {
+            return Err(ConfigError::new(
+                ConfigErrorKind::Missing,
+                format!("no file for config `{name}` in {}", self.s.config_dir.display()),
+            ));
+        }
+        let mut docs = Vec::new();
+        for path in base.into_iter().chain(overlay) {
+            let known = self.known.get_mut(&path).expect("indexed files are known");
+            let parsed = known.parsed.get_or_insert_with(|| {
+                let cf = known.config.as_ref().expect("config file");
+                let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
+                Parsed::parse(Document::new(&path, cf.format, content))
+            });
+            docs.push(parsed.clone()?);
+        }
+        Ok(Sources { docs })
+    }
+
+    fn reload(&mut self, name: &str, first_seen: Instant, events: &mut Vec<ChangeEvent>) {
+        if self.configs.get(name).is_some_and(|c| c.external) {
+            return;
+        }
+        match self.sources(name) {
+            Ok(sources) => {
+                let merged = sources.merge();
+                self.apply(name, merged, &sources, first_seen, events);
+            }
+            Err(error) => {
+                let had_value = self.configs.get(name).is_some_and(|c| c.value.is_some());
+                // A config that never existed is not an error; one whose
+                // files went away keeps its last good value, and says so.
+                if error.kind() != ConfigErrorKind::Missing || had_value {
+                    events.push(self.rejected(name, error));
+                }
+            }
+        }
+    }
+
+    /// Validates `merged` with every subscriber, then makes it live for all
+    /// of them, or for none.
+    fn apply(
+        &mut self,
+        name: &str,
+        merged: Value,
+        sources: &Sources,
+        first_seen: Instant,
+        events: &mut Vec<ChangeEvent>,
+    ) -> bool {
+        let state = self.configs.entry(name.to_string()).or_default();
+        if state.value.as_deref() == Some(&merged) {
+            // Same data (whitespace, comments, key order): nothing to do.
+            return true;
+        }
+        state.sinks.retain(|s| !s.is_closed());
+        let mut commits = Vec::with_capacity(state.sinks.len());
+        for sink in &state.sinks {
+            match sink.prepare(&merged, sources, self.s.validate) {
+                Ok(commit) => commits.push(commit),
+                Err(error) => {
+                    events.push(self.rejected(name, error));
+                    return false;
+                }
+            }
+        }
+        for commit in commits {
+            commit();
+        }
+        let merged = Arc::new(merged);
+        let old = state.value.replace(Arc::clone(&merged));
+        let duration = first_seen.elapsed();
+        metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
+        metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
+            .record(duration.as_secs_f64());
+        tracing::info!(config = name, duration_us = duration.as_micros() as u64, "config applied");
+        if self.has_listeners() {
+            let redact = |v: Option<&Arc<Value>>| Arc::new(v.map_or(Value::Null, |v| self.s.redactor.redact(v)));
+            events.push(ChangeEvent::ConfigChanged {
+                config_name: name.to_string(),
+                old_value: redact(old.as_ref()),
+                new_value: redact(Some(&merged)),
+                files: sources.files(),
+            });
+            events.push(ChangeEvent::ReloadCompleted { config_name: name.to_string(), duration });
+        }
+        true
+    }
+
+    fn rejected(&self, name: &str, error: ConfigError) -> ChangeEvent {
+        metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "rejected").increment(1);
+        tracing::warn!(config = name, error = %error, "config rejected; keeping the last good value");
+        ChangeEvent::ValidationFailed { config_name: name.to_string(), error: Arc::new(error) }
+    }
+
+    fn has_listeners(&self) -> bool {
+        self.events.receiver_count() > 0 || !self.handlers.is_empty()
+    }
+
+    fn subscribe(&mut self, name: &str, factory: SinkFactory) -> Result<(), ConfigError> {
+        let external = self.configs.get(name).is_some_and(|c| c.external);
+        let sources = if external { Ok(Sources::default()) } else { self.sources(name) };
+        let applied = self.configs.get(name).and_then(|c| c.value.clone());
+        // The last applied value wins over what is on disk now: readers keep
+        // the last good value while the files are broken.
+        let fresh = match (&applied, &sources) {
+            (None, Ok(sources)) => Some(sources.merge()),
+            _ => None,
+        };
+        let empty = Sources::default();
+        let loaded = match (applied.as_deref().or(fresh.as_ref()), &sources) {
+            (Some(value), Ok(sources)) => Ok((value, sources)),
+            (Some(value), Err(_)) => Ok((value, &empty)),
+            (None, Err(e)) => Err(e.clone()),
+            (None, Ok(_)) => unreachable!("a value is merged whenever sources load"),
+        };
+        let (sink, warning) = factory(loaded, self.s.validate)?;
+        let state = self.configs.entry(name.to_string()).or_default();
+        if state.value.is_none() && state.sinks.is_empty() && warning.is_none() {
+            state.value = fresh.map(Arc::new);
+        }
+        state.sinks.push(sink);
+        if let Some(error) = warning {
+            let event = self.rejected(name, error);
+            self.emit(event);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
+        let docs = docs.into_iter().map(Parsed::parse).collect::<Result<Vec<_>, _>>();
+        let mut events = Vec::new();
+        let result = match docs {
+            Ok(docs) => {
+                let sources = Sources { docs };
+                self.configs.entry(name.to_string()).or_default().external = true;
+                let before = events.len();
+                let applied = self.apply(name, sources.merge(), &sources, Instant::now(), &mut events);
+                match events.get(before) {
+                    Some(ChangeEvent::ValidationFailed { error, .. }) if !applied => Err(ConfigError::clone(error)),
+                    _ => Ok(applied),
+                }
+            }
+            Err(error) => {
+                events.push(self.rejected(name, error.clone()));
+                Err(error)
+            }
+        };
+        for event in events {
+            self.emit(event);
+        }
+        result
+    }
+
+    fn emit(&mut self, event: ChangeEvent) {
+        metrics::counter!("relive_events_total", "kind" => event.kind()).increment(1);
+        for slot in &self.handlers {
+            if !self.routes(slot, &event) {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(event.clone()) {
+                metrics::counter!("relive_handler_events_dropped_total").increment(1);
+                tracing::warn!(handler = %slot.name, "handler queue full; event dropped");
+            }
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// Whether a handler's glob selects `event`: a file event by its path, a
+    /// config event by any of the config's files.
+    fn routes(&self, slot: &HandlerSlot, event: &ChangeEvent) -> bool {
+        if matches!(event, ChangeEvent::HandlerFailed { .. }) {
+            return false;
+        }
+        let Some(glob) = &slot.glob else { return true };
+        let matches = |p: &Path| p.strip_prefix(&self.s.root).is_ok_and(|rel| glob.is_match(rel));
+        match event {
+            ChangeEvent::ConfigChanged { files, .. } => files.iter().any(|f| matches(f)),
+            _ => match (event.path(), event.config_name()) {
+                (Some(path), _) => matches(path),
+                (None, Some(name)) => self.config_files.get(name).is_some_and(|fs| fs.iter().any(|f| matches(f))),
+                _ => false,
+            },
+        }
+    }
+}
+
+fn coalesce_settings(s: &Settings, polling: bool) -> CoalesceSettings {
+    CoalesceSettings {
+        write_timeout: s.write_timeout,
+        delete_grace: DELETE_GRACE,
+        quiet: polling.then_some(s.quiet),
+        backoff: Backoff::default(),
+    }
+}
+
+/// Reads a whole file (following symlinks) and its metadata.
+fn read_file(path: &Path) -> io::Result<(Vec<u8>, Meta)> {
+    let mut file = fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes, Meta::of(&meta)))
+}

@@ -1,0 +1,116 @@
+//! relive: typed, validated hot reload of configuration, templates and
+//! assets.
+//!
+//! Point a [`Workspace`] at a directory with `config/`, `templates/` and
+//! `static/`, and ask for a config as a type. relive watches the files,
+//! and when one changes it reads, parses, merges overlays, deserializes and
+//! validates the new value before anyone sees it. A value that fails is
+//! never delivered: readers keep the last good one, and a
+//! [`ChangeEvent::ValidationFailed`] says why, with file, line and column.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Server {
+//!     port: u16,
+//!     workers: usize,
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! std::fs::create_dir(dir.path().join("config"))?;
+//! std::fs::write(dir.path().join("config/server.toml"), "port = 8080\nworkers = 4\n")?;
+//!
+//! let ws = relive::Workspace::new(dir.path());
+//! let mut server = ws
+//!     .config::<Server>("server")
+//!     .validate(|s: &Server| if s.workers == 0 { Err("workers must be at least 1") } else { Ok(()) })
+//!     .watch()
+//!     .await?;
+//! assert_eq!(server.current().port, 8080);
+//!
+//! // Hot paths read through a lock-free handle.
+//! let live = server.live();
+//!
+//! // An invalid value is never delivered...
+//! std::fs::write(dir.path().join("config/server.toml"), "port = 8080\nworkers = 0\n")?;
+//! // ...a valid one is, as soon as the writer closes the file.
+//! std::fs::write(dir.path().join("config/server.toml"), "port = 9090\nworkers = 2\n")?;
+//! let next = server.next().await.expect("engine running");
+//! assert_eq!((next.port, next.workers), (9090, 2));
+//! assert_eq!(live.load().port, 9090);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How changes are seen
+//!
+//! On Linux relive reads inotify itself. A file is read when its writer
+//! closes it (`IN_CLOSE_WRITE`) or renames it into place, not after a fixed
+//! delay, so changes arrive in well under a millisecond and a file caught
+//! half-written is never read: after each read relive checks the kernel's
+//! queue, and if a write overlapped the read, the read is thrown away. The
+//! changes editors and deploy tools really make all work: in-place writes,
+//! atomic saves (temp file + rename), vim's backup-and-rename, JetBrains'
+//! safe write, Kubernetes ConfigMap `..data` symlink swaps, deletes and
+//! re-creates, bursts (coalesced; the last value wins), and no-op saves
+//! (content hashes: nothing is delivered). A kernel queue overflow triggers
+//! a rescan. Where there are no events (NFS, SMB, 9P, FUSE, the watch limit
+//! reached, or [`Polling::Always`]) relive polls, with a warning.
+//!
+//! # Configs
+//!
+//! Config `name` is `config/name.{toml,yaml,yml,json}`, deep-merged with the
+//! overlay `config/name.<env>.<ext>` for the environment (`RELIVE_ENV`, or
+//! [`Workspace::with_env`]). Subdirectories give names like `db/main`.
+//!
+//! # Known problems
+//!
+//! - Polling cannot see whether a writer is done: a file is read once it
+//!   has been quiet for [`HotReloadConfig::debounce_ms`], which can catch a
+//!   writer that paused longer than that mid-file.
+//! - A writer that keeps a file open without closing it is read after
+//!   [`HotReloadConfig::write_timeout_ms`] of silence.
+//! - A file already half-written when its directory is first watched (at
+//!   start, or in a directory just created) is read as it is; the writer's
+//!   close then delivers the whole file.
+//! - Files reached through a symlinked *directory* are not watched; only
+//!   symlinked files next to a changing directory or symlink are re-read
+//!   (which is what Kubernetes does).
+//! - On platforms other than Linux relive polls.
+//!
+//! # Metrics
+//!
+//! relive records through the [`metrics`] facade (install any recorder):
+//! `relive_reloads_total{config,result}`, `relive_reload_duration_seconds{config}`,
+//! `relive_events_total{kind}`, `relive_rescans_total{reason}`,
+//! `relive_polling_fallbacks_total`, `relive_watches`,
+//! `relive_handler_failures_total`, `relive_handler_events_dropped_total`.
+
+#![deny(missing_docs)]
+
+mod coalesce;
+mod engine;
+mod error;
+mod event;
+mod format;
+mod handler;
+mod locate;
+mod paths;
+mod pipeline;
+mod redact;
+mod stream;
+mod watch;
+mod workspace;
+
+pub use engine::{PauseGuard, WatcherMode};
+pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
+pub use event::{ChangeEvent, ChangeType};
+pub use format::Format;
+pub use handler::{HandlerError, ReloadHandler};
+pub use pipeline::Document;
+pub use redact::{REDACTED, Redactor};
+pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
+pub use workspace::{HotReloadConfig, HotReloadManager, Polling, Workspace};

@@ -1,0 +1,200 @@
+//! Which paths relive cares about, and what a config file's name says.
+
+use std::path::{Component, Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::error::Error;
+use crate::format::Format;
+
+/// What a config file's name says: `config/db/main.production.yaml` is the
+/// `production` overlay of config `db/main`, in YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigFile {
+    pub name: String,
+    pub env: Option<String>,
+    pub format: Format,
+}
+
+/// The overlay "env" reserved for JSON Schemas (`app.schema.json`), which are
+/// not config documents.
+const SCHEMA_ENV: &str = "schema";
+
+/// Reads a config file's name, env and format from `path`, which must be
+/// under `config_dir`. Returns `None` for anything that is not a config
+/// document: other extensions, hidden files, schemas.
+pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> {
+    let rel = path.strip_prefix(config_dir).ok()?;
+    let format = Format::from_path(rel)?;
+    let file_name = rel.file_name()?.to_str()?;
+    let stem = file_name.rsplit_once('.')?.0;
+    let (base, env) = match stem.split_once('.') {
+        Some((base, env)) => (base, Some(env)),
+        None => (stem, None),
+    };
+    if base.is_empty() || env == Some("") || env == Some(SCHEMA_ENV) {
+        return None;
+    }
+    let mut name = String::new();
+    for component in rel.parent()?.components() {
+        let Component::Normal(part) = component else { return None };
+        let part = part.to_str()?;
+        if part.starts_with('.') {
+            return None;
+        }
+        name.push_str(part);
+        name.push('/');
+    }
+    name.push_str(base);
+    Some(ConfigFile { name, env: env.map(str::to_string), format })
+}
+
+/// Decides which paths are watched and reported, from the watch and exclude
+/// globs of a [`HotReloadConfig`](crate::HotReloadConfig), relative to the
+/// workspace root.
+///
+/// Exclusions apply to every component of a path: a file inside an excluded
+/// directory (`config/..2026_01_01/app.json` under `**/.*`) is excluded too,
+/// like in `.gitignore`.
+#[derive(Debug, Clone)]
+pub(crate) struct PathFilter {
+    root: PathBuf,
+    watch: GlobSet,
+    exclude: GlobSet,
+    /// Top-level directories (relative) that hold watched files, from the
+    /// literal prefixes of the watch patterns.
+    dirs: Vec<PathBuf>,
+}
+
+impl PathFilter {
+    pub(crate) fn new(root: &Path, watch: &[String], exclude: &[String]) -> Result<PathFilter, Error> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for pattern in watch {
+            let prefix: PathBuf = Path::new(pattern)
+                .components()
+                .take_while(|c| match c {
+                    Component::Normal(s) => !s.to_string_lossy().contains(['*', '?', '[', '{']),
+                    _ => false,
+                })
+                .collect();
+            // A pattern whose prefix is the pattern itself names one file;
+            // watch its directory.
+            let dir = if prefix.as_os_str() == pattern.as_str() {
+                prefix.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                prefix
+            };
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        Ok(PathFilter { root: root.to_path_buf(), watch: build_set(watch)?, exclude: build_set(exclude)?, dirs })
+    }
+
+    /// The absolute directories to watch recursively.
+    #[cfg(test)]
+    pub(crate) fn watch_dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.dirs.iter().map(|d| self.root.join(d))
+    }
+
+    /// True if `path` (absolute) is a file relive reports.
+    pub(crate) fn is_tracked(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.root) else { return false };
+        self.watch.is_match(rel) && !self.is_excluded_rel(rel)
+    }
+
+    fn is_excluded_rel(&self, rel: &Path) -> bool {
+        if self.exclude.is_empty() {
+            return false;
+        }
+        let mut prefix = PathBuf::new();
+        for component in rel.components() {
+            prefix.push(component);
+            if self.exclude.is_match(&prefix) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True if `dir` (absolute) is, or lies inside, or is an ancestor of a
+    /// watched directory: worth an inotify watch.
+    pub(crate) fn wants_dir(&self, dir: &Path) -> bool {
+        let Ok(rel) = dir.strip_prefix(&self.root) else { return false };
+        if self.is_excluded_rel(rel) {
+            return false;
+        }
+        self.dirs.iter().any(|d| rel.starts_with(d) || d.starts_with(rel))
+    }
+}
+
+fn build_set(patterns: &[String]) -> Result<GlobSet, Error> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        // A leading `**/` must also match at the root (`**/.*` hides `.env`),
+        // which globset's literal-separator mode already does.
+        let glob = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| Error::Pattern { pattern: pattern.clone(), message: e.to_string() })?;
+        builder.add(glob);
+    }
+    builder.build().map_err(|e| Error::Pattern { pattern: patterns.join(","), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cf(path: &str) -> Option<(String, Option<String>, Format)> {
+        config_file(Path::new("/w/config"), Path::new(path)).map(|c| (c.name, c.env, c.format))
+    }
+
+    #[test]
+    fn config_names_envs_and_formats() {
+        assert_eq!(cf("/w/config/app.toml"), Some(("app".into(), None, Format::Toml)));
+        assert_eq!(
+            cf("/w/config/database.production.yaml"),
+            Some(("database".into(), Some("production".into()), Format::Yaml))
+        );
+        assert_eq!(cf("/w/config/db/main.yml"), Some(("db/main".into(), None, Format::Yaml)));
+        assert_eq!(cf("/w/config/app.schema.json"), None);
+        assert_eq!(cf("/w/config/.app.toml"), None);
+        assert_eq!(cf("/w/config/..data/app.json"), None);
+        assert_eq!(cf("/w/config/app.toml.swp"), None);
+        assert_eq!(cf("/w/config/README.md"), None);
+        assert_eq!(cf("/w/templates/app.toml"), None);
+    }
+
+    fn filter() -> PathFilter {
+        let watch = ["config/**/*.toml", "config/**/*.json", "templates/**/*", "static/**/*"].map(String::from);
+        let exclude = ["**/*.tmp", "**/*.swp", "**/.*"].map(String::from);
+        PathFilter::new(Path::new("/w"), &watch, &exclude).unwrap()
+    }
+
+    #[test]
+    fn tracks_watched_files_and_excludes_hidden_ones_at_any_depth() {
+        let f = filter();
+        assert!(f.is_tracked(Path::new("/w/config/app.toml")));
+        assert!(f.is_tracked(Path::new("/w/config/a/b/app.json")));
+        assert!(f.is_tracked(Path::new("/w/templates/index.html")));
+        assert!(!f.is_tracked(Path::new("/w/config/app.yaml")));
+        assert!(!f.is_tracked(Path::new("/w/config/.app.toml.swp")));
+        assert!(!f.is_tracked(Path::new("/w/config/app.toml.tmp")));
+        assert!(!f.is_tracked(Path::new("/w/config/..data/app.json")));
+        assert!(!f.is_tracked(Path::new("/w/static/.cache/x.css")));
+        assert!(!f.is_tracked(Path::new("/w/data/history.log")));
+        assert!(!f.is_tracked(Path::new("/elsewhere/config/app.toml")));
+    }
+
+    #[test]
+    fn watch_dirs_come_from_pattern_prefixes() {
+        let f = filter();
+        let dirs: Vec<_> = f.watch_dirs().collect();
+        assert_eq!(dirs, vec![PathBuf::from("/w/config"), "/w/templates".into(), "/w/static".into()]);
+        assert!(f.wants_dir(Path::new("/w")));
+        assert!(f.wants_dir(Path::new("/w/config/sub")));
+        assert!(!f.wants_dir(Path::new("/w/config/..2026_01_01")));
+        assert!(!f.wants_dir(Path::new("/w/data")));
+    }
+}

@@ -1,0 +1,371 @@
+//! The workspace, its hot reload settings, and the manager of a running
+//! engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use crate::engine::{Engine, PauseGuard, Settings, WatcherMode};
+use crate::error::{Error, Result};
+use crate::event::ChangeEvent;
+use crate::handler::{DynHandler, HandlerError, ReloadHandler};
+use crate::pipeline::Document;
+use crate::redact::Redactor;
+use crate::stream::{ConfigBuilder, ConfigStream};
+
+/// A directory with `config/`, `templates/`, `static/` and `data/`.
+///
+/// Clones share one hot reload engine: one watcher per workspace serves
+/// every stream and handler.
+#[derive(Clone)]
+pub struct Workspace {
+    inner: Arc<Inner>,
+}
+
+type PendingHandler = (String, Option<String>, Arc<dyn DynHandler>);
+
+struct Inner {
+    root: PathBuf,
+    env: Option<String>,
+    engine: Mutex<Option<Arc<Engine>>>,
+    /// Serializes engine start-up.
+    starting: tokio::sync::Mutex<()>,
+    /// Handlers registered before the engine started.
+    pending: Mutex<Vec<PendingHandler>>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("root", &self.inner.root).field("env", &self.inner.env).finish()
+    }
+}
+
+impl Workspace {
+    /// A workspace rooted at `root`. The environment comes from `RELIVE_ENV`
+    /// (see [`with_env`](Workspace::with_env)).
+    pub fn new(root: impl AsRef<Path>) -> Workspace {
+        let root = root.as_ref();
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let env = std::env::var("RELIVE_ENV").ok().filter(|e| !e.is_empty());
+        Workspace::with_parts(root, env)
+    }
+
+    fn with_parts(root: PathBuf, env: Option<String>) -> Workspace {
+        Workspace {
+            inner: Arc::new(Inner {
+                root,
+                env,
+                engine: Mutex::new(None),
+                starting: tokio::sync::Mutex::new(()),
+                pending: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Finds the workspace: the directory in `RELIVE_WORKSPACE` if set,
+    /// else the nearest directory at or above the current one that has a
+    /// `relive.toml` or a `config/` directory.
+    pub fn discover() -> Result<Workspace> {
+        if let Some(dir) = std::env::var_os("RELIVE_WORKSPACE").filter(|d| !d.is_empty()) {
+            return Ok(Workspace::new(dir));
+        }
+        let start = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+        start
+            .ancestors()
+            .find(|dir| dir.join("relive.toml").is_file() || dir.join("config").is_dir())
+            .map(Workspace::new)
+            .ok_or(Error::NoWorkspace { start })
+    }
+
+    /// The same workspace with `env` as its environment (`production`
+    /// selects `app.production.toml` overlays). Call it before starting hot
+    /// reload: the result has an engine of its own.
+    pub fn with_env(self, env: impl Into<String>) -> Workspace {
+        let env = env.into();
+        Workspace::with_parts(self.inner.root.clone(), Some(env).filter(|e| !e.is_empty()))
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The environment, if one is set.
+    pub fn env(&self) -> Option<&str> {
+        self.inner.env.as_deref()
+    }
+
+    /// `root/config`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.inner.root.join("config")
+    }
+
+    /// `root/data`, where history and backups live.
+    pub fn data_dir(&self) -> PathBuf {
+        self.inner.root.join("data")
+    }
+
+    /// `root/templates`.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.inner.root.join("templates")
+    }
+
+    /// `root/static`.
+    pub fn static_dir(&self) -> PathBuf {
+        self.inner.root.join("static")
+    }
+
+    /// `path` relative to the root.
+    pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.inner.root.join(path)
+    }
+
+    /// Starts hot reload with the default [`HotReloadConfig`].
+    pub async fn start_hot_reload(&self) -> Result<HotReloadManager> {
+        self.start_hot_reload_with_config(HotReloadConfig::default()).await
+    }
+
+    /// Starts hot reload. Returns once the watcher is set up and the first
+    /// scan is done: every change after this returns is seen. Fails with
+    /// [`Error::AlreadyRunning`] if it is running.
+    pub async fn start_hot_reload_with_config(&self, config: HotReloadConfig) -> Result<HotReloadManager> {
+        let engine = self.start(config, false).await?;
+        Ok(HotReloadManager { engine, ws: self.clone() })
+    }
+
+    async fn start(&self, config: HotReloadConfig, reuse: bool) -> Result<Arc<Engine>> {
+        let _starting = self.inner.starting.lock().await;
+        if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
+            return if reuse { Ok(engine) } else { Err(Error::AlreadyRunning) };
+        }
+        let settings =
+            Settings::new(&self.inner.root, self.config_dir(), self.data_dir(), self.inner.env.clone(), &config)?;
+        let engine = Engine::start(settings).await?;
+        let mut slot = self.inner.engine.lock().expect("engine lock");
+        for (name, pattern, handler) in self.inner.pending.lock().expect("pending lock").drain(..) {
+            engine.add_handler(name, pattern.as_deref(), handler)?;
+        }
+        *slot = Some(Arc::clone(&engine));
+        Ok(engine)
+    }
+
+    /// The running engine, started with the default config if need be.
+    pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {
+        if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
+            return Ok(engine);
+        }
+        self.start(HotReloadConfig::default(), true).await
+    }
+
+    /// Watches config `name` as `T`: the stream starts at the current value
+    /// and yields each new value that deserializes into `T`. Shorthand for
+    /// `self.config::<T>(name).watch()`; use [`config`](Workspace::config)
+    /// to add validators or a default.
+    pub async fn watch_config_changes<T>(&self, name: &str) -> Result<ConfigStream<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.config::<T>(name).watch().await
+    }
+
+    /// Sets up config `name` as `T`, with validators and a default.
+    pub fn config<T>(&self, name: &str) -> ConfigBuilder<'_, T>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        ConfigBuilder::new(self, name)
+    }
+
+    /// Runs `handler` for every event about a path matching `pattern` (a
+    /// glob relative to the root, such as `templates/**/*.html`). Config
+    /// events match by the config's files. Works before or after hot reload
+    /// starts.
+    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<()>
+    where
+        F: Fn(ChangeEvent) -> std::result::Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.add_handler(pattern.to_string(), Some(pattern), Arc::new(handler))
+    }
+
+    /// Runs `handler` for every event it [`can_handle`](ReloadHandler::can_handle).
+    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<()> {
+        self.add_handler(std::any::type_name::<H>().to_string(), None, Arc::new(handler))
+    }
+
+    fn add_handler(&self, name: String, pattern: Option<&str>, handler: Arc<dyn DynHandler>) -> Result<()> {
+        if let Some(p) = pattern {
+            globset::Glob::new(p).map_err(|e| Error::Pattern { pattern: p.to_string(), message: e.to_string() })?;
+        }
+        let slot = self.inner.engine.lock().expect("engine lock");
+        match &*slot {
+            Some(engine) => engine.add_handler(name, pattern, handler),
+            None => {
+                self.inner.pending.lock().expect("pending lock").push((name, pattern.map(str::to_string), handler));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether to poll instead of using kernel events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Polling {
+    /// Use kernel events; poll (with a warning) on filesystems that give
+    /// none (NFS, SMB, 9P, FUSE) and when the watch limit is reached.
+    #[default]
+    Auto,
+    /// Always poll.
+    Always,
+    /// Never poll: running out of watches is an error.
+    Never,
+}
+
+/// Settings of the hot reload engine.
+///
+/// Build it with struct update syntax:
+///
+/// ```
+/// let config = relive::HotReloadConfig {
+///     debounce_ms: 200,
+///     backup_on_change: true,
+///     ..Default::default()
+/// };
+/// ```
+#[derive(Debug, Clone)]
+pub struct HotReloadConfig {
+    /// Globs (relative to the root) of the files to watch. Default:
+    /// `config/**/*.{toml,yaml,yml,json}`, `templates/**/*`, `static/**/*`.
+    pub watch_patterns: Vec<String>,
+    /// The quiet period, in milliseconds, after which a change is read when
+    /// relive cannot see that a write completed: when polling. With kernel
+    /// events relive knows (the writer closed the file or renamed it into
+    /// place) and delivers at once. Default 500.
+    pub debounce_ms: u64,
+    /// Run the validators before applying a value. Values must still
+    /// deserialize into their type. Default true.
+    pub validate_before_reload: bool,
+    /// Copy the previous content of a changed config file to
+    /// `data/backups/configs/<timestamp>_<file>`. Default false.
+    pub backup_on_change: bool,
+    /// Globs of paths to ignore; a match on a directory ignores everything
+    /// in it. Default `**/*.tmp`, `**/*.swp`, `**/.*`. Ignoring `..data`
+    /// does not hide a Kubernetes ConfigMap update: relive re-reads the
+    /// symlinks next to any directory or symlink that changes.
+    pub exclude_patterns: Vec<String>,
+    /// How long to wait, in milliseconds, for a writer that modified a file
+    /// and has not closed it before reading it anyway. Default 2000.
+    pub write_timeout_ms: u64,
+    /// When to poll. Default [`Polling::Auto`].
+    pub polling: Polling,
+    /// Time between scans when polling, in milliseconds. Default 500.
+    pub poll_interval_ms: u64,
+    /// The most directories relive may watch before it polls instead; the
+    /// kernel's limit applies anyway. Default none.
+    pub watch_limit: Option<usize>,
+    /// Globs over key names whose values are redacted in events and logs.
+    /// Default [`Redactor::DEFAULT_PATTERNS`].
+    pub redact_patterns: Vec<String>,
+}
+
+impl Default for HotReloadConfig {
+    fn default() -> HotReloadConfig {
+        HotReloadConfig {
+            watch_patterns: [
+                "config/**/*.toml",
+                "config/**/*.yaml",
+                "config/**/*.yml",
+                "config/**/*.json",
+                "templates/**/*",
+                "static/**/*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            debounce_ms: 500,
+            validate_before_reload: true,
+            backup_on_change: false,
+            exclude_patterns: ["**/*.tmp", "**/*.swp", "**/.*"].map(String::from).to_vec(),
+            write_timeout_ms: 2000,
+            polling: Polling::Auto,
+            poll_interval_ms: 500,
+            watch_limit: None,
+            redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
+        }
+    }
+}
+
+/// A running hot reload engine.
+///
+/// Dropping the manager leaves the engine running for the workspace's other
+/// users; [`shutdown`](HotReloadManager::shutdown) stops it. The engine also
+/// stops when the workspace and every manager are dropped.
+pub struct HotReloadManager {
+    engine: Arc<Engine>,
+    ws: Workspace,
+}
+
+impl std::fmt::Debug for HotReloadManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotReloadManager")
+            .field("root", &self.engine.root())
+            .field("mode", &self.engine.mode())
+            .finish()
+    }
+}
+
+impl HotReloadManager {
+    /// Every event from now on. A receiver that falls more than 1,024 events
+    /// behind gets `RecvError::Lagged` and goes on from the oldest kept.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.engine.events()
+    }
+
+    /// See [`Workspace::register_reload_handler`].
+    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<()>
+    where
+        F: Fn(ChangeEvent) -> std::result::Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.ws.register_reload_handler(pattern, handler)
+    }
+
+    /// See [`Workspace::register_handler`].
+    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<()> {
+        self.ws.register_handler(handler)
+    }
+
+    /// How the engine learns about changes: kernel events or polling.
+    pub fn watcher_mode(&self) -> WatcherMode {
+        self.engine.mode()
+    }
+
+    /// Feeds config `name` from a source other than files (etcd, an HTTP
+    /// endpoint): the documents are parsed, merged in order, validated by
+    /// every subscriber and applied, exactly like files. From then on files
+    /// no longer feed `name`. Returns whether the value changed, or the
+    /// error that rejected it (the last good value stays live).
+    pub async fn publish(&self, name: &str, documents: Vec<Document>) -> Result<bool> {
+        self.engine.publish(name, documents).await
+    }
+
+    /// Stops the engine and every task it started, and waits for them.
+    /// Streams then end (`next` returns `None`); `Live` handles keep their
+    /// last value.
+    pub async fn shutdown(self) -> Result<()> {
+        {
+            let mut slot = self.ws.inner.engine.lock().expect("engine lock");
+            if slot.as_ref().is_some_and(|e| Arc::ptr_eq(e, &self.engine)) {
+                *slot = None;
+            }
+        }
+        self.engine.shutdown().await;
+        Ok(())
+    }
+
+    /// Pauses the engine until the guard drops, so tests can overflow the
+    /// kernel's event queue. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn pause(&self) -> PauseGuard {
+        self.engine.pause()
+    }
+}
