@@ -1,0 +1,105 @@
+//! Shared helpers: temp-dir workspaces and bounded waits.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relive::{ChangeEvent, ConfigStream, Workspace};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+/// How long any expected event may take. Generous: CI machines stall.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct App {
+    pub name: String,
+    pub value: i64,
+    #[serde(default)]
+    pub extra: Option<String>,
+}
+
+pub struct TestWs {
+    pub dir: tempfile::TempDir,
+    pub ws: Workspace,
+}
+
+impl TestWs {
+    pub fn new(files: &[(&str, &str)]) -> TestWs {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["config", "templates", "static", "data"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let ws = Workspace::new(dir.path());
+        TestWs { dir, ws }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        std::fs::write(self.path(rel), content).unwrap();
+    }
+}
+
+pub fn app_toml(name: &str, value: i64) -> String {
+    format!("name = \"{name}\"\nvalue = {value}\n")
+}
+
+/// The next value, or a panic after `TIMEOUT`.
+pub async fn next<T>(stream: &mut ConfigStream<T>) -> Arc<T> {
+    tokio::time::timeout(TIMEOUT, stream.next()).await.expect("timed out waiting for a value").expect("stream ended")
+}
+
+/// Waits for a value for which `pred` holds; returns it and how many values
+/// came before it.
+pub async fn next_until<T>(stream: &mut ConfigStream<T>, pred: impl Fn(&T) -> bool) -> (Arc<T>, usize) {
+    let mut skipped = 0;
+    loop {
+        let v = next(stream).await;
+        if pred(&v) {
+            return (v, skipped);
+        }
+        skipped += 1;
+    }
+}
+
+/// Waits for an event for which `pred` holds; returns it and the events
+/// before it.
+pub async fn event_until(
+    rx: &mut broadcast::Receiver<ChangeEvent>,
+    pred: impl Fn(&ChangeEvent) -> bool,
+) -> (ChangeEvent, Vec<ChangeEvent>) {
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for an event; saw {before:#?}"))
+            .expect("event channel closed or lagged");
+        if pred(&event) {
+            return (event, before);
+        }
+        before.push(event);
+    }
+}
+
+pub fn is_file_event(event: &ChangeEvent, path: &Path) -> bool {
+    matches!(event, ChangeEvent::FileChanged { path: p, .. } if p == path)
+}
+
+/// Polls `cond` until it holds, or panics after `TIMEOUT`.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
