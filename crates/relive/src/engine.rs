@@ -176,13 +176,17 @@ impl Engine {
     pub(crate) async fn subscribe(&self, name: &str, factory: SinkFactory) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Subscribe { name: name.to_string(), factory, reply })?;
-        rx.await.map_err(|_| Error::Stopped)?.map_err(|error| Error::Config { name: name.to_string(), error })
+        rx.await
+            .map_err(|_| Error::Stopped)?
+            .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
     }
 
     pub(crate) async fn publish(&self, name: &str, docs: Vec<Document>) -> Result<bool, Error> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { name: name.to_string(), docs, reply })?;
-        rx.await.map_err(|_| Error::Stopped)?.map_err(|error| Error::Config { name: name.to_string(), error })
+        rx.await
+            .map_err(|_| Error::Stopped)?
+            .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
     }
 
     pub(crate) fn add_handler(
@@ -667,7 +671,7 @@ impl Worker {
     }
 
     fn process(&mut self, ready: Vec<Ready>) {
-        let reads: Vec<(Ready, io::Result<(Vec<u8>, Meta)>)> = ready
+        let reads: Vec<(Ready, io::Result<FileRead>)> = ready
             .into_iter()
             .map(|r| {
                 let result = read_file(&r.path);
@@ -1018,8 +1022,11 @@ fn coalesce_settings(s: &Settings, polling: bool) -> CoalesceSettings {
     }
 }
 
+/// A file's bytes and its metadata at the time of the read.
+type FileRead = (Vec<u8>, Meta);
+
 /// Reads a whole file (following symlinks) and its metadata.
-fn read_file(path: &Path) -> io::Result<(Vec<u8>, Meta)> {
+fn read_file(path: &Path) -> io::Result<FileRead> {
     let mut file = fs::File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {

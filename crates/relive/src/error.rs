@@ -22,7 +22,7 @@ pub enum Error {
         /// The config's name.
         name: String,
         /// What is wrong with it.
-        error: ConfigError,
+        error: Box<ConfigError>,
     },
     /// An I/O error on a path.
     #[error("{}: {source}", path.display())]
