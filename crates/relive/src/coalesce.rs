@@ -58,6 +58,13 @@ pub(crate) struct Settings {
     pub quiet: Option<Duration>,
     /// Retry policy for reads that failed transiently.
     pub backoff: Backoff,
+    /// The shortest time between two reads of one path that complete
+    /// content makes ready. The first change after a quiet spell is ready at
+    /// once; changes within this time of the last read are merged and ready
+    /// when it has passed. A burst of writes thus costs one read per
+    /// interval, and its last value is ready at most this long after the
+    /// last write. Zero turns it off.
+    pub min_interval: Duration,
 }
 
 /// Bounded exponential backoff: delay(n) = min(base * factor^n, max_delay), for n < max_attempts.
@@ -160,23 +167,39 @@ pub(crate) struct Coalescer {
     settings: Settings,
     entries: HashMap<Arc<Path>, Entry>,
     deadlines: BTreeSet<(Instant, Arc<Path>)>,
+    /// When each recently taken path was taken, for `min_interval`.
+    taken: HashMap<Arc<Path>, Instant>,
 }
 
 impl Coalescer {
     pub(crate) fn new(settings: Settings) -> Coalescer {
-        Coalescer { settings, entries: HashMap::new(), deadlines: BTreeSet::new() }
+        Coalescer { settings, entries: HashMap::new(), deadlines: BTreeSet::new(), taken: HashMap::new() }
+    }
+
+    /// When a path that `phase` made ready after `wait` may be taken:
+    /// complete content waits out the rest of `min_interval` since the
+    /// path's last read.
+    fn ready_at(&self, path: &Path, phase: Phase, wait: Duration, now: Instant) -> Instant {
+        let at = later(now, wait);
+        if phase != Phase::Settled || self.settings.quiet.is_some() || self.settings.min_interval.is_zero() {
+            return at;
+        }
+        match self.taken.get(path) {
+            Some(last) => at.max(later(*last, self.settings.min_interval)),
+            None => at,
+        }
     }
 
     /// Records one signal for `path` observed at `now`.
     pub(crate) fn observe(&mut self, path: &Path, signal: Signal, now: Instant) {
         let (phase, wait, arrival) = self.rule(&signal);
+        let deadline = self.ready_at(path, phase, wait, now);
         if let Some(entry) = self.entries.get_mut(path) {
             // A metadata change says nothing about whether a writer is done, so
             // it must not release a file that is still being written.
             if signal == Signal::Touched && entry.phase == Phase::Writing && self.settings.quiet.is_none() {
                 return;
             }
-            let deadline = later(now, wait);
             if entry.deadline != deadline {
                 self.deadlines.remove(&(entry.deadline, entry.key.clone()));
                 self.deadlines.insert((deadline, entry.key.clone()));
@@ -195,7 +218,7 @@ impl Coalescer {
                 Arrival::Keep => None,
                 Arrival::Replace(from) => from,
             };
-            self.insert(path, phase, later(now, wait), now, moved_from, 0);
+            self.insert(path, phase, deadline, now, moved_from, 0);
         }
     }
 
@@ -253,6 +276,9 @@ impl Coalescer {
                 break;
             };
             if let Some(entry) = self.entries.remove(&key) {
+                if !self.settings.min_interval.is_zero() {
+                    self.taken.insert(key.clone(), now);
+                }
                 ready.push(Ready {
                     path: key.to_path_buf(),
                     moved_from: entry.moved_from,
@@ -260,6 +286,12 @@ impl Coalescer {
                     attempt: entry.attempt,
                 });
             }
+        }
+        // Forget reads older than the interval, so the map holds only the
+        // paths of a burst in progress.
+        if self.taken.len() > 64 {
+            let horizon = self.settings.min_interval;
+            self.taken.retain(|_, at| now.saturating_duration_since(*at) < horizon);
         }
         // The index orders by deadline; callers want a stable, path-ordered
         // batch so that, for example, a rename's target and source are handled

@@ -31,12 +31,18 @@ use crate::paths::{self, ConfigFile, PathFilter};
 use crate::pipeline::{Document, Parsed, Sources};
 use crate::redact::Redactor;
 use crate::stream::{Sink, SinkFactory};
+use crate::sys;
 use crate::watch::{self, AddError, Inotify, Meta, Raw, RawKind};
 use crate::workspace::{HotReloadConfig, Polling};
 
 /// How long a deleted file waits before it is reported, so that a
 /// delete-then-write (vim's backup-and-rename) is one change.
 const DELETE_GRACE: Duration = Duration::from_millis(50);
+
+/// The shortest time between two reads of one file in a burst of writes:
+/// the first change is read at once, the ones after it at most this often.
+/// A burst's last value thus arrives within this time of the last write.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 /// How the engine learns about changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +306,9 @@ struct Worker {
     handlers: Vec<HandlerSlot>,
     raw: Vec<Raw>,
     recheck: BTreeSet<PathBuf>,
+    /// Reads that came back shorter than the file was, by content hash,
+    /// waiting for a confirming re-read (see `Worker::suspicious`).
+    suspects: HashMap<PathBuf, u64>,
     stop: bool,
 }
 
@@ -333,6 +342,7 @@ impl Worker {
             handlers: Vec::new(),
             raw: Vec::new(),
             recheck: BTreeSet::new(),
+            suspects: HashMap::new(),
             stop: false,
         };
         worker.start_backend()?;
@@ -393,8 +403,15 @@ impl Worker {
 
     fn initial_scan(&mut self) {
         for (path, _) in watch::scan(&self.s.root, &self.s.filter) {
-            match read_file(&path) {
-                Ok((bytes, meta)) => {
+            // A file someone is writing right now is read as it is: its
+            // writer's close will deliver the whole file (a known problem).
+            let read = match read_file(&path, true) {
+                Ok(ReadOutcome::Busy) => read_file(&path, false),
+                other => other,
+            };
+            match read {
+                Ok(ReadOutcome::Busy) => {}
+                Ok(ReadOutcome::Done((bytes, meta), _)) => {
                     let mut ignored = Vec::new();
                     self.store(&path, bytes, meta, None, &mut ignored, &mut BTreeMap::new());
                 }
@@ -671,22 +688,34 @@ impl Worker {
     }
 
     fn process(&mut self, ready: Vec<Ready>) {
-        let reads: Vec<(Ready, io::Result<FileRead>)> = ready
-            .into_iter()
-            .map(|r| {
-                let result = read_file(&r.path);
-                (r, result)
-            })
-            .collect();
+        let now = Instant::now();
+        let mut reads: Vec<(Ready, io::Result<FileRead>, bool)> = Vec::with_capacity(ready.len());
+        for r in ready {
+            let result = match read_file(&r.path, true) {
+                Ok(ReadOutcome::Done(read, leased)) => (Ok(read), leased),
+                // A writer has it open. Its close wakes us; the backoff only
+                // matters for a writer that keeps the file open, which is
+                // read without a lease once the backoff is spent.
+                Ok(ReadOutcome::Busy) if self.coalescer.retry(&r.path, r.attempt, r.first_seen, now) => continue,
+                Ok(ReadOutcome::Busy) => match read_file(&r.path, false) {
+                    Ok(ReadOutcome::Done(read, _)) => (Ok(read), false),
+                    Ok(ReadOutcome::Busy) => continue,
+                    Err(e) => (Err(e), false),
+                },
+                Err(e) => (Err(e), false),
+            };
+            reads.push((r, result.0, result.1));
+        }
         self.fence();
         let now = Instant::now();
         let mut file_events = Vec::new();
         let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
-        for (ready, result) in reads {
+        for (ready, result, leased) in reads {
             if self.coalescer.is_pending(&ready.path) {
                 continue;
             }
             match result {
+                Ok((bytes, _)) if !leased && self.suspicious(&ready, &bytes, now) => {}
                 Ok((bytes, meta)) => {
                     self.store(&ready.path, bytes, meta, Some(&ready), &mut file_events, &mut dirty);
                 }
@@ -723,6 +752,38 @@ impl Worker {
         for event in file_events.into_iter().chain(config_events) {
             self.emit(event);
         }
+    }
+
+    /// True if the read must be confirmed before it is believed; a re-read
+    /// is then scheduled.
+    ///
+    /// `open(O_TRUNC)` empties a file before the kernel queues the event that
+    /// says so (ext4 frees the blocks in between), so a read can see a file
+    /// that a writer has just truncated and the fence find nothing yet. Such
+    /// a read is always shorter than the content before it. A shorter read
+    /// is therefore re-read after a short backoff: if the writer was at
+    /// work, its events have arrived by then and the path waits for its
+    /// close; if the same bytes come back and nothing happened to the path
+    /// meanwhile, they are the real content.
+    fn suspicious(&mut self, ready: &Ready, bytes: &[u8], now: Instant) -> bool {
+        let shorter = self.known.get(&ready.path).is_some_and(|k| (bytes.len() as u64) < k.meta.len());
+        if !shorter || self.inotify.is_none() {
+            self.suspects.remove(&ready.path);
+            return false;
+        }
+        let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+        // A confirming read is a retry that no signal interrupted (any
+        // signal for the path resets its attempt to 0): the writer, if
+        // there was one, has been silent since. Every truncation reads as
+        // the same empty bytes, so an equal hash alone proves nothing.
+        if ready.attempt > 0 && self.suspects.get(&ready.path) == Some(&hash) {
+            self.suspects.remove(&ready.path);
+            return false;
+        }
+        self.suspects.insert(ready.path.clone(), hash);
+        // With the backoff exhausted the read is believed: a file that keeps
+        // shrinking is being written that way.
+        self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
     }
 
     /// Records a file's new content; reports what kind of change it was.
@@ -892,9 +953,21 @@ impl Worker {
                 }
             }
         }
+        // Parsing and validating took time: look at the kernel queue once
+        // more, so that a write which raced with the read (a multi-page
+        // write caught mid-copy, a truncation queued late) defers the value
+        // instead of delivering it. The path is pending again and will be
+        // re-read when its writer is done.
+        if self.inotify.is_some() {
+            self.fence();
+            if sources.docs.iter().any(|d| self.coalescer.is_pending(d.doc.origin())) {
+                return false;
+            }
+        }
         for commit in commits {
             commit();
         }
+        let state = self.configs.get_mut(name).expect("state exists");
         let merged = Arc::new(merged);
         let old = state.value.replace(Arc::clone(&merged));
         let duration = first_seen.elapsed();
@@ -1019,20 +1092,38 @@ fn coalesce_settings(s: &Settings, polling: bool) -> CoalesceSettings {
         delete_grace: DELETE_GRACE,
         quiet: polling.then_some(s.quiet),
         backoff: Backoff::default(),
+        min_interval: MIN_INTERVAL,
     }
 }
 
 /// A file's bytes and its metadata at the time of the read.
 type FileRead = (Vec<u8>, Meta);
 
-/// Reads a whole file (following symlinks) and its metadata.
-fn read_file(path: &Path) -> io::Result<FileRead> {
-    let mut file = fs::File::open(path)?;
+/// What a read found.
+enum ReadOutcome {
+    /// The content, and whether it was read under a lease (and so is
+    /// certainly whole).
+    Done(FileRead, bool),
+    /// A writer has the file open: its close will say when to read.
+    Busy,
+}
+
+/// Reads a whole file (following symlinks) and its metadata, under a read
+/// lease when `lease` is set and leases work here (see `sys.rs`).
+fn read_file(path: &Path, lease: bool) -> io::Result<ReadOutcome> {
+    let file = fs::File::open(path)?;
+    let held = match lease.then(|| sys::read_lease(&file)) {
+        Some(sys::Lease::Busy) => return Ok(ReadOutcome::Busy),
+        Some(sys::Lease::Held(held)) => Some(held),
+        Some(sys::Lease::Unsupported) | None => None,
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-    file.read_to_end(&mut bytes)?;
-    Ok((bytes, Meta::of(&meta)))
+    (&file).read_to_end(&mut bytes)?;
+    let leased = held.is_some();
+    drop(held);
+    Ok(ReadOutcome::Done((bytes, Meta::of(&meta)), leased))
 }

@@ -79,6 +79,12 @@
 //! - Files reached through a symlinked *directory* are not watched; only
 //!   symlinked files next to a changing directory or symlink are re-read
 //!   (which is what Kubernetes does).
+//! - The kernel makes a truncation visible before it queues its event, so
+//!   a file that shrinks is delivered only after a confirming re-read, a
+//!   few milliseconds later. A multi-page file caught in the middle of one
+//!   `write(2)` is caught by a second look at the queue just before the
+//!   commit; in principle a write whose event is queued later still could
+//!   slip through.
 //! - On platforms other than Linux relive polls.
 //!
 //! # Metrics
@@ -102,6 +108,7 @@ mod paths;
 mod pipeline;
 mod redact;
 mod stream;
+mod sys;
 mod watch;
 mod workspace;
 

@@ -31,6 +31,11 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
+    /// The file's size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
     pub(crate) fn of(m: &fs::Metadata) -> Meta {
         Meta {
             len: m.len(),

@@ -243,8 +243,7 @@ async fn a_burst_of_writes_delivers_the_last_value_and_far_fewer_deliveries() {
     }
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "values go forward only: {delivered:?}");
     assert_eq!(delivered.last(), Some(&1000));
-    assert!(delivered.len() < 500, "{} deliveries for 1000 writes", delivered.len());
-    // The rejected count shows no torn read was ever attempted.
+    assert!(delivered.len() < 200, "{} deliveries for 1000 writes", delivered.len());
     assert!(!delivered.is_empty());
 }
 
@@ -329,4 +328,45 @@ async fn created_deleted_and_renamed_files_are_reported_as_such() {
     let (e, before) = event_until(&mut events, |e| is_file_event(e, &c)).await;
     assert!(matches!(e, ChangeEvent::FileChanged { change_type: ChangeType::Deleted, .. }), "{e:?}");
     assert!(!before.iter().any(|e| is_file_event(e, &b)), "the rename source is not reported again: {before:?}");
+}
+
+/// Regression: `open(O_TRUNC)` empties a file before the kernel queues its
+/// event, so a read during a burst could see an empty file that the fence
+/// did not catch, and a type whose fields all have defaults accepted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_truncating_burst_never_delivers_an_empty_file() {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(default)]
+    struct Defaults {
+        counter: u64,
+        workers: u32,
+    }
+    impl Default for Defaults {
+        fn default() -> Self {
+            Defaults { counter: 0, workers: 1 }
+        }
+    }
+    let doc = |n: u64| format!("counter = {n}\nworkers = 8\n");
+    let t = TestWs::new(&[("config/app.toml", &doc(1))]);
+    let mut stream = t.ws.config::<Defaults>("app").watch().await.unwrap();
+    for round in 0..3u64 {
+        let path = t.path("config/app.toml");
+        let base = round * 1000;
+        let writer = std::thread::spawn(move || {
+            for n in 1..=1000 {
+                fs::write(&path, doc(base + n)).unwrap();
+            }
+        });
+        let mut delivered = 0;
+        loop {
+            let v = next(&mut stream).await;
+            delivered += 1;
+            assert_eq!(v.workers, 8, "a torn (truncated) file was delivered: {v:?}");
+            if v.counter == base + 1000 {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert!(delivered <= 1000);
+    }
 }

@@ -33,6 +33,7 @@ const CASES: &[(&str, &str)] = cases![
     "polling_quiet",
     "retry_backoff",
     "retry_interrupted",
+    "throttle",
     "torn_write",
     "touch",
     "vim_backup_rename",
@@ -54,6 +55,8 @@ struct CaseSettings {
     delete_grace: u64,
     quiet: Option<u64>,
     backoff: Option<CaseBackoff>,
+    #[serde(default)]
+    min_interval: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +168,7 @@ fn run_case(source: &str) -> Result<(), String> {
         delete_grace: ms(case.settings.delete_grace),
         quiet: case.settings.quiet.map(ms),
         backoff,
+        min_interval: ms(case.settings.min_interval),
     });
     let start = Instant::now();
     let mut clock = 0;
@@ -466,6 +470,7 @@ fn huge_timeouts_do_not_overflow() {
         delete_grace: Duration::MAX,
         quiet: None,
         backoff: Backoff::default(),
+        min_interval: Duration::ZERO,
     });
     let now = Instant::now();
     coalescer.observe(Path::new("a"), Signal::Modified, now);
@@ -488,6 +493,7 @@ fn burst_across_ten_thousand_files() {
         delete_grace: ms(100),
         quiet: None,
         backoff: Backoff::default(),
+        min_interval: Duration::ZERO,
     });
     let start = Instant::now();
     for round in 0..3u64 {
