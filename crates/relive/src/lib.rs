@@ -49,9 +49,9 @@
 //!
 //! On Linux relive reads inotify itself. A file is read when its writer
 //! closes it (`IN_CLOSE_WRITE`) or renames it into place, not after a fixed
-//! delay, so changes arrive in well under a millisecond and a file caught
-//! half-written is never read: after each read relive checks the kernel's
-//! queue, and if a write overlapped the read, the read is thrown away. The
+//! delay, so changes arrive in well under a millisecond; and it reads under
+//! a read lease, which the kernel grants only while no writer has the file
+//! open, so a half-written file is never read. The
 //! changes editors and deploy tools really make all work: in-place writes,
 //! atomic saves (temp file + rename), vim's backup-and-rename, JetBrains'
 //! safe write, Kubernetes ConfigMap `..data` symlink swaps, deletes and
@@ -79,12 +79,12 @@
 //! - Files reached through a symlinked *directory* are not watched; only
 //!   symlinked files next to a changing directory or symlink are re-read
 //!   (which is what Kubernetes does).
-//! - The kernel makes a truncation visible before it queues its event, so
-//!   a file that shrinks is delivered only after a confirming re-read, a
-//!   few milliseconds later. A multi-page file caught in the middle of one
-//!   `write(2)` is caught by a second look at the queue just before the
-//!   commit; in principle a write whose event is queued later still could
-//!   slip through.
+//! - relive proves that no writer has a file open with a read lease
+//!   (`F_SETLEASE`), which needs the file's owner or `CAP_LEASE`. Without
+//!   one, a file that shrinks is delivered only after a confirming re-read a
+//!   few milliseconds later, and a write whose event the kernel queues late
+//!   could in principle slip through. While relive holds a lease (for the
+//!   microseconds of one read) a writer's `open(2)` waits.
 //! - On platforms other than Linux relive polls.
 //!
 //! # Metrics
