@@ -144,6 +144,9 @@ struct Entry {
     first_seen: Instant,
     moved_from: Option<PathBuf>,
     attempt: u32,
+    /// Whether content was written to the path (as opposed to a touch or a
+    /// re-check): only reads that follow writes arm `min_interval`.
+    written: bool,
 }
 
 /// How a signal changes the recorded origin of a path's content.
@@ -210,6 +213,7 @@ impl Coalescer {
             // belonged to content that is now stale. first_seen is kept: the
             // change first seen then has still not been delivered.
             entry.attempt = 0;
+            entry.written |= writes(&signal);
             if let Arrival::Replace(from) = arrival {
                 entry.moved_from = from;
             }
@@ -219,6 +223,9 @@ impl Coalescer {
                 Arrival::Replace(from) => from,
             };
             self.insert(path, phase, deadline, now, moved_from, 0);
+            if let Some(entry) = self.entries.get_mut(path) {
+                entry.written = writes(&signal);
+            }
         }
     }
 
@@ -276,7 +283,10 @@ impl Coalescer {
                 break;
             };
             if let Some(entry) = self.entries.remove(&key) {
-                if !self.settings.min_interval.is_zero() {
+                // Only a read after a write starts an interval: a re-check
+                // (a Kubernetes `..data_tmp` symlink appearing, a touch) must
+                // not hold back the real change that follows it.
+                if entry.written && !self.settings.min_interval.is_zero() {
                     self.taken.insert(key.clone(), now);
                 }
                 ready.push(Ready {
@@ -350,8 +360,14 @@ impl Coalescer {
     ) {
         let key: Arc<Path> = Arc::from(path);
         self.deadlines.insert((deadline, key.clone()));
-        self.entries.insert(key.clone(), Entry { key, phase, deadline, first_seen, moved_from, attempt });
+        self.entries
+            .insert(key.clone(), Entry { key, phase, deadline, first_seen, moved_from, attempt, written: false });
     }
+}
+
+/// Whether a signal means content was written to the path.
+fn writes(signal: &Signal) -> bool {
+    matches!(signal, Signal::Modified | Signal::Closed | Signal::Created { complete: false } | Signal::MovedIn { .. })
 }
 
 /// `now + wait`, saturating instead of panicking when a huge configured
