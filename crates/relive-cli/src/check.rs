@@ -1,0 +1,203 @@
+//! `relive check`: validates every config the way a running service would
+//! load it, and prints each problem as `file:line:col: message`.
+//!
+//! The library has no one-shot load, so each environment is loaded by a
+//! short-lived engine that polls (no kernel watches) and watches `config/`
+//! only: its first scan reads and parses every file, and subscribing to a
+//! config as a `serde_json::Value` returns the merged value or the located
+//! error. This keeps every rule in one place, the library: file naming,
+//! parsing, overlays, ambiguity, and where an error points.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use relive::{ConfigError, HotReloadConfig, Polling, ValidationError, Workspace};
+use serde_json::Value;
+
+use crate::app;
+use crate::cli::CheckArgs;
+use crate::exit::{Exit, Failure, Result};
+use crate::inventory::Inventory;
+use crate::output;
+use crate::progress;
+use crate::schema::{Schema, SchemaError};
+
+/// One problem, ordered by file and position for printing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Diagnostic {
+    file: Option<PathBuf>,
+    line: usize,
+    column: usize,
+    text: String,
+}
+
+impl Diagnostic {
+    fn new(name: &str, error: &ConfigError) -> Diagnostic {
+        Diagnostic {
+            file: error.file().map(PathBuf::from),
+            line: error.line().unwrap_or(0),
+            column: error.column().unwrap_or(0),
+            text: output::config_error(Some(name), error),
+        }
+    }
+}
+
+/// Where the time went.
+#[derive(Debug, Default)]
+struct Timings {
+    inventory: Duration,
+    schemas: Duration,
+    load: Duration,
+    validate: Duration,
+    passes: usize,
+}
+
+/// Runs `relive check`.
+pub async fn run(args: CheckArgs) -> Result<Exit> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let ws = app::workspace(args.dir.as_deref(), None)?;
+    let env = args.env.clone().or_else(|| ws.env().map(str::to_string));
+    let inventory = Inventory::scan(&ws.config_dir())
+        .map_err(|e| Failure::runtime(format!("{}: {e}", ws.config_dir().display())))?;
+    timings.inventory = started.elapsed();
+
+    let mut found = BTreeSet::new();
+    let t = Instant::now();
+    let mut schemas = HashMap::new();
+    for (name, files) in &inventory.configs {
+        if let Some(path) = &files.schema {
+            match Schema::load(path) {
+                Ok(schema) => {
+                    schemas.insert(name.clone(), schema);
+                }
+                Err(error) => {
+                    found.insert(Diagnostic::new(name, &error));
+                }
+            }
+        }
+    }
+    timings.schemas = t.elapsed();
+
+    // Each pass loads the configs for one environment. Without an explicit
+    // environment, the base files alone are one pass and each environment
+    // that has overlays is another, so that CI catches a broken production
+    // overlay without being told about production.
+    let passes: Vec<(Option<String>, Vec<&String>)> = match &env {
+        Some(env) => {
+            let names = inventory
+                .configs
+                .iter()
+                .filter(|(_, f)| !f.base.is_empty() || f.overlays.contains_key(env))
+                .map(|(n, _)| n)
+                .collect();
+            vec![(Some(env.clone()), names)]
+        }
+        None => {
+            let base = inventory.configs.iter().filter(|(_, f)| !f.base.is_empty()).map(|(n, _)| n).collect();
+            let mut passes = vec![(None, base)];
+            for env in inventory.envs() {
+                let names =
+                    inventory.configs.iter().filter(|(_, f)| f.overlays.contains_key(&env)).map(|(n, _)| n).collect();
+                passes.push((Some(env), names));
+            }
+            passes
+        }
+    };
+    let steps: usize = passes.iter().map(|(_, names)| names.len()).sum();
+    let bar = progress::bar(inventory.files, steps as u64, "checking configs");
+    for (env, names) in &passes {
+        if names.is_empty() {
+            continue;
+        }
+        timings.passes += 1;
+        let t = Instant::now();
+        let pass_ws = Workspace::new(ws.root()).with_env(env.clone().unwrap_or_default());
+        let manager = pass_ws.start_hot_reload_with_config(loader_config()).await?;
+        timings.load += t.elapsed();
+        let t = Instant::now();
+        for name in names {
+            match pass_ws.config::<Value>(name).watch().await {
+                Ok(stream) => {
+                    if let Some(schema) = schemas.get(name.as_str()) {
+                        let value = stream.current_arc();
+                        drop(stream);
+                        for error in schema.errors(&value) {
+                            let located = locate(&pass_ws, name, error).await?;
+                            found.insert(Diagnostic::new(name, &located));
+                        }
+                    }
+                }
+                Err(relive::Error::Config { error, .. }) => {
+                    found.insert(Diagnostic::new(name, &error));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            bar.inc(1);
+        }
+        manager.shutdown().await?;
+        timings.validate += t.elapsed();
+    }
+    bar.finish_and_clear();
+
+    let mut out = anstream::stdout().lock();
+    for diagnostic in &found {
+        let _ = writeln!(out, "{}", diagnostic.text);
+    }
+    let _ = out.flush();
+    let configs = inventory.configs.len();
+    if !args.quiet {
+        let files = inventory.files;
+        let (good, bad) = (anstyle::AnsiColor::Green.on_default(), anstyle::AnsiColor::Red.on_default().bold());
+        let summary = match found.len() {
+            0 => format!("checked {configs} configs ({files} files): {good}no errors{good:#}"),
+            1 => format!("checked {configs} configs ({files} files): {bad}1 error{bad:#}"),
+            n => format!("checked {configs} configs ({files} files): {bad}{n} errors{bad:#}"),
+        };
+        output::note(&summary);
+    }
+    if args.timings {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        output::note(&format!(
+            "timings: inventory {:.1} ms, schemas {:.1} ms, load and parse {:.1} ms ({} passes), merge and validate {:.1} ms, total {:.1} ms",
+            ms(timings.inventory),
+            ms(timings.schemas),
+            ms(timings.load),
+            timings.passes,
+            ms(timings.validate),
+            ms(started.elapsed()),
+        ));
+    }
+    Ok(if found.is_empty() { Exit::Ok } else { Exit::Invalid })
+}
+
+/// An engine that only loads: it watches `config/` alone, and polls (once a
+/// day) rather than setting up kernel watches it will not use.
+fn loader_config() -> HotReloadConfig {
+    HotReloadConfig {
+        watch_patterns: vec!["config/**/*.{toml,yaml,yml,json}".to_string()],
+        polling: Polling::Always,
+        poll_interval_ms: 86_400_000,
+        ..Default::default()
+    }
+}
+
+/// Has the library locate a schema error: a validator that rejects the
+/// value with this error at its key makes the library point it at the file,
+/// line and column that set the key.
+async fn locate(ws: &Workspace, name: &str, error: SchemaError) -> Result<ConfigError> {
+    let SchemaError { key, message } = error;
+    let fallback = ConfigError::new(relive::ConfigErrorKind::Invalid, message.clone()).with_key(key.clone());
+    let result = ws
+        .config::<Value>(name)
+        .validate(move |_: &Value| Err(ValidationError::at(key.clone(), message.clone())))
+        .watch()
+        .await;
+    match result {
+        Err(relive::Error::Config { error, .. }) => Ok(*error),
+        Ok(_) => Ok(fallback),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,313 @@
+//! The command line: every command, option and help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The exit codes, as shown at the end of `--help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  validation errors found (check), or a command's subject was invalid
+  2  usage error (unknown option, bad value)
+  3  runtime error (no workspace, I/O, cannot bind, engine stopped)";
+
+/// Hot reload for programs in any language, config checks for CI, and the
+/// version history of every config.
+#[derive(Debug, Parser)]
+#[command(name = "relive", version, propagate_version = true, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// When to use colours: `auto` uses them on a terminal unless NO_COLOR
+    /// is set.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto, value_name = "WHEN")]
+    pub color: Color,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to use colours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// A `relive` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch a workspace and print every event; optionally run a program
+    /// and restart or signal it when its config changes.
+    #[command(after_help = EXIT_CODES)]
+    Watch(WatchArgs),
+    /// Validate every config (syntax, overlays, JSON Schema) and print
+    /// errors as `file:line:col: message`.
+    #[command(after_help = EXIT_CODES)]
+    Check(CheckArgs),
+    /// List the recorded versions of a config.
+    #[command(after_help = EXIT_CODES)]
+    History(HistoryArgs),
+    /// Print one recorded version of a config (default: the newest).
+    #[command(after_help = EXIT_CODES)]
+    Show(ShowArgs),
+    /// Show what changed between two versions of a config.
+    #[command(after_help = EXIT_CODES)]
+    Diff(DiffArgs),
+    /// Write an earlier version of a config back to its file; a running
+    /// watcher validates and applies it like any edit.
+    #[command(after_help = EXIT_CODES)]
+    Rollback(RollbackArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Options that choose the workspace and its environment.
+#[derive(Debug, Clone, Args)]
+pub struct EnvArgs {
+    /// The environment whose overlays apply (`production` selects
+    /// `app.production.toml`). Default: RELIVE_ENV.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+}
+
+/// `relive watch`.
+#[derive(Debug, Args)]
+#[command(after_long_help = WATCH_EXAMPLES)]
+pub struct WatchArgs {
+    /// The workspace directory. Default: RELIVE_WORKSPACE, else the nearest
+    /// directory at or above the current one with relive.toml or config/.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Print events as JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Run CMD (with `sh -c`) and restart it after each config change that
+    /// validated. It gets RELIVE_CONFIG (the configs that changed, comma
+    /// separated; unset at first start) and RELIVE_WORKSPACE.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// With --exec: send this signal (HUP, USR1, SIGHUP, ...) to the
+    /// program instead of restarting it.
+    #[arg(long, value_name = "SIGNAL", requires = "exec", value_parser = parse_signal)]
+    pub signal: Option<Signal>,
+    /// With --exec: how long the program has to exit after SIGTERM before
+    /// it is killed, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub grace_ms: u64,
+    /// POST every event as JSON to URL (repeatable). Failed deliveries are
+    /// retried with exponential backoff, without delaying the watcher.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// How many times a failed webhook delivery is retried.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub webhook_retries: u32,
+    /// The first delay between webhook retries, in milliseconds; it doubles
+    /// after each retry, up to 30 seconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub webhook_backoff_ms: u64,
+    /// Give up on one webhook request after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Whether to poll instead of using kernel events.
+    #[arg(long, value_enum, default_value_t = PollingArg::Auto, value_name = "WHEN")]
+    pub polling: PollingArg,
+}
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  relive watch                                   print every change in the workspace found from here
+  relive watch --json deploy/                    JSON lines, one per event
+  relive watch --exec './server'                 restart ./server after each valid config change
+  relive watch --exec 'nginx -g \"daemon off;\"' --signal HUP
+  relive watch --webhook http://127.0.0.1:8080/-/reload --metrics-addr 127.0.0.1:9090
+
+The program run by --exec is in its own process group: SIGTERM and SIGKILL
+go to the whole group, --signal goes to the program itself (`sh -c` runs a
+single command in place of the shell; put `exec` before the program in a
+compound command). SIGINT and SIGTERM received by relive are passed on to
+the program, which then has --grace-ms to exit.";
+
+/// `--polling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PollingArg {
+    /// Kernel events, polling where there are none (NFS, FUSE, ...).
+    Auto,
+    /// Always poll.
+    Always,
+    /// Never poll.
+    Never,
+}
+
+/// `relive check`.
+#[derive(Debug, Args)]
+#[command(after_long_help = CHECK_EXAMPLES)]
+pub struct CheckArgs {
+    /// The workspace directory. Default: RELIVE_WORKSPACE, else the nearest
+    /// directory at or above the current one with relive.toml or config/.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Check only this environment's overlays. Default: RELIVE_ENV, else
+    /// every environment that has an overlay (and the base files alone).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Print how long each step took, to stderr.
+    #[arg(long)]
+    pub timings: bool,
+    /// Print nothing but the errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+const CHECK_EXAMPLES: &str = "\
+Checks, for every config under config/: that each file parses, that the base
+merged with each environment's overlay is valid, and that the result matches
+config/<name>.schema.json when there is one. Errors are printed to stdout as
+`file:line:col: message`, with paths relative to the current directory.
+
+As a git pre-commit hook (.git/hooks/pre-commit):
+  #!/bin/sh
+  exec relive check";
+
+/// Options shared by the history commands.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryWorkspace {
+    /// The workspace directory. Default: RELIVE_WORKSPACE, else the nearest
+    /// directory at or above the current one with relive.toml or config/.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `relive history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The config's name (`app` for config/app.toml, `db/main` for
+    /// config/db/main.yaml).
+    pub name: String,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+/// `relive show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The config's name.
+    pub name: String,
+    /// The version number. Default: the newest.
+    #[arg(value_name = "VERSION")]
+    pub number: Option<u64>,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+/// `relive diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The config's name.
+    pub name: String,
+    /// The older version.
+    pub a: u64,
+    /// The newer version. Default: the newest.
+    pub b: Option<u64>,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+/// `relive rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The config's name.
+    pub name: String,
+    /// The version to go back to. Default: the applied version before the
+    /// newest.
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+/// `relive completions`.
+#[derive(Debug, Args)]
+#[command(
+    after_long_help = "Examples:\n  relive completions bash > /etc/bash_completion.d/relive\n  relive completions zsh > \"${fpath[1]}/_relive\"\n  relive completions fish > ~/.config/fish/completions/relive.fish"
+)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// A signal, by name and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    /// The name without `SIG`, such as `HUP`.
+    pub name: &'static str,
+    /// The signal.
+    pub signal: rustix::process::Signal,
+}
+
+const SIGNALS: &[(&str, rustix::process::Signal)] = {
+    use rustix::process::Signal as S;
+    &[
+        ("HUP", S::HUP),
+        ("INT", S::INT),
+        ("QUIT", S::QUIT),
+        ("KILL", S::KILL),
+        ("USR1", S::USR1),
+        ("USR2", S::USR2),
+        ("ALRM", S::ALARM),
+        ("TERM", S::TERM),
+        ("CONT", S::CONT),
+        ("STOP", S::STOP),
+        ("TSTP", S::TSTP),
+        ("WINCH", S::WINCH),
+        ("IO", S::IO),
+        ("PWR", S::POWER),
+    ]
+};
+
+/// Parses `HUP`, `sighup`, `SIGHUP` or a number such as `1`.
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let found = match bare.parse::<i32>() {
+        Ok(number) => SIGNALS.iter().find(|(_, s)| s.as_raw() == number),
+        Err(_) => SIGNALS.iter().find(|(name, _)| *name == bare),
+    };
+    found.map(|&(name, signal)| Signal { name, signal }).ok_or_else(|| {
+        let names: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+        format!("unknown signal `{text}`; use one of {}", names.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("HUP").unwrap().name, "HUP");
+        assert_eq!(parse_signal("sigusr1").unwrap().name, "USR1");
+        assert_eq!(parse_signal("SIGTERM").unwrap().name, "TERM");
+        assert_eq!(parse_signal("1").unwrap().name, "HUP");
+        assert!(parse_signal("BOGUS").unwrap_err().contains("unknown signal `BOGUS`"));
+    }
+}

@@ -1,0 +1,205 @@
+//! How things are shown: paths, config errors, events as text and as JSON,
+//! and messages on stderr. Colours go through `anstream`, which drops them
+//! when the stream is not a terminal or NO_COLOR is set.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anstyle::{AnsiColor, Style};
+use relive::{ChangeEvent, ChangeType, ConfigError};
+use serde_json::{Map, Value, json};
+
+const ERROR: Style = AnsiColor::Red.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default().bold();
+const DIM: Style = Style::new().dimmed();
+const GOOD: Style = AnsiColor::Green.on_default();
+const BAD: Style = AnsiColor::Red.on_default();
+const NAME: Style = Style::new().bold();
+
+/// Prints `relive: error: message` to stderr.
+pub fn error(message: &str) {
+    let _ = writeln!(anstream::stderr(), "relive: {ERROR}error{ERROR:#}: {message}");
+}
+
+/// Prints `relive: warning: message` to stderr.
+pub fn warn(message: &str) {
+    let _ = writeln!(anstream::stderr(), "relive: {WARN}warning{WARN:#}: {message}");
+}
+
+/// Prints `relive: message` to stderr.
+pub fn note(message: &str) {
+    let _ = writeln!(anstream::stderr(), "relive: {message}");
+}
+
+/// `path` as people want to read it: relative to the current directory
+/// when it is inside it, as given otherwise.
+pub fn display_path(path: &Path) -> String {
+    static CWD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let cwd = CWD.get_or_init(|| std::env::current_dir().ok());
+    match cwd.as_deref().and_then(|cwd| path.strip_prefix(cwd).ok()) {
+        Some(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => path.display().to_string(),
+    }
+}
+
+/// A config error as `file:line:col: message (at `key`)`, with the file
+/// relative to the current directory; `file: message` without a position,
+/// `config `name`: message` without a file.
+pub fn config_error(name: Option<&str>, error: &ConfigError) -> String {
+    let mut out = String::new();
+    match (error.file(), error.line(), error.column()) {
+        (Some(file), Some(line), Some(column)) => out.push_str(&format!("{}:{line}:{column}: ", display_path(file))),
+        (Some(file), _, _) => out.push_str(&format!("{}: ", display_path(file))),
+        (None, _, _) => {
+            if let Some(name) = name {
+                out.push_str(&format!("config `{name}`: "));
+            }
+        }
+    }
+    out.push_str(error.message());
+    if let Some(key) = error.key() {
+        out.push_str(&format!(" (at `{key}`)"));
+    }
+    out
+}
+
+/// The local time of day as `12:00:01.234`.
+pub fn clock() -> String {
+    jiff::Zoned::now().strftime("%H:%M:%S%.3f").to_string()
+}
+
+/// One event as one line of text (without the time).
+pub fn event_text(event: &ChangeEvent) -> String {
+    let kind = event.kind();
+    match event {
+        ChangeEvent::ConfigChanged { config_name, files, .. } => {
+            let files: Vec<String> = files.iter().map(|f| display_path(f)).collect();
+            format!("{GOOD}{kind}{GOOD:#} {NAME}{config_name}{NAME:#} ({})", files.join(", "))
+        }
+        ChangeEvent::FileChanged { path, change_type } => match change_type {
+            ChangeType::Renamed { from } => {
+                format!("{kind} {} {} (from {})", change_type.as_str(), display_path(path), display_path(from))
+            }
+            _ => format!("{kind} {} {}", change_type.as_str(), display_path(path)),
+        },
+        ChangeEvent::ValidationFailed { config_name, error } => {
+            format!("{BAD}{kind}{BAD:#} {NAME}{config_name}{NAME:#}: {}", config_error(Some(config_name), error))
+        }
+        ChangeEvent::ReloadCompleted { config_name, duration } => {
+            format!("{DIM}{kind} {config_name} in {:.3} ms{DIM:#}", duration.as_secs_f64() * 1e3)
+        }
+        ChangeEvent::HandlerFailed { handler, error } => format!("{BAD}{kind}{BAD:#} {handler}: {error}"),
+        ChangeEvent::ReadFailed { path, error } => format!("{BAD}{kind}{BAD:#} {}: {error}", display_path(path)),
+        _ => kind.to_string(),
+    }
+}
+
+/// Prints one event to stdout, as text or as a JSON line.
+pub fn print_event(event: &ChangeEvent, as_json: &Option<Value>) {
+    let mut out = anstream::stdout().lock();
+    let _ = match as_json {
+        Some(value) => writeln!(out, "{value}"),
+        None => writeln!(out, "{DIM}{}{DIM:#} {}", clock(), event_text(event)),
+    };
+    let _ = out.flush();
+}
+
+/// One event as a JSON object with stable field names:
+///
+/// - every event: `time` (RFC 3339, UTC), `kind`;
+/// - `config_changed`: `config`, `path` (the base file), `files`, `old`,
+///   `new` (values redacted by the library);
+/// - `file_changed`: `path`, `change` (`created`, `modified`, `deleted`,
+///   `renamed`), and `from` for a rename;
+/// - `validation_failed`: `config`, `error` (the message), `path`, `line`,
+///   `column`, `key` where known, and `location` (`file:line:col: message`);
+/// - `reload_completed`: `config`, `duration_ms`;
+/// - `handler_failed`: `handler`, `error`; `read_failed`: `path`, `error`.
+pub fn event_json(event: &ChangeEvent) -> Value {
+    let mut o = Map::new();
+    let time = jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or_else(|_| jiff::Timestamp::now());
+    o.insert("time".into(), json!(time.to_string()));
+    o.insert("kind".into(), json!(event.kind()));
+    let path = |p: &Path| json!(p.display().to_string());
+    match event {
+        ChangeEvent::ConfigChanged { config_name, old_value, new_value, files } => {
+            o.insert("config".into(), json!(config_name));
+            if let Some(first) = files.first() {
+                o.insert("path".into(), path(first));
+            }
+            o.insert("files".into(), files.iter().map(|f| path(f)).collect());
+            o.insert("old".into(), Value::clone(old_value));
+            o.insert("new".into(), Value::clone(new_value));
+        }
+        ChangeEvent::FileChanged { path: p, change_type } => {
+            o.insert("path".into(), path(p));
+            o.insert("change".into(), json!(change_type.as_str()));
+            if let ChangeType::Renamed { from } = change_type {
+                o.insert("from".into(), path(from));
+            }
+        }
+        ChangeEvent::ValidationFailed { config_name, error } => {
+            o.insert("config".into(), json!(config_name));
+            o.insert("error".into(), json!(error.message()));
+            if let Some(file) = error.file() {
+                o.insert("path".into(), path(file));
+            }
+            if let (Some(line), Some(column)) = (error.line(), error.column()) {
+                o.insert("line".into(), json!(line));
+                o.insert("column".into(), json!(column));
+            }
+            if let Some(key) = error.key() {
+                o.insert("key".into(), json!(key));
+            }
+            o.insert("location".into(), json!(config_error(Some(config_name), error)));
+        }
+        ChangeEvent::ReloadCompleted { config_name, duration } => {
+            o.insert("config".into(), json!(config_name));
+            o.insert("duration_ms".into(), json!(duration.as_secs_f64() * 1e3));
+        }
+        ChangeEvent::HandlerFailed { handler, error } => {
+            o.insert("handler".into(), json!(handler));
+            o.insert("error".into(), json!(error));
+        }
+        ChangeEvent::ReadFailed { path: p, error } => {
+            o.insert("path".into(), path(p));
+            o.insert("error".into(), json!(error));
+        }
+        _ => {}
+    }
+    Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relive::ConfigErrorKind;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn config_errors_render_like_compilers() {
+        let e = ConfigError::new(ConfigErrorKind::Syntax, "expected `=`")
+            .with_file("/nowhere/config/app.toml")
+            .with_position(3, 7);
+        assert_eq!(config_error(None, &e), "/nowhere/config/app.toml:3:7: expected `=`");
+        let e = ConfigError::new(ConfigErrorKind::Invalid, "too big").with_key("server.port");
+        assert_eq!(config_error(Some("app"), &e), "config `app`: too big (at `server.port`)");
+    }
+
+    #[test]
+    fn json_fields_are_stable() {
+        let event = ChangeEvent::ReloadCompleted { config_name: "app".into(), duration: Duration::from_micros(1500) };
+        let v = event_json(&event);
+        assert_eq!(v["kind"], "reload_completed");
+        assert_eq!(v["config"], "app");
+        assert_eq!(v["duration_ms"], 1.5);
+        let error =
+            ConfigError::new(ConfigErrorKind::Invalid, "no").with_file("/w/config/app.toml").with_position(2, 1);
+        let event = ChangeEvent::ValidationFailed { config_name: "app".into(), error: Arc::new(error) };
+        let v = event_json(&event);
+        assert_eq!((v["error"].as_str(), v["line"].as_u64(), v["column"].as_u64()), (Some("no"), Some(2), Some(1)));
+        assert_eq!(v["path"], "/w/config/app.toml");
+    }
+}

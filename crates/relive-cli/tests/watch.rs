@@ -1,0 +1,201 @@
+//! `relive watch`: events as JSON lines, `--exec`, `--webhook` and
+//! `--metrics-addr`, against the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{TIMEOUT, Ws, alive, wait_until};
+
+#[test]
+fn watch_prints_changes_and_rejections_as_json_lines() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 8080\npassword = \"hunter2\"\n");
+    ws.write("config/app.schema.json", r#"{"properties": {"port": {"type": "integer", "maximum": 65535}}}"#);
+    let mut watch = ws.watch(&[]);
+
+    ws.write("config/app.toml", "port = 9090\npassword = \"hunter3\"\n");
+    let changed = watch.wait_kind("config_changed", "app");
+    assert_eq!(changed["new"]["port"], 9090);
+    assert_eq!(changed["old"]["port"], 8080);
+    assert_eq!(changed["new"]["password"], "[redacted]", "secrets are redacted: {changed}");
+    assert!(changed["path"].as_str().unwrap().ends_with("config/app.toml"));
+    let completed = watch.wait_kind("reload_completed", "app");
+    assert!(completed["duration_ms"].as_f64().unwrap() >= 0.0);
+
+    // A schema violation is a rejection, located at the key.
+    ws.write("config/app.toml", "# bigger\nport = 99999\n");
+    let failed = watch.wait_kind("validation_failed", "app");
+    assert_eq!(failed["key"], "port");
+    assert_eq!((failed["line"].as_u64(), failed["column"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(failed["error"], "99999 is greater than the maximum of 65535");
+
+    // So is a syntax error.
+    ws.write("config/app.toml", "port = [\n");
+    let failed = watch.wait_kind("validation_failed", "app");
+    assert_eq!(failed["location"], "config/app.toml:1:9: unclosed array, expected `]`");
+    assert_eq!(watch.terminate(), 0);
+}
+
+/// The lines `$$ $RELIVE_CONFIG` that each start of the program appended.
+fn starts(ws: &Ws) -> Vec<String> {
+    ws.read("starts.txt").lines().map(str::to_string).collect()
+}
+
+#[test]
+fn exec_restarts_the_program_only_after_a_valid_change() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    ws.write("config/other.toml", "x = 1\n");
+    let script = "echo \"$$ $RELIVE_CONFIG\" >> starts.txt; exec sleep 600";
+    let mut watch = ws.watch(&["--exec", script, "--grace-ms", "2000"]);
+    wait_until("first start", || starts(&ws).len() == 1);
+    let first_pid: u32 = starts(&ws)[0].split(' ').next().unwrap().parse().unwrap();
+    assert!(alive(first_pid));
+
+    ws.write("config/app.toml", "port = 2\n");
+    watch.wait_kind("config_changed", "app");
+    wait_until("restart after a valid change", || starts(&ws).len() == 2);
+    assert!(starts(&ws)[1].ends_with(" app"), "RELIVE_CONFIG names the config: {:?}", starts(&ws));
+    wait_until("the first program to be gone", || !alive(first_pid));
+
+    // An invalid change is reported and does not restart the program. The
+    // change to `other` after it is the next restart, and the only one.
+    ws.write("config/app.toml", "port = \n");
+    watch.wait_kind("validation_failed", "app");
+    ws.write("config/other.toml", "x = 2\n");
+    watch.wait_kind("config_changed", "other");
+    wait_until("restart after the next valid change", || starts(&ws).len() >= 3);
+    let all = starts(&ws);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all[2].ends_with(" other"), "{all:?}");
+
+    // SIGTERM to relive stops the program too.
+    let last_pid: u32 = all[2].split(' ').next().unwrap().parse().unwrap();
+    assert!(alive(last_pid));
+    assert_eq!(watch.terminate(), 0);
+    wait_until("the program to be stopped with relive", || !alive(last_pid));
+}
+
+#[test]
+fn exec_with_signal_signals_instead_of_restarting() {
+    let ws = Ws::new();
+    ws.write("config/app.yaml", "level: info\n");
+    let script = "trap 'echo \"$RELIVE_CONFIG\" >> signals.txt' USR1; echo \"$$\" >> starts.txt; \
+                  while :; do sleep 0.05; done";
+    let mut watch = ws.watch(&["--exec", script, "--signal", "USR1"]);
+    wait_until("first start", || starts(&ws).len() == 1);
+    ws.write("config/app.yaml", "level: debug\n");
+    watch.wait_kind("config_changed", "app");
+    wait_until("the signal to be handled", || ws.read("signals.txt").lines().count() == 1);
+    assert_eq!(starts(&ws).len(), 1, "signalled, not restarted");
+    assert_eq!(watch.terminate(), 0);
+}
+
+/// A tiny HTTP server: answers the first request 500 and every other 200,
+/// and sends each request body to the test.
+fn webhook_server() -> (String, mpsc::Receiver<(u16, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/-/reload", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { break };
+            let status = if n == 0 { 500 } else { 200 };
+            let Some(body) = read_request(&stream) else { continue };
+            let mut stream = stream;
+            let reason = if status == 200 { "OK" } else { "Internal Server Error" };
+            let _ = write!(stream, "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if tx.send((status, body)).is_err() {
+                break;
+            }
+        }
+    });
+    (url, rx)
+}
+
+fn read_request(stream: &TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    assert!(request_line.starts_with("POST /-/reload "), "{request_line}");
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+#[test]
+fn webhook_delivers_every_event_and_retries_a_failure() {
+    let (url, requests) = webhook_server();
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    let mut watch = ws.watch(&["--webhook", &url, "--webhook-backoff-ms", "20"]);
+    ws.write("config/app.toml", "port = 2\n");
+    watch.wait_kind("config_changed", "app");
+
+    let mut received = Vec::new();
+    while !received.iter().any(|(_, b): &(u16, String)| b.contains("\"kind\":\"config_changed\"")) {
+        received.push(requests.recv_timeout(TIMEOUT).expect("a webhook request"));
+    }
+    // The first delivery failed with 500 and the same event came again.
+    assert_eq!(received[0].0, 500);
+    assert_eq!(received[1].0, 200);
+    assert_eq!(received[0].1, received[1].1, "the retry carries the same event");
+    let first: serde_json::Value = serde_json::from_str(&received[0].1).unwrap();
+    assert_eq!(first["kind"], "file_changed");
+    let changed: serde_json::Value = serde_json::from_str(&received.last().unwrap().1).unwrap();
+    assert_eq!((changed["config"].as_str(), changed["new"]["port"].as_i64()), (Some("app"), Some(2)));
+}
+
+#[test]
+fn metrics_are_served_where_asked() {
+    let port = {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().unwrap().port()
+    };
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    let addr = format!("127.0.0.1:{port}");
+    let mut watch = ws.watch(&["--metrics-addr", &addr]);
+    ws.write("config/app.toml", "port = 2\n");
+    watch.wait_kind("config_changed", "app");
+    ws.write("config/app.toml", "port = \n");
+    watch.wait_kind("validation_failed", "app");
+
+    let mut body = String::new();
+    wait_until("metrics with the reloads", || {
+        body = scrape(&addr);
+        body.contains("relive_reloads_total{config=\"app\",result=\"rejected\"} 1")
+    });
+    assert!(body.contains("relive_reloads_total{config=\"app\",result=\"applied\"}"), "{body}");
+    assert!(body.contains("relive_versions_applied_total{config=\"app\"} 1"), "{body}");
+    assert!(body.contains("relive_reload_duration_seconds_bucket"), "{body}");
+    assert!(body.contains("relive_events_total{kind=\"validation_failed\"} 1"), "{body}");
+}
+
+fn scrape(addr: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
