@@ -27,6 +27,7 @@ use crate::coalesce::{Backoff, Coalescer, Ready, Settings as CoalesceSettings, S
 use crate::error::{ConfigError, ConfigErrorKind, Error};
 use crate::event::{ChangeEvent, ChangeType};
 use crate::handler::{self, DynHandler, HANDLER_QUEUE};
+use crate::history::{HistoryConfig, Recorder};
 use crate::paths::{self, ConfigFile, PathFilter};
 use crate::pipeline::{Document, Parsed, Sources};
 use crate::redact::Redactor;
@@ -72,6 +73,8 @@ pub(crate) struct Settings {
     pub redactor: Redactor,
     pub validate: bool,
     pub backup: bool,
+    /// `None` when history is off.
+    pub history: Option<HistoryConfig>,
     pub polling: Polling,
     pub poll_interval: Duration,
     pub quiet: Duration,
@@ -96,6 +99,7 @@ impl Settings {
             redactor: Redactor::new(&c.redact_patterns)?,
             validate: c.validate_before_reload,
             backup: c.backup_on_change,
+            history: c.history.enabled.then(|| c.history.clone()),
             polling: c.polling,
             poll_interval: Duration::from_millis(c.poll_interval_ms.max(1)),
             quiet: Duration::from_millis(c.debounce_ms),
@@ -110,6 +114,7 @@ enum Command {
     AddHandler { name: String, glob: Option<GlobMatcher>, tx: mpsc::Sender<ChangeEvent> },
     Publish { name: String, docs: Vec<Document>, reply: oneshot::Sender<Result<bool, ConfigError>> },
     Pause { paused: std::sync::mpsc::SyncSender<()>, resume: std::sync::mpsc::Receiver<()> },
+    FlushHistory { reply: oneshot::Sender<()> },
     Shutdown,
 }
 
@@ -193,6 +198,14 @@ impl Engine {
         rx.await
             .map_err(|_| Error::Stopped)?
             .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
+    }
+
+    /// Waits until every version the engine has applied or rejected so far
+    /// is in the history on disk.
+    pub(crate) async fn flush_history(&self) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FlushHistory { reply })?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     pub(crate) fn add_handler(
@@ -309,6 +322,8 @@ struct Worker {
     /// Reads that came back shorter than the file was, by content hash,
     /// waiting for a confirming re-read (see `Worker::suspicious`).
     suspects: HashMap<PathBuf, u64>,
+    /// The history's writer thread, when history is on.
+    history: Option<Recorder>,
     stop: bool,
 }
 
@@ -327,6 +342,13 @@ impl Worker {
             ));
         }
         let coalescer = Coalescer::new(coalesce_settings(&s, false));
+        let history = match &s.history {
+            Some(config) => Some(
+                Recorder::start(s.root.clone(), s.env.clone(), config.clone(), s.redactor.clone())
+                    .map_err(|e| Error::Watch(format!("cannot start the history thread: {e}")))?,
+            ),
+            None => None,
+        };
         let mut worker = Worker {
             s,
             rx,
@@ -343,6 +365,7 @@ impl Worker {
             raw: Vec::new(),
             recheck: BTreeSet::new(),
             suspects: HashMap::new(),
+            history,
             stop: false,
         };
         worker.start_backend()?;
@@ -489,6 +512,12 @@ impl Worker {
                 // Returns when the guard is dropped.
                 let _ = resume.recv();
             }
+            Command::FlushHistory { reply } => match &self.history {
+                Some(history) => history.flush(reply),
+                None => {
+                    let _ = reply.send(());
+                }
+            },
             Command::Shutdown => self.stop = true,
         }
     }
@@ -907,6 +936,25 @@ impl Worker {
         Ok(Sources { docs })
     }
 
+    /// The documents of config `name` as they are, parsed or not: for the
+    /// history of a version that failed to load.
+    fn documents(&self, name: &str) -> Vec<Document> {
+        let mut docs: Vec<(bool, Document)> = Vec::new();
+        for path in self.config_files.get(name).into_iter().flatten() {
+            let Some(known) = self.known.get(path) else { continue };
+            let Some(cf) = &known.config else { continue };
+            let overlay = match &cf.env {
+                None => false,
+                Some(env) if Some(env) == self.s.env.as_ref() => true,
+                Some(_) => continue,
+            };
+            let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
+            docs.push((overlay, Document::new(path, cf.format, content)));
+        }
+        docs.sort_by_key(|(overlay, _)| *overlay);
+        docs.into_iter().map(|(_, d)| d).collect()
+    }
+
     fn reload(&mut self, name: &str, first_seen: Instant, events: &mut Vec<ChangeEvent>) {
         if self.configs.get(name).is_some_and(|c| c.external) {
             return;
@@ -921,6 +969,9 @@ impl Worker {
                 // A config that never existed is not an error; one whose
                 // files went away keeps its last good value, and says so.
                 if error.kind() != ConfigErrorKind::Missing || had_value {
+                    if let Some(history) = &self.history {
+                        history.record(name, self.documents(name), None, Some(error.clone()), false);
+                    }
                     events.push(self.rejected(name, error));
                 }
             }
@@ -939,15 +990,26 @@ impl Worker {
     ) -> bool {
         let state = self.configs.entry(name.to_string()).or_default();
         if state.value.as_deref() == Some(&merged) {
-            // Same data (whitespace, comments, key order): nothing to do.
+            // Same data (whitespace, comments, key order): nothing to do. The
+            // history is told all the same: a rollback to the live value is
+            // done when its content comes back.
+            if let Some(history) = &self.history {
+                let docs = sources.docs.iter().map(|p| p.doc.clone()).collect();
+                history.record(name, docs, Some(Arc::new(merged)), None, state.external);
+            }
             return true;
         }
         state.sinks.retain(|s| !s.is_closed());
+        let published = state.external;
         let mut commits = Vec::with_capacity(state.sinks.len());
         for sink in &state.sinks {
             match sink.prepare(&merged, sources, self.s.validate) {
                 Ok(commit) => commits.push(commit),
                 Err(error) => {
+                    if let Some(history) = &self.history {
+                        let docs = sources.docs.iter().map(|p| p.doc.clone()).collect();
+                        history.record(name, docs, Some(Arc::new(merged)), Some(error.clone()), published);
+                    }
                     events.push(self.rejected(name, error));
                     return false;
                 }
@@ -970,6 +1032,11 @@ impl Worker {
         let state = self.configs.get_mut(name).expect("state exists");
         let merged = Arc::new(merged);
         let old = state.value.replace(Arc::clone(&merged));
+        if let Some(history) = &self.history {
+            // Off the reload path: the writer thread hashes, diffs and syncs.
+            let docs = sources.docs.iter().map(|p| p.doc.clone()).collect();
+            history.record(name, docs, Some(Arc::clone(&merged)), None, published);
+        }
         let duration = first_seen.elapsed();
         metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
         metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
@@ -1029,6 +1096,7 @@ impl Worker {
     }
 
     fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
+        let raw = self.history.as_ref().map(|_| docs.clone());
         let docs = docs.into_iter().map(Parsed::parse).collect::<Result<Vec<_>, _>>();
         let mut events = Vec::new();
         let result = match docs {
@@ -1043,6 +1111,9 @@ impl Worker {
                 }
             }
             Err(error) => {
+                if let (Some(history), Some(raw)) = (&self.history, raw) {
+                    history.record(name, raw, None, Some(error.clone()), true);
+                }
                 events.push(self.rejected(name, error.clone()));
                 Err(error)
             }

@@ -55,6 +55,24 @@ pub enum Error {
     /// The file watcher could not be set up.
     #[error("watcher: {0}")]
     Watch(String),
+    /// A config's history could not be read, or a version in it is not
+    /// usable for what was asked.
+    #[error("history of `{name}`: {message}")]
+    History {
+        /// The config's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The history of a config has no such version (never recorded, or
+    /// pruned).
+    #[error("config `{name}` has no version {version} in its history")]
+    UnknownVersion {
+        /// The config's name.
+        name: String,
+        /// The version asked for.
+        version: u64,
+    },
 }
 
 impl Error {

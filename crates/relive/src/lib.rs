@@ -103,6 +103,7 @@ mod error;
 mod event;
 mod format;
 mod handler;
+mod history;
 mod locate;
 mod paths;
 mod pipeline;
@@ -117,6 +118,9 @@ pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
 pub use handler::{HandlerError, ReloadHandler};
+pub use history::{
+    Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
+};
 pub use pipeline::Document;
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};

@@ -8,9 +8,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use crate::engine::{Engine, PauseGuard, Settings, WatcherMode};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
+use crate::history::{Diff, History, HistoryConfig, HistoryEntry, Version};
 use crate::pipeline::Document;
 use crate::redact::Redactor;
 use crate::stream::{ConfigBuilder, ConfigStream};
@@ -34,6 +35,8 @@ struct Inner {
     starting: tokio::sync::Mutex<()>,
     /// Handlers registered before the engine started.
     pending: Mutex<Vec<PendingHandler>>,
+    /// The redactor of the last engine started, for diffs.
+    redactor: Mutex<Option<Redactor>>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -60,6 +63,7 @@ impl Workspace {
                 engine: Mutex::new(None),
                 starting: tokio::sync::Mutex::new(()),
                 pending: Mutex::new(Vec::new()),
+                redactor: Mutex::new(None),
             }),
         }
     }
@@ -142,6 +146,7 @@ impl Workspace {
         }
         let settings =
             Settings::new(&self.inner.root, self.config_dir(), self.data_dir(), self.inner.env.clone(), &config)?;
+        *self.inner.redactor.lock().expect("redactor lock") = Some(settings.redactor.clone());
         let engine = Engine::start(settings).await?;
         let mut slot = self.inner.engine.lock().expect("engine lock");
         for (name, pattern, handler) in self.inner.pending.lock().expect("pending lock").drain(..) {
@@ -157,6 +162,90 @@ impl Workspace {
             return Ok(engine);
         }
         self.start(HotReloadConfig::default(), true).await
+    }
+
+    /// The recorded history of config `name`, read from
+    /// `data/history/`: every version kept, applied and rejected, and the
+    /// records that were skipped as corrupt or truncated
+    /// ([`History::warnings`]). Needs no running engine.
+    pub fn open_history(&self, name: &str) -> Result<History> {
+        History::open(&self.inner.root, name)
+    }
+
+    /// Every version of config `name` that was applied or rejected, oldest
+    /// first (see [`HistoryConfig`] for what is kept). A config with no
+    /// history has none. Corrupt records are skipped with a warning in the
+    /// log; [`open_history`](Workspace::open_history) lists them.
+    ///
+    /// ```no_run
+    /// # fn f(ws: relive::Workspace) -> relive::Result<()> {
+    /// for entry in ws.history("server")? {
+    ///     println!("{} {:?} {}", entry.version, entry.status, entry.diff);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>> {
+        Ok(self.open_history(name)?.entries().to_vec())
+    }
+
+    /// Version `n` of config `name`, with its documents exactly as they
+    /// were on disk (secrets included) and its merged value. Fails with
+    /// [`Error::UnknownVersion`] if it was never recorded or was pruned.
+    pub fn version(&self, name: &str, n: u64) -> Result<Version> {
+        self.open_history(name)?.version(n)
+    }
+
+    /// What changed in config `name` from version `a` to version `b`, with
+    /// secrets redacted (by the running engine's
+    /// [`redact_patterns`](HotReloadConfig::redact_patterns), or the
+    /// default ones).
+    pub fn diff(&self, name: &str, a: u64, b: u64) -> Result<Diff> {
+        let redactor = self.inner.redactor.lock().expect("redactor lock").clone().unwrap_or_default();
+        self.open_history(name)?.diff(a, b, &redactor)
+    }
+
+    /// Restores version `n` of config `name`: writes its documents back to
+    /// the files they came from, each atomically (temp file + rename), so
+    /// that the engine validates and applies them like any change. The
+    /// history then records a new version with `rollback_of: Some(n)`.
+    ///
+    /// It works without an engine in this process: a marker in the history
+    /// tells whichever engine applies the files (another process, or the
+    /// next one started) that they are a rollback. When an engine runs in
+    /// this process, this waits (up to 10 s) for it to apply the files, and
+    /// returns [`Error::Config`] if it rejected them; the files are written
+    /// either way.
+    ///
+    /// Only applied, file-fed versions can be restored. Files the config has
+    /// now that version `n` did not have (an overlay added since) are left
+    /// alone. A rollback to what is already on disk writes nothing.
+    pub async fn rollback(&self, name: &str, n: u64) -> Result<()> {
+        let engine = self.inner.engine.lock().expect("engine lock").clone();
+        if let Some(engine) = &engine {
+            // The engine records on its own thread: let the history catch
+            // up, so that it knows which version is live.
+            let _ = engine.flush_history().await;
+        }
+        let history = self.open_history(name)?;
+        let mut events = engine.as_ref().map(|e| e.events());
+        let (wrote, changes_value) = tokio::task::spawn_blocking(move || history.write_back(n))
+            .await
+            .map_err(|e| Error::History { name: name.to_string(), message: format!("rollback failed: {e}") })??;
+        let (Some(events), true, true) = (&mut events, wrote, changes_value) else { return Ok(()) };
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match events.recv().await {
+                    Ok(ChangeEvent::ConfigChanged { config_name, .. }) if config_name == name => return Ok(()),
+                    Ok(ChangeEvent::ValidationFailed { config_name, error }) if config_name == name => {
+                        return Err(Error::Config { name: config_name, error: Box::new(ConfigError::clone(&error)) });
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        })
+        .await;
+        outcome.unwrap_or(Ok(()))
     }
 
     /// Watches config `name` as `T`: the stream starts at the current value
@@ -264,9 +353,14 @@ pub struct HotReloadConfig {
     /// The most directories relive may watch before it polls instead; the
     /// kernel's limit applies anyway. Default none.
     pub watch_limit: Option<usize>,
-    /// Globs over key names whose values are redacted in events and logs.
-    /// Default [`Redactor::DEFAULT_PATTERNS`].
+    /// Globs over key names whose values are redacted in events, logs and
+    /// history diffs (never in stored versions). Default
+    /// [`Redactor::DEFAULT_PATTERNS`].
     pub redact_patterns: Vec<String>,
+    /// The version history under `data/history/`: on by default, the newest
+    /// 100 versions of each config for up to 30 days. See
+    /// [`Workspace::history`].
+    pub history: HistoryConfig,
 }
 
 impl Default for HotReloadConfig {
@@ -291,6 +385,7 @@ impl Default for HotReloadConfig {
             poll_interval_ms: 500,
             watch_limit: None,
             redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -348,7 +443,15 @@ impl HotReloadManager {
         self.engine.publish(name, documents).await
     }
 
-    /// Stops the engine and every task it started, and waits for them.
+    /// Waits until every version the engine has applied or rejected so far
+    /// is recorded in the history on disk. (The engine records on a thread
+    /// of its own, so a reload never waits for the disk.)
+    pub async fn flush_history(&self) -> Result<()> {
+        self.engine.flush_history().await
+    }
+
+    /// Stops the engine and every task it started, and waits for them. The
+    /// history records what is queued before it stops.
     /// Streams then end (`next` returns `None`); `Live` handles keep their
     /// last value.
     pub async fn shutdown(self) -> Result<()> {

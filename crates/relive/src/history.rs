@@ -1,0 +1,539 @@
+//! Version history: every version of a config that was applied or
+//! rejected, with its content, a diff from the version before, and rollback.
+//!
+//! # On disk
+//!
+//! ```text
+//! data/history/
+//!   .lock                     held (flock) by the one engine that records
+//!   <name>/                   `/` in a name is written `%2F`, `%` is `%25`
+//!     audit.log               append-only: `<xxh3-64 hex> <json>\n` per record
+//!     versions/<n>.json       the documents of version n, bytes as they were
+//!     rollback.json           a pending rollback: {"to": n, "hash": ...}
+//! ```
+//!
+//! A version's content file is written to a temp file, fsynced, renamed into
+//! place and its directory fsynced *before* its record is appended to the
+//! log (and the log fsynced). So a record always points at durable content,
+//! and a process killed at any moment leaves a log whose last record is
+//! either complete or absent (a torn tail is skipped by readers and cut off
+//! by the next writer). A record whose checksum does not match is reported
+//! and skipped, never fatal.
+//!
+//! Retention appends a `prune` record (every version below a floor is gone,
+//! except the newest applied one, which is pinned), then deletes the pruned
+//! content files; the log is compacted (rewritten whole, atomically) once
+//! pruned records outnumber the kept ones.
+//!
+//! Recording happens on a writer thread of its own, fed by the engine
+//! through a channel: the reload path never waits for a disk.
+
+mod diff;
+mod log;
+mod writer;
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use diff::{Diff, DiffEntry};
+pub(crate) use writer::Recorder;
+
+use crate::error::{ConfigError, Error, Result};
+use crate::format::Format;
+use crate::pipeline::{Document, Parsed, Sources};
+use crate::redact::Redactor;
+use log::{DiffRecord, Status, VersionRecord};
+
+/// The log's file name in a config's history directory.
+const LOG: &str = "audit.log";
+/// The directory of content files.
+const VERSIONS: &str = "versions";
+/// A pending rollback.
+const MARKER: &str = "rollback.json";
+/// Held by the process that records history for a workspace.
+const LOCK: &str = ".lock";
+
+/// Settings of the version history (see [`Workspace::history`]).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let config = relive::HotReloadConfig {
+///     history: relive::HistoryConfig {
+///         max_versions: 20,
+///         max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+///         ..Default::default()
+///     },
+///     ..Default::default()
+/// };
+/// ```
+///
+/// [`Workspace::history`]: crate::Workspace::history
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// Record every applied and rejected version under `data/history/`.
+    /// Default true.
+    pub enabled: bool,
+    /// The most versions (applied and rejected) kept per config; older ones
+    /// are pruned. The newest version, and the newest applied one, are
+    /// never pruned. Default 100.
+    pub max_versions: usize,
+    /// Versions older than this are pruned (never the newest, nor the
+    /// newest applied one). `None` keeps versions whatever their age.
+    /// Default 30 days.
+    pub max_age: Option<Duration>,
+    /// The clock that stamps versions and judges their age. Tests replace it.
+    #[doc(hidden)]
+    pub clock: fn() -> SystemTime,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            enabled: true,
+            max_versions: 100,
+            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            clock: SystemTime::now,
+        }
+    }
+}
+
+/// Whether a version was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VersionStatus {
+    /// It passed validation and became the live value.
+    Applied,
+    /// It was tried and rejected; the value before it stayed live.
+    Rejected,
+}
+
+/// One document of a version, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DocumentInfo {
+    /// The file it was read from (for a published version, the origin the
+    /// publisher gave).
+    pub origin: PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The sha256 of its bytes, in hex.
+    pub sha256: String,
+}
+
+/// One version of a config, as the audit trail shows it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HistoryEntry {
+    /// The version number: 1, 2, 3… per config, applied and rejected
+    /// versions alike.
+    pub version: u64,
+    /// Applied or rejected.
+    pub status: VersionStatus,
+    /// When it was applied or rejected.
+    pub time: SystemTime,
+    /// The environment whose overlay was merged, if any.
+    pub env: Option<String>,
+    /// The sha256 (hex) of the stored content: the same documents always
+    /// have the same hash.
+    pub hash: String,
+    /// The documents, base first.
+    pub documents: Vec<DocumentInfo>,
+    /// What changed from the applied version before it (for the first
+    /// version, from an empty object), redacted. Empty for a rejected
+    /// version that did not parse.
+    pub diff: Diff,
+    /// Set when the version is a rollback to that earlier version.
+    pub rollback_of: Option<u64>,
+    /// Why it was rejected, with file, line and column where known.
+    pub error: Option<ConfigError>,
+    /// Fed by [`HotReloadManager::publish`](crate::HotReloadManager::publish),
+    /// not read from files. Such versions cannot be rolled back to.
+    pub published: bool,
+}
+
+impl HistoryEntry {
+    /// True if the version was applied.
+    pub fn is_applied(&self) -> bool {
+        self.status == VersionStatus::Applied
+    }
+
+    /// The files it came from, base first.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.documents.iter().map(|d| d.origin.as_path())
+    }
+}
+
+/// A version with its content: the record, the documents as they were on
+/// disk (secrets included: stored versions are never redacted), and the
+/// merged value.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Version {
+    /// The record.
+    pub entry: HistoryEntry,
+    /// The documents, bytes exactly as they were, base first.
+    pub documents: Vec<Document>,
+    /// The merged value, or `None` if a document does not parse (a
+    /// rejected version can be broken).
+    pub value: Option<Value>,
+}
+
+/// A problem found while reading a history: a record skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryWarning {
+    /// The log file.
+    pub path: PathBuf,
+    /// The 1-based line of the record.
+    pub line: usize,
+    /// True for a record cut short at the end of the log, which a write
+    /// interrupted by a crash leaves. Such a record is absent, not damaged.
+    pub truncated: bool,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for HistoryWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+/// The recorded history of one config, read from disk.
+///
+/// Opening it reads the audit log only; content is read by
+/// [`version`](History::version). It needs no running engine: it works
+/// from another process (a CLI) while an engine records.
+#[derive(Debug, Clone)]
+pub struct History {
+    name: String,
+    root: PathBuf,
+    dir: PathBuf,
+    entries: Vec<HistoryEntry>,
+    warnings: Vec<HistoryWarning>,
+}
+
+impl History {
+    /// Reads the history of config `name` in the workspace at `root`. A
+    /// config with no history has an empty one. Skipped records are logged
+    /// and listed in [`warnings`](History::warnings).
+    pub(crate) fn open(root: &Path, name: &str) -> Result<History> {
+        let dir = config_dir(&root.join("data"), name)?;
+        let path = dir.join(LOG);
+        let read = log::read(&path).map_err(|e| Error::io(&path, e))?;
+        for warning in &read.warnings {
+            tracing::warn!(config = name, %warning, "history record skipped");
+        }
+        let entries = read.versions.iter().map(|r| entry(root, r)).collect();
+        Ok(History { name: name.to_string(), root: root.to_path_buf(), dir, entries, warnings: read.warnings })
+    }
+
+    /// The config's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory the history is stored in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every version kept, oldest first.
+    pub fn entries(&self) -> &[HistoryEntry] {
+        &self.entries
+    }
+
+    /// Records that were skipped because they were corrupt or truncated.
+    pub fn warnings(&self) -> &[HistoryWarning] {
+        &self.warnings
+    }
+
+    /// The record of version `n`, if kept.
+    pub fn entry(&self, n: u64) -> Option<&HistoryEntry> {
+        self.entries.iter().find(|e| e.version == n)
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> Option<&HistoryEntry> {
+        self.entries.last()
+    }
+
+    /// The newest applied version: what is live, unless the files changed
+    /// since.
+    pub fn latest_applied(&self) -> Option<&HistoryEntry> {
+        self.entries.iter().rev().find(|e| e.is_applied())
+    }
+
+    /// Version `n` with its content, checked against its hash.
+    pub fn version(&self, n: u64) -> Result<Version> {
+        let entry = self.entry(n).ok_or_else(|| Error::UnknownVersion { name: self.name.clone(), version: n })?;
+        let path = self.dir.join(VERSIONS).join(format!("{n}.json"));
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => self.error(format!("the content of version {n} is missing")),
+            _ => Error::io(&path, e),
+        })?;
+        if log::sha256_hex(&bytes) != entry.hash {
+            return Err(self.error(format!("the content of version {n} does not match its hash")));
+        }
+        let content: log::Content = serde_json::from_slice(&bytes)
+            .map_err(|e| self.error(format!("the content of version {n} is unreadable: {e}")))?;
+        let mut documents = Vec::new();
+        for doc in content.documents {
+            let (Some(format), Some(bytes)) = (log::format_from_name(&doc.format), doc.bytes()) else {
+                return Err(self.error(format!("the content of version {n} is unreadable")));
+            };
+            documents.push(Document::new(resolve(&self.root, &doc.origin, entry.published), format, bytes));
+        }
+        let value = documents
+            .iter()
+            .map(|d| Parsed::parse(d.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .ok()
+            .map(|docs| Sources { docs }.merge());
+        Ok(Version { entry: entry.clone(), documents, value })
+    }
+
+    /// The diff from version `a` to version `b`, redacted by `redactor`.
+    pub fn diff(&self, a: u64, b: u64, redactor: &Redactor) -> Result<Diff> {
+        let value = |n: u64| {
+            self.version(n)?.value.ok_or_else(|| self.error(format!("version {n} has no value: it does not parse")))
+        };
+        Ok(Diff::between(&value(a)?, &value(b)?, redactor))
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::History { name: self.name.clone(), message }
+    }
+
+    /// Writes version `n` back to its files for [`Workspace::rollback`]:
+    /// checks it, leaves a marker for the engine, then replaces each file
+    /// atomically. Returns whether it wrote anything, and whether the value
+    /// differs from the newest applied version's.
+    ///
+    /// [`Workspace::rollback`]: crate::Workspace::rollback
+    pub(crate) fn write_back(&self, n: u64) -> Result<(bool, bool)> {
+        let target = self.version(n)?;
+        if !target.entry.is_applied() {
+            return Err(self.error(format!("version {n} was rejected; only applied versions can be restored")));
+        }
+        if target.entry.published {
+            return Err(self.error(format!("version {n} was published, not read from files; publish it again")));
+        }
+        let unchanged = target.documents.iter().all(|d| fs::read(d.origin()).is_ok_and(|b| b[..] == d.bytes()[..]));
+        if unchanged {
+            return Ok((false, false));
+        }
+        // Which engine applies the files, and when, is unknown here (another
+        // process, or the next one started): the marker tells it. It is
+        // consumed when the content comes back, as a new version or as the
+        // value already live.
+        let marker = Marker { to: n, hash: target.entry.hash.clone(), time: rfc3339(SystemTime::now()) };
+        let bytes = serde_json::to_vec(&marker).expect("marker serializes");
+        write_atomic(&self.dir.join(MARKER), &bytes).map_err(|e| Error::io(self.dir.join(MARKER), e))?;
+        let changes_value = match self.latest_applied() {
+            Some(latest) if latest.version == n => false,
+            Some(latest) => self.version(latest.version).ok().and_then(|v| v.value) != target.value,
+            None => true,
+        };
+        for doc in &target.documents {
+            // Replace a symlink's target, not the link.
+            let path = fs::canonicalize(doc.origin()).unwrap_or_else(|_| doc.origin().to_path_buf());
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            write_atomic(&path, doc.bytes()).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok((true, changes_value))
+    }
+}
+
+/// A pending rollback, left by [`History::write_back`] for whichever engine
+/// applies the restored files, in this process or another.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    to: u64,
+    hash: String,
+    time: String,
+}
+
+/// The history directory of config `name` under `data_dir`.
+pub(crate) fn config_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
+    let valid = !name.is_empty()
+        && name.split('/').all(|part| !part.is_empty() && !part.starts_with('.'))
+        && !name.contains(['\\', '\0']);
+    if !valid {
+        return Err(Error::History { name: name.to_string(), message: "invalid config name".to_string() });
+    }
+    Ok(data_dir.join("history").join(name.replace('%', "%25").replace('/', "%2F")))
+}
+
+fn resolve(root: &Path, origin: &Path, published: bool) -> PathBuf {
+    if published || origin.is_absolute() { origin.to_path_buf() } else { root.join(origin) }
+}
+
+fn entry(root: &Path, r: &VersionRecord) -> HistoryEntry {
+    HistoryEntry {
+        version: r.version,
+        status: match r.status {
+            Status::Applied => VersionStatus::Applied,
+            Status::Rejected => VersionStatus::Rejected,
+        },
+        time: humantime::parse_rfc3339_weak(&r.time).unwrap_or(SystemTime::UNIX_EPOCH),
+        env: r.env.clone(),
+        hash: r.hash.clone(),
+        documents: r
+            .documents
+            .iter()
+            .map(|d| DocumentInfo {
+                origin: resolve(root, &d.origin, r.published),
+                format: log::format_from_name(&d.format).unwrap_or(Format::Json),
+                len: d.len,
+                sha256: d.sha256.clone(),
+            })
+            .collect(),
+        diff: Diff::from_entries(
+            r.diff
+                .iter()
+                .map(|d| match d.clone() {
+                    DiffRecord::Add { path, value } => DiffEntry::Added { path, value },
+                    DiffRecord::Remove { path, value } => DiffEntry::Removed { path, value },
+                    DiffRecord::Change { path, old, new } => DiffEntry::Changed { path, old, new },
+                })
+                .collect(),
+        ),
+        rollback_of: r.rollback_of,
+        error: r.error.as_ref().map(log::ErrorRecord::to_error),
+        published: r.published,
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new
+/// one: temp file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.relive.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// What retention prunes from `live` (oldest first: version, status, time):
+/// the new floor and the versions below it that stay, or `None` if nothing
+/// goes.
+///
+/// It walks from the oldest and prunes while there are more than
+/// `max_versions` or the version is older than `max_age`; it stops at the
+/// first it keeps, so what goes is always the oldest. The newest version is
+/// never pruned, nor the newest applied one (the value that is live): it is
+/// pinned, and counts among the kept.
+pub(crate) fn retention(
+    live: &[(u64, VersionStatus, SystemTime)],
+    max_versions: usize,
+    max_age: Option<Duration>,
+    now: SystemTime,
+) -> Option<(u64, Vec<u64>)> {
+    let (&(newest, _, _), _) = live.split_last()?;
+    let pinned = live.iter().rev().find(|(_, s, _)| *s == VersionStatus::Applied).map(|e| e.0);
+    let cutoff = max_age.and_then(|age| now.checked_sub(age));
+    let max = max_versions.max(1);
+    let mut kept = live.len();
+    let mut last_pruned = None;
+    for &(version, _, time) in live {
+        if Some(version) == pinned {
+            continue;
+        }
+        let too_many = kept > max;
+        let too_old = cutoff.is_some_and(|c| time < c);
+        if version == newest || !(too_many || too_old) {
+            break;
+        }
+        kept -= 1;
+        last_pruned = Some(version);
+    }
+    let floor = last_pruned? + 1;
+    let keep = pinned.filter(|&p| p < floor).into_iter().collect();
+    Some((floor, keep))
+}
+
+/// The engine's side: an attempt to record, sent to the writer thread.
+pub(crate) struct Attempt {
+    pub name: String,
+    pub documents: Vec<Document>,
+    pub value: Option<Arc<Value>>,
+    pub error: Option<ConfigError>,
+    pub published: bool,
+    pub time: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VersionStatus::{Applied, Rejected};
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn retention_by_count_prunes_the_oldest() {
+        let live: Vec<_> = (1..=5).map(|v| (v, Applied, t(v))).collect();
+        assert_eq!(retention(&live, 5, None, t(10)), None);
+        assert_eq!(retention(&live, 3, None, t(10)), Some((3, vec![])));
+        assert_eq!(retention(&live, 0, None, t(10)), Some((5, vec![])));
+    }
+
+    #[test]
+    fn retention_by_age_keeps_the_newest_and_stops_at_the_first_kept() {
+        let day = 24 * 3600;
+        let live = [(1, Applied, t(0)), (2, Applied, t(day)), (3, Applied, t(10 * day))];
+        let week = Some(Duration::from_secs(7 * day));
+        assert_eq!(retention(&live, 100, week, t(10 * day)), Some((3, vec![])));
+        // Everything is old: the newest stays anyway.
+        assert_eq!(retention(&live, 100, week, t(100 * day)), Some((3, vec![])));
+        assert_eq!(retention(&live, 100, week, t(3 * day)), None);
+        // A clock that went backwards keeps what follows the first young one.
+        let live = [(1, Applied, t(10 * day)), (2, Applied, t(0)), (3, Applied, t(10 * day))];
+        assert_eq!(retention(&live, 100, week, t(10 * day)), None);
+    }
+
+    #[test]
+    fn retention_pins_the_newest_applied_version() {
+        let live = [(1, Applied, t(1)), (2, Rejected, t(2)), (3, Rejected, t(3)), (4, Rejected, t(4))];
+        assert_eq!(retention(&live, 2, None, t(5)), Some((4, vec![1])));
+        let live = [(1, Rejected, t(1)), (2, Applied, t(2)), (3, Rejected, t(3)), (4, Rejected, t(4))];
+        assert_eq!(retention(&live, 3, None, t(5)), Some((2, vec![])));
+        assert_eq!(retention(&live, 2, None, t(5)), Some((4, vec![2])));
+    }
+
+    #[test]
+    fn config_names_map_to_one_directory_each() {
+        let data = Path::new("/w/data");
+        assert_eq!(config_dir(data, "app").unwrap(), Path::new("/w/data/history/app"));
+        assert_eq!(config_dir(data, "db/main").unwrap(), Path::new("/w/data/history/db%2Fmain"));
+        assert_eq!(config_dir(data, "a%2Fb").unwrap(), Path::new("/w/data/history/a%252Fb"));
+        for bad in ["", "..", "a/../b", "/abs", "a//b", ".hidden"] {
+            assert!(config_dir(data, bad).is_err(), "{bad}");
+        }
+    }
+}

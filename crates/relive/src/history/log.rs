@@ -1,0 +1,389 @@
+//! The audit log's format: one record a line, `<xxh3-64 hex> <json>\n`, and
+//! the content files that records point at.
+//!
+//! These serde types are the on-disk format and stay in this module; the
+//! public types in `history.rs` are built from them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::HistoryWarning;
+use crate::error::{ConfigError, ConfigErrorKind};
+use crate::format::Format;
+use crate::pipeline::Document;
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum LogRecord {
+    /// A version: applied or rejected.
+    Version(Box<VersionRecord>),
+    /// Retention pruned every version below `floor`, except those in `keep`.
+    Prune(PruneRecord),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct VersionRecord {
+    pub version: u64,
+    pub status: Status,
+    /// RFC 3339, microseconds, UTC.
+    pub time: String,
+    pub env: Option<String>,
+    /// sha256 (hex) of the content file `versions/<version>.json`.
+    pub hash: String,
+    pub documents: Vec<DocumentRecord>,
+    /// From the previous applied version, redacted.
+    pub diff: Vec<DiffRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub published: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Status {
+    Applied,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DocumentRecord {
+    /// Relative to the workspace root when under it.
+    pub origin: PathBuf,
+    pub format: String,
+    pub len: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum DiffRecord {
+    Add { path: String, value: Value },
+    Remove { path: String, value: Value },
+    Change { path: String, old: Value, new: Value },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ErrorRecord {
+    /// The `ConfigError`'s `Display`: `file:line:col: message`.
+    pub display: String,
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PruneRecord {
+    pub floor: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<u64>,
+    pub time: String,
+}
+
+/// The content file of a version: its documents, bytes as they were.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Content {
+    pub documents: Vec<ContentDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ContentDocument {
+    pub origin: PathBuf,
+    pub format: String,
+    /// The bytes, when they are UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The bytes in hex, when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+}
+
+impl ContentDocument {
+    pub(crate) fn bytes(&self) -> Option<Vec<u8>> {
+        match (&self.text, &self.hex) {
+            (Some(text), _) => Some(text.as_bytes().to_vec()),
+            (None, Some(hex)) => from_hex(hex),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The content file for `documents` (origins already relative), and its
+/// sha256. Deterministic: the same documents give the same bytes and hash,
+/// which is how a rollback is recognised when it comes back.
+pub(crate) fn content(documents: &[(PathBuf, &Document)]) -> (Vec<u8>, String) {
+    let content = Content {
+        documents: documents
+            .iter()
+            .map(|(origin, doc)| {
+                let (text, hex) = match std::str::from_utf8(doc.bytes()) {
+                    Ok(text) => (Some(text.to_string()), None),
+                    Err(_) => (None, Some(to_hex(doc.bytes()))),
+                };
+                ContentDocument { origin: origin.clone(), format: doc.format().name().to_string(), text, hex }
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&content).expect("content serializes");
+    let hash = sha256_hex(&bytes);
+    (bytes, hash)
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
+pub(crate) fn format_from_name(name: &str) -> Option<Format> {
+    match name {
+        "toml" => Some(Format::Toml),
+        "yaml" => Some(Format::Yaml),
+        "json" => Some(Format::Json),
+        _ => None,
+    }
+}
+
+fn kind_name(kind: ConfigErrorKind) -> &'static str {
+    match kind {
+        ConfigErrorKind::Io => "io",
+        ConfigErrorKind::Syntax => "syntax",
+        ConfigErrorKind::Type => "type",
+        ConfigErrorKind::Invalid => "invalid",
+        ConfigErrorKind::Ambiguous => "ambiguous",
+        ConfigErrorKind::Missing => "missing",
+    }
+}
+
+fn kind_from_name(name: &str) -> ConfigErrorKind {
+    match name {
+        "io" => ConfigErrorKind::Io,
+        "syntax" => ConfigErrorKind::Syntax,
+        "type" => ConfigErrorKind::Type,
+        "ambiguous" => ConfigErrorKind::Ambiguous,
+        "missing" => ConfigErrorKind::Missing,
+        _ => ConfigErrorKind::Invalid,
+    }
+}
+
+impl ErrorRecord {
+    pub(crate) fn of(error: &ConfigError) -> ErrorRecord {
+        ErrorRecord {
+            display: error.to_string(),
+            kind: kind_name(error.kind()).to_string(),
+            message: error.message().to_string(),
+            file: error.file().map(Path::to_path_buf),
+            line: error.line(),
+            column: error.column(),
+            key: error.key().map(str::to_string),
+        }
+    }
+
+    pub(crate) fn to_error(&self) -> ConfigError {
+        let mut error = ConfigError::new(kind_from_name(&self.kind), &self.message);
+        if let Some(file) = &self.file {
+            error = error.with_file(file);
+        }
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            error = error.with_position(line, column);
+        }
+        if let Some(key) = &self.key {
+            error = error.with_key(key);
+        }
+        error
+    }
+}
+
+/// One record as a log line: checksum, space, JSON, newline.
+pub(crate) fn encode(record: &LogRecord) -> Vec<u8> {
+    let json = serde_json::to_string(record).expect("records serialize");
+    let mut line = format!("{:016x} ", xxhash_rust::xxh3::xxh3_64(json.as_bytes())).into_bytes();
+    line.extend_from_slice(json.as_bytes());
+    line.push(b'\n');
+    line
+}
+
+/// Decodes one line (without its newline).
+fn decode(line: &[u8]) -> Result<LogRecord, String> {
+    let (sum, json) = match line.iter().position(|&b| b == b' ') {
+        Some(16) => (&line[..16], &line[17..]),
+        _ => return Err("malformed record (no checksum)".to_string()),
+    };
+    let sum = std::str::from_utf8(sum)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| "malformed record (bad checksum field)".to_string())?;
+    if xxhash_rust::xxh3::xxh3_64(json) != sum {
+        return Err("corrupt record (checksum mismatch)".to_string());
+    }
+    serde_json::from_slice(json).map_err(|e| format!("unreadable record: {e}"))
+}
+
+/// A log, read: the versions it shows, oldest first, and what was wrong
+/// with it.
+#[derive(Debug, Default)]
+pub(crate) struct ReadLog {
+    /// Versions not pruned, in order.
+    pub versions: Vec<VersionRecord>,
+    /// The highest version number in any valid record, pruned or not.
+    pub max_version: u64,
+    pub floor: u64,
+    pub keep: Vec<u64>,
+    /// Complete lines in the file.
+    pub lines: usize,
+    /// Where the complete lines end, if a torn record follows them.
+    pub torn_at: Option<u64>,
+    pub warnings: Vec<HistoryWarning>,
+}
+
+/// Reads the log at `path`; a missing log is an empty one. Corrupt and
+/// truncated records are skipped with a warning.
+pub(crate) fn read(path: &Path) -> std::io::Result<ReadLog> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(parse(path, &bytes))
+}
+
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> ReadLog {
+    let mut log = ReadLog::default();
+    let mut all: Vec<VersionRecord> = Vec::new();
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let Some(len) = bytes[start..].iter().position(|&b| b == b'\n') else {
+            log.torn_at = Some(start as u64);
+            log.warnings.push(HistoryWarning {
+                path: path.to_path_buf(),
+                line: line_no,
+                truncated: true,
+                message: "truncated record (an interrupted write); skipped".to_string(),
+            });
+            break;
+        };
+        let line = &bytes[start..start + len];
+        start += len + 1;
+        log.lines += 1;
+        let mut warn = |message: String| {
+            log.warnings.push(HistoryWarning { path: path.to_path_buf(), line: line_no, truncated: false, message })
+        };
+        match decode(line) {
+            Ok(LogRecord::Version(v)) if v.version <= log.max_version => {
+                warn(format!("version {} out of order (after {}); skipped", v.version, log.max_version));
+            }
+            Ok(LogRecord::Version(v)) => {
+                log.max_version = v.version;
+                all.push(*v);
+            }
+            Ok(LogRecord::Prune(p)) => {
+                log.floor = log.floor.max(p.floor);
+                log.keep = p.keep;
+            }
+            Err(message) => warn(format!("{message}; skipped")),
+        }
+    }
+    let (floor, keep) = (log.floor, &log.keep);
+    log.versions = all.into_iter().filter(|v| v.version >= floor || keep.contains(&v.version)).collect();
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(n: u64) -> LogRecord {
+        LogRecord::Version(Box::new(VersionRecord {
+            version: n,
+            status: Status::Applied,
+            time: "2026-01-01T00:00:00.000000Z".into(),
+            env: None,
+            hash: "h".into(),
+            documents: Vec::new(),
+            diff: Vec::new(),
+            rollback_of: None,
+            error: None,
+            published: false,
+        }))
+    }
+
+    #[test]
+    fn lines_round_trip_and_damage_is_skipped() {
+        let mut log = Vec::new();
+        for n in 1..=4 {
+            log.extend(encode(&version(n)));
+        }
+        let p = Path::new("log");
+        let read = parse(p, &log);
+        assert_eq!(read.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert!(read.warnings.is_empty());
+
+        // A flipped byte in record 2 and a torn record 5.
+        let second = log.iter().position(|&b| b == b'\n').unwrap() + 30;
+        log[second] ^= 1;
+        let mut torn = encode(&version(5));
+        torn.truncate(torn.len() / 2);
+        let end = log.len() as u64;
+        log.extend(torn);
+        let read = parse(p, &log);
+        assert_eq!(read.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(read.warnings.len(), 2);
+        assert!(!read.warnings[0].truncated && read.warnings[0].line == 2);
+        assert!(read.warnings[1].truncated);
+        assert_eq!(read.torn_at, Some(end));
+    }
+
+    #[test]
+    fn prune_records_hide_old_versions_but_keep_pinned_ones() {
+        let mut log = Vec::new();
+        for n in 1..=5 {
+            log.extend(encode(&version(n)));
+        }
+        log.extend(encode(&LogRecord::Prune(PruneRecord { floor: 4, keep: vec![2], time: String::new() })));
+        let read = parse(Path::new("log"), &log);
+        assert_eq!(read.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 4, 5]);
+        assert_eq!(read.max_version, 5);
+    }
+
+    #[test]
+    fn content_is_deterministic_and_keeps_non_utf8_bytes() {
+        let a = Document::new("/w/config/a.toml", Format::Toml, &b"x = 1\n"[..]);
+        let b = Document::new("/w/config/a.prod.toml", Format::Toml, &[0xff, 0x00, 0x41][..]);
+        let docs = [(PathBuf::from("config/a.toml"), &a), (PathBuf::from("config/a.prod.toml"), &b)];
+        let (bytes, hash) = content(&docs);
+        assert_eq!(content(&docs).1, hash);
+        let parsed: Content = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(parsed.documents[1].bytes().unwrap(), [0xff, 0x00, 0x41]);
+        assert_eq!(parsed.documents[0].bytes().unwrap(), b"x = 1\n");
+    }
+}

@@ -1,0 +1,431 @@
+//! The writer thread: records what the engine sends, off the reload path.
+//!
+//! Nothing here can fail the engine: a history that cannot be written is
+//! logged and retried at the next version.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::log::{
+    self, DiffRecord, DocumentRecord, ErrorRecord, LogRecord, PruneRecord, ReadLog, Status, VersionRecord,
+};
+use super::{
+    Attempt, Diff, DiffEntry, HistoryConfig, LOCK, LOG, MARKER, Marker, VERSIONS, VersionStatus, config_dir, retention,
+    rfc3339, sync_dir, write_atomic,
+};
+use crate::pipeline::{Document, Parsed, Sources};
+use crate::redact::Redactor;
+
+/// How long a new engine waits for the previous holder of the history lock
+/// (an engine of this workspace still shutting down) before it gives up
+/// recording.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+enum Job {
+    Record(Box<Attempt>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The engine's handle on the writer thread. Dropping it records what is
+/// queued, then stops the thread.
+pub(crate) struct Recorder {
+    tx: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    clock: fn() -> SystemTime,
+}
+
+impl Recorder {
+    pub(crate) fn start(
+        root: PathBuf,
+        env: Option<String>,
+        config: HistoryConfig,
+        redactor: Redactor,
+    ) -> io::Result<Recorder> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let clock = config.clock;
+        let writer = Writer { root, env, config, redactor, lock: Lock::Unknown, stores: HashMap::new() };
+        let thread = std::thread::Builder::new().name("relive-history".into()).spawn(move || writer.run(rx))?;
+        Ok(Recorder { tx: Some(tx), thread: Some(thread), clock })
+    }
+
+    /// Queues a version; returns at once.
+    pub(crate) fn record(
+        &self,
+        name: &str,
+        documents: Vec<Document>,
+        value: Option<Arc<Value>>,
+        error: Option<crate::ConfigError>,
+        published: bool,
+    ) {
+        let attempt = Attempt { name: name.to_string(), documents, value, error, published, time: (self.clock)() };
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::Record(Box::new(attempt)));
+        }
+    }
+
+    /// Replies on `reply` once everything queued before is recorded.
+    pub(crate) fn flush(&self, reply: oneshot::Sender<()>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::Flush(reply));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+enum Lock {
+    Unknown,
+    Held(#[allow(dead_code)] File),
+    Unavailable,
+}
+
+struct Writer {
+    root: PathBuf,
+    env: Option<String>,
+    config: HistoryConfig,
+    redactor: Redactor,
+    lock: Lock,
+    stores: HashMap<String, Store>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Record(attempt) => self.record(*attempt),
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Takes the workspace's history lock, so that two engines (in two
+    /// processes, or two environments of one workspace) never number
+    /// versions over each other.
+    fn locked(&mut self) -> bool {
+        if let Lock::Unknown = self.lock {
+            let dir = self.data_dir().join("history");
+            self.lock = match take_lock(&dir) {
+                Ok(Some(file)) => Lock::Held(file),
+                Ok(None) => {
+                    tracing::warn!(dir = %dir.display(), "another engine records history for this workspace; this one does not");
+                    Lock::Unavailable
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the history; not recording versions");
+                    Lock::Unavailable
+                }
+            };
+        }
+        matches!(self.lock, Lock::Held(_))
+    }
+
+    fn record(&mut self, attempt: Attempt) {
+        if !self.locked() {
+            return;
+        }
+        let name = attempt.name.clone();
+        if !self.stores.contains_key(&name) {
+            match Store::open(&self.root, &self.data_dir(), &name) {
+                Ok(mut store) => {
+                    // A crash between a version and its pruning left one
+                    // too many.
+                    let ctx = Ctx { root: &self.root, env: &self.env, config: &self.config, redactor: &self.redactor };
+                    if let Err(e) = store.retain(&ctx) {
+                        tracing::warn!(config = %name, error = %e, "cannot prune the history");
+                    }
+                    self.stores.insert(name.clone(), store);
+                }
+                Err(e) => {
+                    tracing::warn!(config = %name, error = %e, "cannot open the history; version not recorded");
+                    return;
+                }
+            }
+        }
+        let store = self.stores.get_mut(&name).expect("opened above");
+        let ctx = Ctx { root: &self.root, env: &self.env, config: &self.config, redactor: &self.redactor };
+        if let Err(e) = store.record(attempt, &ctx) {
+            tracing::warn!(config = %name, error = %e, "cannot record a version in the history");
+            // Read it again from disk next time: what is there is the truth.
+            self.stores.remove(&name);
+        }
+    }
+}
+
+fn take_lock(dir: &Path) -> io::Result<Option<File>> {
+    fs::create_dir_all(dir)?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Some(file)),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    root: &'a Path,
+    env: &'a Option<String>,
+    config: &'a HistoryConfig,
+    redactor: &'a Redactor,
+}
+
+/// What the writer knows of one config's history.
+struct Store {
+    dir: PathBuf,
+    log: File,
+    /// Versions not pruned, oldest first.
+    live: Vec<(u64, VersionStatus, SystemTime)>,
+    max_version: u64,
+    /// Complete lines in the log, pruned records included.
+    lines: usize,
+    /// The newest record: status, hash and error, to skip a repeat.
+    last: Option<(Status, String, Option<String>)>,
+    /// The newest applied version's value: the base of diffs, and how a
+    /// no-op is recognised.
+    applied: Option<Arc<Value>>,
+}
+
+impl Store {
+    /// Opens a config's history for writing: cuts off a torn last record,
+    /// and removes content that no record points at (left by a crash).
+    fn open(root: &Path, data_dir: &Path, name: &str) -> io::Result<Store> {
+        let dir = config_dir(data_dir, name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let versions = dir.join(VERSIONS);
+        if !versions.is_dir() {
+            fs::create_dir_all(&versions)?;
+            sync_dir(&dir)?;
+            sync_dir(dir.parent().expect("under data/history"))?;
+        }
+        let path = dir.join(LOG);
+        let read = log::read(&path)?;
+        for warning in &read.warnings {
+            tracing::warn!(config = name, %warning, "history record skipped");
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&path)?;
+        if let Some(end) = read.torn_at {
+            log.set_len(end)?;
+            log.sync_all()?;
+        }
+        remove_orphans(&versions, &read);
+        let live = read
+            .versions
+            .iter()
+            .map(|v| {
+                let status = if v.status == Status::Applied { VersionStatus::Applied } else { VersionStatus::Rejected };
+                (v.version, status, humantime::parse_rfc3339_weak(&v.time).unwrap_or(SystemTime::UNIX_EPOCH))
+            })
+            .collect();
+        let last =
+            read.versions.last().map(|v| (v.status, v.hash.clone(), v.error.as_ref().map(|e| e.display.clone())));
+        let applied = read.versions.iter().rev().find(|v| v.status == Status::Applied).and_then(|v| {
+            let value = load_value(root, &versions, v);
+            if value.is_none() {
+                tracing::warn!(
+                    config = name,
+                    version = v.version,
+                    "cannot read the last applied version; the next diff is from nothing"
+                );
+            }
+            value.map(Arc::new)
+        });
+        Ok(Store { dir, log, live, max_version: read.max_version, lines: read.lines, last, applied })
+    }
+
+    fn record(&mut self, a: Attempt, ctx: &Ctx<'_>) -> io::Result<()> {
+        let origins: Vec<(PathBuf, &Document)> = a
+            .documents
+            .iter()
+            .map(|d| {
+                let origin =
+                    if a.published { d.origin() } else { d.origin().strip_prefix(ctx.root).unwrap_or(d.origin()) };
+                (origin.to_path_buf(), d)
+            })
+            .collect();
+        let (content, hash) = log::content(&origins);
+        let status = if a.error.is_some() { Status::Rejected } else { Status::Applied };
+        let error = a.error.as_ref().map(ErrorRecord::of);
+        let marker_path = self.dir.join(MARKER);
+        let marker = fs::read(&marker_path).ok().and_then(|bytes| serde_json::from_slice::<Marker>(&bytes).ok());
+        let rollback_of = marker.filter(|m| m.hash == hash).map(|m| m.to);
+        match status {
+            // The same value as the live one: the first value after a
+            // restart with unchanged files, or files that went back to it
+            // (the engine sends those too). A rollback to it is then done,
+            // with nothing to record.
+            Status::Applied if a.value.is_some() && self.applied.as_deref() == a.value.as_deref() => {
+                if rollback_of.is_some() {
+                    let _ = fs::remove_file(&marker_path);
+                }
+                return Ok(());
+            }
+            Status::Rejected
+                if self.last.as_ref().is_some_and(|(s, h, e)| {
+                    *s == Status::Rejected && *h == hash && e.as_ref() == error.as_ref().map(|e| &e.display)
+                }) =>
+            {
+                return Ok(());
+            }
+            _ => {}
+        }
+        let version = self.max_version + 1;
+        write_atomic(&self.dir.join(VERSIONS).join(format!("{version}.json")), &content)?;
+        let diff = match &a.value {
+            Some(value) => {
+                let empty = Value::Object(Default::default());
+                Diff::between(self.applied.as_deref().unwrap_or(&empty), value, ctx.redactor)
+            }
+            None => Diff::default(),
+        };
+        let record = VersionRecord {
+            version,
+            status,
+            time: rfc3339(a.time),
+            env: ctx.env.clone(),
+            hash: hash.clone(),
+            documents: origins
+                .iter()
+                .map(|(origin, d)| DocumentRecord {
+                    origin: origin.clone(),
+                    format: d.format().name().to_string(),
+                    len: d.bytes().len() as u64,
+                    sha256: log::sha256_hex(d.bytes()),
+                })
+                .collect(),
+            diff: diff
+                .entries()
+                .iter()
+                .map(|e| match e.clone() {
+                    DiffEntry::Added { path, value } => DiffRecord::Add { path, value },
+                    DiffEntry::Removed { path, value } => DiffRecord::Remove { path, value },
+                    DiffEntry::Changed { path, old, new } => DiffRecord::Change { path, old, new },
+                })
+                .collect(),
+            rollback_of,
+            error,
+            published: a.published,
+        };
+        self.append(&LogRecord::Version(Box::new(record.clone())))?;
+        if rollback_of.is_some() {
+            // The rollback is done (applied or rejected): it is on record.
+            let _ = fs::remove_file(&marker_path);
+        }
+        self.max_version = version;
+        let status_pub = if status == Status::Applied { VersionStatus::Applied } else { VersionStatus::Rejected };
+        self.live.push((version, status_pub, a.time));
+        self.last = Some((status, hash, record.error.map(|e| e.display)));
+        if status == Status::Applied {
+            self.applied = a.value;
+        }
+        tracing::debug!(version, status = ?status, "version recorded");
+        self.retain(ctx)
+    }
+
+    fn append(&mut self, record: &LogRecord) -> io::Result<()> {
+        self.log.write_all(&log::encode(record))?;
+        self.log.sync_data()?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Prunes by count and age, then compacts the log if most of it is
+    /// pruned records.
+    fn retain(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
+        let now = (ctx.config.clock)();
+        let Some((floor, keep)) = retention(&self.live, ctx.config.max_versions, ctx.config.max_age, now) else {
+            return Ok(());
+        };
+        let prune = PruneRecord { floor, keep: keep.clone(), time: rfc3339(now) };
+        self.append(&LogRecord::Prune(prune.clone()))?;
+        let (gone, kept): (Vec<_>, Vec<_>) = self.live.iter().partition(|(v, _, _)| *v < floor && !keep.contains(v));
+        self.live = kept;
+        for (version, _, _) in gone {
+            let _ = fs::remove_file(self.dir.join(VERSIONS).join(format!("{version}.json")));
+        }
+        if self.lines > 2 * self.live.len() + 32 {
+            self.compact(&prune)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log with only what is kept, atomically: a crash leaves
+    /// the old log or the new one, and both say the same.
+    fn compact(&mut self, prune: &PruneRecord) -> io::Result<()> {
+        let path = self.dir.join(LOG);
+        let bytes = fs::read(&path)?;
+        let mut out = log::encode(&LogRecord::Prune(prune.clone()));
+        let mut lines = 1;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let read = log::parse(&path, line);
+            if read.versions.iter().any(|v| self.live.iter().any(|(n, _, _)| *n == v.version)) {
+                out.extend_from_slice(line);
+                lines += 1;
+            }
+        }
+        write_atomic(&path, &out)?;
+        self.log = OpenOptions::new().append(true).open(&path)?;
+        self.lines = lines;
+        Ok(())
+    }
+}
+
+/// Removes temp files, content of pruned versions, and content newer than
+/// the newest record (a version whose record a crash kept from the log).
+fn remove_orphans(versions: &Path, read: &ReadLog) {
+    let Ok(entries) = fs::read_dir(versions) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let orphan = match name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) => n > read.max_version || (n < read.floor && !read.keep.contains(&n)),
+            None => name.ends_with(".tmp"),
+        };
+        if orphan {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The merged value of a stored version, if its content is intact.
+fn load_value(root: &Path, versions: &Path, v: &VersionRecord) -> Option<Value> {
+    let bytes = fs::read(versions.join(format!("{}.json", v.version))).ok()?;
+    if log::sha256_hex(&bytes) != v.hash {
+        return None;
+    }
+    let content: log::Content = serde_json::from_slice(&bytes).ok()?;
+    let docs = content
+        .documents
+        .iter()
+        .map(|d| {
+            let format = log::format_from_name(&d.format)?;
+            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?)).ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Sources { docs }.merge())
+}
