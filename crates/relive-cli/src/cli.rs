@@ -103,7 +103,7 @@ pub struct WatchArgs {
     pub grace_ms: u64,
     /// POST every event as JSON to URL (repeatable). Failed deliveries are
     /// retried with exponential backoff, without delaying the watcher.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::webhook::parse_url)]
     pub webhook: Vec<String>,
     /// How many times a failed webhook delivery is retried.
     #[arg(long, value_name = "N", default_value_t = 5)]

@@ -196,5 +196,9 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
     }
     drop(subscriptions);
     manager.shutdown().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    for webhook in webhooks {
+        webhook.finish(deadline).await;
+    }
     result
 }

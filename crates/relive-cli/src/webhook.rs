@@ -19,6 +19,23 @@ const QUEUE: usize = 1024;
 pub struct Webhook {
     url: String,
     tx: SyncSender<Vec<u8>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Checks that `url` is an `http://` (or, with the `tls` feature,
+/// `https://`) URL with a host.
+pub fn parse_url(url: &str) -> Result<String, String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{url}`: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") if cfg!(feature = "tls") => {}
+        Some("https") => return Err(format!("`{url}`: this relive was built without the `tls` feature")),
+        _ => return Err(format!("invalid webhook URL `{url}`: use http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("invalid webhook URL `{url}`: no host"));
+    }
+    Ok(url.to_string())
 }
 
 impl Webhook {
@@ -32,12 +49,26 @@ impl Webhook {
             .build()
             .into();
         let target = url.clone();
-        std::thread::Builder::new().name("relive-webhook".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("relive-webhook".into()).spawn(move || {
             for body in rx {
                 deliver(&agent, &target, &body, &backoff);
             }
         })?;
-        Ok(Webhook { url, tx })
+        Ok(Webhook { url, tx, thread })
+    }
+
+    /// Stops taking events and gives the queued ones until `deadline` to
+    /// be delivered; whatever is left then is dropped.
+    pub async fn finish(self, deadline: tokio::time::Instant) {
+        let Webhook { url, tx, thread } = self;
+        drop(tx);
+        while !thread.is_finished() {
+            if tokio::time::Instant::now() >= deadline {
+                output::warn(&format!("webhook {url}: exiting with events undelivered"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Queues one event (a JSON document) without waiting.

@@ -91,6 +91,9 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
     let run = ws.run(&["watch", "--exec", "true", "--signal", "NOPE"]);
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("unknown signal `NOPE`"), "{}", run.stderr());
+    let run = ws.run(&["watch", "--webhook", "ftp://example.invalid/"]);
+    assert_eq!(run.code(), 2);
+    assert!(run.stderr().contains("use http:// or https://"), "{}", run.stderr());
 
     for command in ["watch", "check", "history", "show", "diff", "rollback", "completions"] {
         let run = ws.run(&[command, "--help"]);
