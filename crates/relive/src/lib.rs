@@ -66,6 +66,19 @@
 //! overlay `config/name.<env>.<ext>` for the environment (`RELIVE_ENV`, or
 //! [`Workspace::with_env`]). Subdirectories give names like `db/main`.
 //!
+//! # History and rollback
+//!
+//! Every version of a config that is applied or rejected is recorded under
+//! `data/history/` ([`HistoryConfig`]): its files as they were, a hash, the
+//! time, the environment, the error if it was rejected, and a diff from the
+//! version before with secrets redacted. [`Workspace::history`],
+//! [`Workspace::version`] and [`Workspace::diff`] read it, with or without
+//! a running engine; [`Workspace::rollback`] writes an old version back to
+//! its files, so that it is validated and applied like any change. The
+//! engine hands versions to a thread of its own: a reload never waits for a
+//! disk. The store survives a crash at any point: a record is complete or
+//! absent, and a damaged one is skipped with a warning.
+//!
 //! # Known problems
 //!
 //! - Polling cannot see whether a writer is done: a file is read once it
@@ -85,6 +98,12 @@
 //!   few milliseconds later, and a write whose event the kernel queues late
 //!   could in principle slip through. While relive holds a lease (for the
 //!   microseconds of one read) a writer's `open(2)` waits.
+//! - A rollback of a config made of several files (a base and an overlay)
+//!   replaces them one after the other: the engine may apply the mix in
+//!   between as a version of its own before the rollback's.
+//! - One engine per workspace records history (it holds a lock on
+//!   `data/history/.lock`); a second one, in another process or for another
+//!   environment of the same workspace, records nothing and says so.
 //! - On platforms other than Linux relive polls.
 //!
 //! # Metrics
