@@ -173,13 +173,15 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
     Ok(if found.is_empty() { Exit::Ok } else { Exit::Invalid })
 }
 
-/// An engine that only loads: it watches `config/` alone, and polls (once a
-/// day) rather than setting up kernel watches it will not use.
+/// An engine that only loads: it watches `config/` alone, polls (once a
+/// day) rather than setting up kernel watches it will not use, and records
+/// no history, since nothing it loads is applied anywhere.
 fn loader_config() -> HotReloadConfig {
     HotReloadConfig {
         watch_patterns: vec!["config/**/*.{toml,yaml,yml,json}".to_string()],
         polling: Polling::Always,
         poll_interval_ms: 86_400_000,
+        history: relive::HistoryConfig { enabled: false, ..Default::default() },
         ..Default::default()
     }
 }

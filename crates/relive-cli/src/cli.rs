@@ -208,6 +208,10 @@ pub struct ShowArgs {
     /// The version number. Default: the newest.
     #[arg(value_name = "VERSION")]
     pub number: Option<u64>,
+    /// Print the documents exactly as they were on disk, secrets included,
+    /// instead of the merged value with secrets redacted.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
 }
@@ -219,7 +223,7 @@ pub struct DiffArgs {
     pub name: String,
     /// The older version.
     pub a: u64,
-    /// The newer version. Default: the newest.
+    /// The newer version. Default: the newest applied version.
     pub b: Option<u64>,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
@@ -230,8 +234,9 @@ pub struct DiffArgs {
 pub struct RollbackArgs {
     /// The config's name.
     pub name: String,
-    /// The version to go back to. Default: the applied version before the
-    /// newest.
+    /// The version to go back to. Default: the newest applied version
+    /// before the live one whose content differs from it (so that repeated
+    /// rollbacks step back through the changes).
     #[arg(long, value_name = "N")]
     pub to: Option<u64>,
     #[command(flatten)]

@@ -1,24 +1,346 @@
-//! `relive history`, `show`, `diff` and `rollback`.
+//! `relive history`, `show`, `diff` and `rollback`: thin wrappers over the
+//! library's version history (`data/history/` in the workspace), which
+//! works without a running engine, from another process than the one that
+//! records.
 
-use crate::cli::{DiffArgs, HistoryArgs, RollbackArgs, ShowArgs};
+use std::io::Write;
+use std::time::SystemTime;
+
+use anstyle::{AnsiColor, Style};
+use relive::{DiffEntry, HistoryEntry, Redactor, VersionStatus, Workspace};
+use serde_json::{Value, json};
+
+use crate::app;
+use crate::cli::{DiffArgs, HistoryArgs, HistoryWorkspace, RollbackArgs, ShowArgs};
 use crate::exit::{Exit, Failure, Result};
+use crate::output;
 
-/// `relive history NAME`.
-pub async fn history(_args: HistoryArgs) -> Result<Exit> {
-    Err(Failure::runtime("not yet"))
+const ADDED: Style = AnsiColor::Green.on_default();
+const REMOVED: Style = AnsiColor::Red.on_default();
+const CHANGED: Style = AnsiColor::Yellow.on_default();
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+
+fn open(ws: &HistoryWorkspace, name: &str) -> Result<(Workspace, relive::History)> {
+    let workspace = app::workspace(ws.workspace.as_deref(), None)?;
+    let history = workspace.open_history(name)?;
+    for warning in history.warnings() {
+        output::warn(&format!("skipped a history record: {warning}"));
+    }
+    Ok((workspace, history))
 }
 
-/// `relive show NAME [VERSION]`.
-pub async fn show(_args: ShowArgs) -> Result<Exit> {
-    Err(Failure::runtime("not yet"))
+fn print(text: &str) {
+    let mut out = anstream::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// `relive history NAME`: every version kept, newest first.
+pub async fn history(args: HistoryArgs) -> Result<Exit> {
+    let (_, history) = open(&args.ws, &args.name)?;
+    let entries = history.entries();
+    if args.ws.json {
+        let all: Vec<Value> = entries.iter().map(entry_json).collect();
+        print(&format!("{}\n", Value::Array(all)));
+        return Ok(Exit::Ok);
+    }
+    if entries.is_empty() {
+        output::note(&format!("config `{}` has no recorded versions", args.name));
+        return Ok(Exit::Ok);
+    }
+    let live = history.latest_applied().map(|e| e.version);
+    let width = entries.last().map_or(1, |e| e.version.to_string().len());
+    let mut text = String::new();
+    for entry in entries.iter().rev() {
+        let mark = if Some(entry.version) == live { format!("{BOLD}*{BOLD:#}") } else { " ".to_string() };
+        let status = match entry.status {
+            VersionStatus::Applied => format!("{ADDED}applied{ADDED:#} "),
+            VersionStatus::Rejected => format!("{REMOVED}rejected{REMOVED:#}"),
+        };
+        let mut detail = match &entry.error {
+            Some(error) => output::config_error(Some(&args.name), error),
+            None => diff_summary(entry),
+        };
+        if let Some(n) = entry.rollback_of {
+            detail = format!("(rollback to {n}) {detail}");
+        }
+        let env = entry.env.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default();
+        text.push_str(&format!(
+            "{mark} {:>width$}  {DIM}{}{DIM:#}{env}  {status}  {detail}\n",
+            entry.version,
+            local_time(entry.time)
+        ));
+    }
+    print(&text);
+    Ok(Exit::Ok)
+}
+
+/// `~/port +/features/0 -/debug`, shortened to about 60 characters.
+fn diff_summary(entry: &HistoryEntry) -> String {
+    let entries = entry.diff.entries();
+    if entries.is_empty() {
+        return "no change in value".to_string();
+    }
+    let mut out = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        let item = match e {
+            DiffEntry::Added { path, .. } => format!("+{path}"),
+            DiffEntry::Removed { path, .. } => format!("-{path}"),
+            DiffEntry::Changed { path, .. } => format!("~{path}"),
+        };
+        if !out.is_empty() && out.len() + item.len() > 60 {
+            out.push_str(&format!(" (+{} more)", entries.len() - i));
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&item);
+    }
+    out
+}
+
+fn local_time(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time)
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+fn utc_time(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// A version's record as JSON: `version`, `status`, `time`, `env`, `hash`,
+/// `files`, `rollback_of`, `published`, `diff` and `error`.
+fn entry_json(entry: &HistoryEntry) -> Value {
+    let status = match entry.status {
+        VersionStatus::Applied => "applied",
+        VersionStatus::Rejected => "rejected",
+    };
+    let error = entry.error.as_ref().map(|e| {
+        json!({
+            "message": e.message(),
+            "path": e.file().map(|f| f.display().to_string()),
+            "line": e.line(),
+            "column": e.column(),
+            "key": e.key(),
+        })
+    });
+    json!({
+        "version": entry.version,
+        "status": status,
+        "time": utc_time(entry.time),
+        "env": entry.env,
+        "hash": entry.hash,
+        "files": entry.files().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "rollback_of": entry.rollback_of,
+        "published": entry.published,
+        "diff": entry.diff.entries().iter().map(diff_entry_json).collect::<Vec<_>>(),
+        "error": error,
+    })
+}
+
+fn diff_entry_json(entry: &DiffEntry) -> Value {
+    match entry {
+        DiffEntry::Added { path, value } => json!({"op": "add", "path": path, "value": value}),
+        DiffEntry::Removed { path, value } => json!({"op": "remove", "path": path, "value": value}),
+        DiffEntry::Changed { path, old, new } => json!({"op": "change", "path": path, "old": old, "new": new}),
+    }
+}
+
+/// `relive show NAME [VERSION]`: the merged value with secrets redacted,
+/// or with `--raw` the documents exactly as they were.
+pub async fn show(args: ShowArgs) -> Result<Exit> {
+    let (_, history) = open(&args.ws, &args.name)?;
+    let n = match args.number {
+        Some(n) => n,
+        None => history
+            .latest()
+            .map(|e| e.version)
+            .ok_or_else(|| Failure::invalid(format!("config `{}` has no recorded versions", args.name)))?,
+    };
+    let version = history.version(n)?;
+    if args.raw {
+        let many = version.documents.len() > 1;
+        let mut out = anstream::stdout().lock();
+        for (i, doc) in version.documents.iter().enumerate() {
+            if many {
+                let gap = if i == 0 { "" } else { "\n" };
+                let _ = writeln!(out, "{gap}==> {} <==", output::display_path(doc.origin()));
+            }
+            let _ = out.write_all(doc.bytes());
+        }
+        let _ = out.flush();
+        return Ok(Exit::Ok);
+    }
+    // The library redacts what it shows with the patterns the engine was
+    // configured with; a separate process only knows the default ones.
+    let value = version.value.as_ref().map(|v| Redactor::default().redact(v));
+    if args.ws.json {
+        let mut record = entry_json(&version.entry);
+        record["value"] = value.unwrap_or(Value::Null);
+        print(&format!("{record}\n"));
+        return Ok(Exit::Ok);
+    }
+    let files: Vec<String> = version.entry.files().map(output::display_path).collect();
+    output::note(&format!(
+        "config `{}` version {n} ({}, {}) from {}",
+        args.name,
+        match version.entry.status {
+            VersionStatus::Applied => "applied",
+            VersionStatus::Rejected => "rejected",
+        },
+        local_time(version.entry.time),
+        files.join(", ")
+    ));
+    match value {
+        Some(value) => print(&format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default())),
+        None => {
+            if let Some(error) = &version.entry.error {
+                output::note(&format!("it does not parse: {}", output::config_error(Some(&args.name), error)));
+            }
+            output::note("show it with --raw");
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// `relive diff NAME A [B]`.
-pub async fn diff(_args: DiffArgs) -> Result<Exit> {
-    Err(Failure::runtime("not yet"))
+pub async fn diff(args: DiffArgs) -> Result<Exit> {
+    let (ws, history) = open(&args.ws, &args.name)?;
+    let b = match args.b {
+        Some(b) => b,
+        None => history
+            .latest_applied()
+            .map(|e| e.version)
+            .ok_or_else(|| Failure::invalid(format!("config `{}` has no applied version", args.name)))?,
+    };
+    let diff = ws.diff(&args.name, args.a, b)?;
+    if args.ws.json {
+        let entries: Vec<Value> = diff.entries().iter().map(diff_entry_json).collect();
+        print(&format!("{}\n", Value::Array(entries)));
+        return Ok(Exit::Ok);
+    }
+    let mut text = String::new();
+    for entry in diff.entries() {
+        text.push_str(&match entry {
+            DiffEntry::Added { path, value } => format!("{ADDED}+ {path}: {value}{ADDED:#}\n"),
+            DiffEntry::Removed { path, value } => format!("{REMOVED}- {path}: {value}{REMOVED:#}\n"),
+            DiffEntry::Changed { path, old, new } => format!("{CHANGED}~ {path}: {old} -> {new}{CHANGED:#}\n"),
+        });
+    }
+    print(&text);
+    if diff.is_empty() {
+        output::note(&format!("versions {} and {b} have the same value", args.a));
+    }
+    Ok(Exit::Ok)
+}
+
+/// What [`previous`] needs of a version.
+#[derive(Debug, Clone, Copy)]
+struct Step<'a> {
+    version: u64,
+    applied: bool,
+    published: bool,
+    hash: &'a str,
+    rollback_of: Option<u64>,
+}
+
+impl<'a> From<&'a HistoryEntry> for Step<'a> {
+    fn from(e: &'a HistoryEntry) -> Step<'a> {
+        Step {
+            version: e.version,
+            applied: e.status == VersionStatus::Applied,
+            published: e.published,
+            hash: &e.hash,
+            rollback_of: e.rollback_of,
+        }
+    }
+}
+
+/// The version `rollback` goes back to by default, undoing the newest
+/// change: the newest applied version, older than the live one, with other
+/// content. A live version that is itself a rollback to `k` counts as `k`,
+/// so that rolling back again steps further back instead of undoing the
+/// rollback.
+fn previous(steps: &[Step<'_>]) -> Option<u64> {
+    let live = steps.iter().rev().find(|s| s.applied)?;
+    let mut bound = live.version;
+    let mut at = live;
+    // Follow a chain of rollbacks; each link points further back, and the
+    // count bounds it anyway.
+    for _ in 0..steps.len() {
+        let Some(k) = at.rollback_of.filter(|&k| k < at.version) else { break };
+        bound = k;
+        match steps.iter().find(|s| s.version == k) {
+            Some(target) => at = target,
+            None => break,
+        }
+    }
+    steps
+        .iter()
+        .rev()
+        .find(|s| s.version < bound && s.applied && !s.published && s.hash != live.hash)
+        .map(|s| s.version)
 }
 
 /// `relive rollback NAME [--to N]`.
-pub async fn rollback(_args: RollbackArgs) -> Result<Exit> {
-    Err(Failure::runtime("not yet"))
+pub async fn rollback(args: RollbackArgs) -> Result<Exit> {
+    let (ws, history) = open(&args.ws, &args.name)?;
+    let n = match args.to {
+        Some(n) => n,
+        None => previous(&history.entries().iter().map(Step::from).collect::<Vec<_>>()).ok_or_else(|| {
+            Failure::invalid(format!("config `{}` has no earlier applied version to go back to", args.name))
+        })?,
+    };
+    let version = history.version(n)?;
+    let unchanged =
+        version.documents.iter().all(|d| std::fs::read(d.origin()).is_ok_and(|bytes| bytes[..] == d.bytes()[..]));
+    ws.rollback(&args.name, n).await?;
+    let files: Vec<String> = version.documents.iter().map(|d| output::display_path(d.origin())).collect();
+    if unchanged {
+        output::note(&format!("{} already has the content of version {n}; nothing written", files.join(", ")));
+    } else {
+        output::note(&format!(
+            "config `{}` rolled back to version {n}: wrote {}; a running watcher validates and applies it, \
+             and records it as a rollback to {n}",
+            args.name,
+            files.join(", ")
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(version: u64, applied: bool, hash: &'static str, rollback_of: Option<u64>) -> Step<'static> {
+        Step { version, applied, published: false, hash, rollback_of }
+    }
+
+    #[test]
+    fn previous_undoes_the_newest_change_and_steps_back() {
+        assert_eq!(previous(&[]), None);
+        let a = [step(1, true, "a", None)];
+        assert_eq!(previous(&a), None, "nothing before the first version");
+        // 1 a, 2 b, 3 rejected, 4 c: back to 2.
+        let mut h = vec![step(1, true, "a", None), step(2, true, "b", None), step(3, false, "x", None)];
+        h.push(step(4, true, "c", None));
+        assert_eq!(previous(&h), Some(2));
+        // After rolling back to 2 (version 5), again goes to 1, not to 4.
+        h.push(step(5, true, "b", Some(2)));
+        assert_eq!(previous(&h), Some(1));
+        // After rolling back to 1 (version 6, through 5 → 2 → 1): nothing left.
+        h.push(step(6, true, "a", Some(1)));
+        assert_eq!(previous(&h), None);
+    }
+
+    #[test]
+    fn previous_skips_versions_with_the_live_content() {
+        let h =
+            [step(1, true, "a", None), step(2, true, "b", None), step(3, true, "a", None), step(4, true, "a", None)];
+        assert_eq!(previous(&h), Some(2));
+    }
 }

@@ -1,0 +1,121 @@
+//! `relive history`, `show`, `diff` and `rollback` against the history a
+//! running `relive watch` records.
+
+mod common;
+
+use common::{Watch, Ws, wait_until};
+use serde_json::Value;
+
+/// `relive history NAME --json`, once it has `count` versions.
+fn history_with(ws: &Ws, name: &str, count: usize) -> Vec<Value> {
+    let mut entries = Vec::new();
+    wait_until(&format!("{count} versions of {name}"), || {
+        let run = ws.run(&["history", name, "--json"]);
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        entries = serde_json::from_str::<Vec<Value>>(&run.stdout()).expect("history JSON");
+        entries.len() >= count
+    });
+    assert_eq!(entries.len(), count, "{entries:#?}");
+    entries
+}
+
+/// Starts a watcher on `config/app.toml` and makes versions with `port`
+/// 1, 2 and 3, the third after a rejected edit.
+fn three_versions(ws: &Ws) -> Watch {
+    ws.write("config/app.toml", "port = 1\npassword = \"one\"\n");
+    let mut watch = ws.watch(&[]);
+    ws.write("config/app.toml", "port = 2\npassword = \"two\"\n");
+    watch.wait_kind("config_changed", "app");
+    ws.write("config/app.toml", "port = \n");
+    watch.wait_kind("validation_failed", "app");
+    ws.write("config/app.toml", "port = 3\npassword = \"two\"\n");
+    watch.wait_kind("config_changed", "app");
+    watch
+}
+
+#[test]
+fn history_lists_a_series_of_edits() {
+    let ws = Ws::new();
+    let _watch = three_versions(&ws);
+    let entries = history_with(&ws, "app", 4);
+    let statuses: Vec<&str> = entries.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["applied", "applied", "rejected", "applied"]);
+    let versions: Vec<u64> = entries.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(entries[1]["diff"][1], serde_json::json!({"op": "change", "path": "/port", "old": 1, "new": 2}));
+    assert_eq!(entries[1]["diff"][0]["old"], "[redacted]", "secrets are redacted in diffs");
+    assert_eq!(entries[2]["error"]["line"], 1);
+    assert_eq!(entries[2]["error"]["column"], 8);
+
+    let text = ws.run(&["history", "app"]).stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("* 4  ") && lines[0].contains("applied") && lines[0].ends_with("~/port"), "{text}");
+    assert!(
+        lines[1].starts_with("  3  ")
+            && lines[1].contains("rejected")
+            && lines[1].ends_with("config/app.toml:1:8: string values must be quoted, expected literal string"),
+        "{text}"
+    );
+
+    // show: the merged value, redacted; --raw: the file as it was.
+    let run = ws.run(&["show", "app", "2"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let value: Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(value, serde_json::json!({"port": 2, "password": "[redacted]"}));
+    assert_eq!(ws.run(&["show", "app", "2", "--raw"]).stdout(), "port = 2\npassword = \"two\"\n");
+    assert_eq!(ws.run(&["show", "app", "3", "--raw"]).stdout(), "port = \n");
+
+    // diff: from version 1 to the newest applied.
+    let run = ws.run(&["diff", "app", "1"]);
+    assert_eq!(run.stdout(), "~ /password: \"[redacted]\" -> \"[redacted]\"\n~ /port: 1 -> 3\n");
+    assert_eq!(ws.run(&["diff", "app", "2", "4"]).stdout(), "~ /port: 2 -> 3\n");
+
+    let run = ws.run(&["show", "app", "99"]);
+    assert_eq!(run.code(), 1);
+    let run = ws.run(&["history", "nothing", "--json"]);
+    assert_eq!((run.code(), run.stdout().trim()), (0, "[]"));
+}
+
+#[test]
+fn rollback_is_picked_up_by_a_running_watch() {
+    let ws = Ws::new();
+    let mut watch = three_versions(&ws);
+    history_with(&ws, "app", 4);
+
+    // By default: back to the version before the newest change.
+    let run = ws.run(&["rollback", "app"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stderr().contains("rolled back to version 2"), "{}", run.stderr());
+    let changed = watch.wait_kind("config_changed", "app");
+    assert_eq!(changed["new"]["port"], 2);
+    assert_eq!(ws.read("config/app.toml"), "port = 2\npassword = \"two\"\n");
+    let entries = history_with(&ws, "app", 5);
+    assert_eq!((entries[4]["status"].as_str(), entries[4]["rollback_of"].as_u64()), (Some("applied"), Some(2)));
+
+    // Again: a step further back, not an undo of the rollback.
+    let run = ws.run(&["rollback", "app"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let changed = watch.wait_kind("config_changed", "app");
+    assert_eq!(changed["new"]["port"], 1);
+    let entries = history_with(&ws, "app", 6);
+    assert_eq!(entries[5]["rollback_of"], 1);
+
+    // To a chosen version; a rejected or unknown one is refused.
+    let run = ws.run(&["rollback", "app", "--to", "4"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(watch.wait_kind("config_changed", "app")["new"]["port"], 3);
+    let run = ws.run(&["rollback", "app", "--to", "3"]);
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr().contains("rejected"), "{}", run.stderr());
+    assert_eq!(ws.run(&["rollback", "app", "--to", "99"]).code(), 1);
+    assert_eq!(watch.terminate(), 0);
+}
+
+#[test]
+fn check_records_no_history() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    assert_eq!(ws.run(&["check"]).code(), 0);
+    assert!(!ws.path("data").exists(), "check must not write to data/");
+}
