@@ -118,6 +118,9 @@ pub struct WatchArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Do not record versions in the workspace's history (data/history/).
+    #[arg(long)]
+    pub no_history: bool,
     /// Whether to poll instead of using kernel events.
     #[arg(long, value_enum, default_value_t = PollingArg::Auto, value_name = "WHEN")]
     pub polling: PollingArg,

@@ -109,6 +109,7 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
             PollingArg::Always => Polling::Always,
             PollingArg::Never => Polling::Never,
         },
+        history: relive::HistoryConfig { enabled: !args.no_history, ..Default::default() },
         ..Default::default()
     };
     let manager = ws.start_hot_reload_with_config(config).await?;

@@ -86,12 +86,13 @@ fn exec_with_signal_signals_instead_of_restarting() {
     ws.write("config/app.yaml", "level: info\n");
     let script = "trap 'echo \"$RELIVE_CONFIG\" >> signals.txt' USR1; echo \"$$\" >> starts.txt; \
                   while :; do sleep 0.05; done";
-    let mut watch = ws.watch(&["--exec", script, "--signal", "USR1"]);
+    let mut watch = ws.watch(&["--exec", script, "--signal", "USR1", "--no-history"]);
     wait_until("first start", || starts(&ws).len() == 1);
     ws.write("config/app.yaml", "level: debug\n");
     watch.wait_kind("config_changed", "app");
     wait_until("the signal to be handled", || ws.read("signals.txt").lines().count() == 1);
     assert_eq!(starts(&ws).len(), 1, "signalled, not restarted");
+    assert!(!ws.path("data/history").exists(), "--no-history records nothing");
     assert_eq!(watch.terminate(), 0);
 }
 
