@@ -293,11 +293,14 @@ impl History {
             };
             documents.push(Document::new(resolve(&self.root, &doc.origin, entry.published), format, bytes));
         }
+        // A version rejected because its files were gone has no value.
+        let gone = documents.is_empty() && !entry.is_applied();
         let value = documents
             .iter()
             .map(|d| Parsed::parse(d.clone()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .ok()
+            .filter(|_| !gone)
             .map(|docs| Sources { docs }.merge());
         Ok(Version { entry: entry.clone(), documents, value })
     }

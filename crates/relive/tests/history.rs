@@ -156,6 +156,24 @@ async fn rejected_versions_are_recorded_with_their_error_and_position() {
     let err = t.ws.rollback("app", 2).await.unwrap_err();
     assert!(matches!(err, Error::History { .. }), "{err}");
     assert!(err.to_string().contains("rejected"), "{err}");
+
+    // Files that go away are a rejected version with no documents.
+    fs::remove_file(t.path("config/app.toml")).unwrap();
+    event_until(&mut events, |e| matches!(e, ChangeEvent::ValidationFailed { .. })).await;
+    manager.flush_history().await.unwrap();
+    let gone = t.ws.history("app").unwrap().pop().unwrap();
+    assert_eq!((gone.version, gone.status), (5, Rejected));
+    assert_eq!(gone.error.as_ref().unwrap().kind(), ConfigErrorKind::Missing);
+    assert!(gone.documents.is_empty());
+    assert_eq!(t.ws.version("app", 5).unwrap().value, None);
+    // A rollback restores the file. The value that stayed live comes back:
+    // nothing to deliver and no new version, and the marker is consumed.
+    t.ws.rollback("app", 4).await.unwrap();
+    assert_eq!(fs::read_to_string(t.path("config/app.toml")).unwrap(), app_toml("a", 2));
+    eventually("the marker to be consumed", || !t.path("data/history/app/rollback.json").exists()).await;
+    manager.flush_history().await.unwrap();
+    assert_eq!(t.ws.history("app").unwrap().len(), 5);
+    assert_eq!(stream.live().load().value, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +194,24 @@ async fn retention_by_count_keeps_the_newest() {
     files.sort();
     assert_eq!(files, ["5.json", "6.json", "7.json"]);
     assert_eq!(t.ws.version("app", 7).unwrap().value, Some(json!({"name": "a", "value": 7})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compacted_as_versions_are_pruned() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 0))]);
+    let (manager, mut stream) = start(&t, HistoryConfig { max_versions: 2, ..Default::default() }).await;
+    for i in 1..=60 {
+        save(&t, "config/app.toml", &app_toml("a", i));
+        next_until(&mut stream, |a| a.value == i).await;
+    }
+    manager.flush_history().await.unwrap();
+    assert_eq!(versions(&t), [60, 61]);
+    let log = fs::read_to_string(history_dir(&t).join("audit.log")).unwrap();
+    // Two versions and the prune records since the last compaction.
+    assert!(log.lines().count() <= 2 * 2 + 32 + 1, "{} lines", log.lines().count());
+    assert_eq!(fs::read_dir(history_dir(&t).join("versions")).unwrap().count(), 2);
+    assert!(t.ws.open_history("app").unwrap().warnings().is_empty());
+    assert_eq!(t.ws.diff("app", 60, 61).unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
