@@ -174,7 +174,13 @@ impl Writer {
 }
 
 fn take_lock(dir: &Path) -> io::Result<Option<File>> {
-    fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        fs::create_dir_all(dir)?;
+        // Make `data/history` itself survive a power loss.
+        for d in dir.ancestors().skip(1).take(2) {
+            sync_dir(d)?;
+        }
+    }
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
