@@ -91,7 +91,10 @@ impl Drop for Recorder {
 
 enum Lock {
     Unknown,
-    Held(#[allow(dead_code)] File),
+    /// The lock lasts as long as the file is open.
+    Held {
+        _file: File,
+    },
     Unavailable,
 }
 
@@ -127,7 +130,7 @@ impl Writer {
         if let Lock::Unknown = self.lock {
             let dir = self.data_dir().join("history");
             self.lock = match take_lock(&dir) {
-                Ok(Some(file)) => Lock::Held(file),
+                Ok(Some(file)) => Lock::Held { _file: file },
                 Ok(None) => {
                     tracing::warn!(dir = %dir.display(), "another engine records history for this workspace; this one does not");
                     Lock::Unavailable
@@ -138,7 +141,7 @@ impl Writer {
                 }
             };
         }
-        matches!(self.lock, Lock::Held(_))
+        matches!(self.lock, Lock::Held { .. })
     }
 
     fn record(&mut self, attempt: Attempt) {
@@ -244,8 +247,11 @@ impl Store {
             .versions
             .iter()
             .map(|v| {
-                let status = if v.status == Status::Applied { VersionStatus::Applied } else { VersionStatus::Rejected };
-                (v.version, status, humantime::parse_rfc3339_weak(&v.time).unwrap_or(SystemTime::UNIX_EPOCH))
+                (
+                    v.version,
+                    public_status(v.status),
+                    humantime::parse_rfc3339_weak(&v.time).unwrap_or(SystemTime::UNIX_EPOCH),
+                )
             })
             .collect();
         let last =
@@ -343,8 +349,7 @@ impl Store {
             let _ = fs::remove_file(&marker_path);
         }
         self.max_version = version;
-        let status_pub = if status == Status::Applied { VersionStatus::Applied } else { VersionStatus::Rejected };
-        self.live.push((version, status_pub, a.time));
+        self.live.push((version, public_status(status), a.time));
         self.last = Some((status, hash, record.error.map(|e| e.display)));
         if status == Status::Applied {
             self.applied = a.value;
@@ -398,6 +403,13 @@ impl Store {
         self.log = OpenOptions::new().append(true).open(&path)?;
         self.lines = lines;
         Ok(())
+    }
+}
+
+fn public_status(status: Status) -> VersionStatus {
+    match status {
+        Status::Applied => VersionStatus::Applied,
+        Status::Rejected => VersionStatus::Rejected,
     }
 }
 
