@@ -225,26 +225,44 @@ async fn a_burst_of_writes_delivers_the_last_value_and_far_fewer_deliveries() {
     let mut events = manager.subscribe();
     let mut stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
 
+    // Collect deliveries as they happen, so that the receiver never lags.
+    let collector = tokio::spawn(async move {
+        let mut delivered = Vec::new();
+        loop {
+            match events.recv().await {
+                Ok(ChangeEvent::ConfigChanged { new_value, .. }) => {
+                    let value = new_value["value"].as_i64().unwrap();
+                    delivered.push(value);
+                    if value == 1000 {
+                        return delivered;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("event receiver failed: {e}"),
+            }
+        }
+    });
     let file = t.path("config/app.toml");
     let writer = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
         for i in 1..=1000 {
             fs::write(&file, app_toml("burst", i)).unwrap();
         }
+        started.elapsed()
     });
-    writer.join().unwrap();
+    let burst = writer.join().unwrap();
     let (last, _) = next_until(&mut stream, |v| v.value == 1000).await;
     assert_eq!(last.name, "burst");
+    let delivered = tokio::time::timeout(TIMEOUT, collector).await.unwrap().unwrap();
 
-    let mut delivered = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        if let ChangeEvent::ConfigChanged { new_value, .. } = event {
-            delivered.push(new_value["value"].as_i64().unwrap());
-        }
-    }
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "values go forward only: {delivered:?}");
     assert_eq!(delivered.last(), Some(&1000));
-    assert!(delivered.len() < 200, "{} deliveries for 1000 writes", delivered.len());
-    assert!(!delivered.is_empty());
+    // A file is read at most once a millisecond while it is being written
+    // (plus the first change, read at once): writes that come faster than
+    // that are merged. On a machine too loaded to write faster, each write
+    // is a change of its own, and that is right too.
+    let bound = burst.as_millis() as usize + 3;
+    assert!(delivered.len() <= bound, "{} deliveries for 1000 writes in {burst:?}", delivered.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
