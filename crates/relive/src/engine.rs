@@ -896,35 +896,13 @@ impl Worker {
     /// The documents of config `name` from files: the base, then the
     /// overlay for the current environment.
     fn sources(&mut self, name: &str) -> Result<Sources, ConfigError> {
-        let files: Vec<PathBuf> = self.config_files.get(name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
-        let mut base = Vec::new();
-        let mut overlay = Vec::new();
-        for path in files {
-            let Some(cf) = self.known.get(&path).and_then(|k| k.config.as_ref()) else { continue };
-            match &cf.env {
-                None => base.push(path),
-                Some(env) if Some(env) == self.s.env.as_ref() => overlay.push(path),
-                Some(_) => {}
-            }
-        }
-        for (role, list) in [("base file", &base), ("overlay", &overlay)] {
-            if list.len() > 1 {
-                let names: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
-                return Err(ConfigError::new(
-                    ConfigErrorKind::Ambiguous,
-                    format!("config `{name}` has more than one {role}: {}; keep one", names.join(", ")),
-                )
-                .with_file(&list[1]));
-            }
-        }
-        if base.is_empty() && overlay.is_empty() {
-            return Err(ConfigError::new(
-                ConfigErrorKind::Missing,
-                format!("no file for config `{name}` in {}", self.s.config_dir.display()),
-            ));
-        }
+        let files = self.config_files.get(name).into_iter().flatten().filter_map(|path| {
+            let cf = self.known.get(path)?.config.as_ref()?;
+            Some((path.as_path(), cf))
+        });
+        let chosen = paths::select(name, self.s.env.as_deref(), &self.s.config_dir, files)?;
         let mut docs = Vec::new();
-        for path in base.into_iter().chain(overlay) {
+        for path in chosen {
             let known = self.known.get_mut(&path).expect("indexed files are known");
             let parsed = known.parsed.get_or_insert_with(|| {
                 let cf = known.config.as_ref().expect("config file");

@@ -46,8 +46,9 @@ pub enum Error {
         /// Where the search started.
         start: PathBuf,
     },
-    /// Hot reload is already running for this workspace.
-    #[error("hot reload is already running for this workspace")]
+    /// Hot reload is already running for this workspace, with its own
+    /// settings.
+    #[error("hot reload is already running for this workspace; use Workspace::manager to reach it")]
     AlreadyRunning,
     /// The hot reload engine has stopped.
     #[error("hot reload engine has stopped")]

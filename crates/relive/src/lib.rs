@@ -123,6 +123,7 @@ mod event;
 mod format;
 mod handler;
 mod history;
+mod inventory;
 mod locate;
 mod paths;
 mod pipeline;
@@ -140,6 +141,7 @@ pub use handler::{HandlerError, ReloadHandler};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
+pub use inventory::{ConfigFiles, LoadedConfig};
 pub use pipeline::Document;
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};

@@ -4,7 +4,7 @@ use std::path::{Component, Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::error::Error;
+use crate::error::{ConfigError, ConfigErrorKind, Error};
 use crate::format::Format;
 
 /// What a config file's name says: `config/db/main.production.yaml` is the
@@ -47,6 +47,45 @@ pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> 
     }
     name.push_str(base);
     Some(ConfigFile { name, env: env.map(str::to_string), format })
+}
+
+/// The files that make up config `name` for environment `env`, base first:
+/// at most one base file and at most one overlay. `files` are all of the
+/// config's files with what their names say.
+pub(crate) fn select<'a>(
+    name: &str,
+    env: Option<&str>,
+    config_dir: &Path,
+    files: impl IntoIterator<Item = (&'a Path, &'a ConfigFile)>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut base = Vec::new();
+    let mut overlay = Vec::new();
+    for (path, cf) in files {
+        match cf.env.as_deref() {
+            None => base.push(path.to_path_buf()),
+            Some(e) if Some(e) == env => overlay.push(path.to_path_buf()),
+            Some(_) => {}
+        }
+    }
+    for (role, list) in [("base file", &mut base), ("overlay", &mut overlay)] {
+        list.sort();
+        if list.len() > 1 {
+            let names: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+            return Err(ConfigError::new(
+                ConfigErrorKind::Ambiguous,
+                format!("config `{name}` has more than one {role}: {}; keep one", names.join(", ")),
+            )
+            .with_file(&list[1]));
+        }
+    }
+    if base.is_empty() && overlay.is_empty() {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Missing,
+            format!("no file for config `{name}` in {}", config_dir.display()),
+        ));
+    }
+    base.extend(overlay);
+    Ok(base)
 }
 
 /// Decides which paths are watched and reported, from the watch and exclude

@@ -127,13 +127,27 @@ impl Workspace {
     }
 
     /// Starts hot reload with the default [`HotReloadConfig`].
+    ///
+    /// If hot reload is already running (a stream started it, say), this
+    /// returns a manager for it rather than failing: there is one engine per
+    /// workspace, and asking for the defaults is no reason to refuse it.
     pub async fn start_hot_reload(&self) -> Result<HotReloadManager> {
-        self.start_hot_reload_with_config(HotReloadConfig::default()).await
+        let engine = self.start(HotReloadConfig::default(), true).await?;
+        Ok(HotReloadManager { engine, ws: self.clone() })
+    }
+
+    /// A manager for the running engine, if hot reload is running.
+    pub fn manager(&self) -> Option<HotReloadManager> {
+        let engine = self.inner.engine.lock().expect("engine lock").clone()?;
+        Some(HotReloadManager { engine, ws: self.clone() })
     }
 
     /// Starts hot reload. Returns once the watcher is set up and the first
     /// scan is done: every change after this returns is seen. Fails with
-    /// [`Error::AlreadyRunning`] if it is running.
+    /// [`Error::AlreadyRunning`] if it is running, since the running engine
+    /// cannot take `config`; call it before anything that starts the engine
+    /// (such as [`watch_config_changes`](Workspace::watch_config_changes)),
+    /// or use [`manager`](Workspace::manager).
     pub async fn start_hot_reload_with_config(&self, config: HotReloadConfig) -> Result<HotReloadManager> {
         let engine = self.start(config, false).await?;
         Ok(HotReloadManager { engine, ws: self.clone() })

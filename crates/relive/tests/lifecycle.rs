@@ -20,13 +20,19 @@ fn engine_threads() -> usize {
 async fn one_engine_per_workspace_and_shutdown_stops_it() {
     let before = engine_threads();
     let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1)), ("config/other.toml", &app_toml("o", 1))]);
+    assert!(t.ws.manager().is_none());
     let manager = t.ws.start_hot_reload().await.unwrap();
-    assert!(matches!(t.ws.start_hot_reload().await, Err(Error::AlreadyRunning)));
+    assert!(t.ws.manager().is_some());
+    let config = relive::HotReloadConfig::default();
+    assert!(matches!(t.ws.start_hot_reload_with_config(config).await, Err(Error::AlreadyRunning)));
+    // Asking for the defaults again reaches the running engine.
+    let again = t.ws.start_hot_reload().await.unwrap();
     let clone = t.ws.clone();
     let mut app = clone.watch_config_changes::<App>("app").await.unwrap();
     let mut other = t.ws.watch_config_changes::<App>("other").await.unwrap();
     let mut app2 = app.subscribe();
     assert_eq!(engine_threads(), before + 1, "one watcher serves every stream");
+    drop(again);
 
     t.write("config/app.toml", &app_toml("a", 2));
     assert_eq!(next(&mut app).await.value, 2);

@@ -1,0 +1,166 @@
+//! What configs a workspace has, and loading one without watching.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ConfigError, ConfigErrorKind, Error, Result};
+use crate::locate;
+use crate::paths::{self, ConfigFile};
+use crate::pipeline::{Document, Parsed, Sources};
+use crate::workspace::Workspace;
+
+/// The files of one config, as [`Workspace::configs`] finds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigFiles {
+    /// The config's name (`db/main` for `config/db/main.yaml`).
+    pub name: String,
+    /// Its base files. More than one (`app.toml` and `app.json`) is an error
+    /// when the config is loaded.
+    pub base: Vec<PathBuf>,
+    /// Its overlays by environment (`production` for `app.production.toml`).
+    pub overlays: BTreeMap<String, Vec<PathBuf>>,
+    /// `config/<name>.schema.json`, if there is one.
+    pub schema: Option<PathBuf>,
+}
+
+/// A config loaded once, without watching: from [`Workspace::load`].
+///
+/// Besides the merged value it keeps the documents it came from, so that
+/// errors found later (by a JSON Schema, by a check of your own) can point
+/// at the file, line and column that set a key.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    name: String,
+    value: Value,
+    sources: Sources,
+}
+
+impl LoadedConfig {
+    /// The config's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The merged value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The files it was merged from, base first.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.sources.files().to_vec()
+    }
+
+    /// The value as `T`; a mismatch is located like the engine locates it.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(&self.value).map_err(|e| {
+            let key = locate::render_path(e.path());
+            self.sources.error_at(ConfigErrorKind::Type, &key, e.into_inner().to_string())
+        })
+    }
+
+    /// An error about `key` (`server.port`, `hosts[2]`; empty for the whole
+    /// value), located at the file, line and column of the document whose
+    /// value won the merge.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.sources.error_at(ConfigErrorKind::Invalid, key, message)
+    }
+}
+
+impl Workspace {
+    /// Every config under `config/`, by name, with its base files, overlays
+    /// and schema. Hidden files and directories (editor swap files, a
+    /// Kubernetes `..data`) are skipped; symlinked files are followed,
+    /// symlinked directories are not. A missing `config/` has no configs.
+    pub fn configs(&self) -> Result<Vec<ConfigFiles>> {
+        let config_dir = self.config_dir();
+        let mut found: BTreeMap<String, ConfigFiles> = BTreeMap::new();
+        let mut schemas = Vec::new();
+        for path in files_under(&config_dir)? {
+            if let Some(cf) = paths::config_file(&config_dir, &path) {
+                let entry = found
+                    .entry(cf.name.clone())
+                    .or_insert_with(|| ConfigFiles { name: cf.name.clone(), ..ConfigFiles::default() });
+                match cf.env {
+                    None => entry.base.push(path),
+                    Some(env) => entry.overlays.entry(env).or_default().push(path),
+                }
+            } else if let Some(name) = schema_of(&config_dir, &path) {
+                schemas.push((name, path));
+            }
+        }
+        for (name, path) in schemas {
+            if let Some(entry) = found.get_mut(&name) {
+                entry.schema = Some(path);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Loads config `name` once, for this workspace's environment, without
+    /// starting hot reload: its base file and overlay, parsed and merged.
+    pub fn load(&self, name: &str) -> Result<LoadedConfig> {
+        let config_dir = self.config_dir();
+        let wrap = |error: ConfigError| Error::Config { name: name.to_string(), error: Box::new(error) };
+        let configs = self.configs()?;
+        let files: Vec<(PathBuf, ConfigFile)> = configs
+            .iter()
+            .filter(|c| c.name == name)
+            .flat_map(|c| c.base.iter().chain(c.overlays.values().flatten()))
+            .filter_map(|p| Some((p.clone(), paths::config_file(&config_dir, p)?)))
+            .collect();
+        let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
+            .map_err(wrap)?;
+        let mut docs = Vec::with_capacity(chosen.len());
+        for path in chosen {
+            let format = paths::config_file(&config_dir, &path).expect("selected files are config files").format;
+            let bytes = fs::read(&path).map_err(|e| {
+                wrap(ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}")).with_file(&path))
+            })?;
+            docs.push(Parsed::parse(Document::new(path, format, bytes)).map_err(wrap)?);
+        }
+        let sources = Sources { docs };
+        Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
+    }
+}
+
+/// `config/<name>.schema.json` → `name`.
+fn schema_of(config_dir: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(config_dir).ok()?.to_str()?;
+    let name = rel.strip_suffix(".schema.json")?;
+    (!name.is_empty() && !name.split('/').any(|part| part.starts_with('.'))).then(|| name.to_string())
+}
+
+/// Every regular file (symlinks followed) under `dir`, skipping hidden
+/// entries and not entering symlinked directories.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else { continue };
+            if file_type.is_dir() {
+                stack.push(path);
+            } else if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
