@@ -322,6 +322,14 @@ struct Worker {
     /// Reads that came back shorter than the file was, by content hash,
     /// waiting for a confirming re-read (see `Worker::suspicious`).
     suspects: HashMap<PathBuf, u64>,
+    /// Configs whose commit the pre-commit fence deferred, with when their
+    /// change was first seen: re-evaluated once their files settle, because
+    /// their new content is already recorded as known and a re-read of an
+    /// unchanged file would not mark them again.
+    deferred: BTreeMap<String, Instant>,
+    /// Whether the batch being processed read any file without a lease, so
+    /// that commits need the second fence.
+    unleased_batch: bool,
     /// The history's writer thread, when history is on.
     history: Option<Recorder>,
     stop: bool,
@@ -365,6 +373,8 @@ impl Worker {
             raw: Vec::new(),
             recheck: BTreeSet::new(),
             suspects: HashMap::new(),
+            deferred: BTreeMap::new(),
+            unleased_batch: false,
             history,
             stop: false,
         };
@@ -736,6 +746,7 @@ impl Worker {
             reads.push((r, result.0, result.1));
         }
         self.fence();
+        self.unleased_batch = reads.iter().any(|(_, result, leased)| result.is_ok() && !leased);
         let now = Instant::now();
         let mut file_events = Vec::new();
         let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
@@ -774,10 +785,25 @@ impl Worker {
                 }
             }
         }
+        let settled: Vec<String> = self
+            .deferred
+            .keys()
+            .filter(|name| {
+                let files = self.config_files.get(*name).into_iter().flatten();
+                !files.into_iter().any(|f| self.coalescer.is_pending(f))
+            })
+            .cloned()
+            .collect();
+        for name in settled {
+            if let Some(first_seen) = self.deferred.remove(&name) {
+                dirty.entry(name).or_insert(first_seen);
+            }
+        }
         let mut config_events = Vec::new();
         for (name, first_seen) in dirty {
             self.reload(&name, first_seen, &mut config_events);
         }
+        self.unleased_batch = false;
         for event in file_events.into_iter().chain(config_events) {
             self.emit(event);
         }
@@ -998,9 +1024,12 @@ impl Worker {
         // write caught mid-copy, a truncation queued late) defers the value
         // instead of delivering it. The path is pending again and will be
         // re-read when its writer is done.
-        if self.inotify.is_some() {
+        // Reads under a lease cannot be torn, so only a batch with a read
+        // that had none needs this.
+        if self.inotify.is_some() && self.unleased_batch {
             self.fence();
             if sources.docs.iter().any(|d| self.coalescer.is_pending(d.doc.origin())) {
+                self.deferred.entry(name.to_string()).or_insert(first_seen);
                 return false;
             }
         }
