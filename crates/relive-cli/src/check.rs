@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::app;
 use crate::cli::CheckArgs;
-use crate::exit::{Exit, Failure, Result};
-use crate::inventory::Inventory;
+use crate::exit::{Exit, Result};
+use crate::inventory;
 use crate::output;
 use crate::progress;
 use crate::schema::{Schema, SchemaError};
@@ -60,21 +60,21 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
     let mut timings = Timings::default();
     let ws = app::workspace(args.dir.as_deref(), None)?;
     let env = args.env.clone().or_else(|| ws.env().map(str::to_string));
-    let inventory = Inventory::scan(&ws.config_dir())
-        .map_err(|e| Failure::runtime(format!("{}: {e}", ws.config_dir().display())))?;
+    let configs = ws.configs()?;
+    let files = inventory::files(&configs);
     timings.inventory = started.elapsed();
 
     let mut found = BTreeSet::new();
     let t = Instant::now();
     let mut schemas = HashMap::new();
-    for (name, files) in &inventory.configs {
-        if let Some(path) = &files.schema {
+    for config in &configs {
+        if let Some(path) = &config.schema {
             match Schema::load(path) {
                 Ok(schema) => {
-                    schemas.insert(name.clone(), schema);
+                    schemas.insert(config.name.as_str(), schema);
                 }
                 Err(error) => {
-                    found.insert(Diagnostic::new(name, &error));
+                    found.insert(Diagnostic::new(&config.name, &error));
                 }
             }
         }
@@ -85,43 +85,41 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
     // environment, the base files alone are one pass and each environment
     // that has overlays is another, so that CI catches a broken production
     // overlay without being told about production.
-    let passes: Vec<(Option<String>, Vec<&String>)> = match &env {
+    let passes: Vec<(Option<&str>, Vec<&str>)> = match env.as_deref() {
         Some(env) => {
-            let names = inventory
-                .configs
+            let names = configs
                 .iter()
-                .filter(|(_, f)| !f.base.is_empty() || f.overlays.contains_key(env))
-                .map(|(n, _)| n)
+                .filter(|c| !c.base.is_empty() || c.overlays.contains_key(env))
+                .map(|c| c.name.as_str())
                 .collect();
-            vec![(Some(env.clone()), names)]
+            vec![(Some(env), names)]
         }
         None => {
-            let base = inventory.configs.iter().filter(|(_, f)| !f.base.is_empty()).map(|(n, _)| n).collect();
+            let base = configs.iter().filter(|c| !c.base.is_empty()).map(|c| c.name.as_str()).collect();
             let mut passes = vec![(None, base)];
-            for env in inventory.envs() {
-                let names =
-                    inventory.configs.iter().filter(|(_, f)| f.overlays.contains_key(&env)).map(|(n, _)| n).collect();
+            for env in inventory::envs(&configs) {
+                let names = configs.iter().filter(|c| c.overlays.contains_key(env)).map(|c| c.name.as_str()).collect();
                 passes.push((Some(env), names));
             }
             passes
         }
     };
     let steps: usize = passes.iter().map(|(_, names)| names.len()).sum();
-    let bar = progress::bar(inventory.files, steps as u64, "checking configs");
+    let bar = progress::bar(files, steps as u64, "checking configs");
     for (env, names) in &passes {
         if names.is_empty() {
             continue;
         }
         timings.passes += 1;
         let t = Instant::now();
-        let pass_ws = Workspace::new(ws.root()).with_env(env.clone().unwrap_or_default());
+        let pass_ws = Workspace::new(ws.root()).with_env(env.unwrap_or_default());
         let manager = pass_ws.start_hot_reload_with_config(loader_config()).await?;
         timings.load += t.elapsed();
         let t = Instant::now();
         for name in names {
             match pass_ws.config::<Value>(name).watch().await {
                 Ok(stream) => {
-                    if let Some(schema) = schemas.get(name.as_str()) {
+                    if let Some(schema) = schemas.get(name) {
                         let value = stream.current_arc();
                         drop(stream);
                         for error in schema.errors(&value) {
@@ -147,9 +145,8 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
         let _ = writeln!(out, "{}", diagnostic.text);
     }
     let _ = out.flush();
-    let configs = inventory.configs.len();
     if !args.quiet {
-        let files = inventory.files;
+        let configs = configs.len();
         let (good, bad) = (anstyle::AnsiColor::Green.on_default(), anstyle::AnsiColor::Red.on_default().bold());
         let summary = match found.len() {
             0 => format!("checked {configs} configs ({files} files): {good}no errors{good:#}"),

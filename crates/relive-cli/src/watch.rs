@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::cli::{PollingArg, WatchArgs};
 use crate::exec::{self, Supervisor};
 use crate::exit::{Exit, Failure, Result};
-use crate::inventory::Inventory;
+use crate::inventory;
 use crate::output;
 use crate::progress;
 use crate::schema::Schema;
@@ -100,9 +100,9 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
 
-    let inventory = Inventory::scan(&ws.config_dir())
-        .map_err(|e| Failure::runtime(format!("{}: {e}", ws.config_dir().display())))?;
-    let spinner = progress::spinner(inventory.files, format!("loading {} config files", inventory.files));
+    let configs = ws.configs()?;
+    let files = inventory::files(&configs);
+    let spinner = progress::spinner(files, format!("loading {files} config files"));
     let config = HotReloadConfig {
         polling: match args.polling {
             PollingArg::Auto => Polling::Auto,
@@ -116,10 +116,10 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
     let mut events = manager.subscribe();
     let mut subscriptions =
         Subscriptions { ws: ws.clone(), names: HashSet::new(), streams: Vec::new(), schemas: Vec::new() };
-    for (name, files) in &inventory.configs {
-        let has_env_overlay = ws.env().is_some_and(|env| files.overlays.contains_key(env));
-        if !files.base.is_empty() || has_env_overlay {
-            subscriptions.add(name).await?;
+    for config in &configs {
+        let has_env_overlay = ws.env().is_some_and(|env| config.overlays.contains_key(env));
+        if !config.base.is_empty() || has_env_overlay {
+            subscriptions.add(&config.name).await?;
         }
     }
     spinner.finish_and_clear();
