@@ -29,6 +29,11 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
         clap_complete::generate(args.shell, &mut cmd, "relive", &mut std::io::stdout());
         return Ok(Exit::Ok);
     }
+    // `check` loads each config once and needs no engine or runtime.
+    let command = match command {
+        Command::Check(args) => return crate::check::run(args),
+        command => command,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,12 +42,11 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
     runtime.block_on(async move {
         match command {
             Command::Watch(args) => crate::watch::run(args).await,
-            Command::Check(args) => crate::check::run(args).await,
             Command::History(args) => crate::history::history(args).await,
             Command::Show(args) => crate::history::show(args).await,
             Command::Diff(args) => crate::history::diff(args).await,
             Command::Rollback(args) => crate::history::rollback(args).await,
-            Command::Completions(_) => unreachable!("handled above"),
+            Command::Completions(_) | Command::Check(_) => unreachable!("handled above"),
         }
     })
 }

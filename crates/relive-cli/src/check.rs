@@ -1,20 +1,17 @@
 //! `relive check`: validates every config the way a running service would
 //! load it, and prints each problem as `file:line:col: message`.
 //!
-//! The library has no one-shot load, so each environment is loaded by a
-//! short-lived engine that polls (no kernel watches) and watches `config/`
-//! only: its first scan reads and parses every file, and subscribing to a
-//! config as a `serde_json::Value` returns the merged value or the located
-//! error. This keeps every rule in one place, the library: file naming,
-//! parsing, overlays, ambiguity, and where an error points.
+//! Each config is loaded once per environment with [`relive::Workspace::load`]: no
+//! engine, no watches, no history. The library keeps every rule (file
+//! naming, parsing, overlays, ambiguity, and where an error points); the
+//! CLI adds JSON Schemas, whose errors [`LoadedConfig::error_at`] locates.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use relive::{ConfigError, HotReloadConfig, Polling, ValidationError, Workspace};
-use serde_json::Value;
+use relive::{ConfigError, LoadedConfig};
 
 use crate::app;
 use crate::cli::CheckArgs;
@@ -22,7 +19,7 @@ use crate::exit::{Exit, Result};
 use crate::inventory;
 use crate::output;
 use crate::progress;
-use crate::schema::{Schema, SchemaError};
+use crate::schema::Schema;
 
 /// One problem, ordered by file and position for printing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,7 +52,7 @@ struct Timings {
 }
 
 /// Runs `relive check`.
-pub async fn run(args: CheckArgs) -> Result<Exit> {
+pub fn run(args: CheckArgs) -> Result<Exit> {
     let started = Instant::now();
     let mut timings = Timings::default();
     let ws = app::workspace(args.dir.as_deref(), None)?;
@@ -111,21 +108,17 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
             continue;
         }
         timings.passes += 1;
-        let t = Instant::now();
-        let pass_ws = Workspace::new(ws.root()).with_env(env.unwrap_or_default());
-        let manager = pass_ws.start_hot_reload_with_config(loader_config()).await?;
-        timings.load += t.elapsed();
-        let t = Instant::now();
-        for name in names {
-            match pass_ws.config::<Value>(name).watch().await {
-                Ok(stream) => {
+        // No environment is the base files alone, whatever RELIVE_ENV says.
+        let pass_ws = ws.clone().with_env(env.unwrap_or_default());
+        for &name in names {
+            let t = Instant::now();
+            let loaded = pass_ws.load(name);
+            timings.load += t.elapsed();
+            let t = Instant::now();
+            match loaded {
+                Ok(loaded) => {
                     if let Some(schema) = schemas.get(name) {
-                        let value = stream.current_arc();
-                        drop(stream);
-                        for error in schema.errors(&value) {
-                            let located = locate(&pass_ws, name, error).await?;
-                            found.insert(Diagnostic::new(name, &located));
-                        }
+                        found.extend(schema_errors(&loaded, schema).iter().map(|e| Diagnostic::new(name, e)));
                     }
                 }
                 Err(relive::Error::Config { error, .. }) => {
@@ -133,10 +126,9 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
                 }
                 Err(e) => return Err(e.into()),
             }
+            timings.validate += t.elapsed();
             bar.inc(1);
         }
-        manager.shutdown().await?;
-        timings.validate += t.elapsed();
     }
     bar.finish_and_clear();
 
@@ -158,7 +150,7 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
     if args.timings {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         output::note(&format!(
-            "timings: inventory {:.1} ms, schemas {:.1} ms, load and parse {:.1} ms ({} passes), merge and validate {:.1} ms, total {:.1} ms",
+            "timings: inventory {:.1} ms, schemas {:.1} ms, load, parse and merge {:.1} ms ({} passes), validate {:.1} ms, total {:.1} ms",
             ms(timings.inventory),
             ms(timings.schemas),
             ms(timings.load),
@@ -170,33 +162,8 @@ pub async fn run(args: CheckArgs) -> Result<Exit> {
     Ok(if found.is_empty() { Exit::Ok } else { Exit::Invalid })
 }
 
-/// An engine that only loads: it watches `config/` alone, polls (once a
-/// day) rather than setting up kernel watches it will not use, and records
-/// no history, since nothing it loads is applied anywhere.
-fn loader_config() -> HotReloadConfig {
-    HotReloadConfig {
-        watch_patterns: vec!["config/**/*.{toml,yaml,yml,json}".to_string()],
-        polling: Polling::Always,
-        poll_interval_ms: 86_400_000,
-        history: relive::HistoryConfig { enabled: false, ..Default::default() },
-        ..Default::default()
-    }
-}
-
-/// Has the library locate a schema error: a validator that rejects the
-/// value with this error at its key makes the library point it at the file,
-/// line and column that set the key.
-async fn locate(ws: &Workspace, name: &str, error: SchemaError) -> Result<ConfigError> {
-    let SchemaError { key, message } = error;
-    let fallback = ConfigError::new(relive::ConfigErrorKind::Invalid, message.clone()).with_key(key.clone());
-    let result = ws
-        .config::<Value>(name)
-        .validate(move |_: &Value| Err(ValidationError::at(key.clone(), message.clone())))
-        .watch()
-        .await;
-    match result {
-        Err(relive::Error::Config { error, .. }) => Ok(*error),
-        Ok(_) => Ok(fallback),
-        Err(e) => Err(e.into()),
-    }
+/// The schema errors of a loaded config, each located by the library at the
+/// file, line and column that set its key.
+fn schema_errors(loaded: &LoadedConfig, schema: &Schema) -> Vec<ConfigError> {
+    schema.errors(loaded.value()).into_iter().map(|e| loaded.error_at(&e.key, e.message)).collect()
 }

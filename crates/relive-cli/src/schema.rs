@@ -2,9 +2,11 @@
 //! the merged value of config `<name>`.
 //!
 //! A schema error names its place in the value as a JSON pointer; it is
-//! turned into the library's key path (`server.port`, `hosts[2]`) and given
-//! to the library as a [`relive::ValidationError::at`], so that the library
-//! points it at the file, line and column that set the key.
+//! turned into the library's key path (`server.port`, `hosts[2]`), which the
+//! library points at the file, line and column that set the key: through
+//! [`relive::LoadedConfig::error_at`] in `check`, and as a
+//! [`relive::ValidationError::at`] from a running engine's validator in
+//! `watch`.
 
 use std::path::Path;
 use std::sync::Arc;
