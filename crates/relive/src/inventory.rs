@@ -107,13 +107,32 @@ impl Workspace {
     pub fn load(&self, name: &str) -> Result<LoadedConfig> {
         let config_dir = self.config_dir();
         let wrap = |error: ConfigError| Error::Config { name: name.to_string(), error: Box::new(error) };
-        let configs = self.configs()?;
-        let files: Vec<(PathBuf, ConfigFile)> = configs
-            .iter()
-            .filter(|c| c.name == name)
-            .flat_map(|c| c.base.iter().chain(c.overlays.values().flatten()))
-            .filter_map(|p| Some((p.clone(), paths::config_file(&config_dir, p)?)))
-            .collect();
+        // Only the config's own directory can hold its files, and only
+        // names that start with its last segment and a dot: a tool that
+        // loads every config (`relive check`) must not walk the tree once
+        // per config.
+        let (dir, stem) = match name.rsplit_once('/') {
+            Some((parent, stem)) => (config_dir.join(parent), stem),
+            None => (config_dir.clone(), name),
+        };
+        let prefix = format!("{stem}.");
+        let mut files: Vec<(PathBuf, ConfigFile)> = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let path = entry.path();
+            let Some(cf) = paths::config_file(&config_dir, &path).filter(|cf| cf.name == name) else { continue };
+            if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                files.push((path, cf));
+            }
+        }
         let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
             .map_err(wrap)?;
         let mut docs = Vec::with_capacity(chosen.len());

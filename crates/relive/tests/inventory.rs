@@ -26,6 +26,10 @@ fn configs_lists_bases_overlays_and_schemas_by_name() {
     assert_eq!(app.overlays["production"], [t.path("config/app.production.yaml")]);
     assert_eq!(app.schema.as_deref(), Some(t.path("config/app.schema.json").as_path()));
     assert_eq!(configs[2].base.len(), 2, "both base files are listed; loading says which is wrong");
+    // A nested name loads from its own directory; a name that is only a
+    // prefix of another's file (`ap` of `app.toml`) has no files.
+    assert_eq!(t.ws.load("db/main").unwrap().files(), [t.path("config/db/main.json")]);
+    assert!(matches!(t.ws.load("ap"), Err(Error::Config { .. })));
 }
 
 #[test]
