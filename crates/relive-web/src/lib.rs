@@ -27,8 +27,10 @@
 
 #![deny(missing_docs)]
 
+mod assets;
 mod error;
 mod templates;
 
+pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
 pub use error::{Error, Result, TemplateError};
 pub use templates::{TemplateStatus, Templates};
