@@ -1,0 +1,81 @@
+//! The browser side: the client script, and putting it into pages.
+
+/// The client script served at `/livereload.js`: LiveReload `official-7`
+/// over a WebSocket at `/livereload`, Server-Sent Events at
+/// `/livereload/events` where WebSockets fail. It swaps stylesheets in
+/// place on a `liveCSS` reload, reloads the page on any other, shows an
+/// overlay on an `alert` until the next reload, and reconnects with backoff.
+pub const CLIENT_JS: &str = include_str!("client.js");
+
+/// The tag [`inject`] adds.
+pub const SCRIPT_TAG: &str = r#"<script src="/livereload.js" async></script>"#;
+
+/// `html` with [`SCRIPT_TAG`] before its last `</body>` (matched in any
+/// case), or at the end if it has none. HTML that has the tag already is
+/// returned as it is.
+pub fn inject(html: &str) -> String {
+    if html.contains(SCRIPT_TAG) {
+        return html.to_string();
+    }
+    let at = rfind_ascii_case_insensitive(html, "</body>").unwrap_or(html.len());
+    let mut out = String::with_capacity(html.len() + SCRIPT_TAG.len());
+    out.push_str(&html[..at]);
+    out.push_str(SCRIPT_TAG);
+    out.push_str(&html[at..]);
+    out
+}
+
+fn rfind_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    (0..=h.len().checked_sub(n.len())?).rev().find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inject_puts_the_script_before_the_closing_body() {
+        assert_eq!(
+            inject("<html><body><p>hi</p></body></html>"),
+            format!("<html><body><p>hi</p>{SCRIPT_TAG}</body></html>")
+        );
+    }
+
+    #[test]
+    fn inject_matches_the_last_body_in_any_case() {
+        let html = "<BODY><pre>&lt;/body&gt; </body> in text</pre></Body >\n</BODY>\n";
+        assert_eq!(
+            inject(html),
+            format!("<BODY><pre>&lt;/body&gt; </body> in text</pre></Body >\n{SCRIPT_TAG}</BODY>\n")
+        );
+    }
+
+    #[test]
+    fn inject_appends_when_there_is_no_body() {
+        assert_eq!(inject("<p>fragment"), format!("<p>fragment{SCRIPT_TAG}"));
+        assert_eq!(inject(""), SCRIPT_TAG);
+        assert_eq!(inject("é</bod"), format!("é</bod{SCRIPT_TAG}"));
+    }
+
+    #[test]
+    fn inject_is_idempotent() {
+        let once = inject("<body></body>");
+        assert_eq!(inject(&once), once);
+    }
+
+    #[test]
+    fn the_client_speaks_official_7_and_knows_every_endpoint() {
+        for needle in [
+            "http://livereload.com/protocols/official-7",
+            "\"/livereload\"",
+            "\"/livereload/events\"",
+            "EventSource",
+            "liveCSS",
+            "location.reload()",
+            "\"alert\"",
+        ] {
+            assert!(CLIENT_JS.contains(needle), "{needle}");
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The reload hub: what a change means for browsers, and the LiveReload
+//! (`official-7`) and Server-Sent Events endpoints that tell them.
+//!
+//! Changes come in as [`Change`]s (from [`Templates`], [`Assets`] and the
+//! engine's config events, each *after* the new state is live, so a browser
+//! that reloads gets it). The [`Coalescer`] folds a burst of them into one
+//! [`Message`]: a change to CSS alone is swapped in place (`liveCSS`); any
+//! other change reloads the page. Template errors are pushed at once as an
+//! `alert`, and the reload that follows the fix clears it.
+//!
+//! [`router`] serves it all with axum:
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /livereload` | WebSocket, LiveReload protocol `official-7`: the browser extensions work |
+//! | `GET /livereload/events` | Server-Sent Events carrying the same JSON, for where WebSockets are blocked |
+//! | `GET /livereload.js` | the client script (see [`inject`](crate::inject)) |
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::assets::Assets;
+use crate::templates::Templates;
+
+/// The LiveReload protocol relive speaks.
+pub const PROTOCOL_OFFICIAL_7: &str = "http://livereload.com/protocols/official-7";
+
+/// How long a WebSocket client has to say `hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A change that browsers should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A static asset changed; `url` is its logical URL (`/static/app.css`).
+    /// CSS is swapped in place; anything else reloads the page.
+    Asset {
+        /// The asset's logical URL.
+        url: String,
+    },
+    /// The templates were rebuilt. `name` is a template or a description.
+    Template {
+        /// What changed.
+        name: String,
+    },
+    /// A config has a new value.
+    Config {
+        /// The config's name.
+        name: String,
+    },
+}
+
+impl Change {
+    /// The stylesheet URL, if this change can be swapped in place.
+    fn css(&self) -> Option<&str> {
+        match self {
+            Change::Asset { url } if url.to_ascii_lowercase().ends_with(".css") => Some(url),
+            _ => None,
+        }
+    }
+
+    /// The path a full reload names (LiveReload clients only log it).
+    fn path(&self) -> String {
+        match self {
+            Change::Asset { url } => url.clone(),
+            Change::Template { name } => format!("templates/{name}"),
+            Change::Config { name } => format!("config/{name}"),
+        }
+    }
+}
+
+/// A message to browsers, as LiveReload `official-7` JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Message {
+    /// Reload: swap the stylesheet `path` in place if `live_css`, else
+    /// reload the page. A `path` that matches no stylesheet (`*.css`, for
+    /// several at once) swaps them all.
+    Reload {
+        /// What changed.
+        path: String,
+        /// Whether a CSS swap is enough.
+        #[serde(rename = "liveCSS")]
+        live_css: bool,
+        /// Always false: an image change reloads the page too.
+        #[serde(rename = "liveImg")]
+        live_img: bool,
+    },
+    /// Show `message` (relive's client: an overlay; the extensions: an
+    /// alert) until the next reload. Sent for a template error.
+    Alert {
+        /// `templates/<name>:<line>:<column>: <message>`.
+        message: String,
+    },
+}
+
+impl Message {
+    /// A full page reload naming `path`.
+    pub fn full_reload(path: impl Into<String>) -> Message {
+        Message::Reload { path: path.into(), live_css: false, live_img: false }
+    }
+
+    /// The JSON text sent over the wire.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages serialize")
+    }
+}
+
+/// Folds a burst of [`Change`]s into one [`Message`].
+///
+/// A pure state machine: it never reads the clock, every call takes `now`.
+/// A burst ends when no change came for `quiet`, or at the latest `max`
+/// after its first change (so a steady stream still gets through).
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    quiet: Duration,
+    max: Duration,
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    css: BTreeSet<String>,
+    /// The first change that needs a page reload.
+    full: Option<String>,
+}
+
+impl Default for Coalescer {
+    /// 30 ms of quiet, at most 200 ms.
+    fn default() -> Coalescer {
+        Coalescer::new(Duration::from_millis(30), Duration::from_millis(200))
+    }
+}
+
+impl Coalescer {
+    /// A coalescer that waits for `quiet` without a change, and at most `max`.
+    pub fn new(quiet: Duration, max: Duration) -> Coalescer {
+        Coalescer { quiet, max: max.max(quiet), pending: None }
+    }
+
+    /// Takes in a change seen at `now`.
+    pub fn push(&mut self, change: &Change, now: Instant) {
+        let pending =
+            self.pending.get_or_insert_with(|| Pending { first: now, last: now, css: BTreeSet::new(), full: None });
+        pending.last = pending.last.max(now);
+        match change.css() {
+            Some(url) => {
+                pending.css.insert(url.to_string());
+            }
+            None => {
+                pending.full.get_or_insert_with(|| change.path());
+            }
+        }
+    }
+
+    /// When [`poll`](Coalescer::poll) will have a message, if a burst is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| (p.last + self.quiet).min(p.first + self.max))
+    }
+
+    /// The burst's message, if its deadline is at or before `now`.
+    pub fn poll(&mut self, now: Instant) -> Option<Message> {
+        if self.deadline()? > now {
+            return None;
+        }
+        let pending = self.pending.take()?;
+        Some(match (pending.full, pending.css.len()) {
+            (Some(path), _) => Message::full_reload(path),
+            (None, 1) => {
+                Message::Reload { path: pending.css.into_iter().next().expect("one"), live_css: true, live_img: false }
+            }
+            (None, _) => Message::Reload { path: "*.css".to_string(), live_css: true, live_img: false },
+        })
+    }
+}
+
+/// Decides what changes mean for browsers and tells every connected one.
+///
+/// Clones share one hub. Create it inside a tokio runtime: it runs a task
+/// that times bursts.
+#[derive(Clone, Debug)]
+pub struct ReloadHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    changes: mpsc::UnboundedSender<Change>,
+    messages: broadcast::Sender<Message>,
+    alert: watch::Sender<Option<String>>,
+}
+
+impl Default for ReloadHub {
+    fn default() -> ReloadHub {
+        ReloadHub::new()
+    }
+}
+
+impl ReloadHub {
+    /// A hub with the default burst window (30 ms quiet, 200 ms at most).
+    pub fn new() -> ReloadHub {
+        ReloadHub::with_coalescer(Coalescer::default())
+    }
+
+    /// A hub that times bursts with `coalescer`.
+    pub fn with_coalescer(mut coalescer: Coalescer) -> ReloadHub {
+        let (changes, mut rx) = mpsc::unbounded_channel::<Change>();
+        let (messages, _) = broadcast::channel(64);
+        let tx = messages.clone();
+        tokio::spawn(async move {
+            loop {
+                let deadline = coalescer.deadline();
+                let sleep = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    change = rx.recv() => match change {
+                        Some(change) => coalescer.push(&change, Instant::now()),
+                        None => break,
+                    },
+                    () = sleep => {
+                        if let Some(message) = coalescer.poll(Instant::now()) {
+                            tracing::debug!(message = %message.to_json(), "live reload");
+                            let _ = tx.send(message);
+                        }
+                    }
+                }
+            }
+        });
+        ReloadHub { inner: Arc::new(HubInner { changes, messages, alert: watch::Sender::new(None) }) }
+    }
+
+    /// Takes in a change; browsers hear of it when its burst ends.
+    pub fn notify(&self, change: Change) {
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// Shows `message` in every browser now (and in every browser that
+    /// connects while it stands), or with `None` forgets it: the next
+    /// reload clears it from pages.
+    pub fn alert(&self, message: Option<String>) {
+        let changed = self.inner.alert.send_if_modified(|current| {
+            let changed = *current != message;
+            current.clone_from(&message);
+            changed
+        });
+        if let (true, Some(message)) = (changed, message) {
+            let _ = self.inner.messages.send(Message::Alert { message });
+        }
+    }
+
+    /// The alert that stands, if any.
+    pub fn current_alert(&self) -> Option<String> {
+        self.inner.alert.borrow().clone()
+    }
+
+    /// Every message from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
+        self.inner.messages.subscribe()
+    }
+
+    /// Reloads pages when `templates` are rebuilt, and alerts while they
+    /// have an error. Runs until the templates or the hub are dropped.
+    pub fn follow_templates(&self, templates: &Templates) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut status = templates.subscribe();
+        let alert_of = |s: &crate::templates::TemplateStatus| {
+            s.error.as_ref().map(|e| format!("templates/{}:{}:{}: {}", e.name, e.line, e.column, e.message))
+        };
+        // An error that stands already is shown to the browsers that connect.
+        let mut generation = {
+            let s = status.borrow_and_update();
+            self.alert(alert_of(&s));
+            s.generation
+        };
+        tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                let Some(hub) = upgrade(&weak) else { break };
+                let (alert, new_generation) = {
+                    let s = status.borrow_and_update();
+                    (alert_of(&s), s.generation)
+                };
+                hub.alert(alert);
+                if new_generation != generation {
+                    generation = new_generation;
+                    hub.notify(Change::Template { name: "*".to_string() });
+                }
+            }
+        });
+    }
+
+    /// Swaps stylesheets and reloads pages when `assets` change (after the
+    /// manifest has the change). Runs until the assets or the hub are dropped.
+    pub fn follow_assets(&self, assets: &Assets) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut changes = assets.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let change = changes.recv().await;
+                let Some(hub) = upgrade(&weak) else { break };
+                match change {
+                    Ok(change) => hub.notify(Change::Asset { url: change.url() }),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        hub.notify(Change::Asset { url: "*".to_string() });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// Reloads pages when a config gets a new value. Runs until the engine
+    /// stops or the hub is dropped.
+    pub fn follow_configs(&self, manager: &relive::HotReloadManager) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut events = manager.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                let Some(hub) = upgrade(&weak) else { break };
+                match event {
+                    Ok(relive::ChangeEvent::ConfigChanged { config_name, .. }) => {
+                        hub.notify(Change::Config { name: config_name });
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => hub.notify(Change::Config { name: "*".to_string() }),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+}
+
+fn upgrade(weak: &Weak<HubInner>) -> Option<ReloadHub> {
+    weak.upgrade().map(|inner| ReloadHub { inner })
+}
+
+/// The live reload routes, to merge into an application's router:
+/// `/livereload` (WebSocket), `/livereload/events` (SSE) and
+/// `/livereload.js`.
+pub fn router(hub: ReloadHub) -> Router {
+    Router::new()
+        .route("/livereload", get(websocket))
+        .route("/livereload/events", get(events))
+        .route("/livereload.js", get(script))
+        .with_state(hub)
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        crate::client::CLIENT_JS,
+    )
+}
+
+async fn websocket(State(hub): State<ReloadHub>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| serve_socket(hub, socket))
+}
+
+/// Whether `text` is a `hello` that offers `official-7`; `None` if it is
+/// not a `hello` at all.
+fn hello_offers_official_7(text: &str) -> Option<bool> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    if value.get("command")?.as_str()? != "hello" {
+        return None;
+    }
+    let protocols = value.get("protocols").and_then(|p| p.as_array());
+    Some(protocols.is_some_and(|p| p.iter().any(|p| p.as_str() == Some(PROTOCOL_OFFICIAL_7))))
+}
+
+async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
+    // Subscribed before the handshake, so nothing after it is missed.
+    let mut messages = hub.subscribe();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(incoming)) = socket.recv().await {
+            match incoming {
+                ws::Message::Text(text) => match hello_offers_official_7(&text) {
+                    Some(offered) => return offered,
+                    None => continue,
+                },
+                ws::Message::Close(_) => return false,
+                _ => continue,
+            }
+        }
+        false
+    })
+    .await;
+    if handshake != Ok(true) {
+        let _ = socket.send(ws::Message::Close(None)).await;
+        return;
+    }
+    let hello = serde_json::json!({
+        "command": "hello",
+        "protocols": [PROTOCOL_OFFICIAL_7],
+        "serverName": "relive",
+    });
+    if socket.send(ws::Message::Text(hello.to_string().into())).await.is_err() {
+        return;
+    }
+    if let Some(message) = hub.current_alert() {
+        let alert = Message::Alert { message }.to_json();
+        if socket.send(ws::Message::Text(alert.into())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                // `info` and `url` (and anything else) tell us nothing we use.
+                Some(Ok(ws::Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            message = messages.recv() => {
+                let message = match message {
+                    Ok(message) => message,
+                    // Missed some: a full reload covers whatever they were.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Message::full_reload("*"),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if socket.send(ws::Message::Text(message.to_json().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn events(State(hub): State<ReloadHub>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let messages = hub.subscribe();
+    let standing = hub.current_alert().map(|message| Message::Alert { message });
+    let live = futures_util::stream::unfold(messages, |mut messages| async move {
+        let message = match messages.recv().await {
+            Ok(message) => message,
+            Err(broadcast::error::RecvError::Lagged(_)) => Message::full_reload("*"),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((message, messages))
+    });
+    let stream = futures_util::stream::iter(standing).chain(live).map(|m| Ok(Event::default().data(m.to_json())));
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn css(url: &str) -> Change {
+        Change::Asset { url: url.to_string() }
+    }
+
+    fn live_css(path: &str) -> Message {
+        Message::Reload { path: path.to_string(), live_css: true, live_img: false }
+    }
+
+    #[test]
+    fn messages_are_livereload_json() {
+        assert_eq!(
+            live_css("/static/app.css").to_json(),
+            r#"{"command":"reload","path":"/static/app.css","liveCSS":true,"liveImg":false}"#
+        );
+        assert_eq!(Message::Alert { message: "x".into() }.to_json(), r#"{"command":"alert","message":"x"}"#);
+    }
+
+    #[test]
+    fn one_css_change_is_swapped_in_place_after_the_quiet_period() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(30), ms(200));
+        assert_eq!(c.deadline(), None);
+        assert_eq!(c.poll(t0), None);
+        c.push(&css("/static/app.css"), t0);
+        assert_eq!(c.deadline(), Some(t0 + ms(30)));
+        assert_eq!(c.poll(t0 + ms(29)), None);
+        assert_eq!(c.poll(t0 + ms(30)), Some(live_css("/static/app.css")));
+        assert_eq!(c.poll(t0 + ms(60)), None, "one message per burst");
+        assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn a_burst_is_one_message_and_anything_but_css_reloads_the_page() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(30), ms(200));
+        c.push(&css("/static/app.css"), t0);
+        c.push(&css("/static/app.css"), t0 + ms(10));
+        c.push(&Change::Template { name: "index.html".into() }, t0 + ms(20));
+        c.push(&Change::Config { name: "site".into() }, t0 + ms(25));
+        assert_eq!(c.poll(t0 + ms(54)), None, "the quiet period restarts with each change");
+        assert_eq!(c.poll(t0 + ms(55)), Some(Message::full_reload("templates/index.html")));
+        assert_eq!(c.poll(t0 + ms(500)), None);
+    }
+
+    #[test]
+    fn several_stylesheets_are_one_swap_of_all() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(30), ms(200));
+        c.push(&css("/static/a.css"), t0);
+        c.push(&css("/static/B.CSS"), t0 + ms(1));
+        assert_eq!(c.poll(t0 + ms(31)), Some(live_css("*.css")));
+    }
+
+    #[test]
+    fn other_assets_reload_the_page() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::default();
+        c.push(&css("/static/img/logo.png"), t0);
+        c.push(&css("/static/app.css"), t0);
+        assert_eq!(c.poll(t0 + ms(30)), Some(Message::full_reload("/static/img/logo.png")));
+    }
+
+    #[test]
+    fn a_steady_stream_still_gets_a_message_at_the_ceiling() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(30), ms(100));
+        let mut now = t0;
+        let mut sent = Vec::new();
+        for _ in 0..20 {
+            c.push(&css("/static/app.css"), now);
+            now += ms(10);
+            sent.extend(c.poll(now));
+        }
+        // 200 ms of changes every 10 ms: one message per 100 ms ceiling.
+        assert_eq!(sent.len(), 2, "{sent:?}");
+    }
+
+    #[test]
+    fn hello_must_offer_official_7() {
+        let ok = format!(r#"{{"command":"hello","protocols":["{PROTOCOL_OFFICIAL_7}"]}}"#);
+        assert_eq!(hello_offers_official_7(&ok), Some(true));
+        assert_eq!(hello_offers_official_7(r#"{"command":"hello","protocols":["x"]}"#), Some(false));
+        assert_eq!(hello_offers_official_7(r#"{"command":"hello"}"#), Some(false));
+        assert_eq!(hello_offers_official_7(r#"{"command":"info","plugins":{}}"#), None);
+        assert_eq!(hello_offers_official_7("not json"), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The live reload server on a real socket: the LiveReload official-7
+//! handshake over a real WebSocket client, Server-Sent Events over raw TCP,
+//! and reloads caused by files changed in a temp workspace and seen by the
+//! real relive engine.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use relive_web::{Assets, Coalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates, router};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    manager: relive::HotReloadManager,
+    _templates: Templates,
+    _assets: Assets,
+}
+
+fn write(root: &Path, name: &str, text: &str) {
+    std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+    std::fs::write(root.join(name), text).unwrap();
+}
+
+/// A workspace with a config, a template and two stylesheets, the real
+/// engine watching it, and the live reload routes on 127.0.0.1:0. The
+/// burst window is wide (150 ms quiet) so that a busy machine cannot split
+/// a burst written in a few milliseconds.
+async fn serve() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    write(&root, "config/site.toml", "title = \"one\"\n");
+    write(&root, "templates/index.html", "<h1>{{ title }}</h1>");
+    write(&root, "static/app.css", "h1 { color: red }");
+    write(&root, "static/other.css", "p {}");
+    let ws = relive::Workspace::new(&root);
+    let templates = Templates::new(&ws).unwrap();
+    let assets = Assets::new(&ws).unwrap();
+    let manager = ws.start_hot_reload().await.unwrap();
+    let hub = ReloadHub::with_coalescer(Coalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
+    hub.follow_templates(&templates);
+    hub.follow_assets(&assets);
+    hub.follow_configs(&manager);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(hub)).await.unwrap() });
+    Server { addr, _dir: dir, root, manager, _templates: templates, _assets: assets }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/livereload")).await.unwrap();
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await.expect("socket open").unwrap() {
+                WsMessage::Text(text) => return serde_json::from_str(&text).unwrap(),
+                WsMessage::Close(_) => panic!("server closed the socket"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a message in time")
+}
+
+async fn handshake(ws: &mut Ws) {
+    let hello = json!({"command": "hello", "protocols": ["http://livereload.com/protocols/7", PROTOCOL_OFFICIAL_7]});
+    ws.send(WsMessage::Text(hello.to_string().into())).await.unwrap();
+    assert_eq!(
+        next_json(ws).await,
+        json!({"command": "hello", "protocols": [PROTOCOL_OFFICIAL_7], "serverName": "relive"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_get_official_7_reloads_for_real_file_changes() {
+    let server = serve().await;
+    let mut ws = connect(server.addr).await;
+    handshake(&mut ws).await;
+    // What the browser extensions send after the handshake is ignored.
+    ws.send(WsMessage::Text(json!({"command": "info", "plugins": {}, "url": "http://x/"}).to_string().into()))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Text(json!({"command": "url", "url": "http://x/"}).to_string().into())).await.unwrap();
+
+    // CSS: swapped in place.
+    write(&server.root, "static/app.css", "h1 { color: blue }");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"command": "reload", "path": "/static/app.css", "liveCSS": true, "liveImg": false})
+    );
+
+    // A template: a page reload, after the new templates are live.
+    write(&server.root, "templates/index.html", "<h2>{{ title }}</h2>");
+    let reload = next_json(&mut ws).await;
+    assert_eq!((&reload["command"], &reload["liveCSS"]), (&json!("reload"), &json!(false)), "{reload}");
+
+    // A config: a page reload.
+    write(&server.root, "config/site.toml", "title = \"two\"\n");
+    let reload = next_json(&mut ws).await;
+    assert_eq!(
+        (&reload["command"], &reload["path"], &reload["liveCSS"]),
+        (&json!("reload"), &json!("config/site"), &json!(false))
+    );
+
+    // A burst of two stylesheets and a template: one page reload, and the
+    // next message is about the change made after it.
+    write(&server.root, "static/app.css", "h1 { color: green }");
+    write(&server.root, "static/other.css", "p { margin: 0 }");
+    write(&server.root, "templates/index.html", "<h3>{{ title }}</h3>");
+    let reload = next_json(&mut ws).await;
+    assert_eq!((&reload["command"], &reload["liveCSS"]), (&json!("reload"), &json!(false)), "{reload}");
+    write(&server.root, "static/other.css", "p { margin: 1px }");
+    assert_eq!(next_json(&mut ws).await["path"], json!("/static/other.css"));
+
+    // Saving the same bytes says nothing: the next message is the next real change.
+    write(&server.root, "static/app.css", "h1 { color: green }");
+    write(&server.root, "templates/index.html", "<h3>{{ title }}</h3>");
+    write(&server.root, "static/other.css", "p { margin: 2px }");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"command": "reload", "path": "/static/other.css", "liveCSS": true, "liveImg": false})
+    );
+    server.manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_error_is_an_alert_until_the_fix_reloads_the_page() {
+    let server = serve().await;
+    let mut ws = connect(server.addr).await;
+    handshake(&mut ws).await;
+
+    write(&server.root, "templates/index.html", "<h1>\n  {{ title </h1>");
+    let alert = next_json(&mut ws).await;
+    assert_eq!(alert["command"], json!("alert"), "{alert}");
+    let message = alert["message"].as_str().unwrap();
+    assert!(message.starts_with("templates/index.html:2:"), "{message}");
+    assert!(message.contains("syntax error"), "{message}");
+
+    // A browser that connects while the error stands is told at once.
+    let mut late = connect(server.addr).await;
+    handshake(&mut late).await;
+    assert_eq!(next_json(&mut late).await, alert);
+
+    // The fix: a page reload, which clears the overlay; no alert stands.
+    write(&server.root, "templates/index.html", "<h1>{{ title }}</h1>");
+    for ws in [&mut ws, &mut late] {
+        let reload = next_json(ws).await;
+        assert_eq!((&reload["command"], &reload["liveCSS"]), (&json!("reload"), &json!(false)), "{reload}");
+    }
+    let mut after = connect(server.addr).await;
+    handshake(&mut after).await;
+    write(&server.root, "static/app.css", "h1 { color: teal }");
+    assert_eq!(next_json(&mut after).await["path"], json!("/static/app.css"), "no alert before the next change");
+    server.manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_official_7_is_closed_and_messages_before_hello_are_ignored() {
+    let server = serve().await;
+    let mut ws = connect(server.addr).await;
+    ws.send(WsMessage::Text(json!({"command": "info"}).to_string().into())).await.unwrap();
+    ws.send(WsMessage::Text(
+        json!({"command": "hello", "protocols": ["http://livereload.com/protocols/6"]}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(WsMessage::Text(t))) => panic!("no message for a client without official-7: {t}"),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server closes the socket");
+    server.manager.shutdown().await.unwrap();
+}
+
+/// Reads an SSE response over raw TCP until `count` `data:` lines came.
+async fn sse_data(stream: &mut TcpStream, buffer: &mut String, count: usize) -> Vec<Value> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let data: Vec<Value> = buffer
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            if data.len() >= count {
+                return data;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the event stream ended");
+            buffer.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+    })
+    .await
+    .expect("events in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_carry_the_same_messages() {
+    let server = serve().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /livereload/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    // The headers: the handler has subscribed by the time they are sent.
+    tokio::time::timeout(WAIT, async {
+        while !buffer.contains("\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "no response");
+            buffer.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+    })
+    .await
+    .expect("headers in time");
+    assert!(buffer.starts_with("HTTP/1.1 200"), "{buffer}");
+    assert!(buffer.to_ascii_lowercase().contains("content-type: text/event-stream"), "{buffer}");
+
+    write(&server.root, "static/app.css", "h1 { color: purple }");
+    let data = sse_data(&mut stream, &mut buffer, 1).await;
+    assert_eq!(data[0], json!({"command": "reload", "path": "/static/app.css", "liveCSS": true, "liveImg": false}));
+    write(&server.root, "templates/index.html", "{% if %}");
+    let data = sse_data(&mut stream, &mut buffer, 2).await;
+    assert_eq!(data[1]["command"], json!("alert"), "{}", data[1]);
+    server.manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_script_is_served_as_javascript() {
+    let server = serve().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /livereload.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert_eq!(body, relive_web::CLIENT_JS);
+    server.manager.shutdown().await.unwrap();
+}
