@@ -93,10 +93,9 @@ impl Templates {
         F: Fn(&mut Environment<'static>) + Send + Sync + 'static,
     {
         let templates = Templates::unwatched(ws.templates_dir(), setup);
-        if let Err(e) = templates.reload()
-            && !matches!(e, Error::Template(_))
-        {
-            return Err(e);
+        match templates.reload() {
+            Ok(()) | Err(Error::Template(_)) => {}
+            Err(e) => return Err(e),
         }
         // A handler rather than a task consuming `HotReloadManager::subscribe`:
         // the engine filters by glob, it works before hot reload is started,
