@@ -1,0 +1,317 @@
+//! Where a fleet keeps its state in etcd, and how values are encoded.
+//!
+//! Everything an application's fleet shares lives under one prefix
+//! (`/shop`, `/teams/payments`):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
+//! | `/<prefix>/instances/<id>/<name>` | the instance's [`Status`] for that config, as JSON, attached to the instance's lease |
+//!
+//! A config's version is the `mod_revision` of its key: etcd numbers every
+//! write, so two versions never share a number and later ones are greater.
+//!
+//! The value of a config key starts with a header line that names its
+//! format, `# relive-format: toml` (or `yaml`, `json`), followed by a newline
+//! and the document exactly as its author wrote it. The header is a comment
+//! in TOML and YAML, and one key holds both, so a format and its bytes
+//! always change together, in one revision. relive strips the header before
+//! parsing, so errors point at the document's own lines.
+//!
+//! An instance keeps one status key per config it serves, rather than one
+//! key for all: each key is written only when that config's version is
+//! applied or rejected, so acknowledgements of two configs never overwrite
+//! each other, and `/<prefix>/instances/<id>/` lists one instance.
+//!
+//! The names `canary/` and `rollout/` under the prefix are reserved for
+//! staged rollouts.
+
+use relive::Format;
+use serde::{Deserialize, Serialize};
+
+/// The first bytes of a config value's header line.
+pub const FORMAT_HEADER: &str = "# relive-format: ";
+
+/// The keys of one application's fleet, under its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Normalized: a leading `/`, no trailing `/`.
+    prefix: String,
+}
+
+/// A name, prefix or instance id that cannot be used as part of a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} `{value}`: {reason}")]
+pub struct InvalidName {
+    /// What was being checked: `prefix`, `config name`, `instance id`.
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why it is refused.
+    pub reason: &'static str,
+}
+
+impl Layout {
+    /// The layout under `prefix`. Leading and trailing slashes are optional
+    /// (`shop`, `/shop` and `/shop/` are the same prefix); the prefix may
+    /// have several segments, none empty, `.` or `..`.
+    pub fn new(prefix: &str) -> Result<Layout, InvalidName> {
+        let trimmed = prefix.trim_matches('/');
+        if trimmed.is_empty() {
+            return Err(invalid("prefix", prefix, "must not be empty"));
+        }
+        check_segments("prefix", prefix, trimmed)?;
+        Ok(Layout { prefix: format!("/{trimmed}") })
+    }
+
+    /// The prefix, with a leading `/` and no trailing one.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `/<prefix>/configs/`: every config key starts with it.
+    pub fn configs_prefix(&self) -> String {
+        format!("{}/configs/", self.prefix)
+    }
+
+    /// `/<prefix>/configs/<name>`.
+    pub fn config_key(&self, name: &str) -> Result<String, InvalidName> {
+        check_config_name(name)?;
+        Ok(format!("{}{name}", self.configs_prefix()))
+    }
+
+    /// The config name of a key under [`configs_prefix`](Layout::configs_prefix),
+    /// or `None` for any other key or an unusable name.
+    pub fn config_name<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        let key = std::str::from_utf8(key).ok()?;
+        let name = key.strip_prefix(self.configs_prefix().as_str())?;
+        check_config_name(name).ok()?;
+        Some(name)
+    }
+
+    /// `/<prefix>/instances/`: every status key starts with it.
+    pub fn instances_prefix(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
+
+    /// `/<prefix>/instances/<id>/`: the status keys of one instance.
+    pub fn instance_prefix(&self, instance: &str) -> Result<String, InvalidName> {
+        check_instance_id(instance)?;
+        Ok(format!("{}{instance}/", self.instances_prefix()))
+    }
+
+    /// `/<prefix>/instances/<id>/<name>`: what `instance` did with config `name`.
+    pub fn status_key(&self, instance: &str, name: &str) -> Result<String, InvalidName> {
+        check_config_name(name)?;
+        Ok(format!("{}{name}", self.instance_prefix(instance)?))
+    }
+
+    /// The instance id and config name of a status key.
+    pub fn parse_status_key<'k>(&self, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.instances_prefix().as_str())?;
+        let (instance, name) = rest.split_once('/')?;
+        check_instance_id(instance).ok()?;
+        check_config_name(name).ok()?;
+        Some((instance, name))
+    }
+}
+
+/// Checks a config name: segments separated by `/` (`db/main`), none empty,
+/// `.` or `..`, and no control characters.
+pub fn check_config_name(name: &str) -> Result<(), InvalidName> {
+    if name.is_empty() {
+        return Err(invalid("config name", name, "must not be empty"));
+    }
+    check_segments("config name", name, name)
+}
+
+/// Checks an instance id: not empty, no `/`, not `.` or `..`, no control
+/// characters.
+pub fn check_instance_id(id: &str) -> Result<(), InvalidName> {
+    if id.is_empty() {
+        return Err(invalid("instance id", id, "must not be empty"));
+    }
+    if id.contains('/') {
+        return Err(invalid("instance id", id, "must not contain `/`"));
+    }
+    check_segments("instance id", id, id)
+}
+
+fn check_segments(what: &'static str, value: &str, path: &str) -> Result<(), InvalidName> {
+    if value.chars().any(char::is_control) {
+        return Err(invalid(what, value, "must not contain control characters"));
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(invalid(what, value, "must not have an empty segment")),
+            "." | ".." => return Err(invalid(what, value, "must not have a `.` or `..` segment")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn invalid(what: &'static str, value: &str, reason: &'static str) -> InvalidName {
+    InvalidName { what, value: value.to_string(), reason }
+}
+
+/// A config value as stored: the header line naming `format`, then `document`.
+pub fn encode_config(format: Format, document: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(FORMAT_HEADER.len() + 5 + document.len());
+    value.extend_from_slice(FORMAT_HEADER.as_bytes());
+    value.extend_from_slice(format.name().as_bytes());
+    value.push(b'\n');
+    value.extend_from_slice(document);
+    value
+}
+
+/// Splits a stored config value into its format and its document's bytes.
+/// Fails with a message (for the instance's rejection) when the header is
+/// missing or names an unknown format.
+pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
+    let Some(rest) = value.strip_prefix(FORMAT_HEADER.as_bytes()) else {
+        return Err(format!("missing format header: the value must start with `{FORMAT_HEADER}toml` (or yaml, json)"));
+    };
+    let (line, document) = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => (&rest[..end], &rest[end + 1..]),
+        None => (rest, &[][..]),
+    };
+    let name = String::from_utf8_lossy(line);
+    let format = match name.trim() {
+        "toml" => Format::Toml,
+        "yaml" | "yml" => Format::Yaml,
+        "json" => Format::Json,
+        other => return Err(format!("unknown format `{other}` in header (expected toml, yaml or json)")),
+    };
+    Ok((format, document))
+}
+
+/// What an instance did with a version of a config: the value of its
+/// status key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The instance's id.
+    pub instance: String,
+    /// The host it runs on.
+    pub host: String,
+    /// The config's name.
+    pub config: String,
+    /// The version this report answers: the one just applied or rejected.
+    pub version: u64,
+    /// The version the instance serves now (its last good one), if any.
+    pub applied_version: Option<u64>,
+    /// Whether `version` was applied or rejected.
+    pub state: State,
+    /// Why `version` was rejected (`etcd:/shop/configs/server:3:11: ...`).
+    pub error: Option<String>,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+}
+
+/// Whether an instance applied or rejected a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The version is live on the instance.
+    Applied,
+    /// The instance refused it and serves its last good version.
+    Rejected,
+}
+
+impl Status {
+    /// The status as stored in etcd.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a status always serializes")
+    }
+
+    /// A status read from etcd.
+    pub fn from_json(bytes: &[u8]) -> Result<Status, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_normalized() {
+        for p in ["shop", "/shop", "/shop/", "shop//"] {
+            assert_eq!(Layout::new(p).unwrap().prefix(), "/shop", "{p}");
+        }
+        assert_eq!(Layout::new("teams/payments").unwrap().prefix(), "/teams/payments");
+        for bad in ["", "/", "a//b", "a/../b", "./a"] {
+            assert!(Layout::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn config_keys_round_trip() {
+        let l = Layout::new("shop").unwrap();
+        assert_eq!(l.configs_prefix(), "/shop/configs/");
+        assert_eq!(l.config_key("server").unwrap(), "/shop/configs/server");
+        assert_eq!(l.config_key("db/main").unwrap(), "/shop/configs/db/main");
+        assert_eq!(l.config_name(b"/shop/configs/db/main"), Some("db/main"));
+        assert_eq!(l.config_name(b"/shop/configs/"), None);
+        assert_eq!(l.config_name(b"/shop/configs/a/../b"), None);
+        assert_eq!(l.config_name(b"/shopx/configs/a"), None);
+        assert_eq!(l.config_name(b"/shop/instances/a/b"), None);
+        assert!(l.config_key("").is_err());
+        assert!(l.config_key("a/").is_err());
+        assert!(l.config_key("..").is_err());
+    }
+
+    #[test]
+    fn status_keys_round_trip() {
+        let l = Layout::new("/shop/").unwrap();
+        let key = l.status_key("web-1", "db/main").unwrap();
+        assert_eq!(key, "/shop/instances/web-1/db/main");
+        assert_eq!(l.parse_status_key(key.as_bytes()), Some(("web-1", "db/main")));
+        assert_eq!(l.instance_prefix("web-1").unwrap(), "/shop/instances/web-1/");
+        assert_eq!(l.parse_status_key(b"/shop/instances/web-1"), None);
+        assert!(l.status_key("a/b", "server").is_err());
+        assert!(l.status_key("", "server").is_err());
+        assert!(l.status_key("..", "server").is_err());
+        assert!(l.status_key("web\n1", "server").is_err());
+    }
+
+    #[test]
+    fn config_values_round_trip() {
+        let value = encode_config(Format::Toml, b"port = 1\n");
+        assert_eq!(value, b"# relive-format: toml\nport = 1\n");
+        assert_eq!(decode_config(&value).unwrap(), (Format::Toml, &b"port = 1\n"[..]));
+        let value = encode_config(Format::Json, b"{}");
+        assert_eq!(decode_config(&value).unwrap(), (Format::Json, &b"{}"[..]));
+        assert_eq!(decode_config(b"# relive-format: yml").unwrap(), (Format::Yaml, &b""[..]));
+        assert_eq!(decode_config(b"# relive-format: yaml \r\na: 1").unwrap(), (Format::Yaml, &b"a: 1"[..]));
+    }
+
+    #[test]
+    fn bad_headers_are_explained() {
+        let e = decode_config(b"port = 1\n").unwrap_err();
+        assert!(e.contains("missing format header"), "{e}");
+        let e = decode_config(b"# relive-format: ini\nx=1").unwrap_err();
+        assert!(e.contains("unknown format `ini`"), "{e}");
+    }
+
+    #[test]
+    fn status_json_has_the_documented_fields() {
+        let status = Status {
+            instance: "web-1".into(),
+            host: "h".into(),
+            config: "server".into(),
+            version: 7,
+            applied_version: Some(5),
+            state: State::Rejected,
+            error: Some("bad".into()),
+            at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
+        assert_eq!(json["state"], "rejected");
+        assert_eq!(json["applied_version"], 5);
+        assert_eq!(json["version"], 7);
+        assert_eq!(json["error"], "bad");
+        assert_eq!(Status::from_json(&status.to_json()).unwrap(), status);
+    }
+}

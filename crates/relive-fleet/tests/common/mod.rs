@@ -1,0 +1,219 @@
+//! A real etcd for tests, and a TCP proxy that can cut the connections
+//! between a client and it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An etcd server on 127.0.0.1 with a data dir of its own, killed on drop.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    client: SocketAddr,
+    peer: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Etcd {
+    /// Starts etcd on two free ports and waits until it answers.
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, peer) = (free_port(), free_port());
+        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0 };
+        etcd.restart();
+        etcd
+    }
+
+    /// `http://127.0.0.1:<port>`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.client
+    }
+
+    /// Kills etcd (SIGKILL: no clean shutdown) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The port is free once the process is gone; nothing answers on it.
+        assert!(!answers(self.client), "etcd still answers after kill");
+    }
+
+    /// (Re)starts etcd with the same data dir and ports, and waits until it
+    /// answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd is running");
+        self.starts += 1;
+        let log = self.dir.path().join(format!("etcd.{}.log", self.starts));
+        let out = std::fs::File::create(&log).expect("etcd log");
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new(etcd_binary())
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run etcd ({e}): install etcd-server (scripts/test does)"));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !healthy(self.client) {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("etcd exited with {status}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within {START_TIMEOUT:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where etcd keeps its data.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A client.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect to etcd")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+/// A port nobody listens on now. (Another process could take it before
+/// etcd does; on a test machine that is rare enough.)
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn answers(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Whether etcd's `/health` says it is healthy (it has a leader).
+fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+/// A TCP proxy in front of etcd that can cut every connection and refuse
+/// new ones, while etcd itself keeps running: a network partition between
+/// one client and the cluster.
+pub struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    conns: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// A proxy on a free port forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let shared = Arc::clone(&state);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut state = shared.lock().unwrap();
+                if state.cut {
+                    // Refused: the client sees its connection close.
+                    continue;
+                }
+                state.conns.retain(|c| !c.is_finished());
+                state.conns.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Proxy { addr, state, accept }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every connection and refuses new ones until [`heal`](Proxy::heal).
+    pub fn cut(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.cut = true;
+        for conn in state.conns.drain(..) {
+            conn.abort();
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn heal(&self) {
+        self.state.lock().unwrap().cut = false;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Waits up to `timeout` for `f` to return `Some`, polling every 20 ms.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
