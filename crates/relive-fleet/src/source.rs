@@ -1,0 +1,558 @@
+//! The etcd-backed config source: configs from etcd into a workspace's
+//! engine, and every version acknowledged or rejected in etcd.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
+use relive::{Document, HotReloadManager, Workspace};
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::timeout;
+
+use crate::Error;
+use crate::backoff::{Backoff, jitter};
+use crate::cache::Cache;
+use crate::layout::{Layout, State, Status, check_instance_id, decode_config};
+
+/// Settings of an etcd config source; [`start`](EtcdSource::start) runs it.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), relive_fleet::Error> {
+/// let ws = relive::Workspace::new("/srv/shop");
+/// let source = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?
+///     .instance("web-1")?
+///     .start(&ws)
+///     .await?;
+/// // The service reads its configs exactly as it would from files.
+/// let server = ws.config::<serde_json::Value>("server").watch().await?;
+/// # drop((source, server)); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct EtcdSource {
+    endpoints: Vec<String>,
+    layout: Layout,
+    instance: String,
+    host: String,
+    lease_ttl: Duration,
+    request_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl EtcdSource {
+    /// A source reading the configs under `prefix` from the etcd at
+    /// `endpoint` (`http://127.0.0.1:2379`). The instance id defaults to
+    /// `<host>-<pid>`.
+    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<EtcdSource, Error> {
+        let host = hostname();
+        Ok(EtcdSource {
+            endpoints: vec![endpoint.into()],
+            layout: Layout::new(prefix)?,
+            instance: format!("{host}-{}", std::process::id()).replace('/', "_"),
+            host,
+            lease_ttl: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        })
+    }
+
+    /// More endpoints of the same cluster; the client balances over all.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> EtcdSource {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// This instance's id, unique in the fleet: the name of its status keys.
+    /// No `/`, not empty.
+    pub fn instance(mut self, id: impl Into<String>) -> Result<EtcdSource, Error> {
+        let id = id.into();
+        check_instance_id(&id)?;
+        self.instance = id;
+        Ok(self)
+    }
+
+    /// The host reported in status keys. Default: the machine's host name.
+    pub fn host(mut self, host: impl Into<String>) -> EtcdSource {
+        self.host = host.into();
+        self
+    }
+
+    /// The TTL of the instance's lease: how long its status keys outlive it
+    /// when it dies without shutting down. Default 10 s. etcd raises TTLs
+    /// below its minimum (about 2 s with default settings).
+    pub fn lease_ttl(mut self, ttl: Duration) -> EtcdSource {
+        self.lease_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long one call to etcd may take before the connection counts as
+    /// lost; also how long a boot waits for etcd before starting from the
+    /// cache. Default 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> EtcdSource {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The delays between reconnection attempts: from `min`, doubling on
+    /// each failure, up to `max`, each drawn in `[d/2, d]`. Default 100 ms
+    /// to 10 s.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> EtcdSource {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The layout of the keys this source reads and writes.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Starts the source for `ws`, starting its hot reload engine with the
+    /// default settings if it is not running (start it first for others).
+    ///
+    /// Returns once the configs are published: read from etcd, or, when
+    /// etcd does not answer within the request timeout, from the local
+    /// cache under `ws.data_dir()`. Subscribe to configs after this, so
+    /// that they start from those values. The source then runs on the
+    /// current Tokio runtime until [`FleetSource::shutdown`] or drop.
+    pub async fn start(self, ws: &Workspace) -> Result<FleetSource, Error> {
+        let manager = ws.start_hot_reload().await?;
+        let cache_dir = ws.data_dir().join("fleet").join(self.layout.prefix().trim_start_matches('/')).join("configs");
+        let (events, _) = broadcast::channel(1024);
+        let mut worker = Worker {
+            backoff: Backoff::new(self.backoff_min, self.backoff_max),
+            opts: self,
+            manager,
+            cache: Cache::new(cache_dir),
+            events: events.clone(),
+            revision: 0,
+            versions: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+        };
+        let (boot, session) = match worker.connect().await {
+            Ok(session) => (Boot::Etcd { revision: worker.revision as u64 }, Some(session)),
+            Err(Stop::Engine) => return Err(Error::Relive(relive::Error::Stopped)),
+            Err(Stop::Lost(error)) => {
+                tracing::warn!(%error, "etcd unreachable at boot; starting from the local cache");
+                let configs = worker.boot_from_cache().await?;
+                (Boot::Cache { configs }, None)
+            }
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(worker.run(session, stop_rx));
+        Ok(FleetSource { boot, events, stop: Some(stop_tx), task: Some(task) })
+    }
+}
+
+/// Where a source found its configs when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// From etcd, at this revision.
+    Etcd {
+        /// The store's revision when the configs were read.
+        revision: u64,
+    },
+    /// etcd did not answer: from the local cache, this many configs.
+    Cache {
+        /// How many configs the cache held.
+        configs: usize,
+    },
+}
+
+/// What a running source did: for logs, metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceEvent {
+    /// Connected, read what was missed, and watching from `revision`.
+    Connected {
+        /// The last revision seen.
+        revision: u64,
+    },
+    /// The connection was lost; the next attempt is in `retry_in`.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// The delay before reconnecting.
+        retry_in: Duration,
+    },
+    /// The revision to resume from was compacted: everything is re-read.
+    Resync {
+        /// etcd's compaction revision.
+        compacted: u64,
+    },
+    /// A version was applied and acknowledged.
+    Applied {
+        /// The config.
+        config: String,
+        /// Its version (the key's `mod_revision`).
+        version: u64,
+    },
+    /// A version was rejected: the last good value stays live.
+    Rejected {
+        /// The config.
+        config: String,
+        /// The rejected version.
+        version: u64,
+        /// Why, as written to the status key.
+        error: String,
+    },
+}
+
+/// A running etcd source. Dropping it stops the source abruptly, like a
+/// crash: its status keys go when its lease expires.
+/// [`shutdown`](FleetSource::shutdown) revokes the lease, so they go at once.
+#[derive(Debug)]
+pub struct FleetSource {
+    boot: Boot,
+    events: broadcast::Sender<SourceEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FleetSource {
+    /// Where the configs came from at start.
+    pub fn boot(&self) -> Boot {
+        self.boot
+    }
+
+    /// Every [`SourceEvent`] from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SourceEvent> {
+        self.events.subscribe()
+    }
+
+    /// Stops the source: revokes its lease (its status keys vanish) and
+    /// waits for it. The configs keep their last values.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FleetSource {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Why serving stopped.
+enum Stop {
+    /// The connection, the watch or the lease was lost: reconnect.
+    Lost(String),
+    /// The engine stopped: nothing left to feed.
+    Engine,
+}
+
+enum Served {
+    Stopped,
+    Lost(String),
+    Compacted(i64),
+    Engine,
+}
+
+/// A live connection: a client, the instance's lease and its keep-alive,
+/// and the watch of the configs.
+struct Session {
+    client: Client,
+    lease: i64,
+    keeper: etcd_client::LeaseKeeper,
+    keep_alive: etcd_client::LeaseKeepAliveStream,
+    watch: WatchStream,
+}
+
+struct Worker {
+    opts: EtcdSource,
+    manager: HotReloadManager,
+    cache: Cache,
+    events: broadcast::Sender<SourceEvent>,
+    backoff: Backoff,
+    /// Every event up to this revision has been handled; 0: nothing read
+    /// yet, or a re-read is needed.
+    revision: i64,
+    /// The last version handled (applied or rejected) per config.
+    versions: BTreeMap<String, i64>,
+    /// The last version applied per config.
+    applied: BTreeMap<String, u64>,
+    /// The status of each config, written again on every reconnect.
+    statuses: BTreeMap<String, Status>,
+}
+
+impl Worker {
+    async fn run(mut self, mut session: Option<Session>, mut stop: oneshot::Receiver<()>) {
+        loop {
+            let mut current = match session.take() {
+                Some(s) => s,
+                None => {
+                    let attempt = tokio::select! {
+                        r = self.connect() => r,
+                        _ = &mut stop => return,
+                    };
+                    match attempt {
+                        Ok(s) => s,
+                        Err(Stop::Engine) => return,
+                        Err(Stop::Lost(error)) => {
+                            if self.pause(error, &mut stop).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.backoff.reset();
+            let _ = self.events.send(SourceEvent::Connected { revision: self.revision as u64 });
+            match self.serve(&mut current, &mut stop).await {
+                Served::Stopped | Served::Engine => {
+                    let _ = timeout(self.opts.request_timeout, current.client.lease_revoke(current.lease)).await;
+                    return;
+                }
+                Served::Compacted(compacted) => {
+                    tracing::warn!(compacted, resume = self.revision + 1, "watch revision compacted; re-reading");
+                    let _ = self.events.send(SourceEvent::Resync { compacted: compacted as u64 });
+                    self.revision = 0;
+                    self.revoke_later(current);
+                }
+                Served::Lost(error) => {
+                    self.revoke_later(current);
+                    if self.pause(error, &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The old lease goes when a new one holds the status keys; revoking it
+    /// is best effort, since it may be the lost connection's.
+    fn revoke_later(&self, session: Session) {
+        let Session { mut client, lease, .. } = session;
+        let limit = self.opts.request_timeout;
+        tokio::spawn(async move {
+            let _ = timeout(limit, client.lease_revoke(lease)).await;
+        });
+    }
+
+    /// Waits out the backoff after a failure. True if told to stop.
+    async fn pause(&mut self, error: String, stop: &mut oneshot::Receiver<()>) -> bool {
+        let retry_in = self.backoff.next(jitter());
+        tracing::warn!(%error, ?retry_in, "etcd connection lost; reconnecting");
+        let _ = self.events.send(SourceEvent::Disconnected { error, retry_in });
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => false,
+            _ = stop => true,
+        }
+    }
+
+    /// Connects, takes a lease, reads what was missed (everything, the
+    /// first time and after a compaction), writes every status under the
+    /// new lease and watches from the next revision.
+    async fn connect(&mut self) -> Result<Session, Stop> {
+        let limit = self.opts.request_timeout;
+        let lost = |e: String| Stop::Lost(e);
+        let options = ConnectOptions::new()
+            .with_connect_timeout(limit)
+            .with_keep_alive(Duration::from_secs(2), limit)
+            .with_keep_alive_while_idle(true);
+        let mut client = call(limit, Client::connect(&self.opts.endpoints, Some(options))).await.map_err(lost)?;
+        let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
+        let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
+        let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
+        if self.revision == 0 {
+            let prefix = self.opts.layout.configs_prefix();
+            let resp = call(limit, client.get(prefix, Some(GetOptions::new().with_prefix()))).await.map_err(lost)?;
+            let revision = resp.header().map_or(0, |h| h.revision());
+            for kv in resp.kvs() {
+                self.handle_put(None, kv.key(), kv.value(), kv.mod_revision()).await?;
+            }
+            self.revision = revision;
+        }
+        for status in self.statuses.values() {
+            let key = self.opts.layout.status_key(&self.opts.instance, &status.config).expect("checked names");
+            let put = client.put(key, status.to_json(), Some(PutOptions::new().with_lease(lease)));
+            call(limit, put).await.map_err(lost)?;
+        }
+        let options = WatchOptions::new().with_prefix().with_start_revision(self.revision + 1).with_progress_notify();
+        let watch = call(limit, client.watch(self.opts.layout.configs_prefix(), Some(options))).await.map_err(lost)?;
+        Ok(Session { client, lease, keeper, keep_alive, watch })
+    }
+
+    async fn serve(&mut self, s: &mut Session, stop: &mut oneshot::Receiver<()>) -> Served {
+        let limit = self.opts.request_timeout;
+        let mut tick = tokio::time::interval((self.opts.lease_ttl / 3).max(Duration::from_millis(300)));
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return Served::Stopped,
+                _ = tick.tick() => {
+                    if let Err(e) = call(limit, s.keeper.keep_alive()).await {
+                        return Served::Lost(format!("lease keep-alive: {e}"));
+                    }
+                }
+                msg = s.keep_alive.message() => match msg {
+                    Ok(Some(r)) if r.ttl() <= 0 => return Served::Lost("lease expired".into()),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Served::Lost("lease keep-alive stream closed".into()),
+                    Err(e) => return Served::Lost(format!("lease keep-alive: {e}")),
+                },
+                msg = s.watch.message() => {
+                    let resp = match msg {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => return Served::Lost("watch stream closed".into()),
+                        Err(e) => return Served::Lost(format!("watch: {e}")),
+                    };
+                    if resp.compact_revision() > 0 {
+                        return Served::Compacted(resp.compact_revision());
+                    }
+                    if resp.canceled() {
+                        return Served::Lost(format!("watch canceled: {}", resp.cancel_reason()));
+                    }
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        match event.event_type() {
+                            EventType::Put => {
+                                match self.handle_put(Some((&mut s.client, s.lease)), kv.key(), kv.value(), kv.mod_revision()).await {
+                                    Ok(()) => {}
+                                    Err(Stop::Engine) => return Served::Engine,
+                                    Err(Stop::Lost(e)) => return Served::Lost(e),
+                                }
+                            }
+                            EventType::Delete => {
+                                if let Some(name) = self.opts.layout.config_name(kv.key()) {
+                                    tracing::warn!(config = name, "config deleted in etcd; keeping its last value");
+                                }
+                            }
+                        }
+                        self.revision = self.revision.max(kv.mod_revision());
+                    }
+                    // A progress notification (no events) promises every
+                    // event up to its header's revision was sent.
+                    if resp.events().is_empty() && !resp.created() {
+                        if let Some(h) = resp.header() {
+                            self.revision = self.revision.max(h.revision());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes one version of a config and acknowledges or rejects it.
+    /// Versions already handled are skipped. Without a client (booting from
+    /// the cache) the status is written on the next connection.
+    async fn handle_put(
+        &mut self,
+        client: Option<(&mut Client, i64)>,
+        key: &[u8],
+        value: &[u8],
+        version: i64,
+    ) -> Result<(), Stop> {
+        let Some(name) = self.opts.layout.config_name(key).map(str::to_string) else {
+            tracing::warn!(key = %String::from_utf8_lossy(key), "ignoring a key with an unusable config name");
+            return Ok(());
+        };
+        if self.versions.get(&name).is_some_and(|&v| v >= version) {
+            return Ok(());
+        }
+        let applied = self.apply(&name, value, version as u64).await?;
+        if applied {
+            let cache = self.cache.clone();
+            let (n, v) = (name.clone(), value.to_vec());
+            let stored = tokio::task::spawn_blocking(move || cache.store(&n, version as u64, &v)).await;
+            if let Ok(Err(e)) | Err(e) = stored.map_err(std::io::Error::other) {
+                tracing::warn!(config = %name, error = %e, "could not write the fleet cache");
+            }
+        }
+        self.versions.insert(name.clone(), version);
+        if let Some((client, lease)) = client {
+            let key = self.opts.layout.status_key(&self.opts.instance, &name).expect("checked names");
+            // etcd keeps a key's lease only if the put names it again.
+            let put = client.put(key, self.statuses[&name].to_json(), Some(PutOptions::new().with_lease(lease)));
+            call(self.opts.request_timeout, put).await.map_err(Stop::Lost)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `value` into the engine and records the status. True if
+    /// it was applied.
+    async fn apply(&mut self, name: &str, value: &[u8], version: u64) -> Result<bool, Stop> {
+        let origin = format!("etcd:{}{name}", self.opts.layout.configs_prefix());
+        let result = match decode_config(value) {
+            Err(message) => Err(format!("{origin}: {message}")),
+            Ok((format, document)) => {
+                match self.manager.publish(name, vec![Document::new(&origin, format, document.to_vec())]).await {
+                    Ok(_) => Ok(()),
+                    Err(relive::Error::Config { error, .. }) => Err(error.to_string()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the hot reload engine stopped; the etcd source stops");
+                        return Err(Stop::Engine);
+                    }
+                }
+            }
+        };
+        let (state, error) = match &result {
+            Ok(()) => {
+                self.applied.insert(name.to_string(), version);
+                let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
+                (State::Applied, None)
+            }
+            Err(error) => {
+                tracing::warn!(config = name, version, %error, "rejected a version from etcd");
+                let _ =
+                    self.events.send(SourceEvent::Rejected { config: name.to_string(), version, error: error.clone() });
+                (State::Rejected, Some(error.clone()))
+            }
+        };
+        let status = Status {
+            instance: self.opts.instance.clone(),
+            host: self.opts.host.clone(),
+            config: name.to_string(),
+            version,
+            applied_version: self.applied.get(name).copied(),
+            state,
+            error,
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        };
+        self.statuses.insert(name.to_string(), status);
+        Ok(result.is_ok())
+    }
+
+    /// Publishes every cached config. Returns how many there were.
+    async fn boot_from_cache(&mut self) -> Result<usize, Error> {
+        let cache = self.cache.clone();
+        let cached = tokio::task::spawn_blocking(move || cache.load()).await.unwrap_or_default();
+        for c in &cached {
+            let key = self.opts.layout.config_key(&c.name)?;
+            self.handle_put(None, key.as_bytes(), &c.value, c.version as i64)
+                .await
+                .map_err(|_| Error::Relive(relive::Error::Stopped))?;
+        }
+        Ok(cached.len())
+    }
+}
+
+/// A call to etcd, bounded by `limit`, with its error as text.
+async fn call<T, F>(limit: Duration, f: F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    match timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("etcd did not answer within {limit:?}")),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
