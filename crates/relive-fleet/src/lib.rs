@@ -87,7 +87,9 @@
 //! The etcd client is generated from protobuf definitions at build time and
 //! needs `protoc`: `apt-get install protobuf-compiler` (or set `PROTOC`).
 //! Without it the build stops in `etcd-client`'s build script with
-//! "Could not find `protoc`", which names that package. The tests start a
+//! "Could not find `protoc`. [...] To install it on Debian, run `apt-get
+//! install protobuf-compiler`." (prost-build's message; a build script of
+//! this crate would run too late to say it first). The tests start a
 //! real `etcd` (`apt-get install etcd-server`); `scripts/test` installs
 //! both when they are missing.
 //!

@@ -352,3 +352,24 @@ async fn a_dead_instance_s_status_expires_with_its_lease() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_config_keeps_its_last_value() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let v1 = put(&mut client, "server", "port = 1\nworkers = 1\n").await;
+    let (_dir, ws) = workspace();
+    let fleet = source(&etcd.endpoint(), "web-1").start(&ws).await.unwrap();
+    let server = watch_server(&ws).await;
+    let mut events = fleet.subscribe();
+    let key = Layout::new(PREFIX).unwrap().config_key("server").unwrap();
+    client.delete(key, None).await.unwrap();
+    // Events arrive in revision order: once a later put is handled, so is
+    // the delete.
+    let barrier = put(&mut client, "other", "x = 1\n").await;
+    applied(&mut events, barrier).await;
+    assert_eq!(server.live().load().port, 1);
+    let s = status(&mut client, "web-1", "server").await.expect("status kept");
+    assert_eq!((s.state, s.version), (State::Applied, v1));
+    fleet.shutdown().await;
+}
