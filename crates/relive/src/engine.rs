@@ -1109,12 +1109,23 @@ impl Worker {
         let result = match docs {
             Ok(docs) => {
                 let sources = Sources { docs };
-                self.configs.entry(name.to_string()).or_default().external = true;
+                let state = self.configs.entry(name.to_string()).or_default();
+                state.external = true;
+                let live_before = state.value.clone();
                 let before = events.len();
-                let applied = self.apply(name, sources.merge(), &sources, Instant::now(), &mut events);
+                let accepted = self.apply(name, sources.merge(), &sources, Instant::now(), &mut events);
                 match events.get(before) {
-                    Some(ChangeEvent::ValidationFailed { error, .. }) if !applied => Err(ConfigError::clone(error)),
-                    _ => Ok(applied),
+                    Some(ChangeEvent::ValidationFailed { error, .. }) if !accepted => Err(ConfigError::clone(error)),
+                    // `apply` accepts an unchanged value without swapping
+                    // it; tell the caller whether the live value changed.
+                    _ => {
+                        let live_after = self.configs.get(name).and_then(|c| c.value.clone());
+                        Ok(match (live_before, live_after) {
+                            (Some(a), Some(b)) => !Arc::ptr_eq(&a, &b),
+                            (None, Some(_)) => true,
+                            _ => false,
+                        })
+                    }
                 }
             }
             Err(error) => {

@@ -185,6 +185,10 @@ async fn other_sources_feed_the_same_pipeline() {
     let manager = t.ws.start_hot_reload().await.unwrap();
     let doc = |s: &str| Document::new("etcd:/svc/app", Format::Json, s.as_bytes().to_vec());
     assert!(manager.publish("app", vec![doc(r#"{"name": "remote", "value": 1}"#)]).await.unwrap());
+    assert!(
+        !manager.publish("app", vec![doc(r#"{"value": 1, "name": "remote"}"#)]).await.unwrap(),
+        "the same value again changes nothing"
+    );
     let stream = t.ws.config::<App>("app").validate(|a: &App| if a.value < 0 { Err("negative") } else { Ok(()) });
     let mut stream = { stream.watch() }.await.unwrap();
     assert_eq!(stream.current().name, "remote");
