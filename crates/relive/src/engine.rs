@@ -293,6 +293,9 @@ struct ConfigState {
     /// Fed by [`HotReloadManager::publish`](crate::HotReloadManager::publish),
     /// not by files.
     external: bool,
+    /// For a published config: the documents of its live value, to locate
+    /// errors of subscribers that come later.
+    published: Option<Sources>,
 }
 
 struct HandlerSlot {
@@ -1074,7 +1077,11 @@ impl Worker {
 
     fn subscribe(&mut self, name: &str, factory: SinkFactory) -> Result<(), ConfigError> {
         let external = self.configs.get(name).is_some_and(|c| c.external);
-        let sources = if external { Ok(Sources::default()) } else { self.sources(name) };
+        let sources = if external {
+            Ok(self.configs.get(name).and_then(|c| c.published.clone()).unwrap_or_default())
+        } else {
+            self.sources(name)
+        };
         let applied = self.configs.get(name).and_then(|c| c.value.clone());
         // The last applied value wins over what is on disk now: readers keep
         // the last good value while the files are broken.
@@ -1119,7 +1126,9 @@ impl Worker {
                     // `apply` accepts an unchanged value without swapping
                     // it; tell the caller whether the live value changed.
                     _ => {
-                        let live_after = self.configs.get(name).and_then(|c| c.value.clone());
+                        let state = self.configs.get_mut(name).expect("state exists");
+                        state.published = Some(sources.clone());
+                        let live_after = state.value.clone();
                         Ok(match (live_before, live_after) {
                             (Some(a), Some(b)) => !Arc::ptr_eq(&a, &b),
                             (None, Some(_)) => true,

@@ -443,6 +443,11 @@ impl HotReloadManager {
         self.ws.register_handler(handler)
     }
 
+    /// The workspace this engine serves.
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
     /// How the engine learns about changes: kernel events or polling.
     pub fn watcher_mode(&self) -> WatcherMode {
         self.engine.mode()

@@ -199,6 +199,19 @@ async fn other_sources_feed_the_same_pipeline() {
     assert!(broken.to_string().contains("etcd:/svc/app:1:"), "{broken}");
     assert_eq!(stream.live().load().value, 1);
 
+    // A subscriber that comes later and rejects the live value gets an error
+    // located in the published document.
+    let strict = t
+        .ws
+        .config::<App>("app")
+        .validate(|a: &App| if a.value < 2 { Err(relive::ValidationError::at("value", "too small")) } else { Ok(()) });
+    let error = strict.watch().await.unwrap_err();
+    let Error::Config { error, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(error.file(), Some(std::path::Path::new("etcd:/svc/app")), "{error}");
+    // The live value came from the latest accepted document, `{"value": 1, ...}`.
+    assert_eq!((error.line(), error.column()), (Some(1), Some(2)), "{error}");
+    assert_eq!(manager.workspace().root(), t.ws.root());
+
     let overlay = Document::new("etcd:/svc/app.production", Format::Yaml, b"value: 5\n".to_vec());
     manager.publish("app", vec![doc(r#"{"name": "remote", "value": 1}"#), overlay]).await.unwrap();
     let v = next(&mut stream).await;
