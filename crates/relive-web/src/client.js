@@ -5,7 +5,8 @@
 // to Server-Sent Events at /livereload/events. A `reload` with liveCSS swaps
 // the matching stylesheets in place (the page and its JS state stay); any
 // other reload reloads the page. An `alert` shows an overlay until the next
-// reload. Reconnects with exponential backoff.
+// reload. Reconnects with exponential backoff. `window.__reliveConnected`
+// tells whether it is connected (set once the server has said hello).
 (function () {
   "use strict";
   if (window.__relive) return;
@@ -93,9 +94,13 @@
 
   function connectEvents() {
     var source = new EventSource(new URL("/livereload/events", origin).toString());
-    source.onopen = function () { backoff = 250; };
+    source.onopen = function () {
+      backoff = 250;
+      window.__reliveConnected = true;
+    };
     source.onmessage = function (event) { handle(parse(event.data)); };
     source.onerror = function () {
+      window.__reliveConnected = false;
       source.close();
       retry(connectEvents);
     };
@@ -116,12 +121,14 @@
       if (message.command === "hello") {
         backoff = 250;
         wsFailures = 0;
+        window.__reliveConnected = true;
         socket.send(JSON.stringify({ command: "info", plugins: {}, url: location.href }));
         return;
       }
       handle(message);
     };
     socket.onclose = function () {
+      window.__reliveConnected = false;
       if (!opened) wsFailures += 1;
       retry(connect);
     };

@@ -20,6 +20,8 @@
 //!   work), the same messages as Server-Sent Events at `/livereload/events`,
 //!   and the client script at `/livereload.js`, which [`inject`] adds to
 //!   HTML.
+//! - [`static_router`] serves [`Assets`] at `/static/...` with the right
+//!   caching: fingerprinted names for good, logical names revalidated.
 //!
 //! Everything follows the workspace's one hot reload engine (through
 //! handlers registered by glob), and browsers hear of a change only once
@@ -67,10 +69,12 @@ mod assets;
 mod client;
 mod error;
 mod reload;
+mod static_files;
 mod templates;
 
 pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
 pub use client::{CLIENT_JS, SCRIPT_TAG, inject};
 pub use error::{Error, Result, TemplateError};
 pub use reload::{Change, Coalescer, Message, PROTOCOL_OFFICIAL_7, ReloadHub, router};
+pub use static_files::static_router;
 pub use templates::{TemplateStatus, Templates};
