@@ -62,9 +62,46 @@ pub enum Command {
     /// watcher validates and applies it like any edit.
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
+    /// Serve a workspace in the browser: `static/`, pages rendered from
+    /// `templates/` with the configs as context, and live reload.
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
+
+/// `relive serve`.
+#[derive(Debug, Args)]
+#[command(after_long_help = SERVE_EXAMPLES)]
+pub struct ServeArgs {
+    /// The workspace directory. Default: RELIVE_WORKSPACE, else the nearest
+    /// directory at or above the current one with relive.toml or config/.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The port to listen on; 0 picks a free one (printed on the first
+    /// line of output).
+    #[arg(long, short, value_name = "P", default_value_t = 8000)]
+    pub port: u16,
+    /// The address to listen on. Anything but loopback exposes the
+    /// workspace's files and configs to the network.
+    #[arg(long, value_name = "H", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Do not record config versions in the workspace's history (data/history/).
+    #[arg(long)]
+    pub no_history: bool,
+}
+
+const SERVE_EXAMPLES: &str = "\
+Pages: `/` renders templates/index.html, `/about` templates/about.html, with
+every config as a variable (config/site.toml is `site`). Static files are at
+/static/..., and `static_url('app.css')` in a template gives the
+fingerprinted URL. Editing a template, a config or a static file updates the
+browser: CSS in place, anything else with a reload; a template error shows
+as an overlay until it is fixed.
+
+The first line of output is `serving http://ADDR`.";
 
 /// Options that choose the workspace and its environment.
 #[derive(Debug, Clone, Args)]

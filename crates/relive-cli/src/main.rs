@@ -18,6 +18,7 @@ mod inventory;
 mod output;
 mod progress;
 mod schema;
+mod serve;
 mod telemetry;
 mod watch;
 mod webhook;
