@@ -62,12 +62,20 @@
 //! # Ok(())
 //! # }
 //! ```
-
+//!
+#![cfg_attr(feature = "axum", doc = include_str!("layer.md"))]
+#![cfg_attr(
+    not(feature = "axum"),
+    doc = "With the `axum` feature, the crate also has a tower layer that puts the client into an \
+           application's own HTML responses, a one-call mount of the endpoints, and a `Live<T>` extractor."
+)]
 #![deny(missing_docs)]
 
 mod assets;
 mod client;
 mod error;
+#[cfg(feature = "axum")]
+mod layer;
 mod reload;
 mod static_files;
 mod templates;
@@ -75,6 +83,8 @@ mod templates;
 pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
 pub use client::{CLIENT_JS, SCRIPT_TAG, inject};
 pub use error::{Error, Result, TemplateError};
+#[cfg(feature = "axum")]
+pub use layer::{LiveReload, LiveReloadExt, LiveReloadLayer, NoInject, Snapshot};
 pub use reload::{Change, Coalescer, Message, PROTOCOL_OFFICIAL_7, ReloadHub, router};
 pub use static_files::static_router;
 pub use templates::{TemplateStatus, Templates};
