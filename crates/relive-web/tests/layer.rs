@@ -17,18 +17,17 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
+
+mod common;
+use common::{WAIT, connect, handshake, next_json, write};
 use relive::{ChangeEvent, Live};
 use relive_web::{
-    Assets, Coalescer, LiveReloadExt, LiveReloadLayer, NoInject, PROTOCOL_OFFICIAL_7, ReloadHub, SCRIPT_TAG, Snapshot,
-    Templates,
+    Assets, Coalescer, LiveReloadExt, LiveReloadLayer, NoInject, ReloadHub, SCRIPT_TAG, Snapshot, Templates,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The layer's cap in these tests.
 const MAX_BODY: usize = 64 * 1024;
@@ -135,11 +134,6 @@ struct Server {
     _templates: Templates,
     _assets: Assets,
     _dir: tempfile::TempDir,
-}
-
-fn write(root: &Path, name: &str, text: &str) {
-    std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
-    std::fs::write(root.join(name), text).unwrap();
 }
 
 async fn listen(app: Router) -> SocketAddr {
@@ -384,38 +378,11 @@ async fn a_config_change_is_in_the_next_response_through_live_state() {
     server.manager.shutdown().await.unwrap();
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await.expect("socket open").unwrap() {
-                WsMessage::Text(text) => return serde_json::from_str(&text).unwrap(),
-                WsMessage::Close(_) => panic!("server closed the socket"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("a message in time")
-}
-
-/// Connects to `/livereload` on `addr` and does the official-7 handshake.
-async fn livereload_socket(addr: SocketAddr) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/livereload")).await.unwrap();
-    let hello = json!({"command": "hello", "protocols": [PROTOCOL_OFFICIAL_7]});
-    ws.send(WsMessage::Text(hello.to_string().into())).await.unwrap();
-    assert_eq!(
-        next_json(&mut ws).await,
-        json!({"command": "hello", "protocols": [PROTOCOL_OFFICIAL_7], "serverName": "relive"})
-    );
-    ws
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_livereload_websocket_works_through_the_apps_router_and_hears_file_changes() {
     let server = serve().await;
-    let mut ws = livereload_socket(server.addr).await;
+    let mut ws = connect(server.addr).await;
+    handshake(&mut ws).await;
     write(&server.root, "static/app.css", "h1 { color: blue }");
     assert_eq!(
         next_json(&mut ws).await,
@@ -517,7 +484,8 @@ async fn the_example_app_serves_its_page_with_the_script_and_follows_its_config(
     let css = request(addr, "GET", "/static/app.css", &[]).await;
     assert!(css.text().contains("h1 {"), "{css:?}");
 
-    let mut ws = livereload_socket(addr).await;
+    let mut ws = connect(addr).await;
+    handshake(&mut ws).await;
     let config = dir.path().join("config/app.toml");
     let text = std::fs::read_to_string(&config).unwrap().replace("relive + axum", "edited while running");
     std::fs::write(&config, text).unwrap();
