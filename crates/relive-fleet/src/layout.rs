@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
 //! | `/<prefix>/instances/<id>/<name>` | the instance's [`Status`] for that config, as JSON, attached to the instance's lease |
+//! | `/<prefix>/canary/<name>` | a [`Canary`] of that config in progress, as JSON: the canary document and the instances it goes to |
 //!
 //! A config's version is the `mod_revision` of its key: etcd numbers every
 //! write, so two versions never share a number and later ones are greater.
@@ -23,8 +24,21 @@
 //! applied or rejected, so acknowledgements of two configs never overwrite
 //! each other, and `/<prefix>/instances/<id>/` lists one instance.
 //!
-//! The names `canary/` and `rollout/` under the prefix are reserved for
-//! staged rollouts.
+//! A canary is one key, so the document and the instances it goes to
+//! change together, and its version is that key's `mod_revision`. The
+//! instances it names serve that version while the key exists; every other
+//! instance, and any instance that joins later, serves the config key's.
+//! Promoting a canary writes its document to the config key and deletes the
+//! canary key in one transaction; aborting deletes the canary key.
+//!
+//! Instances watch one key range, [`Layout::source_range`]: from
+//! `/<prefix>/canary/` to the end of `/<prefix>/configs/`. It holds the
+//! canary and config keys and nothing else of the prefix (`instances/`
+//! sorts after it), so one watch, with one revision to resume from, sees
+//! both, and every instance's acknowledgements stay out of every other
+//! instance's watch.
+//!
+//! The name `rollout/` under the prefix is reserved.
 
 use relive::Format;
 use serde::{Deserialize, Serialize};
@@ -83,10 +97,33 @@ impl Layout {
     /// The config name of a key under [`configs_prefix`](Layout::configs_prefix),
     /// or `None` for any other key or an unusable name.
     pub fn config_name<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
-        let key = std::str::from_utf8(key).ok()?;
-        let name = key.strip_prefix(self.configs_prefix().as_str())?;
-        check_config_name(name).ok()?;
-        Some(name)
+        name_under(&self.configs_prefix(), key)
+    }
+
+    /// `/<prefix>/canary/`: every canary key starts with it.
+    pub fn canary_prefix(&self) -> String {
+        format!("{}/canary/", self.prefix)
+    }
+
+    /// `/<prefix>/canary/<name>`: the canary of config `name`, while one is
+    /// in progress.
+    pub fn canary_key(&self, name: &str) -> Result<String, InvalidName> {
+        check_config_name(name)?;
+        Ok(format!("{}{name}", self.canary_prefix()))
+    }
+
+    /// The config name of a key under [`canary_prefix`](Layout::canary_prefix),
+    /// or `None` for any other key or an unusable name.
+    pub fn canary_name<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        name_under(&self.canary_prefix(), key)
+    }
+
+    /// The key range instances read and watch, `[start, end)`: every canary
+    /// and config key, and no status key.
+    pub fn source_range(&self) -> (String, String) {
+        // `/p/canary/` < `/p/configs/` < `/p/configs0` (`0` follows `/`)
+        // < `/p/instances/`.
+        (self.canary_prefix(), format!("{}/configs0", self.prefix))
     }
 
     /// `/<prefix>/instances/`: every status key starts with it.
@@ -115,6 +152,13 @@ impl Layout {
         check_config_name(name).ok()?;
         Some((instance, name))
     }
+}
+
+/// The config name after `prefix` in `key`, if it is one.
+fn name_under<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
+    let name = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    check_config_name(name).ok()?;
+    Some(name)
 }
 
 /// Checks a config name: segments separated by `/` (`db/main`), none empty,
@@ -231,6 +275,48 @@ impl Status {
     }
 }
 
+/// A canary in progress: the value of `/<prefix>/canary/<name>`.
+///
+/// Its version is the canary key's `mod_revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The canary document as a config key would hold it: the format header
+    /// line, then the document.
+    pub value: String,
+    /// The instances that serve it, sorted.
+    pub instances: Vec<String>,
+    /// The config key's version when the canary started: what the others
+    /// serve.
+    pub base_version: u64,
+    /// The percentage the instances were chosen by, if they were.
+    pub percent: Option<u8>,
+    /// Who started it (`alice@laptop`).
+    pub by: String,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+}
+
+impl Canary {
+    /// Whether `instance` serves the canary.
+    pub fn includes(&self, instance: &str) -> bool {
+        self.instances.binary_search_by(|i| i.as_str().cmp(instance)).is_ok()
+    }
+
+    /// The canary as stored in etcd.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a canary always serializes")
+    }
+
+    /// A canary read from etcd. Its instances are sorted again, whoever
+    /// wrote it.
+    pub fn from_json(bytes: &[u8]) -> Result<Canary, serde_json::Error> {
+        let mut canary: Canary = serde_json::from_slice(bytes)?;
+        canary.instances.sort();
+        canary.instances.dedup();
+        Ok(canary)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +360,41 @@ mod tests {
         assert!(l.status_key("", "server").is_err());
         assert!(l.status_key("..", "server").is_err());
         assert!(l.status_key("web\n1", "server").is_err());
+    }
+
+    #[test]
+    fn canary_keys_round_trip_and_the_source_range_holds_canaries_and_configs_only() {
+        let l = Layout::new("shop").unwrap();
+        let key = l.canary_key("db/main").unwrap();
+        assert_eq!(key, "/shop/canary/db/main");
+        assert_eq!(l.canary_name(key.as_bytes()), Some("db/main"));
+        assert_eq!(l.canary_name(b"/shop/configs/db"), None);
+        assert_eq!(l.config_name(key.as_bytes()), None);
+        let (start, end) = l.source_range();
+        let inside = |k: &str| start.as_str() <= k && k < end.as_str();
+        assert!(inside(&l.canary_key("a").unwrap()));
+        assert!(inside(&l.config_key("a").unwrap()));
+        assert!(inside(&l.config_key("zzz/\u{10ffff}").unwrap()));
+        assert!(!inside(&l.status_key("a", "a").unwrap()));
+        assert!(!inside("/shop/rollout/a"));
+        assert!(!inside("/shopx/configs/a"));
+    }
+
+    #[test]
+    fn canaries_round_trip_with_sorted_instances() {
+        let canary = Canary {
+            value: "# relive-format: toml\nport = 2\n".into(),
+            instances: vec!["web-2".into(), "web-1".into(), "web-2".into()],
+            base_version: 5,
+            percent: Some(10),
+            by: "alice@laptop".into(),
+            at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let back = Canary::from_json(&canary.to_json()).unwrap();
+        assert_eq!(back.instances, ["web-1", "web-2"]);
+        assert!(back.includes("web-2") && !back.includes("web-3"));
+        assert_eq!(back.base_version, 5);
+        assert!(Canary::from_json(b"{}").is_err());
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! rejects one (like Envoy's NACK), so an operator sees which instances run
 //! what.
 //!
+//! Operators publish through a [`Fleet`] ([`Admin::connect`]): pushes with
+//! compare-and-set, canaries to a subset of the instances, promote, abort,
+//! rollback, the versions etcd still holds and the fleet's [`FleetStatus`].
+//! An [`Agent`] is an instance for programs that read files: it writes each
+//! version into a local workspace (sidecar mode). `relive fleet` is the
+//! command line over all of it.
+//!
 //! ```no_run
 //! # #[derive(serde::Deserialize)] struct Server { port: u16 }
 //! # async fn f() -> Result<(), relive_fleet::Error> {
@@ -34,6 +41,7 @@
 //! | --- | --- |
 //! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, then the document |
 //! | `/shop/instances/<id>/<name>` | the instance's [`Status`] for that config, JSON, on the instance's lease |
+//! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //!
 //! A config's version is its key's `mod_revision`. A status is
 //! `{"instance", "host", "config", "version", "applied_version", "state":
@@ -46,6 +54,62 @@
 //! ```
 //!
 //! See [`layout`] for the details and the reserved names.
+//!
+//! # Rollout
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), relive_fleet::Error> {
+//! use relive_fleet::{Admin, Canaries, Draft, Expect};
+//! let fleet = Admin::new("http://127.0.0.1:2379", "shop")?.connect().await?;
+//! let draft = Draft::read("server.toml")?;
+//! // To 10% of the instances first, if server is still at version 41.
+//! let canary = fleet.canary("server", &draft, Expect::Version(41), &Canaries::Percent(10)).await?;
+//! let status = fleet.status().await?.only("server");
+//! // ... every canary instance SYNCED, none REJECTED ...
+//! fleet.promote("server").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Push** ([`Fleet::push`]) parses the document locally with relive's
+//!   own parser ([`Draft::check`]), then writes it in one transaction that
+//!   requires the config to be at the expected version ([`Expect`]: the
+//!   one read just before, or the one the operator names; 0 for "must not
+//!   exist") and no canary of it to be in progress. Otherwise nothing is
+//!   written and [`Error::Conflict`] says which key, the version it is at,
+//!   the version expected and what to do. The same bytes as the current
+//!   version write nothing ([`Pushed::unchanged`]).
+//! - **Canary** ([`Fleet::canary`]) writes `/shop/canary/<name>` instead,
+//!   with the same compare-and-set. Its instances are named, or chosen by
+//!   percentage among the instances that report a status for the config at
+//!   that moment: `ceil(n × p / 100)`, at least one, ordered by a hash of
+//!   the config name and instance id ([`choose_canaries`]), so the choice
+//!   is deterministic and spreads over instances across configs. The
+//!   chosen ids are recorded, so the status is exact; an instance that
+//!   joins later gets the stable version. A canary instance serves the
+//!   canary's version (its key's `mod_revision`) and acknowledges it; the
+//!   others never see it.
+//! - **Promote** ([`Fleet::promote`]) writes the canary's document to the
+//!   config key and deletes the canary key in one transaction (refused if
+//!   the config key moved since the canary started); every instance
+//!   converges on the new version. **Abort** ([`Fleet::abort`]) deletes
+//!   the canary key; its instances return to the stable version and
+//!   acknowledge it again.
+//! - **Rollback** ([`Fleet::rollback`]) reads the config at a revision
+//!   (which must be one of its versions: [`Error::NotAVersion`] names the
+//!   nearest ones; [`Error::Compacted`] names etcd's compaction revision)
+//!   and pushes those bytes as a new version. [`Fleet::versions`] lists the
+//!   versions etcd still holds.
+//! - **Status** ([`Fleet::status`]) reads configs, canaries and status keys
+//!   in one transaction and gives, per live instance and config, the
+//!   version served, the target (the canary's for its instances, else the
+//!   config key's) and [`SyncState`]: `SYNCED`, `STALE` (behind, not
+//!   rejected), `REJECTED` (with the reason) or `REMOVED` (the key was
+//!   deleted).
+//! - **Agent** ([`Agent`]): an instance on a private workspace under
+//!   `DIR/data/fleet-agent/` that writes every version it accepts to
+//!   `DIR/config/<name>.<ext>` atomically (temp file in the same
+//!   directory, fsync, rename, directory fsync) before acknowledging it;
+//!   a version that does not parse is rejected and the file left alone.
 //!
 //! # How the source behaves
 //!
@@ -101,18 +165,50 @@
 //!   status says `applied` for it all the same.
 //! - A status key holds the outcome of the last version only: an instance
 //!   that rejected version 7 and then applied 8 shows only 8.
+//! - A push checks syntax (and, from the CLI, a JSON Schema) only: the
+//!   instances' own validators run on the instances, so a version they
+//!   refuse shows as `REJECTED` after the push, not as a push error. A
+//!   canary is the way to find out on a few instances first.
+//! - Canary instances are chosen among those alive at push time, by id. A
+//!   new process that reuses a canary instance's id gets the canary.
+//! - A canary of a config that does not exist yet is refused: there would
+//!   be no version for the others, nor for an abort to return to.
+//! - [`Fleet::versions`] walks back one read per version, and only through
+//!   versions since the key was last created: a config deleted and
+//!   created again lists the new generation only.
+//! - [`Draft::check`] parses in a scratch workspace on disk (a temp dir),
+//!   because relive has no public function that parses a document alone.
+//! - The agent rejects config names it cannot write as files: a dot in
+//!   the last segment (`app.v2.toml` is config `app` for environment
+//!   `v2`) or a segment that starts with `.`. When a config's format
+//!   changes, the new file is renamed in before the old one is removed,
+//!   so a reader may see both for a moment (relive reports the config
+//!   ambiguous until the old one goes).
+//! - `at` in statuses comes from each instance's clock.
 
 #![deny(missing_docs)]
 
+mod admin;
+mod agent;
 mod backoff;
 mod cache;
+mod draft;
 pub mod layout;
 mod source;
+mod status;
 
-pub use layout::{Layout, State, Status};
+use std::path::PathBuf;
+
+pub use admin::{
+    Aborted, Admin, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, Promoted, Pushed, Versions, choose_canaries,
+};
+pub use agent::{Agent, RunningAgent};
+pub use draft::{Checked, Draft};
+pub use layout::{Canary, Layout, State, Status};
 pub use source::{Boot, EtcdSource, FleetSource, SourceEvent};
+pub use status::{CanaryState, ConfigState, FleetStatus, InstanceState, SyncState};
 
-/// An error from setting up the fleet source.
+/// An error from the fleet source, the agent or an operator's command.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -122,4 +218,193 @@ pub enum Error {
     /// The workspace's engine failed.
     #[error(transparent)]
     Relive(#[from] relive::Error),
+    /// A call to etcd failed.
+    #[error("etcd at {endpoints}: could not {action}: {message}")]
+    Etcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What was being done (`publish`, `read /shop/configs/server`).
+        action: String,
+        /// etcd's error, or the timeout.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A document's format cannot be told from its file name.
+    #[error("cannot tell the format of {}: name it .toml, .yaml, .yml or .json", path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The document does not parse: nothing was published.
+    #[error("{0}")]
+    Invalid(Box<relive::ConfigError>),
+    /// The config is not at the version the write expected: nothing was
+    /// written.
+    #[error(
+        "conflict: {key} {}, but this push expected {}; nothing was written: someone else changed it \
+         since it was read; review the current value (`relive fleet versions {config}`), then push again \
+         with --expect {}",
+        is_at(*current), if *expected == 0 { "it not to exist".to_string() } else { format!("version {expected}") },
+        current.unwrap_or(0)
+    )]
+    Conflict {
+        /// The config.
+        config: String,
+        /// Its key.
+        key: String,
+        /// Its version now (`None`: it does not exist).
+        current: Option<u64>,
+        /// The version the write expected (0: not to exist).
+        expected: u64,
+    },
+    /// A canary of the config is in progress: it must be promoted or
+    /// aborted before anything else is published.
+    #[error(
+        "a canary of {config} is in progress (version {version}, on {}): promote it (`relive fleet promote {config}`) \
+         or abort it (`relive fleet abort {config}`) first",
+        instances.join(", ")
+    )]
+    CanaryInProgress {
+        /// The config.
+        config: String,
+        /// The canary's version.
+        version: u64,
+        /// Its instances.
+        instances: Vec<String>,
+    },
+    /// No canary of the config is in progress.
+    #[error("no canary of {config} is in progress")]
+    NoCanary {
+        /// The config.
+        config: String,
+    },
+    /// The canary record in etcd is not valid.
+    #[error("the canary at {key} is not a valid canary record ({message}): delete the key, or abort the canary")]
+    BadCanary {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// The config changed since its canary started, so promoting it would
+    /// overwrite that change.
+    #[error(
+        "{config} changed since its canary started (its key {}, the canary was based on version {base}): \
+         abort the canary (`relive fleet abort {config}`) and start it again",
+        is_at(*now)
+    )]
+    CanaryStale {
+        /// The config.
+        config: String,
+        /// The version the canary was based on.
+        base: u64,
+        /// The config's version now.
+        now: Option<u64>,
+    },
+    /// The canary changed while this command ran: nothing was written.
+    #[error(
+        "the canary of {config} changed while this command ran; nothing was written: check `relive fleet status {config}` and try again"
+    )]
+    CanaryChanged {
+        /// The config.
+        config: String,
+    },
+    /// A canary with the bytes of the current version.
+    #[error("the canary of {config} would be the same as its version {version}: nothing to roll out")]
+    CanaryUnchanged {
+        /// The config.
+        config: String,
+        /// Its version.
+        version: u64,
+    },
+    /// A canary percentage out of range.
+    #[error("a canary percentage must be from 1 to 100, not {percent}")]
+    InvalidPercent {
+        /// The percentage given.
+        percent: u8,
+    },
+    /// No instance serves the config, so a canary has nowhere to go.
+    #[error("no live instance reports a status for {config}: a canary goes to instances that serve it")]
+    NoLiveInstances {
+        /// The config.
+        config: String,
+    },
+    /// Canary instances that are not alive (or none given).
+    #[error(
+        "cannot start a canary of {config} on {}: not a live instance serving it (live: {})",
+        if unknown.is_empty() { "no instance".to_string() } else { unknown.join(", ") },
+        if alive.is_empty() { "none".to_string() } else { alive.join(", ") }
+    )]
+    UnknownInstances {
+        /// The config.
+        config: String,
+        /// The ids given that are not alive.
+        unknown: Vec<String>,
+        /// The live instances serving the config.
+        alive: Vec<String>,
+    },
+    /// The config does not exist in etcd.
+    #[error("{config} does not exist (no key {key}): {hint}")]
+    NoConfig {
+        /// The config.
+        config: String,
+        /// Its key.
+        key: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The revision is not one at which the config's key was written.
+    #[error(
+        "revision {version} is not a version of {config}: the nearest versions are {} and {} \
+         (`relive fleet versions {config}` lists them)",
+        older.map_or("none older".to_string(), |v| v.to_string()),
+        newer.map_or("none newer".to_string(), |v| v.to_string())
+    )]
+    NotAVersion {
+        /// The config.
+        config: String,
+        /// The revision asked for.
+        version: u64,
+        /// The nearest older version etcd still has.
+        older: Option<u64>,
+        /// The nearest newer version.
+        newer: Option<u64>,
+    },
+    /// The revision was compacted away.
+    #[error(
+        "version {version} of {config} is gone: etcd compacted its history up to revision {compacted} \
+         (its --auto-compaction-mode and --auto-compaction-retention decide how long versions are kept); \
+         pick a newer one from `relive fleet versions {config}`"
+    )]
+    Compacted {
+        /// The config.
+        config: String,
+        /// The version asked for.
+        version: u64,
+        /// etcd's compaction revision.
+        compacted: u64,
+    },
+    /// The revision is newer than the store.
+    #[error("revision {version} does not exist yet: the store is at revision {now}")]
+    FutureRevision {
+        /// The revision asked for.
+        version: u64,
+        /// The store's revision.
+        now: u64,
+    },
+}
+
+/// `is at version 7`, or `does not exist`.
+fn is_at(version: Option<u64>) -> String {
+    match version {
+        Some(0) | None => "does not exist".to_string(),
+        Some(v) => format!("is at version {v}"),
+    }
 }

@@ -1,18 +1,43 @@
 //! The etcd-backed config source: configs from etcd into a workspace's
 //! engine, and every version acknowledged or rejected in etcd.
+//!
+//! For each config the source knows two candidate values: the config key's
+//! (stable) and, when a canary that names this instance is in progress, the
+//! canary key's. The target is the canary if there is one, else the stable
+//! value; whenever the target's version differs from the version last
+//! handled, the source publishes it and answers it. A watch response is
+//! recorded whole before any config is reconciled, so a promotion (the
+//! config key written and the canary key deleted in one revision) is one
+//! step, not two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
-use relive::{Document, HotReloadManager, Workspace};
+use relive::{Document, Format, HotReloadManager, Workspace};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::timeout;
 
 use crate::Error;
 use crate::backoff::{Backoff, jitter};
 use crate::cache::Cache;
-use crate::layout::{Layout, State, Status, check_instance_id, decode_config};
+use crate::layout::{Canary, Layout, State, Status, check_instance_id, decode_config};
+
+/// Called with each version an instance applies, before it acknowledges
+/// it: the agent writes the document to a file here. An error rejects the
+/// version with that error.
+pub(crate) type MirrorFn = dyn Fn(&str, Format, &[u8]) -> Result<(), String> + Send + Sync;
+
+/// A [`MirrorFn`], shared.
+#[derive(Clone)]
+pub(crate) struct Mirror(pub(crate) Arc<MirrorFn>);
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mirror")
+    }
+}
 
 /// Settings of an etcd config source; [`start`](EtcdSource::start) runs it.
 ///
@@ -37,6 +62,7 @@ pub struct EtcdSource {
     request_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    mirror: Option<Mirror>,
 }
 
 impl EtcdSource {
@@ -54,6 +80,7 @@ impl EtcdSource {
             request_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            mirror: None,
         })
     }
 
@@ -108,6 +135,23 @@ impl EtcdSource {
         &self.layout
     }
 
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Runs `mirror` (on a blocking thread) for each version applied,
+    /// before acknowledging it.
+    pub(crate) fn mirror(mut self, mirror: Mirror) -> EtcdSource {
+        self.mirror = Some(mirror);
+        self
+    }
+
     /// Starts the source for `ws`, starting its hot reload engine with the
     /// default settings if it is not running (start it first for others).
     ///
@@ -127,6 +171,8 @@ impl EtcdSource {
             cache: Cache::new(cache_dir),
             events: events.clone(),
             revision: 0,
+            stable: BTreeMap::new(),
+            canaries: BTreeMap::new(),
             versions: BTreeMap::new(),
             applied: BTreeMap::new(),
             statuses: BTreeMap::new(),
@@ -276,6 +322,11 @@ struct Worker {
     /// Every event up to this revision has been handled; 0: nothing read
     /// yet, or a re-read is needed.
     revision: i64,
+    /// The config key's version and value, per config.
+    stable: BTreeMap<String, (i64, Vec<u8>)>,
+    /// The canaries that name this instance: the canary key's version and
+    /// the canary value, per config.
+    canaries: BTreeMap<String, (i64, Vec<u8>)>,
     /// The last version handled (applied or rejected) per config.
     versions: BTreeMap<String, i64>,
     /// The last version applied per config.
@@ -364,12 +415,22 @@ impl Worker {
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
         let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
+        let (start, end) = self.opts.layout.source_range();
         if self.revision == 0 {
-            let prefix = self.opts.layout.configs_prefix();
-            let resp = call(limit, client.get(prefix, Some(GetOptions::new().with_prefix()))).await.map_err(lost)?;
+            let options = GetOptions::new().with_range(end.clone());
+            let resp = call(limit, client.get(start.clone(), Some(options))).await.map_err(lost)?;
             let revision = resp.header().map_or(0, |h| h.revision());
+            // What is not in the store now is gone: deleted configs keep
+            // their last value, ended canaries give way to the stable one.
+            self.stable.clear();
+            self.canaries.clear();
+            let mut touched = BTreeSet::new();
             for kv in resp.kvs() {
-                self.handle_put(None, kv.key(), kv.value(), kv.mod_revision()).await?;
+                touched.extend(self.record(kv.key(), Some((kv.value(), kv.mod_revision()))));
+            }
+            touched.extend(self.versions.keys().cloned());
+            for name in &touched {
+                self.reconcile(None, name).await?;
             }
             self.revision = revision;
         }
@@ -378,8 +439,8 @@ impl Worker {
             let put = client.put(key, status.to_json(), Some(PutOptions::new().with_lease(lease)));
             call(limit, put).await.map_err(lost)?;
         }
-        let options = WatchOptions::new().with_prefix().with_start_revision(self.revision + 1).with_progress_notify();
-        let watch = call(limit, client.watch(self.opts.layout.configs_prefix(), Some(options))).await.map_err(lost)?;
+        let options = WatchOptions::new().with_range(end).with_start_revision(self.revision + 1).with_progress_notify();
+        let watch = call(limit, client.watch(start, Some(options))).await.map_err(lost)?;
         Ok(Session { client, lease, keeper, keep_alive, watch })
     }
 
@@ -412,23 +473,33 @@ impl Worker {
                     if resp.canceled() {
                         return Served::Lost(format!("watch canceled: {}", resp.cancel_reason()));
                     }
-                    for event in resp.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        match event.event_type() {
-                            EventType::Put => {
-                                match self.handle_put(Some((&mut s.client, s.lease)), kv.key(), kv.value(), kv.mod_revision()).await {
-                                    Ok(()) => {}
-                                    Err(Stop::Engine) => return Served::Engine,
-                                    Err(Stop::Lost(e)) => return Served::Lost(e),
-                                }
-                            }
-                            EventType::Delete => {
-                                if let Some(name) = self.opts.layout.config_name(kv.key()) {
-                                    tracing::warn!(config = name, "config deleted in etcd; keeping its last value");
-                                }
+                    // One revision at a time, every version answered; the
+                    // events of one transaction (one revision) are recorded
+                    // together before any config is reconciled.
+                    let events = resp.events();
+                    let mut at = 0;
+                    while at < events.len() {
+                        let revision = events[at].kv().map_or(0, |kv| kv.mod_revision());
+                        let mut touched = BTreeSet::new();
+                        while let Some(event) = events.get(at).filter(|e| e.kv().map_or(0, |kv| kv.mod_revision()) == revision) {
+                            at += 1;
+                            let Some(kv) = event.kv() else { continue };
+                            let value = match event.event_type() {
+                                EventType::Put => Some((kv.value(), kv.mod_revision())),
+                                EventType::Delete => None,
+                            };
+                            touched.extend(self.record(kv.key(), value));
+                        }
+                        for name in &touched {
+                            match self.reconcile(Some((&mut s.client, s.lease)), name).await {
+                                Ok(()) => {}
+                                Err(Stop::Engine) => return Served::Engine,
+                                Err(Stop::Lost(e)) => return Served::Lost(e),
                             }
                         }
-                        self.revision = self.revision.max(kv.mod_revision());
+                        // Only now: a lost connection above replays this
+                        // revision, and handled versions are skipped.
+                        self.revision = self.revision.max(revision);
                     }
                     // A progress notification (no events) promises every
                     // event up to its header's revision was sent.
@@ -442,23 +513,68 @@ impl Worker {
         }
     }
 
+    /// Records a config or canary key's new value (`None`: deleted).
+    /// Returns the config it concerns.
+    fn record(&mut self, key: &[u8], value: Option<(&[u8], i64)>) -> Option<String> {
+        let layout = &self.opts.layout;
+        if let Some(name) = layout.config_name(key) {
+            match value {
+                Some((value, version)) => {
+                    self.stable.insert(name.to_string(), (version, value.to_vec()));
+                }
+                None => {
+                    tracing::warn!(config = name, "config deleted in etcd; keeping its last value");
+                    self.stable.remove(name);
+                }
+            }
+            return Some(name.to_string());
+        }
+        if let Some(name) = layout.canary_name(key) {
+            let canary = match value.map(|(value, version)| (Canary::from_json(value), version)) {
+                None => None,
+                Some((Ok(canary), version)) => {
+                    canary.includes(&self.opts.instance).then(|| (version, canary.value.into_bytes()))
+                }
+                Some((Err(error), _)) => {
+                    tracing::warn!(config = name, %error, "ignoring a canary record that is not valid JSON");
+                    None
+                }
+            };
+            match canary {
+                Some(canary) => self.canaries.insert(name.to_string(), canary),
+                None => self.canaries.remove(name),
+            };
+            return Some(name.to_string());
+        }
+        tracing::warn!(key = %String::from_utf8_lossy(key), "ignoring a key with an unusable config name");
+        None
+    }
+
+    /// Publishes and answers the version `name` should run here, unless it
+    /// was handled already: the canary's if this instance is in one, else
+    /// the config key's. Without a config key (deleted) the last value stays.
+    async fn reconcile(&mut self, client: Option<(&mut Client, i64)>, name: &str) -> Result<(), Stop> {
+        let Some((version, value)) = self.canaries.get(name).or_else(|| self.stable.get(name)) else {
+            return Ok(());
+        };
+        if self.versions.get(name) == Some(version) {
+            return Ok(());
+        }
+        let (version, value) = (*version, value.clone());
+        self.handle(client, name, &value, version).await
+    }
+
     /// Publishes one version of a config and acknowledges or rejects it.
-    /// Versions already handled are skipped. Without a client (booting from
-    /// the cache) the status is written on the next connection.
-    async fn handle_put(
+    /// Without a client (at connection, or booting from the cache) the
+    /// status is written with the others once connected.
+    async fn handle(
         &mut self,
         client: Option<(&mut Client, i64)>,
-        key: &[u8],
+        name: &str,
         value: &[u8],
         version: i64,
     ) -> Result<(), Stop> {
-        let Some(name) = self.opts.layout.config_name(key).map(str::to_string) else {
-            tracing::warn!(key = %String::from_utf8_lossy(key), "ignoring a key with an unusable config name");
-            return Ok(());
-        };
-        if self.versions.get(&name).is_some_and(|&v| v >= version) {
-            return Ok(());
-        }
+        let name = name.to_string();
         let applied = self.apply(&name, value, version as u64).await?;
         if applied {
             let cache = self.cache.clone();
@@ -486,7 +602,7 @@ impl Worker {
             Err(message) => Err(format!("{origin}: {message}")),
             Ok((format, document)) => {
                 match self.manager.publish(name, vec![Document::new(&origin, format, document.to_vec())]).await {
-                    Ok(_) => Ok(()),
+                    Ok(_) => self.mirror(name, format, document).await,
                     Err(relive::Error::Config { error, .. }) => Err(error.to_string()),
                     Err(e) => {
                         tracing::error!(error = %e, "the hot reload engine stopped; the etcd source stops");
@@ -522,13 +638,21 @@ impl Worker {
         Ok(result.is_ok())
     }
 
+    /// Runs the mirror, if any, for an applied version.
+    async fn mirror(&self, name: &str, format: Format, document: &[u8]) -> Result<(), String> {
+        let Some(Mirror(mirror)) = self.opts.mirror.clone() else { return Ok(()) };
+        let (name, document) = (name.to_string(), document.to_vec());
+        tokio::task::spawn_blocking(move || mirror(&name, format, &document))
+            .await
+            .unwrap_or_else(|e| Err(format!("the mirror panicked: {e}")))
+    }
+
     /// Publishes every cached config. Returns how many there were.
     async fn boot_from_cache(&mut self) -> Result<usize, Error> {
         let cache = self.cache.clone();
         let cached = tokio::task::spawn_blocking(move || cache.load()).await.unwrap_or_default();
         for c in &cached {
-            let key = self.opts.layout.config_key(&c.name)?;
-            self.handle_put(None, key.as_bytes(), &c.value, c.version as i64)
+            self.handle(None, &c.name, &c.value, c.version as i64)
                 .await
                 .map_err(|_| Error::Relive(relive::Error::Stopped))?;
         }
@@ -548,7 +672,7 @@ where
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

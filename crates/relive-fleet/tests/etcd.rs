@@ -29,13 +29,7 @@ fn workspace() -> (tempfile::TempDir, Workspace) {
 }
 
 fn source(endpoint: &str, instance: &str) -> EtcdSource {
-    EtcdSource::new(endpoint, PREFIX)
-        .unwrap()
-        .instance(instance)
-        .unwrap()
-        .host("test-host")
-        .request_timeout(Duration::from_secs(1))
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+    common::source(endpoint, PREFIX, instance)
 }
 
 async fn watch_server(ws: &Workspace) -> relive::ConfigStream<Server> {

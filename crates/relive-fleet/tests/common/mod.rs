@@ -217,3 +217,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An etcd source for tests: fast reconnects, a short request timeout,
+/// host `test-host`.
+pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::EtcdSource {
+    relive_fleet::EtcdSource::new(endpoint, prefix)
+        .unwrap()
+        .instance(instance)
+        .unwrap()
+        .host("test-host")
+        .request_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+}

@@ -1,0 +1,189 @@
+//! Sidecar mode: an instance that writes the fleet's configs into a local
+//! workspace, for programs that read files.
+//!
+//! The agent is an [`EtcdSource`] on a private workspace under
+//! `DIR/data/fleet-agent/` (its engine parses every version, its cache lets
+//! it boot while etcd is down). Each version that parses is written to
+//! `DIR/config/<name>.<ext>` and only then acknowledged; a version that does
+//! not parse is rejected and the file is left alone. Programs, and
+//! `relive watch DIR`, read plain files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use relive::{Format, HistoryConfig, HotReloadConfig, Workspace};
+use tokio::sync::broadcast;
+
+use crate::Error;
+use crate::source::{Boot, EtcdSource, FleetSource, Mirror, SourceEvent};
+
+/// The extensions a config file can have; the agent removes a config's
+/// files of other formats when its format changes.
+const EXTENSIONS: [&str; 4] = ["toml", "yaml", "yml", "json"];
+
+/// An agent writing the fleet's configs under `DIR/config/`;
+/// [`start`](Agent::start) runs it.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), relive_fleet::Error> {
+/// let source = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?.instance("web-1")?;
+/// let agent = relive_fleet::Agent::new(source, "/srv/shop").start().await?;
+/// // ... /srv/shop/config/server.toml follows etcd ...
+/// agent.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Agent {
+    source: EtcdSource,
+    dir: PathBuf,
+}
+
+impl Agent {
+    /// An agent for `source`, writing into the workspace at `dir`.
+    pub fn new(source: EtcdSource, dir: impl Into<PathBuf>) -> Agent {
+        Agent { source, dir: dir.into() }
+    }
+
+    /// `DIR/data/fleet-agent`: the agent's private workspace (its engine's
+    /// cache and state), kept out of `DIR/config/`.
+    pub fn private_root(dir: &Path) -> PathBuf {
+        dir.join("data").join("fleet-agent")
+    }
+
+    /// Starts the agent: reads every config (from etcd, or from its cache
+    /// when etcd is down), writes each file, then follows etcd until
+    /// [`RunningAgent::shutdown`].
+    pub async fn start(self) -> Result<RunningAgent, Error> {
+        let config_dir = self.dir.join("config");
+        std::fs::create_dir_all(&config_dir).map_err(|source| Error::Io { path: config_dir.clone(), source })?;
+        let private = Agent::private_root(&self.dir);
+        std::fs::create_dir_all(&private).map_err(|source| Error::Io { path: private.clone(), source })?;
+        // The private engine parses versions; its own history would only
+        // repeat what etcd keeps.
+        let ws = Workspace::new(&private).with_env("");
+        let config =
+            HotReloadConfig { history: HistoryConfig { enabled: false, ..Default::default() }, ..Default::default() };
+        ws.start_hot_reload_with_config(config).await?;
+        let target = config_dir.clone();
+        let mirror = Mirror(Arc::new(move |name: &str, format: Format, document: &[u8]| {
+            write_config(&target, name, format, document)
+        }));
+        let source = self.source.mirror(mirror).start(&ws).await?;
+        Ok(RunningAgent { source, ws, config_dir })
+    }
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    source: FleetSource,
+    ws: Workspace,
+    config_dir: PathBuf,
+}
+
+impl RunningAgent {
+    /// Where the configs came from at start.
+    pub fn boot(&self) -> Boot {
+        self.source.boot()
+    }
+
+    /// Every [`SourceEvent`] from now on: a version is `Applied` once its
+    /// file is written.
+    pub fn subscribe(&self) -> broadcast::Receiver<SourceEvent> {
+        self.source.subscribe()
+    }
+
+    /// `DIR/config`, where the files are written.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// Stops the agent: revokes its lease (its status keys vanish at once)
+    /// and stops its private engine. The files stay.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.source.shutdown().await;
+        if let Some(manager) = self.ws.manager() {
+            manager.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `document` to `config_dir/<name>.<ext>` atomically: a temp file
+/// in the same directory, fsynced, renamed over the file, the directory
+/// fsynced. Files of the config in another format are removed afterwards.
+/// Unchanged bytes are not written again.
+fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) -> Result<(), String> {
+    let leaf = name.rsplit('/').next().unwrap_or(name);
+    if leaf.contains('.') || name.split('/').any(|segment| segment.starts_with('.')) {
+        return Err(format!(
+            "config `{name}` cannot be a file under {}: relive reads `a.b.toml` as config `a` for environment `b`, \
+             and skips names that start with `.`; rename the config",
+            config_dir.display()
+        ));
+    }
+    let path = config_dir.join(format!("{name}.{}", format.name()));
+    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+    let dir = path.parent().expect("a config file has a directory");
+    std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+    if std::fs::read(&path).ok().as_deref() != Some(document) {
+        let file_name = path.file_name().expect("a config file has a name").to_string_lossy();
+        // A dot file with a `.tmp` extension: no config, for relive.
+        let tmp = dir.join(format!(".{file_name}.relive-agent.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(document)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail("write", e));
+        }
+    }
+    for ext in EXTENSIONS.iter().filter(|&&ext| ext != format.name()) {
+        let other = config_dir.join(format!("{name}.{ext}"));
+        match std::fs::remove_file(&other) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {} (the config's old format): {e}", other.display())),
+        }
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync the directory of", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_files_and_a_new_format_removes_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "server", Format::Toml, b"port = 1\n").unwrap();
+        write_config(dir.path(), "db/main", Format::Json, b"{}").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("server.toml")).unwrap(), b"port = 1\n");
+        assert_eq!(std::fs::read(dir.path().join("db/main.json")).unwrap(), b"{}");
+        let before = std::fs::metadata(dir.path().join("server.toml")).unwrap().modified().unwrap();
+        write_config(dir.path(), "server", Format::Toml, b"port = 1\n").unwrap();
+        let after = std::fs::metadata(dir.path().join("server.toml")).unwrap().modified().unwrap();
+        assert_eq!(before, after, "the same bytes are not written again");
+        std::fs::write(dir.path().join("server.yml"), "port: 0\n").unwrap();
+        write_config(dir.path(), "server", Format::Yaml, b"port: 2\n").unwrap();
+        assert!(!dir.path().join("server.toml").exists());
+        assert!(!dir.path().join("server.yml").exists(), "one file per config");
+        assert_eq!(std::fs::read(dir.path().join("server.yaml")).unwrap(), b"port: 2\n");
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn names_that_are_not_config_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_config(dir.path(), "app.v2", Format::Toml, b"").unwrap_err();
+        assert!(e.contains("environment"), "{e}");
+        assert!(write_config(dir.path(), ".hidden/x", Format::Toml, b"").is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
