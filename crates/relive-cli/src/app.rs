@@ -47,6 +47,7 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
             Command::Diff(args) => crate::history::diff(args).await,
             Command::Rollback(args) => crate::history::rollback(args).await,
             Command::Serve(args) => crate::serve::run(args).await,
+            Command::Fleet(args) => crate::fleet::run(args).await,
             Command::Completions(_) | Command::Check(_) => unreachable!("handled above"),
         }
     })

@@ -11,7 +11,9 @@ Exit codes:
   0  success
   1  validation errors found (check), or a command's subject was invalid
   2  usage error (unknown option, bad value)
-  3  runtime error (no workspace, I/O, cannot bind, engine stopped)";
+  3  runtime error (no workspace, I/O, cannot bind, engine stopped, etcd unreachable)
+  4  conflict (fleet): the config is not at the expected version, or a canary
+     of it is in progress; nothing was written";
 
 /// Hot reload for programs in any language, config checks for CI, and the
 /// version history of every config.
@@ -66,8 +68,182 @@ pub enum Command {
     /// `templates/` with the configs as context, and live reload.
     #[command(after_help = EXIT_CODES)]
     Serve(ServeArgs),
+    /// Many instances, one configuration, through etcd: publish with
+    /// compare-and-set, canaries, rollback, the fleet's status, and an
+    /// agent that writes configs into a workspace.
+    #[command(after_help = EXIT_CODES)]
+    Fleet(FleetArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+}
+
+/// `relive fleet`.
+#[derive(Debug, Args)]
+#[command(after_long_help = FLEET_EXAMPLES)]
+pub struct FleetArgs {
+    /// etcd's client URLs, comma separated.
+    #[arg(
+        long,
+        global = true,
+        env = "RELIVE_ETCD_ENDPOINTS",
+        value_name = "URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// The application's prefix in etcd (`shop` keeps its keys under
+    /// /shop/).
+    #[arg(long, global = true, env = "RELIVE_FLEET_PREFIX", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// How long one call to etcd may take, in milliseconds.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// The fleet command.
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+const FLEET_EXAMPLES: &str = "\
+Examples:
+  export RELIVE_FLEET_PREFIX=shop RELIVE_ETCD_ENDPOINTS=http://etcd-1:2379,http://etcd-2:2379
+  relive fleet push server config/server.toml            check it, then publish it to every instance
+  relive fleet push server server.toml --expect 41       only if server is still at version 41
+  relive fleet push server server.toml --canary 10%      to 10% of the instances first
+  relive fleet status server                             who runs what: SYNCED, STALE, REJECTED
+  relive fleet promote server                            the canary for everyone (or: abort)
+  relive fleet versions server                           the versions etcd still holds
+  relive fleet rollback server --to 38                   version 38's document as a new version
+  relive fleet agent /srv/shop --instance web-1          write the configs to /srv/shop/config/
+
+A config's version is its key's etcd revision. Every write compares the
+version it read (or --expect) with etcd's in the same transaction; when they
+differ nothing is written and relive exits with 4.";
+
+/// A `relive fleet` command.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Check a config file, then publish it as the next version (to every
+    /// instance, or to a canary subset).
+    #[command(after_help = EXIT_CODES)]
+    Push(FleetPushArgs),
+    /// Publish the canary in progress to every instance.
+    #[command(after_help = EXIT_CODES)]
+    Promote(FleetNameArgs),
+    /// End the canary in progress: its instances return to the config's
+    /// version.
+    #[command(after_help = EXIT_CODES)]
+    Abort(FleetNameArgs),
+    /// Publish an earlier version's document again, as a new version.
+    #[command(after_help = EXIT_CODES)]
+    Rollback(FleetRollbackArgs),
+    /// List the versions of a config that etcd still holds, newest first.
+    #[command(after_help = EXIT_CODES)]
+    Versions(FleetVersionsArgs),
+    /// Each instance's version and state per config: SYNCED, STALE,
+    /// REJECTED (with the reason).
+    #[command(after_help = EXIT_CODES)]
+    Status(FleetStatusArgs),
+    /// Run an instance that writes every version it accepts to
+    /// DIR/config/<name>.<ext> (atomically), until SIGINT or SIGTERM.
+    #[command(after_help = EXIT_CODES)]
+    Agent(FleetAgentArgs),
+}
+
+/// `relive fleet push`.
+#[derive(Debug, Args)]
+pub struct FleetPushArgs {
+    /// The config's name in the fleet (`server`, `db/main`).
+    pub name: String,
+    /// The file to publish; its extension gives the format (.toml, .yaml,
+    /// .yml, .json).
+    pub file: PathBuf,
+    /// Publish only if the config is at this version (0: only if it does
+    /// not exist). Default: the version read just before publishing.
+    #[arg(long, value_name = "REV")]
+    pub expect: Option<u64>,
+    /// Check the document against this JSON Schema first. Default:
+    /// `<stem>.schema.json` next to FILE, if there is one.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+    /// Publish to this percentage of the instances serving the config
+    /// (`10%` or `10`; at least one), until promote or abort.
+    #[arg(long, value_name = "N%", value_parser = parse_percent, conflicts_with = "canary_instances")]
+    pub canary: Option<u8>,
+    /// Publish to these instances (comma separated ids), until promote or
+    /// abort.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub canary_instances: Option<Vec<String>>,
+}
+
+/// A fleet command about one config.
+#[derive(Debug, Args)]
+pub struct FleetNameArgs {
+    /// The config's name.
+    pub name: String,
+}
+
+/// `relive fleet rollback`.
+#[derive(Debug, Args)]
+pub struct FleetRollbackArgs {
+    /// The config's name.
+    pub name: String,
+    /// The version to publish again (from `relive fleet versions NAME`).
+    #[arg(long, value_name = "REV")]
+    pub to: u64,
+    /// Only if the config is at this version now.
+    #[arg(long, value_name = "REV")]
+    pub expect: Option<u64>,
+}
+
+/// `relive fleet versions`.
+#[derive(Debug, Args)]
+pub struct FleetVersionsArgs {
+    /// The config's name.
+    pub name: String,
+    /// At most this many versions.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `relive fleet status`.
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    /// Only this config.
+    pub name: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `relive fleet agent`.
+#[derive(Debug, Args)]
+pub struct FleetAgentArgs {
+    /// The workspace to write into: configs go to DIR/config/, the agent's
+    /// own state (cache) to DIR/data/fleet-agent/.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The instance id, unique in the fleet.
+    #[arg(long, value_name = "ID")]
+    pub instance: String,
+    /// The host reported in its status. Default: the machine's host name.
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// How long its status outlives it if it dies without shutting down,
+    /// in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub lease_ttl: u64,
+}
+
+/// Parses `10%` or `10` as a percentage from 1 to 100.
+pub fn parse_percent(text: &str) -> Result<u8, String> {
+    let number = text.trim().strip_suffix('%').unwrap_or(text.trim());
+    match number.parse::<u8>() {
+        Ok(p) if (1..=100).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a percentage from 1% to 100%")),
+    }
 }
 
 /// `relive serve`.
@@ -354,5 +530,14 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap().name, "TERM");
         assert_eq!(parse_signal("1").unwrap().name, "HUP");
         assert!(parse_signal("BOGUS").unwrap_err().contains("unknown signal `BOGUS`"));
+    }
+
+    #[test]
+    fn percentages_parse_with_or_without_the_sign() {
+        assert_eq!(parse_percent("10%"), Ok(10));
+        assert_eq!(parse_percent("100"), Ok(100));
+        for bad in ["0%", "101", "x", "-5%", ""] {
+            assert!(parse_percent(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -14,6 +14,9 @@ pub enum Exit {
     Usage,
     /// 3: a runtime error.
     Runtime,
+    /// 4: a fleet write found another version than it expected, or a
+    /// canary in progress; nothing was written.
+    Conflict,
 }
 
 impl From<Exit> for ExitCode {
@@ -23,6 +26,7 @@ impl From<Exit> for ExitCode {
             Exit::Invalid => 1,
             Exit::Usage => 2,
             Exit::Runtime => 3,
+            Exit::Conflict => 4,
         })
     }
 }

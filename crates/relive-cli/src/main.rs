@@ -13,6 +13,7 @@ mod check;
 mod cli;
 mod exec;
 mod exit;
+mod fleet;
 mod history;
 mod inventory;
 mod output;

@@ -1,0 +1,371 @@
+//! `relive fleet`: the operator's commands over `relive_fleet::Fleet`, and
+//! the sidecar agent.
+//!
+//! The library does the work (compare-and-set, canaries, status); this
+//! module checks files the way `relive check` does (file:line:col, JSON
+//! Schemas located at their key), prints, and maps errors to exit codes: a
+//! conflict or a canary in progress is 4, an invalid document 1, anything
+//! that went wrong with etcd 3.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anstyle::{AnsiColor, Style};
+use relive_fleet::{Admin, Agent, Canaries, Draft, EtcdSource, Expect, Fleet, FleetStatus, SourceEvent, SyncState};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{
+    FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRollbackArgs, FleetStatusArgs, FleetVersionsArgs,
+};
+use crate::exit::{Exit, Failure, Result};
+use crate::output;
+use crate::schema::Schema;
+
+const GOOD: Style = AnsiColor::Green.on_default();
+const WARN: Style = AnsiColor::Yellow.on_default();
+const BAD: Style = AnsiColor::Red.on_default().bold();
+const BOLD: Style = Style::new().bold();
+const DIM: Style = Style::new().dimmed();
+
+/// Runs a `relive fleet` command.
+pub async fn run(args: FleetArgs) -> Result<Exit> {
+    let prefix = args.prefix.clone().ok_or_else(|| Failure {
+        exit: Exit::Usage,
+        message: "which application? give --prefix (or set RELIVE_FLEET_PREFIX), e.g. --prefix shop".into(),
+    })?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    if let FleetCommand::Agent(agent) = args.command {
+        return run_agent(&args.endpoints, &prefix, timeout, agent).await;
+    }
+    let fleet = connect(&args.endpoints, &prefix, timeout).await?;
+    match args.command {
+        FleetCommand::Push(push) => run_push(&fleet, push).await,
+        FleetCommand::Promote(a) => {
+            let promoted = fleet.promote(&a.name).await.map_err(failure)?;
+            println!(
+                "promoted {}: version {} (the canary's document, was canary version {})",
+                a.name, promoted.version, promoted.canary_version
+            );
+            Ok(Exit::Ok)
+        }
+        FleetCommand::Abort(a) => {
+            let aborted = fleet.abort(&a.name).await.map_err(failure)?;
+            println!(
+                "aborted the canary of {} (version {}): its instances return to version {}",
+                a.name, aborted.canary_version, aborted.version
+            );
+            Ok(Exit::Ok)
+        }
+        FleetCommand::Rollback(rollback) => run_rollback(&fleet, rollback).await,
+        FleetCommand::Versions(versions) => run_versions(&fleet, versions).await,
+        FleetCommand::Status(status) => run_status(&fleet, status).await,
+        FleetCommand::Agent(_) => unreachable!("handled above"),
+    }
+}
+
+async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Fleet> {
+    let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
+    let mut admin = Admin::new(first.clone(), prefix).map_err(failure)?.request_timeout(timeout);
+    for endpoint in rest {
+        admin = admin.endpoint(endpoint.clone());
+    }
+    admin.connect().await.map_err(failure)
+}
+
+/// The exit code an error of the fleet library ends a command with.
+fn failure(error: relive_fleet::Error) -> Failure {
+    use relive_fleet::Error as E;
+    let exit = match &error {
+        E::Conflict { .. } | E::CanaryInProgress { .. } | E::CanaryChanged { .. } | E::CanaryStale { .. } => {
+            Exit::Conflict
+        }
+        // The document, or the version, canary or instances named, is wrong.
+        E::Invalid(_)
+        | E::NotAVersion { .. }
+        | E::Compacted { .. }
+        | E::FutureRevision { .. }
+        | E::NoCanary { .. }
+        | E::NoConfig { .. }
+        | E::CanaryUnchanged { .. }
+        | E::NoLiveInstances { .. }
+        | E::UnknownInstances { .. }
+        | E::UnknownFormat { .. } => Exit::Invalid,
+        E::InvalidName(_) | E::InvalidPercent { .. } => Exit::Usage,
+        _ => Exit::Runtime,
+    };
+    let message = match &error {
+        E::Invalid(e) => output::config_error(None, e),
+        _ => error.to_string(),
+    };
+    Failure { exit, message }
+}
+
+fn expect(rev: Option<u64>) -> Expect {
+    rev.map_or(Expect::Current, Expect::Version)
+}
+
+/// `relive fleet push NAME FILE`.
+async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
+    let draft = Draft::read(&args.file).map_err(failure)?;
+    let checked = match draft.check() {
+        Ok(checked) => checked,
+        Err(error) => return invalid(&[error]),
+    };
+    if let Some(path) = schema_for(&args.file, args.schema.as_deref()) {
+        let schema = Schema::load(&path).map_err(|e| Failure::invalid(output::config_error(None, &e)))?;
+        let errors: Vec<_> =
+            schema.errors(checked.value()).into_iter().map(|e| checked.error_at(&e.key, e.message)).collect();
+        if !errors.is_empty() {
+            return invalid(&errors);
+        }
+    }
+    let canaries = match (args.canary, args.canary_instances) {
+        (Some(percent), _) => Some(Canaries::Percent(percent)),
+        (None, Some(ids)) => Some(Canaries::Instances(ids)),
+        (None, None) => None,
+    };
+    match canaries {
+        None => {
+            let pushed = fleet.push(&args.name, &draft, expect(args.expect)).await.map_err(failure)?;
+            print_pushed(&pushed);
+        }
+        Some(canaries) => {
+            let canary = fleet.canary(&args.name, &draft, expect(args.expect), &canaries).await.map_err(failure)?;
+            println!(
+                "canary {}: version {} on {} (the others stay at version {}); then `relive fleet promote {}` or `relive fleet abort {}`",
+                args.name,
+                canary.version,
+                canary.instances.join(", "),
+                canary.base_version,
+                args.name,
+                args.name
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn print_pushed(pushed: &relive_fleet::Pushed) {
+    match (pushed.unchanged, pushed.previous) {
+        (true, _) => println!("unchanged {}: already version {}", pushed.config, pushed.version),
+        (false, Some(previous)) => println!("pushed {}: version {} (was {previous})", pushed.config, pushed.version),
+        (false, None) => println!("pushed {}: version {} (new)", pushed.config, pushed.version),
+    }
+}
+
+/// The schema to check FILE against: the one given, else
+/// `<stem>.schema.json` beside it (as `relive check` finds
+/// `config/<name>.schema.json`).
+fn schema_for(file: &Path, given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(given) = given {
+        return Some(given.to_path_buf());
+    }
+    let stem = file.file_name()?.to_str()?.split('.').next()?;
+    let beside = file.with_file_name(format!("{stem}.schema.json"));
+    beside.is_file().then_some(beside)
+}
+
+/// Prints each error as `file:line:col: message` on stdout and ends with 1.
+fn invalid(errors: &[relive::ConfigError]) -> Result<Exit> {
+    let mut out = anstream::stdout().lock();
+    for error in errors {
+        let _ = writeln!(out, "{}", output::config_error(None, error));
+    }
+    let _ = out.flush();
+    let n = errors.len();
+    output::error(&format!("not published: {n} error{}", if n == 1 { "" } else { "s" }));
+    Ok(Exit::Invalid)
+}
+
+/// `relive fleet rollback NAME --to REV`.
+async fn run_rollback(fleet: &Fleet, args: FleetRollbackArgs) -> Result<Exit> {
+    let pushed = fleet.rollback(&args.name, args.to, expect(args.expect)).await.map_err(failure)?;
+    if !pushed.unchanged {
+        print!("rolled back to {}'s document; ", args.to);
+    }
+    print_pushed(&pushed);
+    Ok(Exit::Ok)
+}
+
+/// `relive fleet versions NAME`.
+async fn run_versions(fleet: &Fleet, args: FleetVersionsArgs) -> Result<Exit> {
+    let versions = fleet.versions(&args.name, args.limit).await.map_err(failure)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&versions).expect("versions serialize"));
+        return Ok(Exit::Ok);
+    }
+    if versions.versions.is_empty() {
+        output::note(&format!("{} has no version in etcd", args.name));
+        return Ok(Exit::Ok);
+    }
+    let mut out = anstream::stdout().lock();
+    let _ = writeln!(out, "{BOLD}{:<10} {:<7} {:>8}{BOLD:#}", "VERSION", "FORMAT", "BYTES");
+    for (i, v) in versions.versions.iter().enumerate() {
+        let current = if i == 0 { format!("  {GOOD}current{GOOD:#}") } else { String::new() };
+        let format = v.format.as_deref().unwrap_or("?");
+        let _ = writeln!(out, "{:<10} {format:<7} {:>8}{current}", v.version, v.size);
+    }
+    if versions.truncated {
+        let _ = writeln!(out, "{DIM}(more: --limit){DIM:#}");
+    }
+    if let Some(compacted) = versions.compacted {
+        let _ = writeln!(out, "{DIM}(older versions compacted: etcd keeps revisions from {compacted} on){DIM:#}");
+    }
+    let _ = out.flush();
+    Ok(Exit::Ok)
+}
+
+/// `relive fleet status [NAME]`.
+async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
+    let mut status = fleet.status().await.map_err(failure)?;
+    if let Some(name) = &args.name {
+        status = status.only(name);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        return Ok(Exit::Ok);
+    }
+    let mut out = anstream::stdout().lock();
+    let _ = write!(out, "{}", status_table(&status));
+    let _ = out.flush();
+    if status.instances.is_empty() {
+        output::note(&format!("no instance reports to {} yet", fleet.layout().prefix()));
+    }
+    Ok(Exit::Ok)
+}
+
+/// The status as a table, then the reasons of rejections and the canaries
+/// in progress.
+fn status_table(status: &FleetStatus) -> String {
+    let version = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let rows: Vec<[String; 6]> = status
+        .instances
+        .iter()
+        .map(|r| {
+            let target = if r.canary { format!("{} (canary)", version(r.target)) } else { version(r.target) };
+            [r.instance.clone(), r.host.clone(), r.config.clone(), version(r.version), target, r.state.as_str().into()]
+        })
+        .collect();
+    let header = ["INSTANCE", "HOST", "CONFIG", "VERSION", "TARGET", "STATE"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: [&str; 6], styled_state: String| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().take(5).enumerate() {
+            text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+        }
+        text.push_str(&styled_state);
+        text.push('\n');
+        text
+    };
+    out.push_str(&format!("{BOLD}{}{BOLD:#}", line(header, header[5].to_string()).trim_end()));
+    out.push('\n');
+    for (row, r) in rows.iter().zip(&status.instances) {
+        let style = match r.state {
+            SyncState::Synced => GOOD,
+            SyncState::Stale | SyncState::Removed => WARN,
+            SyncState::Rejected => BAD,
+        };
+        let cells = [&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]].map(String::as_str);
+        out.push_str(&line(cells, format!("{style}{}{style:#}", row[5])));
+    }
+    for r in status.instances.iter().filter(|r| r.state == SyncState::Rejected) {
+        let reason = r.error.as_deref().unwrap_or("no reason given");
+        out.push_str(&format!(
+            "{BAD}rejected{BAD:#} {} {} version {}: {reason}\n",
+            r.instance,
+            r.config,
+            version(r.target)
+        ));
+    }
+    for c in &status.configs {
+        if let Some(canary) = &c.canary {
+            out.push_str(&format!(
+                "canary {}: version {} on {} (others at {}), by {} at {}\n",
+                c.config,
+                canary.version,
+                canary.instances.join(", "),
+                canary.base_version,
+                canary.by,
+                canary.at
+            ));
+        }
+    }
+    out
+}
+
+/// `relive fleet agent DIR --instance ID`: until SIGINT or SIGTERM.
+async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: FleetAgentArgs) -> Result<Exit> {
+    let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
+    let mut source = EtcdSource::new(first.clone(), prefix)
+        .and_then(|s| s.instance(args.instance.clone()))
+        .map_err(failure)?
+        .request_timeout(timeout)
+        .lease_ttl(Duration::from_secs(args.lease_ttl));
+    for endpoint in rest {
+        source = source.endpoint(endpoint.clone());
+    }
+    if let Some(host) = args.host {
+        source = source.host(host);
+    }
+    if !args.dir.is_dir() {
+        return Err(Failure::runtime(format!("{}: not a directory", args.dir.display())));
+    }
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let agent = Agent::new(source, &args.dir).start().await.map_err(failure)?;
+    let mut events = agent.subscribe();
+    let boot = match agent.boot() {
+        relive_fleet::Boot::Etcd { revision } => format!("from etcd at revision {revision}"),
+        relive_fleet::Boot::Cache { configs } => format!("from its cache ({configs} configs): etcd did not answer"),
+    };
+    output::note(&format!(
+        "agent {} writing {} for {} ({}), started {boot}",
+        args.instance,
+        output::display_path(agent.config_dir()),
+        endpoints.join(","),
+        prefix
+    ));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            event = events.recv() => match event {
+                Ok(event) => print_agent_event(&event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    output::warn(&format!("{n} agent events not shown (output too slow)"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return Err(Failure::runtime("the agent stopped: its engine stopped"));
+                }
+            },
+        }
+    }
+    agent.shutdown().await.map_err(failure)?;
+    output::note(&format!("agent {} stopped; its status is withdrawn", args.instance));
+    Ok(Exit::Ok)
+}
+
+fn print_agent_event(event: &SourceEvent) {
+    let text = match event {
+        SourceEvent::Applied { config, version } => format!("{GOOD}applied{GOOD:#} {config} version {version}"),
+        SourceEvent::Rejected { config, version, error } => {
+            format!("{BAD}rejected{BAD:#} {config} version {version}: {error}")
+        }
+        SourceEvent::Connected { revision } => format!("{DIM}connected at revision {revision}{DIM:#}"),
+        SourceEvent::Disconnected { error, retry_in } => {
+            format!("{WARN}disconnected{WARN:#}: {error}; retrying in {} ms", retry_in.as_millis())
+        }
+        SourceEvent::Resync { compacted } => format!("{WARN}re-reading{WARN:#}: etcd compacted up to {compacted}"),
+        _ => return,
+    };
+    let mut out = anstream::stdout().lock();
+    let _ = writeln!(out, "{DIM}{}{DIM:#} {text}", output::clock());
+    let _ = out.flush();
+}

@@ -1,0 +1,296 @@
+//! `relive fleet`: the real binary against a real etcd started by the
+//! tests (relive-fleet's harness), with real agents and `relive watch`.
+
+mod common;
+#[path = "../../relive-fleet/tests/common/mod.rs"]
+mod etcd;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Run, TIMEOUT, Ws, wait_until};
+use etcd::Etcd;
+use serde_json::Value;
+
+const PREFIX: &str = "app";
+
+/// `relive fleet --endpoints E --prefix app ARGS`, run in `ws`.
+fn fleet(ws: &Ws, etcd: &Etcd, args: &[&str]) -> Run {
+    let endpoint = etcd.endpoint();
+    let mut all = vec!["fleet", "--endpoints", endpoint.as_str(), "--prefix", PREFIX];
+    all.extend_from_slice(args);
+    ws.run(&all)
+}
+
+/// Runs a fleet command that must succeed; returns its stdout.
+fn ok(ws: &Ws, etcd: &Etcd, args: &[&str]) -> String {
+    let run = fleet(ws, etcd, args);
+    assert_eq!(run.code(), 0, "relive fleet {args:?}: {}{}", run.stdout(), run.stderr());
+    run.stdout()
+}
+
+/// The version in `pushed server: version N ...` (or `canary ...: version N`).
+fn version_in(stdout: &str) -> u64 {
+    let after = stdout.split("version ").nth(1).unwrap_or_else(|| panic!("no version in {stdout:?}"));
+    after.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn status_json(ws: &Ws, etcd: &Etcd) -> Value {
+    serde_json::from_str(&ok(ws, etcd, &["status", "--json"])).expect("status --json is JSON")
+}
+
+/// Waits until `relive fleet status --json` has `instance`'s row for
+/// `server` at `version` in `state`; returns that row.
+fn wait_row(ws: &Ws, etcd: &Etcd, instance: &str, version: u64, state: &str) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = status_json(ws, etcd);
+        let row = status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance"] == instance && r["config"] == "server")
+            .cloned();
+        if let Some(row) = row.filter(|r| r["version"] == version && r["state"] == state) {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "{instance} not {state} at {version} within {TIMEOUT:?}: {status:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `relive fleet agent`, stopped with SIGTERM on drop.
+struct AgentProc {
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl AgentProc {
+    fn start(ws: &Ws, etcd: &Etcd, dir: &Path, instance: &str) -> AgentProc {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let dir = dir.to_str().unwrap();
+        let endpoint = etcd.endpoint();
+        let args = ["fleet", "--endpoints", &endpoint, "--prefix", PREFIX, "agent", dir, "--instance", instance];
+        let child = ws
+            .relive(&args)
+            .arg("--host")
+            .arg("test-host")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("spawn relive fleet agent");
+        AgentProc { child: Some(child), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code (bounded wait).
+    fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        common::signal(child.id(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit after SIGTERM: {}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_push_reaches_an_agent_whose_file_relive_watch_follows() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert!(out.starts_with("pushed server: version ") && out.contains("(new)"), "{out}");
+    let v1 = version_in(&out);
+
+    // The agent writes into a workspace that `relive watch` follows.
+    let site = Ws::new();
+    let mut agent = AgentProc::start(&ws, &etcd, site.root(), "web-1");
+    let row = wait_row(&ws, &etcd, "web-1", v1, "SYNCED");
+    assert_eq!(site.read("config/server.toml"), "port = 1\n");
+    let mut watch = site.watch(&[]);
+
+    ws.write("server.toml", "port = 2\n");
+    let v2 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]));
+    let changed = watch.wait_kind("config_changed", "server");
+    assert_eq!(changed["new"]["port"], 2, "{changed}");
+    wait_row(&ws, &etcd, "web-1", v2, "SYNCED");
+    assert_eq!(site.read("config/server.toml"), "port = 2\n");
+
+    // The JSON shape.
+    for key in ["instance", "host", "config", "version", "target", "state", "canary", "error", "at"] {
+        assert!(row.get(key).is_some(), "no `{key}` in {row}");
+    }
+    assert_eq!((row["host"].as_str(), row["canary"].as_bool()), (Some("test-host"), Some(false)));
+    let status = status_json(&ws, &etcd);
+    assert!(status["revision"].as_u64().unwrap() >= v2);
+    assert_eq!(status["configs"][0]["config"], "server");
+    assert_eq!(status["configs"][0]["version"], v2);
+    assert!(status["configs"][0]["canary"].is_null());
+
+    // The table.
+    let table = ok(&ws, &etcd, &["status", "server"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["INSTANCE", "HOST", "CONFIG", "VERSION", "TARGET", "STATE"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row, ["web-1", "test-host", "server", &v2.to_string(), &v2.to_string(), "SYNCED"]);
+    assert!(!table.contains('\u{1b}'), "no colours when not on a terminal: {table:?}");
+
+    assert_eq!(agent.terminate(), 0, "{}", agent.log());
+    assert!(agent.log().contains(&format!("applied server version {v2}")), "{}", agent.log());
+    let status = status_json(&ws, &etcd);
+    assert_eq!(status["instances"], serde_json::json!([]), "a clean stop withdraws the status at once");
+    assert_eq!(site.read("config/server.toml"), "port = 2\n", "the file stays");
+    assert_eq!(watch.terminate(), 0);
+}
+
+#[test]
+fn a_push_checks_the_file_and_a_conflict_exits_4_with_what_to_do() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", "0"]));
+    ws.write("server.toml", "port = 2\n");
+    let v2 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]));
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert_eq!(out.trim(), format!("unchanged server: already version {v2}"));
+
+    // A second operator who read version v1.
+    ws.write("server.toml", "port = 3\n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]);
+    assert_eq!(run.code(), 4, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("conflict: /app/configs/server is at version {v2}, but this push expected version {v1}")),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written") && err.contains(&format!("--expect {v2}")), "{err}");
+
+    // Local checks: syntax, then the schema beside the file.
+    ws.write("server.toml", "port = 1\nhost = \n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stdout().starts_with("server.toml:2:"), "file:line:col: {}", run.stdout());
+    ws.write("server.toml", "port = 70000\n");
+    ws.write("server.schema.json", r#"{"properties": {"port": {"type": "integer", "maximum": 65535}}}"#);
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stdout().starts_with("server.toml:1:1: 70000 is greater than"), "{}", run.stdout());
+    assert!(run.stdout().contains("(at `port`)"), "{}", run.stdout());
+    assert!(run.stderr().contains("not published: 1 error"), "{}", run.stderr());
+    let versions: Value = serde_json::from_str(&ok(&ws, &etcd, &["versions", "server", "--json"])).unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2, "nothing was published: {versions}");
+
+    let run = ws.run(&["fleet", "--endpoints", &etcd.endpoint(), "status"]);
+    assert_eq!(run.code(), 2, "no prefix is a usage error");
+    assert!(run.stderr().contains("--prefix"), "{}", run.stderr());
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--canary", "0%"]);
+    assert_eq!(run.code(), 2);
+}
+
+#[test]
+fn a_canary_through_the_cli_then_promote() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"]));
+    let (site_a, site_b) = (Ws::new(), Ws::new());
+    let _a = AgentProc::start(&ws, &etcd, site_a.root(), "a");
+    let _b = AgentProc::start(&ws, &etcd, site_b.root(), "b");
+    wait_row(&ws, &etcd, "a", v1, "SYNCED");
+    wait_row(&ws, &etcd, "b", v1, "SYNCED");
+
+    ws.write("server.toml", "port = 2\n");
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--canary-instances", "b"]);
+    assert!(out.starts_with("canary server: version ") && out.contains(" on b "), "{out}");
+    let canary = version_in(&out);
+    let row = wait_row(&ws, &etcd, "b", canary, "SYNCED");
+    assert_eq!((row["target"].as_u64(), row["canary"].as_bool()), (Some(canary), Some(true)));
+    assert_eq!(site_b.read("config/server.toml"), "port = 2\n");
+    // `a` answers a later config, so it has seen the canary key too.
+    ws.write("other.toml", "x = 1\n");
+    let barrier = version_in(&ok(&ws, &etcd, &["push", "other", "other.toml"]));
+    wait_until("a to answer `other`", || {
+        status_json(&ws, &etcd)["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["instance"] == "a" && r["config"] == "other" && r["version"] == barrier)
+    });
+    assert_eq!(site_a.read("config/server.toml"), "port = 1\n", "the canary reaches b only");
+    let row = wait_row(&ws, &etcd, "a", v1, "SYNCED");
+    assert_eq!(row["canary"], false);
+    let table = ok(&ws, &etcd, &["status", "server"]);
+    assert!(table.contains(&format!("{canary} (canary)")), "{table}");
+    assert!(table.contains(&format!("canary server: version {canary} on b (others at {v1})")), "{table}");
+
+    ws.write("server.toml", "port = 3\n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert_eq!(run.code(), 4);
+    assert!(run.stderr().contains("a canary of server is in progress"), "{}", run.stderr());
+
+    let out = ok(&ws, &etcd, &["promote", "server"]);
+    let promoted = version_in(&out);
+    assert!(out.contains(&format!("was canary version {canary}")), "{out}");
+    wait_row(&ws, &etcd, "a", promoted, "SYNCED");
+    wait_row(&ws, &etcd, "b", promoted, "SYNCED");
+    assert_eq!(site_a.read("config/server.toml"), "port = 2\n");
+    let run = fleet(&ws, &etcd, &["abort", "server"]);
+    assert_eq!((run.code(), run.stderr().contains("no canary of server is in progress")), (1, true));
+}
+
+#[test]
+fn rollback_to_an_earlier_version_and_the_versions_list() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let mut versions = Vec::new();
+    for port in 1..=3 {
+        ws.write("server.toml", &format!("port = {port}\n"));
+        versions.push(version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"])));
+    }
+    let out = ok(&ws, &etcd, &["rollback", "server", "--to", &versions[0].to_string()]);
+    assert!(out.starts_with(&format!("rolled back to {}'s document; pushed server: version ", versions[0])), "{out}");
+    let back = version_in(out.split("; ").nth(1).unwrap());
+    let list = ok(&ws, &etcd, &["versions", "server"]);
+    let numbers: Vec<u64> =
+        list.lines().skip(1).map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert_eq!(numbers, [back, versions[2], versions[1], versions[0]]);
+    assert!(list.lines().nth(1).unwrap().ends_with("current"), "{list}");
+
+    // A revision that is not a version of server.
+    ws.write("other.toml", "x = 1\n");
+    let other = version_in(&ok(&ws, &etcd, &["push", "other", "other.toml"]));
+    let run = fleet(&ws, &etcd, &["rollback", "server", "--to", &other.to_string()]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stderr().contains(&format!("revision {other} is not a version of server")), "{}", run.stderr());
+}
+
+#[test]
+fn completions_include_the_fleet_commands() {
+    let ws = Ws::new();
+    let run = ws.run(&["completions", "bash"]);
+    assert_eq!(run.code(), 0);
+    let script = run.stdout();
+    assert!(script.contains("fleet") && script.contains("--canary-instances"), "bash completions");
+    let help = ws.run(&["fleet", "push", "--help"]).stdout();
+    assert!(help.contains("4  conflict"), "{help}");
+}
