@@ -96,6 +96,7 @@ fn failure(error: relive_fleet::Error) -> Failure {
     };
     let message = match &error {
         E::Invalid(e) => output::config_error(None, e),
+        E::Etcd { .. } => format!("{error}; is etcd running there? (--endpoints or RELIVE_ETCD_ENDPOINTS)"),
         _ => error.to_string(),
     };
     Failure { exit, message }

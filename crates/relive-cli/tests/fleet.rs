@@ -205,6 +205,11 @@ fn a_push_checks_the_file_and_a_conflict_exits_4_with_what_to_do() {
     assert!(run.stderr().contains("--prefix"), "{}", run.stderr());
     let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--canary", "0%"]);
     assert_eq!(run.code(), 2);
+    let nobody = format!("http://{}", etcd::free_port());
+    let run = ws.run(&["fleet", "--endpoints", &nobody, "--prefix", PREFIX, "--timeout-ms", "2000", "status"]);
+    assert_eq!(run.code(), 3);
+    assert!(run.stderr().contains(&format!("etcd at {nobody}: could not")), "{}", run.stderr());
+    assert!(run.stderr().contains("is etcd running there?"), "{}", run.stderr());
 }
 
 #[test]
