@@ -217,12 +217,21 @@ async fn killing_and_restarting_etcd_loses_no_version() {
     let v2 = put(&mut client, "server", "port = 2\nworkers = 1\n").await;
     let v3 = put(&mut client, "server", "port = 3\nworkers = 1\n").await;
     tokio::task::block_in_place(|| etcd.kill());
-    next_event(&mut events, "a disconnect", |e| matches!(e, SourceEvent::Disconnected { .. }).then_some(())).await;
+    // Versions applied before the disconnect count too.
+    let mut seen = Vec::new();
+    next_event(&mut events, "a disconnect", |e| match e {
+        SourceEvent::Applied { version, .. } => {
+            seen.push(*version);
+            None
+        }
+        SourceEvent::Disconnected { .. } => Some(()),
+        _ => None,
+    })
+    .await;
     tokio::task::block_in_place(|| etcd.restart());
     let mut client = etcd.client().await;
     let v4 = put(&mut client, "server", "port = 4\nworkers = 1\n").await;
 
-    let mut seen = Vec::new();
     next_event(&mut events, "version 4 applied", |e| match e {
         SourceEvent::Applied { version, .. } => {
             seen.push(*version);
