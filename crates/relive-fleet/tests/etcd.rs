@@ -339,8 +339,14 @@ async fn a_dead_instance_s_status_expires_with_its_lease() {
     let mut client = etcd.client().await;
     let v1 = put(&mut client, "server", "port = 1\nworkers = 1\n").await;
     let (_dir, ws) = workspace();
-    let fleet: FleetSource =
-        source(&etcd.endpoint(), "web-1").lease_ttl(Duration::from_secs(2)).start(&ws).await.unwrap();
+    // A generous request timeout: on a loaded machine a keep-alive that
+    // takes over a second is slow, not lost, and this test is about leases.
+    let fleet: FleetSource = source(&etcd.endpoint(), "web-1")
+        .lease_ttl(Duration::from_secs(2))
+        .request_timeout(Duration::from_secs(10))
+        .start(&ws)
+        .await
+        .unwrap();
     status_for(&client, "web-1", v1).await;
     // Kept alive past its TTL while the instance runs...
     let mut events = fleet.subscribe();
