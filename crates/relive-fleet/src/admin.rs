@@ -585,14 +585,14 @@ impl Fleet {
     }
 
     async fn get(&self, key: &str, options: Option<GetOptions>) -> Result<Option<KeyValue>, Failed> {
-        let mut client = self.client.clone();
-        let resp = bounded(self.opts.request_timeout, client.get(key, options)).await?;
+        let resp = bounded(self.opts.request_timeout, crate::kv(&self.client).get(key, options)).await?;
         Ok(resp.kvs().first().cloned())
     }
 
     async fn txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
-        let mut client = self.client.clone();
-        bounded(self.opts.request_timeout, client.txn(txn)).await.map_err(|e| self.opts.etcd(action, e))
+        bounded(self.opts.request_timeout, crate::kv(&self.client).txn(txn))
+            .await
+            .map_err(|e| self.opts.etcd(action, e))
     }
 
     /// Config `name`'s key and its canary's, read at one revision.

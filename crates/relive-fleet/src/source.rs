@@ -409,7 +409,10 @@ impl Worker {
         let lost = |e: String| Stop::Lost(e);
         let options = ConnectOptions::new()
             .with_connect_timeout(limit)
-            .with_keep_alive(Duration::from_secs(2), limit)
+            // etcd answers pings more frequent than its
+            // --grpc-keepalive-min-time (5 s by default) with GOAWAY
+            // (too_many_pings) once no data flowed between three of them.
+            .with_keep_alive(Duration::from_secs(6), limit)
             .with_keep_alive_while_idle(true);
         let mut client = call(limit, Client::connect(&self.opts.endpoints, Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
@@ -418,7 +421,7 @@ impl Worker {
         let (start, end) = self.opts.layout.source_range();
         if self.revision == 0 {
             let options = GetOptions::new().with_range(end.clone());
-            let resp = call(limit, client.get(start.clone(), Some(options))).await.map_err(lost)?;
+            let resp = call(limit, crate::kv(&client).get(start.clone(), Some(options))).await.map_err(lost)?;
             let revision = resp.header().map_or(0, |h| h.revision());
             // What is not in the store now is gone: deleted configs keep
             // their last value, ended canaries give way to the stable one.
@@ -440,7 +443,7 @@ impl Worker {
             call(limit, put).await.map_err(lost)?;
         }
         let options = WatchOptions::new().with_range(end).with_start_revision(self.revision + 1).with_progress_notify();
-        let watch = call(limit, client.watch(start, Some(options))).await.map_err(lost)?;
+        let watch = call(limit, crate::watcher(&client).watch(start, Some(options))).await.map_err(lost)?;
         Ok(Session { client, lease, keeper, keep_alive, watch })
     }
 
@@ -576,6 +579,18 @@ impl Worker {
     ) -> Result<(), Stop> {
         let name = name.to_string();
         let applied = self.apply(&name, value, version as u64).await?;
+        self.versions.insert(name.clone(), version);
+        // Acknowledge first: the cache is only the fallback for a boot
+        // without etcd, and its two fsyncs would delay every acknowledgement.
+        let acked = match client {
+            Some((client, lease)) => {
+                let key = self.opts.layout.status_key(&self.opts.instance, &name).expect("checked names");
+                // etcd keeps a key's lease only if the put names it again.
+                let put = client.put(key, self.statuses[&name].to_json(), Some(PutOptions::new().with_lease(lease)));
+                call(self.opts.request_timeout, put).await.map(drop).map_err(Stop::Lost)
+            }
+            None => Ok(()),
+        };
         if applied {
             let cache = self.cache.clone();
             let (n, v) = (name.clone(), value.to_vec());
@@ -584,14 +599,7 @@ impl Worker {
                 tracing::warn!(config = %name, error = %e, "could not write the fleet cache");
             }
         }
-        self.versions.insert(name.clone(), version);
-        if let Some((client, lease)) = client {
-            let key = self.opts.layout.status_key(&self.opts.instance, &name).expect("checked names");
-            // etcd keeps a key's lease only if the put names it again.
-            let put = client.put(key, self.statuses[&name].to_json(), Some(PutOptions::new().with_lease(lease)));
-            call(self.opts.request_timeout, put).await.map_err(Stop::Lost)?;
-        }
-        Ok(())
+        acked
     }
 
     /// Publishes `value` into the engine and records the status. True if

@@ -382,3 +382,29 @@ async fn deleting_a_config_keeps_its_last_value() {
     assert_eq!((s.state, s.version), (State::Applied, v1));
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_totalling_more_than_the_grpc_default_of_4_mib_are_read() {
+    // Each config is under etcd's 1.5 MiB request limit; together they are
+    // over tonic's default 4 MiB response limit, which once made the first
+    // read fail forever.
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let filler = "x".repeat(1_400_000);
+    let mut last = 0;
+    for i in 0..4 {
+        last = put(&mut client, &format!("big{i}"), &format!("filler = \"{filler}\"\nn = {i}\n")).await;
+    }
+    let (_dir, ws) = workspace();
+    let fleet = source(&etcd.endpoint(), "web-1").start(&ws).await.unwrap();
+    assert_eq!(fleet.boot(), Boot::Etcd { revision: last });
+    for i in 0..4 {
+        let loaded = ws.config::<serde_json::Value>(&format!("big{i}")).watch().await.unwrap();
+        assert_eq!(loaded.current()["n"], i);
+    }
+    // The watch takes versions that big too.
+    let mut events = fleet.subscribe();
+    let next = put(&mut client, "big0", &format!("filler = \"{filler}\"\nn = 10\n")).await;
+    applied(&mut events, next).await;
+    fleet.shutdown().await;
+}
