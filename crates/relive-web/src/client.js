@@ -5,8 +5,10 @@
 // to Server-Sent Events at /livereload/events. A `reload` with liveCSS swaps
 // the matching stylesheets in place (the page and its JS state stay); any
 // other reload reloads the page. An `alert` shows an overlay until the next
-// reload. Reconnects with exponential backoff. `window.__reliveConnected`
-// tells whether it is connected (set once the server has said hello).
+// reload; so does a page that failed to render (the server puts the error in
+// #relive-page-error). Reconnects with exponential backoff.
+// `window.__reliveConnected` tells whether it is connected (set once the
+// server has said hello).
 (function () {
   "use strict";
   if (window.__relive) return;
@@ -14,6 +16,7 @@
 
   var PROTOCOL = "http://livereload.com/protocols/official-7";
   var OVERLAY_ID = "relive-error-overlay";
+  var PAGE_ERROR_ID = "relive-page-error";
   var script = document.currentScript;
   var origin = script && script.src ? new URL(script.src, location.href) : location;
   var backoff = 250;
@@ -72,7 +75,7 @@
       "position:fixed;inset:0;z-index:2147483647;background:rgba(20,0,0,.92);color:#fdd;" +
       "font:14px/1.5 ui-monospace,monospace;padding:2em;white-space:pre-wrap;overflow:auto";
     var title = document.createElement("strong");
-    title.textContent = "relive: template error\n\n";
+    title.textContent = "relive\n\n";
     overlay.appendChild(title);
     overlay.appendChild(document.createTextNode(message));
     (document.body || document.documentElement).appendChild(overlay);
@@ -133,6 +136,9 @@
       retry(connect);
     };
   }
+
+  var pageError = document.getElementById(PAGE_ERROR_ID);
+  if (pageError) showOverlay(pageError.textContent);
 
   connect();
 })();

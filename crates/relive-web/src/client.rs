@@ -1,5 +1,7 @@
 //! The browser side: the client script, and putting it into pages.
 
+use crate::error::TemplateError;
+
 /// The client script served at `/livereload.js`: LiveReload `official-7`
 /// over a WebSocket at `/livereload`, Server-Sent Events at
 /// `/livereload/events` where WebSockets fail. It swaps stylesheets in
@@ -23,6 +25,32 @@ pub fn inject(html: &str) -> String {
     out.push_str(SCRIPT_TAG);
     out.push_str(&html[at..]);
     out
+}
+
+/// The id of the element in which [`error_page`] puts its error; the
+/// client shows its text as the overlay.
+pub const PAGE_ERROR_ID: &str = "relive-page-error";
+
+/// A page for a template that failed to render: the error, located, shown
+/// by the client as the same overlay as a syntax error (and as plain text
+/// without JavaScript), with the client injected so that the fix reloads
+/// the page. Serve it with status 500.
+pub fn error_page(error: &TemplateError) -> String {
+    inject(&format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>template error</title></head>\n\
+         <body><pre id=\"{PAGE_ERROR_ID}\">{}</pre></body></html>\n",
+        escape_html(&alert_text(error))
+    ))
+}
+
+/// A template error as browsers are shown it:
+/// `templates/<name>:<line>:<column>: <message>`.
+pub(crate) fn alert_text(error: &TemplateError) -> String {
+    format!("templates/{}:{}:{}: {}", error.name, error.line, error.column, error.message)
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn rfind_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
@@ -62,6 +90,25 @@ mod tests {
     fn inject_is_idempotent() {
         let once = inject("<body></body>");
         assert_eq!(inject(&once), once);
+    }
+
+    #[test]
+    fn an_error_page_carries_the_located_error_escaped_and_the_client() {
+        let error = TemplateError {
+            name: "a/b.html".into(),
+            file: "/ws/templates/a/b.html".into(),
+            line: 3,
+            column: 7,
+            message: "invalid operation: <script> & \"x\"".into(),
+        };
+        let page = error_page(&error);
+        let expected = format!(
+            "<pre id=\"{PAGE_ERROR_ID}\">templates/a/b.html:3:7: invalid operation: &lt;script&gt; &amp; &quot;x&quot;</pre>"
+        );
+        assert!(page.contains(&expected), "{page}");
+        assert!(page.contains(&format!("{SCRIPT_TAG}</body>")), "{page}");
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(CLIENT_JS.contains(&format!("\"{PAGE_ERROR_ID}\"")), "the client looks for the error");
     }
 
     #[test]

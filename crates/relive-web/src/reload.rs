@@ -5,7 +5,8 @@
 //! engine's config events, each *after* the new state is live, so a browser
 //! that reloads gets it). The [`Coalescer`] folds a burst of them into one
 //! [`Message`]: a change to CSS alone is swapped in place (`liveCSS`); any
-//! other change reloads the page. Template errors are pushed at once as an
+//! other change reloads the page. Template errors (and whatever else a
+//! server wants to show, see [`ReloadHub::alert`]) are pushed at once as an
 //! `alert`, and the reload that follows the fix clears it.
 //!
 //! How long a change waits for the rest of its burst, and why, is on
@@ -19,7 +20,7 @@
 //! | `GET /livereload/events` | Server-Sent Events carrying the same JSON, for where WebSockets are blocked |
 //! | `GET /livereload.js` | the client script (see [`inject`](crate::inject)) |
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -104,7 +105,8 @@ pub enum Message {
         live_img: bool,
     },
     /// Show `message` (relive's client: an overlay; the extensions: an
-    /// alert) until the next reload. Sent for a template error.
+    /// alert) until the next reload. Sent for a template error, and for
+    /// whatever a server shows with [`ReloadHub::alert`].
     Alert {
         /// `templates/<name>:<line>:<column>: <message>`.
         message: String,
@@ -285,7 +287,8 @@ pub struct ReloadHub {
 struct HubInner {
     changes: mpsc::UnboundedSender<Change>,
     messages: broadcast::Sender<Message>,
-    alert: watch::Sender<Option<String>>,
+    /// The standing alerts, by source.
+    alerts: watch::Sender<BTreeMap<String, String>>,
 }
 
 impl Default for ReloadHub {
@@ -333,7 +336,7 @@ impl ReloadHub {
                 }
             }
         });
-        ReloadHub { inner: Arc::new(HubInner { changes, messages, alert: watch::Sender::new(None) }) }
+        ReloadHub { inner: Arc::new(HubInner { changes, messages, alerts: watch::Sender::new(BTreeMap::new()) }) }
     }
 
     /// Takes in a change; browsers hear of it when its burst ends.
@@ -341,23 +344,32 @@ impl ReloadHub {
         let _ = self.inner.changes.send(change);
     }
 
-    /// Shows `message` in every browser now (and in every browser that
-    /// connects while it stands), or with `None` forgets it: the next
-    /// reload clears it from pages.
-    pub fn alert(&self, message: Option<String>) {
-        let changed = self.inner.alert.send_if_modified(|current| {
-            let changed = *current != message;
-            current.clone_from(&message);
+    /// Sets the alert of `source` (`templates`, `config/site`, any name) to
+    /// `message`, or with `None` withdraws it. Browsers show every standing
+    /// alert at once, in the order of their sources: each change is sent to
+    /// every browser now (and the standing ones to every browser that
+    /// connects), except that withdrawing the last one sends nothing: the
+    /// next reload clears the page.
+    pub fn alert(&self, source: &str, message: Option<String>) {
+        let mut combined = None;
+        self.inner.alerts.send_if_modified(|alerts| {
+            let changed = match &message {
+                Some(message) => alerts.insert(source.to_string(), message.clone()).as_ref() != Some(message),
+                None => alerts.remove(source).is_some(),
+            };
+            if changed {
+                combined = combine(alerts);
+            }
             changed
         });
-        if let (true, Some(message)) = (changed, message) {
+        if let Some(message) = combined {
             let _ = self.inner.messages.send(Message::Alert { message });
         }
     }
 
-    /// The alert that stands, if any.
+    /// The standing alerts, as one message, if any stands.
     pub fn current_alert(&self) -> Option<String> {
-        self.inner.alert.borrow().clone()
+        combine(&self.inner.alerts.borrow())
     }
 
     /// Every message from now on.
@@ -370,13 +382,11 @@ impl ReloadHub {
     pub fn follow_templates(&self, templates: &Templates) {
         let weak = Arc::downgrade(&self.inner);
         let mut status = templates.subscribe();
-        let alert_of = |s: &crate::templates::TemplateStatus| {
-            s.error.as_ref().map(|e| format!("templates/{}:{}:{}: {}", e.name, e.line, e.column, e.message))
-        };
+        let alert_of = |s: &crate::templates::TemplateStatus| s.error.as_ref().map(crate::client::alert_text);
         // An error that stands already is shown to the browsers that connect.
         let mut generation = {
             let s = status.borrow_and_update();
-            self.alert(alert_of(&s));
+            self.alert(TEMPLATES_ALERT, alert_of(&s));
             s.generation
         };
         tokio::spawn(async move {
@@ -386,7 +396,7 @@ impl ReloadHub {
                     let s = status.borrow_and_update();
                     (alert_of(&s), s.generation)
                 };
-                hub.alert(alert);
+                hub.alert(TEMPLATES_ALERT, alert);
                 if new_generation != generation {
                     generation = new_generation;
                     hub.notify(Change::Template { name: "*".to_string() });
@@ -435,6 +445,14 @@ impl ReloadHub {
             }
         });
     }
+}
+
+/// The source of the templates' alert (see [`ReloadHub::alert`]).
+const TEMPLATES_ALERT: &str = "templates";
+
+/// Every standing alert, one paragraph each.
+fn combine(alerts: &BTreeMap<String, String>) -> Option<String> {
+    (!alerts.is_empty()).then(|| alerts.values().map(String::as_str).collect::<Vec<_>>().join("\n\n"))
 }
 
 fn upgrade(weak: &Weak<HubInner>) -> Option<ReloadHub> {
@@ -679,6 +697,26 @@ mod tests {
         }
         // 200 ms of changes every 10 ms: one message per 100 ms ceiling.
         assert_eq!(sent, vec![Message::full_reload("templates/a.html"); 2]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn alerts_from_several_sources_are_shown_together_until_withdrawn() {
+        let hub = ReloadHub::new();
+        let mut rx = hub.subscribe();
+        let alert = |m: &str| Message::Alert { message: m.to_string() };
+        hub.alert("templates", Some("T".into()));
+        assert_eq!(rx.try_recv().ok(), Some(alert("T")));
+        hub.alert("config/site", Some("C".into()));
+        assert_eq!(rx.try_recv().ok(), Some(alert("C\n\nT")), "every standing alert, by source");
+        hub.alert("config/site", Some("C".into()));
+        assert!(rx.try_recv().is_err(), "the same alert again sends nothing");
+        assert_eq!(hub.current_alert().as_deref(), Some("C\n\nT"));
+        hub.alert("templates", None);
+        assert_eq!(rx.try_recv().ok(), Some(alert("C")), "what still stands replaces it");
+        hub.alert("templates", None);
+        hub.alert("config/site", None);
+        assert!(rx.try_recv().is_err(), "the last one withdrawn: the next reload clears the page");
+        assert_eq!(hub.current_alert(), None);
     }
 
     #[test]
