@@ -5,7 +5,10 @@
 //! injects the live reload client into every HTML response, and mounts the
 //! LiveReload endpoints. A template that does not compile is shown in the
 //! browser as an overlay (the hub's alert) while the last good templates
-//! keep serving.
+//! keep serving. A page whose template fails while rendering (an unknown
+//! filter, a missing include, a division by zero) is a 500 whose body the
+//! client shows as the same overlay, located at template, line and column;
+//! the client is injected there too, so fixing the template reloads it.
 //!
 //! The configs are the context: `config/site.toml` is `site` in templates
 //! (`{{ site.title }}`). Each is loaded with `Workspace::load` at start and
@@ -13,7 +16,25 @@
 //! pages are told to reload only after the new context is in place.
 //! Templates link static files with `static_url('app.css')`, which gives
 //! the fingerprinted URL from the assets' manifest.
+//!
+//! # A config that is wrong or gone
+//!
+//! The core's rule is that the last good value of a config stays live: a
+//! config that stops parsing, or whose files are deleted, keeps its value
+//! in a running service (`ValidationFailed`, not a new value). `relive
+//! serve` previews what such a service would show, so the context keeps
+//! the last good value too. But a dev server must not let the page look
+//! as if it matched the files when it does not: while a config is invalid
+//! or deleted, every browser shows an overlay that says so (the located
+//! error, or that the config's files are gone and its last value is still
+//! used), and a warning goes to stderr. The notice goes away, and pages
+//! reload, when the config loads again, also when it comes back with the
+//! very value it had (the engine reports no new value then, so a change to
+//! any config file re-checks the configs with a notice). To drop a deleted
+//! config from the context, restart `relive serve`: a fresh start loads
+//! only the configs that exist.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -22,7 +43,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use relive::{ChangeEvent, Workspace};
+use relive::{ChangeEvent, ConfigError, ConfigErrorKind, Workspace};
 use relive_web::{Assets, Change, ReloadHub, Templates};
 use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
@@ -53,7 +74,8 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let urls = assets.clone();
     let templates = Templates::with_setup(&ws, move |env| urls.add_static_url(env)).map_err(web_failure)?;
     let context = Context::default();
-    context.store(Arc::new(load_configs(&ws, None)));
+    let (values, failed) = load_all(&ws, &Map::new());
+    context.store(Arc::new(values));
     let config = relive::HotReloadConfig {
         history: relive::HistoryConfig { enabled: !args.no_history, ..Default::default() },
         ..Default::default()
@@ -63,7 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let hub = ReloadHub::new();
     hub.follow_templates(&templates);
     hub.follow_assets(&assets);
-    follow_configs(&ws, &manager, &context, &hub);
+    follow_configs(&ws, &manager, &context, &hub, failed);
 
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
@@ -107,66 +129,136 @@ fn display_addr(addr: SocketAddr) -> String {
     }
 }
 
-/// Every config's value by name; `only` reloads one config into `base`.
-/// A config that does not load now keeps its last value (or is absent).
-fn load_configs(ws: &Workspace, only: Option<(&str, &Map<String, Value>)>) -> Map<String, Value> {
-    let load = |name: &str| match ws.load(name) {
-        Ok(loaded) => Some(loaded.value().clone()),
-        Err(e) => {
-            output::warn(&e.to_string());
-            None
-        }
-    };
-    match only {
-        Some((name, base)) => {
-            let mut out = base.clone();
-            if let Some(value) = load(name) {
-                out.insert(name.to_string(), value);
-            }
-            out
-        }
-        None => {
-            let mut out = Map::new();
-            match ws.configs() {
-                Ok(configs) => {
-                    for config in configs {
-                        if let Some(value) = load(&config.name) {
-                            out.insert(config.name, value);
-                        }
+/// Every config's value by name: `base` with each config that loads now
+/// put in. A config that does not load keeps its value in `base`, if any;
+/// those are returned with their errors.
+fn load_all(ws: &Workspace, base: &Map<String, Value>) -> (Map<String, Value>, Vec<(String, ConfigError)>) {
+    let mut out = base.clone();
+    let mut failed = Vec::new();
+    match ws.configs() {
+        Ok(configs) => {
+            for config in configs {
+                match load(ws, &config.name) {
+                    Ok(value) => {
+                        out.insert(config.name, value);
                     }
+                    Err(error) => failed.push((config.name, error)),
                 }
-                Err(e) => output::warn(&e.to_string()),
             }
-            out
+        }
+        Err(e) => output::warn(&e.to_string()),
+    }
+    (out, failed)
+}
+
+/// Config `name`'s value now.
+fn load(ws: &Workspace, name: &str) -> std::result::Result<Value, ConfigError> {
+    match ws.load(name) {
+        Ok(loaded) => Ok(loaded.value().clone()),
+        Err(relive::Error::Config { error, .. }) => Err(*error),
+        Err(e) => Err(ConfigError::new(ConfigErrorKind::Io, e.to_string())),
+    }
+}
+
+/// The source of config `name`'s alert in the hub.
+fn alert_source(name: &str) -> String {
+    format!("config/{name}")
+}
+
+/// What browsers and stderr are told while config `name` is `error`;
+/// `had_value` if the pages still use a last good value.
+fn config_notice(name: &str, error: &ConfigError, had_value: bool) -> String {
+    match (error.kind(), had_value) {
+        (ConfigErrorKind::Missing, _) => format!(
+            "config `{name}`: its files are gone; pages keep its last value until it is back \
+             (restart relive serve to drop it)"
+        ),
+        (_, true) => {
+            format!("{}\npages keep the last good value of config `{name}`", output::config_error(Some(name), error))
+        }
+        (_, false) => {
+            format!("{}\npages are rendered without config `{name}`", output::config_error(Some(name), error))
         }
     }
 }
 
 /// Keeps `context` current, and reloads pages once a new config value is
 /// in it (rather than `ReloadHub::follow_configs`, which could tell
-/// browsers before the context has the value).
-fn follow_configs(ws: &Workspace, manager: &relive::HotReloadManager, context: &Context, hub: &ReloadHub) {
+/// browsers before the context has the value). Shows a notice in the
+/// browsers while a config is invalid or deleted (see the module docs);
+/// `failed` are the configs that did not load at start.
+fn follow_configs(
+    ws: &Workspace,
+    manager: &relive::HotReloadManager,
+    context: &Context,
+    hub: &ReloadHub,
+    failed: Vec<(String, ConfigError)>,
+) {
     let mut events = manager.subscribe();
     let (ws, context, hub) = (ws.clone(), context.clone(), hub.clone());
+    let config_dir = ws.config_dir();
+    let notify = move |hub: &ReloadHub, noticed: &mut BTreeSet<String>, name: &str, error: &ConfigError, had: bool| {
+        let text = config_notice(name, error, had);
+        output::warn(&text);
+        hub.alert(&alert_source(name), Some(text));
+        noticed.insert(name.to_string());
+    };
     tokio::spawn(async move {
+        // The configs whose notice stands.
+        let mut noticed = BTreeSet::new();
+        for (name, error) in &failed {
+            notify(&hub, &mut noticed, name, error, false);
+        }
         loop {
-            let name = match events.recv().await {
-                Ok(ChangeEvent::ConfigChanged { config_name, .. }) => Some(config_name),
+            // Which configs to load again; `None`: all of them.
+            let names: Option<Vec<String>> = match events.recv().await {
+                Ok(ChangeEvent::ConfigChanged { config_name, .. }) => Some(vec![config_name]),
+                Ok(ChangeEvent::ValidationFailed { config_name, error }) => {
+                    let had = context.load().contains_key(&config_name);
+                    notify(&hub, &mut noticed, &config_name, &error, had);
+                    continue;
+                }
+                // Maybe one with a notice is back as it was: no new value,
+                // so no `ConfigChanged`; look.
+                Ok(ChangeEvent::FileChanged { path, .. }) if path.starts_with(&config_dir) && !noticed.is_empty() => {
+                    Some(noticed.iter().cloned().collect())
+                }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => None,
                 Err(RecvError::Closed) => break,
             };
-            let (ws2, current) = (ws.clone(), context.load());
-            let name2 = name.clone();
-            let loaded = tokio::task::spawn_blocking(move || match &name2 {
-                Some(name) => load_configs(&ws2, Some((name, &current))),
-                None => load_configs(&ws2, None),
+            let (ws2, current) = (ws.clone(), context.load_full());
+            let loaded = tokio::task::spawn_blocking(move || match names {
+                Some(names) => {
+                    let mut values = Map::clone(&current);
+                    let mut failed = Vec::new();
+                    for name in names {
+                        match load(&ws2, &name) {
+                            Ok(value) => {
+                                values.insert(name, value);
+                            }
+                            Err(error) => failed.push((name, error)),
+                        }
+                    }
+                    (values, failed)
+                }
+                None => load_all(&ws2, &current),
             })
             .await;
-            if let Ok(values) = loaded {
-                context.store(Arc::new(values));
+            let Ok((values, failed)) = loaded else { continue };
+            let changed: Vec<String> = values
+                .iter()
+                .filter(|(name, value)| context.load().get(*name) != Some(*value) || noticed.contains(*name))
+                .map(|(name, _)| name.clone())
+                .filter(|name| !failed.iter().any(|(f, _)| f == name))
+                .collect();
+            context.store(Arc::new(values));
+            for name in &changed {
+                if noticed.remove(name) {
+                    hub.alert(&alert_source(name), None);
+                }
+                hub.notify(Change::Config { name: name.clone() });
             }
-            hub.notify(Change::Config { name: name.unwrap_or_else(|| "*".to_string()) });
         }
     });
 }
@@ -182,15 +274,18 @@ async fn page(State(pages): State<Pages>, uri: Uri) -> Response {
         return not_found();
     }
     let context = Value::Object((**pages.context.load()).clone());
+    let no_cache = [(header::CACHE_CONTROL, "no-cache")];
     match pages.templates.render(&name, context) {
-        Ok(html) => ([(header::CACHE_CONTROL, "no-cache")], Html(relive_web::inject(&html))).into_response(),
+        Ok(html) => (no_cache, Html(relive_web::inject(&html))).into_response(),
+        // The overlay, and the client to reload the page when it is fixed.
+        Err(relive_web::Error::Template(e)) => {
+            output::warn(&e.to_string());
+            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(relive_web::error_page(&e))).into_response()
+        }
         Err(e) => {
-            // A page that failed to render still reloads when it is fixed.
-            let body = format!(
-                "<!doctype html><title>template error</title><body><pre>{}</pre></body>",
-                escape(&e.to_string())
-            );
-            (StatusCode::INTERNAL_SERVER_ERROR, Html(relive_web::inject(&body))).into_response()
+            output::warn(&e.to_string());
+            let body = format!("<!doctype html><title>error</title><body><pre>{}</pre></body>", escape(&e.to_string()));
+            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(relive_web::inject(&body))).into_response()
         }
     }
 }

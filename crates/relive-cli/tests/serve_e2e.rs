@@ -6,15 +6,21 @@
 
 mod browser;
 
-use browser::{BACKGROUND, Browser, OVERLAY_SHOWN, TITLE, Workspace, index, serve, stylesheet};
+use browser::{BACKGROUND, Browser, OVERLAY_SHOWN, Server, TITLE, Workspace, index, serve, stylesheet};
 use serde_json::json;
 
-#[test]
-fn a_css_edit_restyles_the_page_without_a_reload() {
+/// A workspace, `relive serve` on it, and a browser showing its page.
+fn start() -> (Workspace, Server, Browser) {
     let ws = Workspace::new();
     let server = serve(&ws);
     let browser = Browser::start();
     browser.open(&server.url);
+    (ws, server, browser)
+}
+
+#[test]
+fn a_css_edit_restyles_the_page_without_a_reload() {
+    let (ws, _server, browser) = start();
     assert_eq!(browser.eval(BACKGROUND), json!("rgb(255, 0, 0)"));
     browser.run("window.__marker = 42").expect("set the marker");
 
@@ -27,10 +33,7 @@ fn a_css_edit_restyles_the_page_without_a_reload() {
 
 #[test]
 fn a_template_edit_reloads_the_page_with_the_new_content() {
-    let ws = Workspace::new();
-    let server = serve(&ws);
-    let browser = Browser::start();
-    browser.open(&server.url);
+    let (ws, _server, browser) = start();
     assert_eq!(browser.eval(TITLE), json!("Version 1 Demo"));
     browser.run("window.__marker = 42").expect("set the marker");
 
@@ -46,24 +49,44 @@ fn a_template_edit_reloads_the_page_with_the_new_content() {
     browser.wait_for("the new config value", &format!("return {TITLE} === 'Version 2 Configured'"));
 }
 
-#[test]
-fn a_template_syntax_error_shows_the_overlay_until_it_is_fixed() {
-    let ws = Workspace::new();
-    let server = serve(&ws);
-    let browser = Browser::start();
-    browser.open(&server.url);
-
-    ws.write("templates/index.html", "{% extends 'base.html' %}{% block content %}{% if %}{% endblock %}\n");
+/// Waits for the error overlay; checks that it names `located`; returns its text.
+fn wait_for_overlay(browser: &Browser, located: &str) -> String {
     browser.wait_for("the error overlay", &format!("return {OVERLAY_SHOWN}"));
     let text = browser.eval("document.getElementById('relive-error-overlay').textContent");
-    let text = text.as_str().expect("overlay text");
-    assert!(text.contains("templates/index.html:1:") && text.contains("syntax error"), "{text}");
-    // The last good templates keep serving underneath.
-    assert_eq!(browser.eval(TITLE), json!("Version 1 Demo"));
+    let text = text.as_str().expect("overlay text").to_string();
+    assert!(text.contains(located), "{text}");
+    text
+}
 
+/// Fixes the index page and waits for it, without the overlay.
+fn fix_and_wait(ws: &Workspace, browser: &Browser) {
     ws.write("templates/index.html", &index("Fixed"));
     browser.wait_for(
         "the fixed page without the overlay",
         &format!("return !({OVERLAY_SHOWN}) && {TITLE} === 'Fixed Demo'"),
     );
+}
+
+#[test]
+fn a_template_syntax_error_shows_the_overlay_until_it_is_fixed() {
+    let (ws, _server, browser) = start();
+
+    ws.write("templates/index.html", "{% extends 'base.html' %}{% block content %}{% if %}{% endblock %}\n");
+    let text = wait_for_overlay(&browser, "templates/index.html:1:");
+    assert!(text.contains("syntax error"), "{text}");
+    // The last good templates keep serving underneath.
+    assert_eq!(browser.eval(TITLE), json!("Version 1 Demo"));
+    fix_and_wait(&ws, &browser);
+}
+
+#[test]
+fn a_template_that_fails_while_rendering_shows_the_overlay_and_reloads_when_fixed() {
+    let (ws, _server, browser) = start();
+
+    // It compiles, so the page reloads, and the render fails: a 500 with the overlay.
+    ws.write("templates/index.html", "{% extends 'base.html' %}{% block content %}\n{{ 1 // 0 }}{% endblock %}\n");
+    wait_for_overlay(&browser, "templates/index.html:2:");
+    assert_eq!(browser.eval(TITLE), json!(null), "the page is the error page");
+    browser.wait_connected();
+    fix_and_wait(&ws, &browser);
 }

@@ -1,0 +1,280 @@
+//! `relive serve` over HTTP, with requests written by hand on a raw
+//! `TcpStream` (HTTP clients normalize `..` away before sending): no
+//! request escapes `static/` or reaches a file through the page route, the
+//! server binds loopback unless told otherwise, a template that fails while
+//! rendering is a 500 with the overlay, and a deleted config keeps its last
+//! value with a notice in the browsers.
+
+mod browser;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::symlink;
+use std::time::{Duration, Instant};
+
+use browser::{Server, TIMEOUT, Workspace, index, serve, serve_with};
+use serde_json::{Value, json};
+
+const SECRET: &str = "hunter2-relive-secret";
+
+/// A response: its status and everything after the status line.
+struct Response {
+    status: u16,
+    text: String,
+}
+
+/// Sends `GET target` exactly as written, and reads the whole response.
+fn get(addr: &str, target: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send the request");
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {target}: not an HTTP response: {text:?}"));
+    Response { status, text }
+}
+
+/// A workspace with a secret in `config/`, and a secret outside it that
+/// symlinks in `static/` point at (a file, a directory, and `config/`).
+fn workspace_with_secrets() -> (Workspace, tempfile::TempDir) {
+    let ws = Workspace::new();
+    ws.write("config/secret.toml", &format!("password = \"{SECRET}\"\n"));
+    let outside = tempfile::tempdir().expect("temp dir");
+    std::fs::write(outside.path().join("outside.txt"), SECRET).expect("write outside");
+    let root = ws.root();
+    symlink(outside.path().join("outside.txt"), root.join("static/leak.txt")).expect("symlink to a file");
+    symlink(outside.path(), root.join("static/leakdir")).expect("symlink to a directory");
+    symlink(root.join("config"), root.join("static/cfg")).expect("symlink to config/");
+    (ws, outside)
+}
+
+#[test]
+fn no_request_reaches_a_file_outside_static() {
+    let (ws, _outside) = workspace_with_secrets();
+    let server = serve(&ws);
+    let addr = server.addr();
+
+    // The control: static files and pages are served.
+    let css = get(addr, "/static/app.css");
+    assert_eq!(css.status, 200, "{}", css.text);
+    assert!(css.text.contains("background-color"), "{}", css.text);
+    assert_eq!(get(addr, "/").status, 200);
+
+    let cases: &[(&str, u16)] = &[
+        ("/static/../config/secret.toml", 403),
+        ("/static/%2e%2e/config/secret.toml", 403),
+        ("/static/%2E%2E/config/secret.toml", 403),
+        ("/static/%2e%2e%2fconfig%2fsecret.toml", 403),
+        ("/static/..%2fconfig%2fsecret.toml", 403),
+        ("/static/..%2Fconfig/secret.toml", 403),
+        ("/static/%252e%252e/config/secret.toml", 404),
+        ("/static/%252e%252e%252fconfig%252fsecret.toml", 404),
+        ("/static/..\\config\\secret.toml", 403),
+        ("/static/..%5cconfig%5csecret.toml", 403),
+        ("/static/..%5Cconfig/secret.toml", 403),
+        ("/static/app.css%00.txt", 403),
+        ("/static/%00/../config/secret.toml", 403),
+        ("/static//etc/passwd", 403),
+        ("/static/%2fetc%2fpasswd", 403),
+        ("/static/%2e/../config/secret.toml", 403),
+        ("/static/./../config/secret.toml", 403),
+        ("/static/leak.txt", 403),
+        ("/static/leakdir/outside.txt", 403),
+        ("/static/cfg/secret.toml", 403),
+        ("/static/.%2e/config/secret.toml", 403),
+        // The page route: only plain names of templates.
+        ("/../config/secret.toml", 404),
+        ("/%2e%2e/config/secret.toml", 404),
+        ("/..%2fconfig%2fsecret.toml", 404),
+        ("/..\\config\\secret.toml", 404),
+        ("/config/secret.toml", 404),
+        ("/config/secret", 404),
+        ("//etc/passwd", 404),
+        ("/templates/../config/secret.toml", 404),
+        ("/%00", 404),
+    ];
+    let mut wrong = Vec::new();
+    for (target, status) in cases {
+        let response = get(addr, target);
+        assert!(!response.text.contains(SECRET), "{target} leaked the secret: {}", response.text);
+        assert!(!response.text.contains("root:x:0:0"), "{target} leaked /etc/passwd: {}", response.text);
+        if response.status != *status {
+            wrong.push(format!("{target}: {} (expected {status})", response.status));
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected statuses:\n{}", wrong.join("\n"));
+
+    // The absolute form of the request target, which proxies send.
+    let absolute = get(addr, &format!("http://{addr}/static/../config/secret.toml"));
+    assert!(!absolute.text.contains(SECRET), "{}", absolute.text);
+    assert!(matches!(absolute.status, 400 | 403 | 404), "{}", absolute.status);
+}
+
+/// Whether something accepts TCP connections at `addr`.
+fn accepts(addr: &str) -> bool {
+    TcpStream::connect_timeout(&addr.parse().expect("an address"), Duration::from_secs(2)).is_ok()
+}
+
+#[test]
+fn it_binds_loopback_by_default_and_host_changes_that() {
+    let ws = Workspace::new();
+    let default = serve(&ws);
+    assert!(default.url.starts_with("http://127.0.0.1:"), "{}", default.url);
+    assert_eq!(get(default.addr(), "/").status, 200);
+    let port = default.addr().rsplit_once(':').expect("a port").1;
+    assert!(!accepts(&format!("127.0.0.2:{port}")), "only 127.0.0.1 is bound, not every address");
+
+    let other = serve_with(&ws, &["--host", "127.0.0.2"]);
+    assert!(other.url.starts_with("http://127.0.0.2:"), "{}", other.url);
+    assert_eq!(get(other.addr(), "/").status, 200);
+    let port = other.addr().rsplit_once(':').expect("a port").1;
+    assert!(!accepts(&format!("127.0.0.1:{port}")), "--host 127.0.0.2 binds only that address");
+
+    let v6 = serve_with(&ws, &["--host", "::1"]);
+    assert!(v6.url.starts_with("http://[::1]:"), "{}", v6.url);
+    assert_eq!(get(v6.addr(), "/").status, 200);
+}
+
+/// The text of the element the client shows as its overlay, unescaped.
+fn page_error(text: &str) -> Option<String> {
+    let start = text.find(&format!("<pre id=\"{}\">", relive_web::PAGE_ERROR_ID))?;
+    let rest = &text[start..];
+    let body = &rest[rest.find('>')? + 1..rest.find("</pre>")?];
+    Some(body.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&"))
+}
+
+/// Waits until `GET target` gives a response that `ok` accepts; returns it.
+fn wait_for_response(addr: &str, target: &str, ok: impl Fn(&Response) -> bool) -> Response {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let response = get(addr, target);
+        if ok(&response) {
+            return response;
+        }
+        assert!(Instant::now() < deadline, "GET {target}: not the response expected; last: {}", response.text);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_template_that_fails_while_rendering_is_a_500_with_the_overlay_and_the_client() {
+    let ws = Workspace::new();
+    let server = serve(&ws);
+    let addr = server.addr();
+    let cases = [
+        ("a missing include", "line one\n  {% include 'no-such.html' %}\n", 2, "template not found"),
+        ("an unknown filter", "{{ site.title | no_such_filter }}\n", 1, "unknown filter"),
+        ("a division by zero", "one\ntwo\n  {{ 1 // 0 }}\n", 3, ""),
+        ("an undefined call", "{{ no_such_function() }}\n", 1, ""),
+    ];
+    for (what, source, line, message) in cases {
+        ws.write("templates/broken.html", source);
+        // The templates are rebuilt when the engine sees the file: wait for this case's error.
+        let at = format!("templates/broken.html:{line}:");
+        let response = wait_for_response(addr, "/broken", |r| {
+            r.status == 500 && page_error(&r.text).is_some_and(|e| e.starts_with(&at) && e.contains(message))
+        });
+        assert!(response.text.contains(r#"<script src="/livereload.js" async></script>"#), "{what}: no client");
+        assert!(response.text.to_ascii_lowercase().contains("content-type: text/html"), "{what}");
+        server.wait_for_stderr(&format!("broken.html:{line}:"));
+    }
+    // Fixed: the page renders again.
+    ws.write("templates/broken.html", "fine {{ site.title }}\n");
+    let fixed = wait_for_response(addr, "/broken", |r| r.status == 200);
+    assert!(fixed.text.contains("fine Demo"), "{}", fixed.text);
+    assert_eq!(page_error(&fixed.text), None);
+}
+
+/// An SSE stream of the live reload messages.
+struct Events {
+    stream: TcpStream,
+    buffer: String,
+    seen: usize,
+}
+
+impl Events {
+    fn connect(server: &Server) -> Events {
+        let mut stream = TcpStream::connect(server.addr()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+        write!(stream, "GET /livereload/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .expect("send");
+        let mut events = Events { stream, buffer: String::new(), seen: 0 };
+        let deadline = Instant::now() + TIMEOUT;
+        while !events.buffer.contains("\r\n\r\n") {
+            assert!(Instant::now() < deadline, "no response to the event stream request");
+            events.read();
+        }
+        assert!(events.buffer.starts_with("HTTP/1.1 200"), "{}", events.buffer);
+        events
+    }
+
+    fn read(&mut self) {
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => panic!("the event stream ended"),
+            Ok(n) => self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the event stream: {e}"),
+        }
+    }
+
+    /// The next message.
+    fn next(&mut self) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let data: Vec<&str> = self.buffer.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if let Some(line) = data.get(self.seen) {
+                self.seen += 1;
+                return serde_json::from_str(line).expect("JSON");
+            }
+            assert!(Instant::now() < deadline, "no message; so far: {}", self.buffer);
+            self.read();
+        }
+    }
+}
+
+#[test]
+fn a_deleted_config_keeps_its_last_value_with_a_notice_until_it_is_back() {
+    let ws = Workspace::new();
+    let server = serve(&ws);
+    let addr = server.addr();
+    let mut events = Events::connect(&server);
+    assert!(get(addr, "/").text.contains("Version 1 Demo"));
+
+    ws.remove("config/site.toml");
+    let notice = events.next();
+    assert_eq!(notice["command"], json!("alert"), "{notice}");
+    let message = notice["message"].as_str().expect("a message");
+    assert!(message.contains("config `site`: its files are gone; pages keep its last value"), "{message}");
+    server.wait_for_stderr("config `site`: its files are gone");
+    // The last value is still the context; so says the page, with the notice for new browsers.
+    assert!(get(addr, "/").text.contains("Version 1 Demo"));
+    let mut late = Events::connect(&server);
+    assert_eq!(late.next(), notice, "a browser that connects is shown the notice");
+
+    // Back with the very same value: no new value, but the notice goes.
+    ws.write("config/site.toml", "title = \"Demo\"\n");
+    for events in [&mut events, &mut late] {
+        let reload = events.next();
+        assert_eq!(reload, json!({"command": "reload", "path": "config/site", "liveCSS": false, "liveImg": false}));
+    }
+    let mut after = Events::connect(&server);
+    ws.write("templates/index.html", &index("Version 2"));
+    assert_eq!(after.next()["command"], json!("reload"), "no notice stands");
+
+    // Invalid: the located error, and the last good value stays.
+    ws.write("config/site.toml", "title = \"Broken\n");
+    let alert = after.next();
+    let message = alert["message"].as_str().expect("a message");
+    assert!(message.contains("site.toml:1:") && message.contains("pages keep the last good value"), "{message}");
+    assert!(get(addr, "/").text.contains("Version 2 Demo"));
+    // Fixed with a new value: the notice goes, the page has it.
+    ws.write("config/site.toml", "title = \"Fixed\"\n");
+    assert_eq!(after.next()["path"], json!("config/site"));
+    assert!(get(addr, "/").text.contains("Version 2 Fixed"));
+}
