@@ -405,7 +405,25 @@ impl Worker {
             }
             Polling::Never => {}
         }
-        let mut inotify = Inotify::new(self.s.watch_limit).map_err(|e| Error::Watch(format!("inotify: {e}")))?;
+        let mut inotify = match Inotify::new(self.s.watch_limit) {
+            Ok(inotify) => inotify,
+            // EMFILE from inotify_init is the per-user limit on inotify
+            // instances (128 by default: about 128 watching processes of one
+            // user, or pods of one UID on a node), not the file limit its
+            // message names. Like the watch limit, it is a reason to poll.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => {
+                let reason = format!(
+                    "the limit on inotify instances of this user is reached ({e}): raise \
+                     fs.inotify.max_user_instances (sysctl fs.inotify.max_user_instances=1024)"
+                );
+                if self.s.polling == Polling::Never {
+                    return Err(Error::Watch(reason));
+                }
+                self.enter_polling(reason);
+                return Ok(());
+            }
+            Err(e) => return Err(Error::Watch(format!("inotify: {e}"))),
+        };
         match inotify.watch_tree(&self.s.root, &self.s.filter) {
             Ok(_) => {
                 *self.mode.lock().expect("mode lock") = WatcherMode::Events { watches: inotify.watch_count() };

@@ -58,7 +58,8 @@
 //! re-creates, bursts (coalesced; the last value wins), and no-op saves
 //! (content hashes: nothing is delivered). A kernel queue overflow triggers
 //! a rescan. Where there are no events (NFS, SMB, 9P, FUSE, the watch limit
-//! reached, or [`Polling::Always`]) relive polls, with a warning.
+//! or the limit on inotify instances reached, or [`Polling::Always`]) relive
+//! polls, with a warning.
 //!
 //! # Configs
 //!

@@ -316,7 +316,8 @@ impl Workspace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Polling {
     /// Use kernel events; poll (with a warning) on filesystems that give
-    /// none (NFS, SMB, 9P, FUSE) and when the watch limit is reached.
+    /// none (NFS, SMB, 9P, FUSE) and when the watch limit or the limit on inotify instances
+    /// (`fs.inotify.max_user_instances`) is reached.
     #[default]
     Auto,
     /// Always poll.

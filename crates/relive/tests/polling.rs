@@ -1,6 +1,9 @@
-//! Polling: forced, and as the fallback when the watch limit is reached.
+//! Polling: forced, and as the fallback when the watch limit or the limit
+//! on inotify instances is reached.
 
 mod common;
+
+use std::os::unix::process::CommandExt;
 
 use common::*;
 use relive::{HotReloadConfig, Polling, WatcherMode};
@@ -65,4 +68,50 @@ async fn never_polling_makes_the_limit_an_error() {
     let config = HotReloadConfig { watch_limit: Some(1), polling: Polling::Never, ..Default::default() };
     let error = t.ws.start_hot_reload_with_config(config).await.unwrap_err();
     assert!(error.to_string().contains("limit of 1"), "{error}");
+}
+
+/// A user of its own for the instance-limit test: the limit counts every
+/// inotify instance of a user, so this test must not share one with others.
+const INSTANCE_LIMIT_UID: u32 = 61_517;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaching_the_inotify_instance_limit_falls_back_to_polling() {
+    const NAME: &str = "reaching_the_inotify_instance_limit_falls_back_to_polling";
+    // fs.inotify.max_user_instances is per user and root's is shared with
+    // every other test: run as a user of its own, in a child process.
+    if std::env::var_os("RELIVE_INSTANCE_CHILD").is_none() && rustix::process::geteuid().is_root() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("RELIVE_INSTANCE_CHILD", "1")
+            .env("TMPDIR", "/tmp")
+            .uid(INSTANCE_LIMIT_UID)
+            .gid(INSTANCE_LIMIT_UID)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+        return;
+    }
+    // Take every inotify instance this user may have.
+    let mut held = Vec::new();
+    loop {
+        match rustix::fs::inotify::init(rustix::fs::inotify::CreateFlags::CLOEXEC) {
+            Ok(fd) => held.push(fd),
+            Err(e) => {
+                assert_eq!(e, rustix::io::Errno::MFILE, "after {} instances", held.len());
+                break;
+            }
+        }
+    }
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    let manager = t.ws.start_hot_reload_with_config(polling_config()).await.unwrap();
+    match manager.watcher_mode() {
+        WatcherMode::Polling { reason, .. } => assert!(reason.contains("max_user_instances"), "{reason}"),
+        other => panic!("expected polling, got {other:?}"),
+    }
+    let mut stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
+    t.write("config/app.toml", &app_toml("b", 2));
+    assert_eq!(next(&mut stream).await.value, 2);
+    drop(held);
 }
