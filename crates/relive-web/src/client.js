@@ -6,7 +6,10 @@
 // the matching stylesheets in place (the page and its JS state stay); any
 // other reload reloads the page. An `alert` shows an overlay until the next
 // reload; so does a page that failed to render (the server puts the error in
-// #relive-page-error). Reconnects with exponential backoff.
+// #relive-page-error). A page stamped with the server's change count
+// (data-relive-changes on its script tag) sends it on connecting, so that
+// the server can reload a page that missed changes while it loaded.
+// Reconnects with exponential backoff.
 // `window.__reliveConnected` tells whether it is connected (set once the
 // server has said hello).
 (function () {
@@ -19,6 +22,9 @@
   var PAGE_ERROR_ID = "relive-page-error";
   var script = document.currentScript;
   var origin = script && script.src ? new URL(script.src, location.href) : location;
+  // How many changes the server had taken in when it rendered this page
+  // (relive serve stamps the tag): it reloads a page that missed some.
+  var pageChanges = script && script.getAttribute ? script.getAttribute("data-relive-changes") : null;
   var backoff = 250;
   var wsFailures = 0;
 
@@ -96,7 +102,9 @@
   }
 
   function connectEvents() {
-    var source = new EventSource(new URL("/livereload/events", origin).toString());
+    var url = new URL("/livereload/events", origin);
+    if (pageChanges !== null) url.searchParams.set("changes", pageChanges);
+    var source = new EventSource(url.toString());
     source.onopen = function () {
       backoff = 250;
       window.__reliveConnected = true;
@@ -117,7 +125,9 @@
     var opened = false;
     socket.onopen = function () {
       opened = true;
-      socket.send(JSON.stringify({ command: "hello", protocols: [PROTOCOL] }));
+      var hello = { command: "hello", protocols: [PROTOCOL] };
+      if (pageChanges !== null) hello.reliveChanges = Number(pageChanges);
+      socket.send(JSON.stringify(hello));
     };
     socket.onmessage = function (event) {
       var message = parse(String(event.data));

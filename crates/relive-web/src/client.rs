@@ -19,10 +19,30 @@ pub fn inject(html: &str) -> String {
     if html.contains(SCRIPT_TAG) {
         return html.to_string();
     }
+    insert_before_body_end(html, SCRIPT_TAG)
+}
+
+/// Like [`inject`], with the tag stamped with `changes`, what
+/// [`ReloadHub::changes`](crate::ReloadHub::changes) said *before* the page
+/// was rendered: `<script src="/livereload.js" async
+/// data-relive-changes="12"></script>`. The client sends the stamp when it
+/// connects, and the hub tells a page that missed changes while it loaded
+/// to reload. HTML that has [`SCRIPT_TAG`] (as [`error_page`] does) gets
+/// its last one stamped.
+pub fn inject_at(html: &str, changes: u64) -> String {
+    let tag = format!(r#"<script src="/livereload.js" async data-relive-changes="{changes}"></script>"#);
+    match html.rfind(SCRIPT_TAG) {
+        Some(at) => format!("{}{tag}{}", &html[..at], &html[at + SCRIPT_TAG.len()..]),
+        None => insert_before_body_end(html, &tag),
+    }
+}
+
+/// `html` with `tag` before its last `</body>` (in any case), or at the end.
+fn insert_before_body_end(html: &str, tag: &str) -> String {
     let at = rfind_ascii_case_insensitive(html, "</body>").unwrap_or(html.len());
-    let mut out = String::with_capacity(html.len() + SCRIPT_TAG.len());
+    let mut out = String::with_capacity(html.len() + tag.len());
     out.push_str(&html[..at]);
-    out.push_str(SCRIPT_TAG);
+    out.push_str(tag);
     out.push_str(&html[at..]);
     out
 }
@@ -90,6 +110,14 @@ mod tests {
     fn inject_is_idempotent() {
         let once = inject("<body></body>");
         assert_eq!(inject(&once), once);
+    }
+
+    #[test]
+    fn inject_at_stamps_the_tag_with_the_change_count() {
+        let stamped = r#"<script src="/livereload.js" async data-relive-changes="12"></script>"#;
+        assert_eq!(inject_at("<body><p>x</p></BODY>", 12), format!("<body><p>x</p>{stamped}</BODY>"));
+        assert_eq!(inject_at(&inject("<body></body>"), 12), format!("<body>{stamped}</body>"));
+        assert!(CLIENT_JS.contains("data-relive-changes") && CLIENT_JS.contains("reliveChanges"));
     }
 
     #[test]

@@ -81,7 +81,7 @@ mod static_files;
 mod templates;
 
 pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
-pub use client::{CLIENT_JS, PAGE_ERROR_ID, SCRIPT_TAG, error_page, inject};
+pub use client::{CLIENT_JS, PAGE_ERROR_ID, SCRIPT_TAG, error_page, inject, inject_at};
 pub use error::{Error, Result, TemplateError};
 #[cfg(feature = "axum")]
 pub use layer::{LiveReload, LiveReloadExt, LiveReloadLayer, NoInject, Snapshot};

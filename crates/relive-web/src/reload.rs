@@ -22,13 +22,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::http::header;
+use axum::http::{Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -289,6 +290,8 @@ struct HubInner {
     messages: broadcast::Sender<Message>,
     /// The standing alerts, by source.
     alerts: watch::Sender<BTreeMap<String, String>>,
+    /// How many changes have been taken in (see [`ReloadHub::changes`]).
+    taken: AtomicU64,
 }
 
 impl Default for ReloadHub {
@@ -336,12 +339,35 @@ impl ReloadHub {
                 }
             }
         });
-        ReloadHub { inner: Arc::new(HubInner { changes, messages, alerts: watch::Sender::new(BTreeMap::new()) }) }
+        ReloadHub {
+            inner: Arc::new(HubInner {
+                changes,
+                messages,
+                alerts: watch::Sender::new(BTreeMap::new()),
+                taken: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// Takes in a change; browsers hear of it when its burst ends.
     pub fn notify(&self, change: Change) {
+        self.inner.taken.fetch_add(1, Ordering::SeqCst);
         let _ = self.inner.changes.send(change);
+    }
+
+    /// How many changes the hub has taken in. Read it *before* rendering a
+    /// page and put it in the page with [`inject_at`](crate::inject_at): a
+    /// client that connects from a page older than the hub's count is told
+    /// to reload at once. Without it, a change made while a page reloads
+    /// (after its HTML was rendered, before its client connected) would
+    /// reach no browser, and the page would stay stale.
+    pub fn changes(&self) -> u64 {
+        self.inner.taken.load(Ordering::SeqCst)
+    }
+
+    /// Whether a page stamped with `page` changes has missed some.
+    fn is_stale(&self, page: Option<u64>) -> bool {
+        page.is_some_and(|page| page < self.changes())
     }
 
     /// Sets the alert of `source` (`templates`, `config/site`, any name) to
@@ -481,15 +507,26 @@ async fn websocket(State(hub): State<ReloadHub>, upgrade: WebSocketUpgrade) -> R
     upgrade.on_upgrade(move |socket| serve_socket(hub, socket))
 }
 
-/// Whether `text` is a `hello` that offers `official-7`; `None` if it is
-/// not a `hello` at all.
-fn hello_offers_official_7(text: &str) -> Option<bool> {
+/// A client's `hello`.
+#[derive(Debug, PartialEq, Eq)]
+struct Hello {
+    /// Whether it offers `official-7`.
+    official_7: bool,
+    /// relive's client: the hub's change count when its page was rendered.
+    page_changes: Option<u64>,
+}
+
+/// The `hello` in `text`; `None` if it is not a `hello` at all.
+fn parse_hello(text: &str) -> Option<Hello> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     if value.get("command")?.as_str()? != "hello" {
         return None;
     }
     let protocols = value.get("protocols").and_then(|p| p.as_array());
-    Some(protocols.is_some_and(|p| p.iter().any(|p| p.as_str() == Some(PROTOCOL_OFFICIAL_7))))
+    Some(Hello {
+        official_7: protocols.is_some_and(|p| p.iter().any(|p| p.as_str() == Some(PROTOCOL_OFFICIAL_7))),
+        page_changes: value.get("reliveChanges").and_then(|n| n.as_u64()),
+    })
 }
 
 async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
@@ -498,21 +535,24 @@ async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         while let Some(Ok(incoming)) = socket.recv().await {
             match incoming {
-                ws::Message::Text(text) => match hello_offers_official_7(&text) {
-                    Some(offered) => return offered,
+                ws::Message::Text(text) => match parse_hello(&text) {
+                    Some(hello) => return Some(hello),
                     None => continue,
                 },
-                ws::Message::Close(_) => return false,
+                ws::Message::Close(_) => return None,
                 _ => continue,
             }
         }
-        false
+        None
     })
     .await;
-    if handshake != Ok(true) {
-        let _ = socket.send(ws::Message::Close(None)).await;
-        return;
-    }
+    let page_changes = match handshake {
+        Ok(Some(Hello { official_7: true, page_changes })) => page_changes,
+        _ => {
+            let _ = socket.send(ws::Message::Close(None)).await;
+            return;
+        }
+    };
     let hello = serde_json::json!({
         "command": "hello",
         "protocols": [PROTOCOL_OFFICIAL_7],
@@ -521,9 +561,14 @@ async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
     if socket.send(ws::Message::Text(hello.to_string().into())).await.is_err() {
         return;
     }
-    if let Some(message) = hub.current_alert() {
-        let alert = Message::Alert { message }.to_json();
-        if socket.send(ws::Message::Text(alert.into())).await.is_err() {
+    // A page that missed changes while it loaded reloads (and then hears
+    // of any standing alert); else it is shown the standing alert.
+    let first = match hub.is_stale(page_changes) {
+        true => Some(Message::full_reload("*")),
+        false => hub.current_alert().map(|message| Message::Alert { message }),
+    };
+    if let Some(first) = first {
+        if socket.send(ws::Message::Text(first.to_json().into())).await.is_err() {
             return;
         }
     }
@@ -549,9 +594,19 @@ async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
     }
 }
 
-async fn events(State(hub): State<ReloadHub>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// `?changes=N`: as `reliveChanges` in a WebSocket `hello`.
+async fn events(State(hub): State<ReloadHub>, uri: Uri) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let messages = hub.subscribe();
-    let standing = hub.current_alert().map(|message| Message::Alert { message });
+    let page_changes = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("changes="))
+        .and_then(|n| n.parse().ok());
+    let standing = match hub.is_stale(page_changes) {
+        true => Some(Message::full_reload("*")),
+        false => hub.current_alert().map(|message| Message::Alert { message }),
+    };
     let live = futures_util::stream::unfold(messages, |mut messages| async move {
         let message = match messages.recv().await {
             Ok(message) => message,
@@ -720,12 +775,15 @@ mod tests {
     }
 
     #[test]
-    fn hello_must_offer_official_7() {
+    fn hello_must_offer_official_7_and_may_say_how_old_its_page_is() {
+        let hello = |official_7, page_changes| Some(Hello { official_7, page_changes });
         let ok = format!(r#"{{"command":"hello","protocols":["{PROTOCOL_OFFICIAL_7}"]}}"#);
-        assert_eq!(hello_offers_official_7(&ok), Some(true));
-        assert_eq!(hello_offers_official_7(r#"{"command":"hello","protocols":["x"]}"#), Some(false));
-        assert_eq!(hello_offers_official_7(r#"{"command":"hello"}"#), Some(false));
-        assert_eq!(hello_offers_official_7(r#"{"command":"info","plugins":{}}"#), None);
-        assert_eq!(hello_offers_official_7("not json"), None);
+        assert_eq!(parse_hello(&ok), hello(true, None));
+        let stamped = format!(r#"{{"command":"hello","protocols":["{PROTOCOL_OFFICIAL_7}"],"reliveChanges":7}}"#);
+        assert_eq!(parse_hello(&stamped), hello(true, Some(7)));
+        assert_eq!(parse_hello(r#"{"command":"hello","protocols":["x"]}"#), hello(false, None));
+        assert_eq!(parse_hello(r#"{"command":"hello"}"#), hello(false, None));
+        assert_eq!(parse_hello(r#"{"command":"info","plugins":{}}"#), None);
+        assert_eq!(parse_hello("not json"), None);
     }
 }

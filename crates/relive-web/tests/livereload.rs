@@ -22,6 +22,7 @@ struct Server {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
     manager: relive::HotReloadManager,
+    hub: ReloadHub,
     _templates: Templates,
     _assets: Assets,
 }
@@ -53,8 +54,9 @@ async fn serve() -> Server {
     hub.follow_configs(&manager);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(hub)).await.unwrap() });
-    Server { addr, _dir: dir, root, manager, _templates: templates, _assets: assets }
+    let routes = router(hub.clone());
+    tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+    Server { addr, _dir: dir, root, manager, hub, _templates: templates, _assets: assets }
 }
 
 async fn connect(addr: std::net::SocketAddr) -> Ws {
@@ -77,7 +79,14 @@ async fn next_json(ws: &mut Ws) -> Value {
 }
 
 async fn handshake(ws: &mut Ws) {
-    let hello = json!({"command": "hello", "protocols": ["http://livereload.com/protocols/7", PROTOCOL_OFFICIAL_7]});
+    handshake_with(ws, json!({})).await;
+}
+
+/// The handshake, with `extra` fields in the client's `hello`.
+async fn handshake_with(ws: &mut Ws, extra: Value) {
+    let mut hello =
+        json!({"command": "hello", "protocols": ["http://livereload.com/protocols/7", PROTOCOL_OFFICIAL_7]});
+    hello.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     ws.send(WsMessage::Text(hello.to_string().into())).await.unwrap();
     assert_eq!(
         next_json(ws).await,
@@ -264,5 +273,39 @@ async fn the_client_script_is_served_as_javascript() {
     assert!(head.contains("content-type: text/javascript"), "{head}");
     assert!(head.contains("cache-control: no-cache"), "{head}");
     assert_eq!(body, relive_web::CLIENT_JS);
+    server.manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_missed_changes_while_it_loaded_is_reloaded_when_it_connects() {
+    let server = serve().await;
+    let mut watching = connect(server.addr).await;
+    handshake(&mut watching).await;
+    // A page is rendered now; then a change happens before its client connects.
+    let rendered = server.hub.changes();
+    write(&server.root, "static/app.css", "h1 { color: olive }");
+    assert_eq!(next_json(&mut watching).await["path"], json!("/static/app.css"));
+    assert!(server.hub.changes() > rendered);
+
+    let mut stale = connect(server.addr).await;
+    handshake_with(&mut stale, json!({"reliveChanges": rendered})).await;
+    assert_eq!(
+        next_json(&mut stale).await,
+        json!({"command": "reload", "path": "*", "liveCSS": false, "liveImg": false})
+    );
+
+    // The same over Server-Sent Events.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /livereload/events?changes={rendered} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = String::new();
+    let data = sse_data(&mut stream, &mut buffer, 1).await;
+    assert_eq!(data[0], json!({"command": "reload", "path": "*", "liveCSS": false, "liveImg": false}));
+
+    // A page that saw every change is not reloaded: its next message is the next change.
+    let mut current = connect(server.addr).await;
+    handshake_with(&mut current, json!({"reliveChanges": server.hub.changes()})).await;
+    write(&server.root, "static/other.css", "p { margin: 3px }");
+    assert_eq!(next_json(&mut current).await["path"], json!("/static/other.css"));
     server.manager.shutdown().await.unwrap();
 }
