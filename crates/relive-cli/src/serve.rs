@@ -62,6 +62,7 @@ type Context = Arc<ArcSwap<Map<String, Value>>>;
 struct Pages {
     templates: Templates,
     context: Context,
+    hub: ReloadHub,
 }
 
 /// Runs `relive serve` until SIGINT or SIGTERM.
@@ -104,7 +105,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
 
     let app = Router::new()
         .fallback(page)
-        .with_state(Pages { templates, context })
+        .with_state(Pages { templates, context, hub: hub.clone() })
         .merge(relive_web::router(hub))
         .merge(relive_web::static_router(assets));
     let server = axum::serve(listener, app.into_make_service());
@@ -264,7 +265,9 @@ fn follow_configs(
 }
 
 /// `/` → `index.html`, `/a/b` → `a/b.html`, rendered with the configs and
-/// with the live reload client injected.
+/// with the live reload client injected, stamped with the hub's change
+/// count from before the render (so a page that misses a change while it
+/// loads is reloaded when its client connects).
 async fn page(State(pages): State<Pages>, uri: Uri) -> Response {
     let Some(name) = template_name(uri.path()) else {
         return not_found();
@@ -273,14 +276,16 @@ async fn page(State(pages): State<Pages>, uri: Uri) -> Response {
     if env.get_template(&name).is_err() {
         return not_found();
     }
+    let changes = pages.hub.changes();
     let context = Value::Object((**pages.context.load()).clone());
     let no_cache = [(header::CACHE_CONTROL, "no-cache")];
     match pages.templates.render(&name, context) {
-        Ok(html) => (no_cache, Html(relive_web::inject(&html))).into_response(),
+        Ok(html) => (no_cache, Html(relive_web::inject_at(&html, changes))).into_response(),
         // The overlay, and the client to reload the page when it is fixed.
         Err(relive_web::Error::Template(e)) => {
             output::warn(&e.to_string());
-            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(relive_web::error_page(&e))).into_response()
+            let page = relive_web::inject_at(&relive_web::error_page(&e), changes);
+            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(page)).into_response()
         }
         Err(e) => {
             output::warn(&e.to_string());

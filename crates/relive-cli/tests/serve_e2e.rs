@@ -90,3 +90,30 @@ fn a_template_that_fails_while_rendering_shows_the_overlay_and_reloads_when_fixe
     browser.wait_connected();
     fix_and_wait(&ws, &browser);
 }
+
+#[test]
+fn a_change_made_while_the_client_was_away_reloads_the_page_when_it_is_back() {
+    let (ws, server, browser) = start();
+    browser.run("window.__marker = 42").expect("set the marker");
+    // Away: the client reconnects after 250 ms.
+    browser.run("for (const s of window.__reliveProbeSockets) s.close()").expect("close the socket");
+    browser.wait_for("the client to notice", "return window.__reliveConnected === false");
+    ws.write("templates/index.html", &index("Version 2"));
+    // Live on the server well before the client is back: its message reached no browser.
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(browser::TIMEOUT)).build().into();
+    let deadline = std::time::Instant::now() + browser::TIMEOUT;
+    while !agent
+        .get(&server.url)
+        .call()
+        .expect("GET /")
+        .body_mut()
+        .read_to_string()
+        .expect("body")
+        .contains("Version 2")
+    {
+        assert!(std::time::Instant::now() < deadline, "the server never served the new page");
+    }
+    // The client says how old its page is when it is back, and is told to reload.
+    browser.wait_for("the new heading", &format!("return {TITLE} === 'Version 2 Demo'"));
+    assert_eq!(browser.eval("window.__marker === undefined"), json!(true), "the page was reloaded");
+}

@@ -179,7 +179,11 @@ fn a_template_that_fails_while_rendering_is_a_500_with_the_overlay_and_the_clien
         let response = wait_for_response(addr, "/broken", |r| {
             r.status == 500 && page_error(&r.text).is_some_and(|e| e.starts_with(&at) && e.contains(message))
         });
-        assert!(response.text.contains(r#"<script src="/livereload.js" async></script>"#), "{what}: no client");
+        // The client, stamped with the change count (see `relive_web::inject_at`).
+        assert!(
+            response.text.contains(r#"<script src="/livereload.js" async data-relive-changes=""#),
+            "{what}: no client"
+        );
         assert!(response.text.to_ascii_lowercase().contains("content-type: text/html"), "{what}");
         server.wait_for_stderr(&format!("broken.html:{line}:"));
     }

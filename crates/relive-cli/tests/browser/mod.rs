@@ -203,8 +203,8 @@ fn free_port() -> u16 {
 /// `relive-probe-frame` (the animation frame after that: the change is
 /// painted), `relive-probe-message` (when the page first received a live
 /// reload message after arming) and, in a page that loaded meanwhile,
-/// `relive-probe-nav` (its navigation start, response end and
-/// DOMContentLoaded).
+/// `relive-probe-nav` (its navigation start and response end). Every
+/// WebSocket the page opens is in `window.__reliveProbeSockets`.
 const PROBE_JS: &str = r#"
 (function () {
   var store;
@@ -215,6 +215,7 @@ const PROBE_JS: &str = r#"
   if (Ws && !Ws.__reliveProbe) {
     var Wrapped = function (url, protocols) {
       var socket = protocols === undefined ? new Ws(url) : new Ws(url, protocols);
+      (window.__reliveProbeSockets = window.__reliveProbeSockets || []).push(socket);
       socket.addEventListener("message", function (event) {
         if (store.getItem("relive-probe") !== null && String(event.data).indexOf('"hello"') < 0) {
           record("relive-probe-message");
