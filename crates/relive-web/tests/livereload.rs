@@ -3,19 +3,17 @@
 //! and reloads caused by files changed in a temp workspace and seen by the
 //! real relive engine.
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
+use common::{WAIT, Ws, connect, handshake, next_json, write};
 use futures_util::{SinkExt, StreamExt};
 use relive_web::{Assets, Coalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates, router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 struct Server {
     addr: std::net::SocketAddr,
@@ -25,11 +23,6 @@ struct Server {
     hub: ReloadHub,
     _templates: Templates,
     _assets: Assets,
-}
-
-fn write(root: &Path, name: &str, text: &str) {
-    std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
-    std::fs::write(root.join(name), text).unwrap();
 }
 
 /// A workspace with a config, a template and two stylesheets, the real
@@ -59,39 +52,11 @@ async fn serve() -> Server {
     Server { addr, _dir: dir, root, manager, hub, _templates: templates, _assets: assets }
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/livereload")).await.unwrap();
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await.expect("socket open").unwrap() {
-                WsMessage::Text(text) => return serde_json::from_str(&text).unwrap(),
-                WsMessage::Close(_) => panic!("server closed the socket"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("a message in time")
-}
-
-async fn handshake(ws: &mut Ws) {
-    handshake_with(ws, json!({})).await;
-}
-
-/// The handshake, with `extra` fields in the client's `hello`.
-async fn handshake_with(ws: &mut Ws, extra: Value) {
-    let mut hello =
-        json!({"command": "hello", "protocols": ["http://livereload.com/protocols/7", PROTOCOL_OFFICIAL_7]});
-    hello.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+/// The handshake of a page stamped with `changes` (see `relive_web::inject_at`).
+async fn stamped_handshake(ws: &mut Ws, changes: u64) {
+    let hello = json!({"command": "hello", "protocols": [PROTOCOL_OFFICIAL_7], "reliveChanges": changes});
     ws.send(WsMessage::Text(hello.to_string().into())).await.unwrap();
-    assert_eq!(
-        next_json(ws).await,
-        json!({"command": "hello", "protocols": [PROTOCOL_OFFICIAL_7], "serverName": "relive"})
-    );
+    assert_eq!(next_json(ws).await["serverName"], json!("relive"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +253,7 @@ async fn a_page_that_missed_changes_while_it_loaded_is_reloaded_when_it_connects
     assert!(server.hub.changes() > rendered);
 
     let mut stale = connect(server.addr).await;
-    handshake_with(&mut stale, json!({"reliveChanges": rendered})).await;
+    stamped_handshake(&mut stale, rendered).await;
     assert_eq!(
         next_json(&mut stale).await,
         json!({"command": "reload", "path": "*", "liveCSS": false, "liveImg": false})
@@ -304,7 +269,7 @@ async fn a_page_that_missed_changes_while_it_loaded_is_reloaded_when_it_connects
 
     // A page that saw every change is not reloaded: its next message is the next change.
     let mut current = connect(server.addr).await;
-    handshake_with(&mut current, json!({"reliveChanges": server.hub.changes()})).await;
+    stamped_handshake(&mut current, server.hub.changes()).await;
     write(&server.root, "static/other.css", "p { margin: 3px }");
     assert_eq!(next_json(&mut current).await["path"], json!("/static/other.css"));
     server.manager.shutdown().await.unwrap();
