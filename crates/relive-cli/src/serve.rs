@@ -130,24 +130,34 @@ fn display_addr(addr: SocketAddr) -> String {
     }
 }
 
+/// The configs' values and the errors of those that did not load.
+type Loaded = (Map<String, Value>, Vec<(String, ConfigError)>);
+
 /// Every config's value by name: `base` with each config that loads now
-/// put in. A config that does not load keeps its value in `base`, if any;
-/// those are returned with their errors.
-fn load_all(ws: &Workspace, base: &Map<String, Value>) -> (Map<String, Value>, Vec<(String, ConfigError)>) {
+/// put in (see [`load_some`]).
+fn load_all(ws: &Workspace, base: &Map<String, Value>) -> Loaded {
+    let names = match ws.configs() {
+        Ok(configs) => configs.into_iter().map(|c| c.name).collect(),
+        Err(e) => {
+            output::warn(&e.to_string());
+            Vec::new()
+        }
+    };
+    load_some(ws, names, base)
+}
+
+/// `base` with configs `names` loaded now. A config that does not load
+/// keeps its value in `base`, if any; those are returned with their errors.
+fn load_some(ws: &Workspace, names: Vec<String>, base: &Map<String, Value>) -> Loaded {
     let mut out = base.clone();
     let mut failed = Vec::new();
-    match ws.configs() {
-        Ok(configs) => {
-            for config in configs {
-                match load(ws, &config.name) {
-                    Ok(value) => {
-                        out.insert(config.name, value);
-                    }
-                    Err(error) => failed.push((config.name, error)),
-                }
+    for name in names {
+        match load(ws, &name) {
+            Ok(value) => {
+                out.insert(name, value);
             }
+            Err(error) => failed.push((name, error)),
         }
-        Err(e) => output::warn(&e.to_string()),
     }
     (out, failed)
 }
@@ -183,6 +193,14 @@ fn config_notice(name: &str, error: &ConfigError, had_value: bool) -> String {
     }
 }
 
+/// Warns on stderr and in every browser that config `name` is `error`.
+fn show_notice(hub: &ReloadHub, noticed: &mut BTreeSet<String>, name: &str, error: &ConfigError, had_value: bool) {
+    let text = config_notice(name, error, had_value);
+    output::warn(&text);
+    hub.alert(&alert_source(name), Some(text));
+    noticed.insert(name.to_string());
+}
+
 /// Keeps `context` current, and reloads pages once a new config value is
 /// in it (rather than `ReloadHub::follow_configs`, which could tell
 /// browsers before the context has the value). Shows a notice in the
@@ -198,17 +216,11 @@ fn follow_configs(
     let mut events = manager.subscribe();
     let (ws, context, hub) = (ws.clone(), context.clone(), hub.clone());
     let config_dir = ws.config_dir();
-    let notify = move |hub: &ReloadHub, noticed: &mut BTreeSet<String>, name: &str, error: &ConfigError, had: bool| {
-        let text = config_notice(name, error, had);
-        output::warn(&text);
-        hub.alert(&alert_source(name), Some(text));
-        noticed.insert(name.to_string());
-    };
     tokio::spawn(async move {
         // The configs whose notice stands.
         let mut noticed = BTreeSet::new();
         for (name, error) in &failed {
-            notify(&hub, &mut noticed, name, error, false);
+            show_notice(&hub, &mut noticed, name, error, false);
         }
         loop {
             // Which configs to load again; `None`: all of them.
@@ -216,7 +228,7 @@ fn follow_configs(
                 Ok(ChangeEvent::ConfigChanged { config_name, .. }) => Some(vec![config_name]),
                 Ok(ChangeEvent::ValidationFailed { config_name, error }) => {
                     let had = context.load().contains_key(&config_name);
-                    notify(&hub, &mut noticed, &config_name, &error, had);
+                    show_notice(&hub, &mut noticed, &config_name, &error, had);
                     continue;
                 }
                 // Maybe one with a notice is back as it was: no new value,
@@ -230,19 +242,7 @@ fn follow_configs(
             };
             let (ws2, current) = (ws.clone(), context.load_full());
             let loaded = tokio::task::spawn_blocking(move || match names {
-                Some(names) => {
-                    let mut values = Map::clone(&current);
-                    let mut failed = Vec::new();
-                    for name in names {
-                        match load(&ws2, &name) {
-                            Ok(value) => {
-                                values.insert(name, value);
-                            }
-                            Err(error) => failed.push((name, error)),
-                        }
-                    }
-                    (values, failed)
-                }
+                Some(names) => load_some(&ws2, names, &current),
                 None => load_all(&ws2, &current),
             })
             .await;
