@@ -497,11 +497,23 @@ pub fn router(hub: ReloadHub) -> Router {
         .with_state(hub)
 }
 
-async fn script() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
-        crate::client::CLIENT_JS,
-    )
+/// Revalidated on every page load (`no-cache`), so an `ETag` makes that a
+/// 304: every reload fetches the page, and its client connects sooner.
+async fn script(headers: axum::http::HeaderMap) -> Response {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let etag =
+        ETAG.get_or_init(|| format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(crate::client::CLIENT_JS.as_bytes())));
+    let cache = [(header::CACHE_CONTROL, "no-cache"), (header::ETAG, etag.as_str())];
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == etag || tag.trim() == "*");
+    if matches {
+        return (axum::http::StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], cache, crate::client::CLIENT_JS).into_response()
 }
 
 async fn websocket(State(hub): State<ReloadHub>, upgrade: WebSocketUpgrade) -> Response {

@@ -238,6 +238,18 @@ async fn the_client_script_is_served_as_javascript() {
     assert!(head.contains("content-type: text/javascript"), "{head}");
     assert!(head.contains("cache-control: no-cache"), "{head}");
     assert_eq!(body, relive_web::CLIENT_JS);
+
+    // Revalidated on every page load: its ETag makes that a 304 without a body.
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("an etag").to_string();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /livereload.js HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: \"x\", {etag}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 304"), "{response}");
+    assert!(response.ends_with("\r\n\r\n"), "no body: {response}");
     server.manager.shutdown().await.unwrap();
 }
 
