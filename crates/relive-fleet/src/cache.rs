@@ -87,6 +87,50 @@ impl Cache {
     }
 }
 
+/// Writes a [`Cache`] on a thread of its own, so that no version waits for
+/// the previous one's fsyncs. Stores of one config queued while a write is
+/// under way collapse into the newest: the cache holds the last applied
+/// value, not a history.
+#[derive(Debug)]
+pub(crate) struct CacheWriter {
+    tx: Option<std::sync::mpsc::Sender<Cached>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CacheWriter {
+    pub(crate) fn start(cache: Cache) -> std::io::Result<CacheWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<Cached>();
+        let thread = std::thread::Builder::new().name("relive-fleet-cache".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut newest = std::collections::BTreeMap::new();
+                newest.insert(first.name.clone(), first);
+                newest.extend(rx.try_iter().map(|c| (c.name.clone(), c)));
+                for c in newest.values() {
+                    if let Err(e) = cache.store(&c.name, c.version, &c.value) {
+                        tracing::warn!(config = %c.name, error = %e, "could not write the fleet cache");
+                    }
+                }
+            }
+        })?;
+        Ok(CacheWriter { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Queues `value` as config `name`'s cached value; returns at once.
+    pub(crate) fn store(&self, name: &str, version: u64, value: &[u8]) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Cached { name: name.to_string(), version, value: value.to_vec() });
+        }
+    }
+
+    /// Writes everything queued, then stops the thread.
+    pub(crate) async fn finish(mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +153,22 @@ mod tests {
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
         assert_eq!(leftovers.count(), 0, "temp files are renamed away");
+    }
+
+    #[tokio::test]
+    async fn the_writer_stores_the_newest_value_of_each_config_before_it_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf());
+        let writer = CacheWriter::start(cache.clone()).unwrap();
+        for v in 1..=50 {
+            writer.store("server", v, format!("port = {v}").as_bytes());
+        }
+        writer.store("db", 3, b"x");
+        writer.finish().await;
+        let got = cache.load();
+        let names: Vec<_> = got.iter().map(|c| (c.name.as_str(), c.version)).collect();
+        assert_eq!(names, [("db", 3), ("server", 50)]);
+        assert_eq!(got[1].value, b"port = 50");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::time::timeout;
 
 use crate::Error;
 use crate::backoff::{Backoff, jitter};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheWriter};
 use crate::layout::{Canary, Layout, State, Status, check_instance_id, decode_config};
 
 /// Called with each version an instance applies, before it acknowledges
@@ -168,7 +168,9 @@ impl EtcdSource {
             backoff: Backoff::new(self.backoff_min, self.backoff_max),
             opts: self,
             manager,
-            cache: Cache::new(cache_dir),
+            cache: Cache::new(cache_dir.clone()),
+            cache_writer: CacheWriter::start(Cache::new(cache_dir.clone()))
+                .map_err(|source| Error::Io { path: cache_dir, source })?,
             events: events.clone(),
             revision: 0,
             stable: BTreeMap::new(),
@@ -317,6 +319,8 @@ struct Worker {
     opts: EtcdSource,
     manager: HotReloadManager,
     cache: Cache,
+    /// Stores applied values in `cache` off the path of the next version.
+    cache_writer: CacheWriter,
     events: broadcast::Sender<SourceEvent>,
     backoff: Backoff,
     /// Every event up to this revision has been handled; 0: nothing read
@@ -336,7 +340,14 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut session: Option<Session>, mut stop: oneshot::Receiver<()>) {
+    /// Serves until stopped, then writes what the cache still has queued.
+    async fn run(mut self, session: Option<Session>, stop: oneshot::Receiver<()>) {
+        self.serve_until_stopped(session, stop).await;
+        let Worker { cache_writer, .. } = self;
+        cache_writer.finish().await;
+    }
+
+    async fn serve_until_stopped(&mut self, mut session: Option<Session>, mut stop: oneshot::Receiver<()>) {
         loop {
             let mut current = match session.take() {
                 Some(s) => s,
@@ -580,8 +591,9 @@ impl Worker {
         let name = name.to_string();
         let applied = self.apply(&name, value, version as u64).await?;
         self.versions.insert(name.clone(), version);
-        // Acknowledge first: the cache is only the fallback for a boot
-        // without etcd, and its two fsyncs would delay every acknowledgement.
+        // Acknowledge, then queue the cache write: the cache is only the
+        // fallback for a boot without etcd, and its fsyncs would delay this
+        // acknowledgement and the next version.
         let acked = match client {
             Some((client, lease)) => {
                 let key = self.opts.layout.status_key(&self.opts.instance, &name).expect("checked names");
@@ -592,12 +604,7 @@ impl Worker {
             None => Ok(()),
         };
         if applied {
-            let cache = self.cache.clone();
-            let (n, v) = (name.clone(), value.to_vec());
-            let stored = tokio::task::spawn_blocking(move || cache.store(&n, version as u64, &v)).await;
-            if let Ok(Err(e)) | Err(e) = stored.map_err(std::io::Error::other) {
-                tracing::warn!(config = %name, error = %e, "could not write the fleet cache");
-            }
+            self.cache_writer.store(&name, version as u64, value);
         }
         acked
     }

@@ -296,8 +296,8 @@ async fn boot_with_etcd_down_serves_the_cached_value() {
     let (dir, ws) = workspace();
     let fleet = source(&etcd.endpoint(), "web-1").start(&ws).await.unwrap();
     let v2 = put(&mut client, "server", "port = 2\nworkers = 2\n").await;
-    // The status is written after the cache.
     status_for(&client, "web-1", v2).await;
+    // A clean shutdown writes the cache's queue first.
     fleet.shutdown().await;
     ws.manager().unwrap().shutdown().await.unwrap();
     drop(ws);
