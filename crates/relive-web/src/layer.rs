@@ -55,6 +55,7 @@ pub struct LiveReloadLayer {
 struct Config {
     enabled: bool,
     max_body: usize,
+    hub: Option<ReloadHub>,
 }
 
 impl Default for LiveReloadLayer {
@@ -70,7 +71,7 @@ impl LiveReloadLayer {
 
     /// An enabled layer with the default cap.
     pub fn new() -> LiveReloadLayer {
-        LiveReloadLayer { config: Arc::new(Config { enabled: true, max_body: Self::DEFAULT_MAX_BODY }) }
+        LiveReloadLayer { config: Arc::new(Config { enabled: true, max_body: Self::DEFAULT_MAX_BODY, hub: None }) }
     }
 
     /// Whether to inject at all. A disabled layer passes every response
@@ -86,6 +87,15 @@ impl LiveReloadLayer {
     /// Larger pages are streamed through untouched.
     pub fn max_body(mut self, bytes: usize) -> LiveReloadLayer {
         Arc::make_mut(&mut self.config).max_body = bytes;
+        self
+    }
+
+    /// Stamps each page with `hub`'s change count, read before the
+    /// application handles the request (see [`inject_at`](crate::inject_at)):
+    /// a page that misses a change while it loads is reloaded when its
+    /// client connects. [`LiveReloadExt::live_reload_with`] sets it.
+    pub fn hub(mut self, hub: ReloadHub) -> LiveReloadLayer {
+        Arc::make_mut(&mut self.config).hub = Some(hub);
         self
     }
 
@@ -135,13 +145,16 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let head = request.method() == Method::HEAD;
         let config = Arc::clone(&self.config);
+        // Read before the page is made: a change after this point is one
+        // the page may not show, and its client will say so.
+        let changes = config.hub.as_ref().map(ReloadHub::changes);
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             if !config.enabled || head || !injectable(&response) {
                 return Ok(response.map(Body::new));
             }
-            Ok(inject_response(response, config.max_body).await)
+            Ok(inject_response(response, config.max_body, changes).await)
         })
     }
 }
@@ -184,7 +197,7 @@ fn is_html(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn inject_response<B>(response: Response<B>, max_body: usize) -> Response<Body>
+async fn inject_response<B>(response: Response<B>, max_body: usize, changes: Option<u64>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -195,7 +208,7 @@ where
     }
     match read_up_to(Body::new(body), max_body).await {
         Read::Whole(html) => {
-            let html = inject_bytes(&html);
+            let html = inject_bytes(&html, changes);
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(html.len()));
             Response::from_parts(parts, Body::from(html))
         }
@@ -244,16 +257,21 @@ async fn read_up_to(mut body: Body, max_body: usize) -> Read {
     Read::Partial(body)
 }
 
-/// [`inject`](crate::inject) on bytes. UTF-8 goes straight in; anything
+/// [`inject`](crate::inject) (or [`inject_at`](crate::inject_at) with a
+/// change count) on bytes. UTF-8 goes straight in; anything
 /// else (an ASCII-compatible charset such as `windows-1252`) is read as
 /// Latin-1, which maps every byte to one char and back, so only the ASCII
 /// tag is added and no other byte changes.
-fn inject_bytes(html: &[u8]) -> Bytes {
+fn inject_bytes(html: &[u8], changes: Option<u64>) -> Bytes {
+    let inject = |text: &str| match changes {
+        Some(n) => crate::inject_at(text, n),
+        None => crate::inject(text),
+    };
     match std::str::from_utf8(html) {
-        Ok(text) => Bytes::from(crate::inject(text)),
+        Ok(text) => Bytes::from(inject(text)),
         Err(_) => {
             let text: String = html.iter().map(|&b| char::from(b)).collect();
-            let injected = crate::inject(&text);
+            let injected = inject(&text);
             Bytes::from(
                 injected.chars().map(|c| u8::try_from(c).expect("latin-1 chars are bytes")).collect::<Vec<u8>>(),
             )
@@ -288,7 +306,7 @@ impl LiveReloadExt for Router {
         if !layer.is_enabled() {
             return self;
         }
-        self.merge(router(hub)).layer(layer)
+        self.merge(router(hub.clone())).layer(layer.hub(hub))
     }
 }
 
@@ -388,7 +406,8 @@ mod tests {
         let mut expected = b"<p>caf\xe9</p>".to_vec();
         expected.extend_from_slice(crate::SCRIPT_TAG.as_bytes());
         expected.extend_from_slice(b"</BODY>\xff");
-        assert_eq!(inject_bytes(latin1), expected);
-        assert_eq!(inject_bytes("<body>é</body>".as_bytes()), crate::inject("<body>é</body>"));
+        assert_eq!(inject_bytes(latin1, None), expected);
+        assert_eq!(inject_bytes("<body>é</body>".as_bytes(), None), crate::inject("<body>é</body>"));
+        assert_eq!(inject_bytes("<body>é</body>".as_bytes(), Some(7)), crate::inject_at("<body>é</body>", 7));
     }
 }

@@ -131,6 +131,7 @@ struct Server {
     bare: SocketAddr,
     root: PathBuf,
     manager: relive::HotReloadManager,
+    hub: ReloadHub,
     _templates: Templates,
     _assets: Assets,
     _dir: tempfile::TempDir,
@@ -163,9 +164,25 @@ async fn serve() -> Server {
     hub.follow_assets(&assets);
     hub.follow_configs(&manager);
     let state = AppState { site, build: "test" };
-    let addr = listen(app(state.clone()).live_reload_with(hub, LiveReloadLayer::new().max_body(MAX_BODY))).await;
+    let addr =
+        listen(app(state.clone()).live_reload_with(hub.clone(), LiveReloadLayer::new().max_body(MAX_BODY))).await;
     let bare = listen(app(state)).await;
-    Server { addr, bare, root, manager, _templates: templates, _assets: assets, _dir: dir }
+    Server { addr, bare, root, manager, hub, _templates: templates, _assets: assets, _dir: dir }
+}
+
+impl Server {
+    /// The script tag the layer injects now: stamped with the hub's change
+    /// count (see `relive_web::inject_at`).
+    fn tag(&self) -> String {
+        relive_web::inject_at("", self.hub.changes())
+    }
+}
+
+/// The start of every script tag the layer injects, stamped or not.
+const TAG_START: &str = r#"<script src="/livereload.js""#;
+
+fn tags_in(body: &[u8]) -> usize {
+    body.windows(TAG_START.len()).filter(|w| *w == TAG_START.as_bytes()).count()
 }
 
 /// An HTTP/1.1 response, read whole from a real socket.
@@ -244,11 +261,11 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The response with the layer, checked to be the bare one with
-/// [`SCRIPT_TAG`] once and a `Content-Length` that is the body's.
+/// The response with the layer, checked to have the script tag once and a
+/// `Content-Length` that is the body's.
 async fn injected(server: &Server, path: &str) -> Reply {
     let reply = request(server.addr, "GET", path, &[]).await;
-    assert_eq!(reply.body.windows(SCRIPT_TAG.len()).filter(|w| *w == SCRIPT_TAG.as_bytes()).count(), 1, "{reply:?}");
+    assert_eq!(tags_in(&reply.body), 1, "{reply:?}");
     assert_eq!(reply.header("content-length"), Some(reply.body.len().to_string().as_str()), "{reply:?}");
     assert_eq!(reply.header("transfer-encoding"), None);
     let bare = request(server.bare, "GET", path, &[]).await;
@@ -261,37 +278,38 @@ async fn untouched(server: &Server, method: &str, path: &str, extra: &[(&str, &s
     let reply = request(server.addr, method, path, extra).await;
     let bare = request(server.bare, method, path, extra).await;
     assert_eq!(reply, bare, "{method} {path} {extra:?}");
-    assert!(!reply.body.windows(SCRIPT_TAG.len()).any(|w| w == SCRIPT_TAG.as_bytes()));
+    assert_eq!(tags_in(&reply.body), 0);
     reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn html_responses_get_the_script_once_before_the_last_body_with_content_length_fixed() {
     let server = serve().await;
+    let tag = server.tag();
     let page = injected(&server, "/page").await;
-    assert_eq!(page.text(), format!("<html><body><p>hi</p>{SCRIPT_TAG}</body></html>"));
+    assert_eq!(page.text(), format!("<html><body><p>hi</p>{tag}</body></html>"));
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
 
     let fragment = injected(&server, "/fragment").await;
-    assert_eq!(fragment.text(), format!("<p>no body here{SCRIPT_TAG}"), "at the end without </body>");
+    assert_eq!(fragment.text(), format!("<p>no body here{tag}"), "at the end without </body>");
 
     let has = injected(&server, "/has-script").await;
-    assert_eq!(has.text(), format!("<body>{SCRIPT_TAG}</body>"), "a page with the script keeps one");
+    assert_eq!(has.text(), format!("<body>{tag}</body>"), "a page with the script keeps one");
 
     let explicit = injected(&server, "/explicit-length").await;
-    assert_eq!(explicit.text(), format!("<body>twenty{SCRIPT_TAG}</body>\n"));
+    assert_eq!(explicit.text(), format!("<body>twenty{tag}</body>\n"));
 
     let latin1 = injected(&server, "/latin1").await;
     let mut expected = b"<body>caf\xe9".to_vec();
-    expected.extend_from_slice(SCRIPT_TAG.as_bytes());
+    expected.extend_from_slice(tag.as_bytes());
     expected.extend_from_slice(b"</body>\xff");
     assert_eq!(latin1.body, expected, "a windows-1252 page keeps its bytes");
 
     let streamed = injected(&server, "/streamed").await;
-    assert_eq!(streamed.text(), format!("<html><body><p>streamed</p>{SCRIPT_TAG}</body></html>"));
+    assert_eq!(streamed.text(), format!("<html><body><p>streamed</p>{tag}</body></html>"));
 
     let missing = injected(&server, "/no-such-page").await;
-    assert_eq!((missing.status, missing.text()), (404, format!("<body>not found{SCRIPT_TAG}</body>").as_str()));
+    assert_eq!((missing.status, missing.text()), (404, format!("<body>not found{tag}</body>").as_str()));
     server.manager.shutdown().await.unwrap();
 }
 
@@ -347,7 +365,7 @@ async fn server_sent_events_and_pages_marked_no_inject_stream_through_at_once() 
     let events = read_until(server.addr, "/events", "data: one").await;
     assert!(events.to_ascii_lowercase().contains("content-type: text/event-stream"), "{events}");
     let page = read_until(server.addr, "/no-inject", "<p>first</p>").await;
-    assert!(!page.contains(SCRIPT_TAG));
+    assert!(!page.contains(TAG_START));
     server.manager.shutdown().await.unwrap();
 }
 
@@ -476,7 +494,7 @@ async fn the_example_app_serves_its_page_with_the_script_and_follows_its_config(
     let page = request(addr, "GET", "/", &[]).await;
     assert_eq!(page.status, 200);
     assert!(page.text().contains("<h1 id=\"title\">relive + axum</h1>"), "{}", page.text());
-    assert!(page.text().contains(&format!("{SCRIPT_TAG}</body>")), "{}", page.text());
+    assert!(page.text().contains("data-relive-changes=\"0\"></script></body>"), "stamped: {}", page.text());
     assert_eq!(page.header("content-length"), Some(page.body.len().to_string().as_str()));
     let api = request(addr, "GET", "/api/config", &[]).await;
     assert_eq!(api.header("content-type"), Some("application/json"));
