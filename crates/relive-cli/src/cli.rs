@@ -128,7 +128,7 @@ pub enum FleetCommand {
     Push(FleetPushArgs),
     /// Publish the canary in progress to every instance.
     #[command(after_help = EXIT_CODES)]
-    Promote(FleetNameArgs),
+    Promote(FleetPromoteArgs),
     /// End the canary in progress: its instances return to the config's
     /// version.
     #[command(after_help = EXIT_CODES)]
@@ -173,6 +173,8 @@ pub struct FleetPushArgs {
     /// abort.
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub canary_instances: Option<Vec<String>>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// A fleet command about one config.
@@ -193,6 +195,28 @@ pub struct FleetRollbackArgs {
     /// Only if the config is at this version now.
     #[arg(long, value_name = "REV")]
     pub expect: Option<u64>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `relive fleet promote`.
+#[derive(Debug, Args)]
+pub struct FleetPromoteArgs {
+    /// The config's name.
+    pub name: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `--wait`: stay until the instances answered the new version.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Then wait until every instance that is to run the new version has
+    /// applied or rejected it, at most SECS seconds (60 without a value).
+    /// Exit 1 if any rejected it (with the reasons), 3 if some did not
+    /// answer in time.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+    pub wait: Option<u64>,
 }
 
 /// `relive fleet versions`.

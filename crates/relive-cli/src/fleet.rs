@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anstyle::{AnsiColor, Style};
 use relive_fleet::{Admin, Agent, Canaries, Draft, EtcdSource, Expect, Fleet, FleetStatus, SourceEvent, SyncState};
@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
     FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRollbackArgs, FleetStatusArgs, FleetVersionsArgs,
+    WaitArgs,
 };
 use crate::exit::{Exit, Failure, Result};
 use crate::output;
@@ -47,7 +48,7 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
                 "promoted {}: version {} (the canary's document, was canary version {})",
                 a.name, promoted.version, promoted.canary_version
             );
-            Ok(Exit::Ok)
+            wait_if_asked(&fleet, &a.name, promoted.version, &a.wait).await
         }
         FleetCommand::Abort(a) => {
             let aborted = fleet.abort(&a.name).await.map_err(failure)?;
@@ -130,6 +131,7 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
         None => {
             let pushed = fleet.push(&args.name, &draft, expect(args.expect)).await.map_err(failure)?;
             print_pushed(&pushed);
+            wait_if_asked(fleet, &args.name, pushed.version, &args.wait).await
         }
         Some(canaries) => {
             let canary = fleet.canary(&args.name, &draft, expect(args.expect), &canaries).await.map_err(failure)?;
@@ -142,9 +144,55 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
                 args.name,
                 args.name
             );
+            wait_if_asked(fleet, &args.name, canary.version, &args.wait).await
         }
     }
-    Ok(Exit::Ok)
+}
+
+/// How often `--wait` reads the fleet's status.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// With `--wait`, waits until every instance that is to run `version` of
+/// config `name` has answered it: exit 0 if all applied it, 1 if any
+/// rejected it (each reason printed), 3 if some had not answered in time.
+async fn wait_if_asked(fleet: &Fleet, name: &str, version: u64, wait: &WaitArgs) -> Result<Exit> {
+    let Some(secs) = wait.wait else { return Ok(Exit::Ok) };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let status = fleet.status().await.map_err(failure)?.only(name);
+        let targets: Vec<_> = status.instances.iter().filter(|i| i.target == Some(version)).collect();
+        if targets.is_empty() {
+            output::note(&format!("no instance is to run {name} version {version}: nothing to wait for"));
+            return Ok(Exit::Ok);
+        }
+        let pending: Vec<&str> =
+            targets.iter().filter(|i| i.state == SyncState::Stale).map(|i| i.instance.as_str()).collect();
+        if pending.is_empty() {
+            let rejected: Vec<_> = targets.iter().filter(|i| i.state == SyncState::Rejected).collect();
+            println!(
+                "{name} version {version}: {} applied, {} rejected",
+                targets.len() - rejected.len(),
+                rejected.len()
+            );
+            for r in &rejected {
+                output::error(&format!(
+                    "{} rejected {name} version {version}: {}",
+                    r.instance,
+                    r.error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            return Ok(if rejected.is_empty() { Exit::Ok } else { Exit::Invalid });
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::runtime(format!(
+                "{name} version {version}: {} of {} instances did not answer within {secs} s: {}",
+                pending.len(),
+                targets.len(),
+                pending.join(", ")
+            )));
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
 }
 
 fn print_pushed(pushed: &relive_fleet::Pushed) {
@@ -186,7 +234,7 @@ async fn run_rollback(fleet: &Fleet, args: FleetRollbackArgs) -> Result<Exit> {
         print!("rolled back to {}'s document; ", args.to);
     }
     print_pushed(&pushed);
-    Ok(Exit::Ok)
+    wait_if_asked(fleet, &args.name, pushed.version, &args.wait).await
 }
 
 /// `relive fleet versions NAME`.

@@ -68,10 +68,17 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(ws: &Ws, etcd: &Etcd, dir: &Path, instance: &str) -> AgentProc {
+        AgentProc::start_with(ws, etcd, dir, instance, &[])
+    }
+
+    /// An agent with `extra` arguments.
+    fn start_with(ws: &Ws, etcd: &Etcd, dir: &Path, instance: &str, extra: &[&str]) -> AgentProc {
         let log = tempfile::NamedTempFile::new().unwrap();
         let dir = dir.to_str().unwrap();
         let endpoint = etcd.endpoint();
-        let args = ["fleet", "--endpoints", &endpoint, "--prefix", PREFIX, "agent", dir, "--instance", instance];
+        let mut args =
+            vec!["fleet", "--endpoints", &endpoint, "--prefix", PREFIX, "agent", dir, "--instance", instance];
+        args.extend_from_slice(extra);
         let child = ws
             .relive(&args)
             .arg("--host")
@@ -100,6 +107,15 @@ impl AgentProc {
             assert!(Instant::now() < deadline, "the agent did not exit after SIGTERM: {}", self.log());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl AgentProc {
+    /// SIGKILL, like a crash: no clean shutdown, the status stays.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
 
@@ -298,4 +314,65 @@ fn completions_include_the_fleet_commands() {
     assert!(script.contains("fleet") && script.contains("--canary-instances"), "bash completions");
     let help = ws.run(&["fleet", "push", "--help"]).stdout();
     assert!(help.contains("4  conflict"), "{help}");
+}
+
+#[test]
+fn push_wait_exits_0_once_all_applied_and_1_with_the_reason_when_one_rejects() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\nworkers = 1\n");
+    let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"]));
+    // Two instances: an agent, which checks syntax only, and a service
+    // whose stream refuses `workers = 0`.
+    let site = Ws::new();
+    let _agent = AgentProc::start(&ws, &etcd, site.root(), "agent");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let service = Ws::new();
+    let (_source, _stream) = rt.block_on(async {
+        let w = relive::Workspace::new(service.root());
+        let source = etcd::source(&etcd.endpoint(), PREFIX, "service").start(&w).await.unwrap();
+        let stream = w
+            .config::<Value>("server")
+            .validate(|v: &Value| {
+                if v["workers"] == 0 {
+                    Err(relive::ValidationError::at("workers", "must be at least 1"))
+                } else {
+                    Ok(())
+                }
+            })
+            .watch()
+            .await
+            .unwrap();
+        (source, stream)
+    });
+    wait_row(&ws, &etcd, "agent", v1, "SYNCED");
+    wait_row(&ws, &etcd, "service", v1, "SYNCED");
+
+    ws.write("server.toml", "port = 2\nworkers = 2\n");
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30"]);
+    let v2 = version_in(&out);
+    assert!(out.contains(&format!("server version {v2}: 2 applied, 0 rejected")), "{out}");
+
+    ws.write("server.toml", "port = 3\nworkers = 0\n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30"]);
+    let v3 = version_in(&run.stdout());
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    assert!(run.stdout().contains(&format!("server version {v3}: 1 applied, 1 rejected")), "{}", run.stdout());
+    let reason = format!("service rejected server version {v3}: ");
+    assert!(run.stderr().contains(&reason) && run.stderr().contains("must be at least 1"), "{}", run.stderr());
+    let row = wait_row(&ws, &etcd, "service", v2, "REJECTED");
+    assert_eq!(row["target"].as_u64(), Some(v3));
+
+    // An instance that died (SIGKILL: its status stays until its lease
+    // expires, 60 s here) never answers: the wait ends at its limit.
+    let crashed = Ws::new();
+    let mut agent = AgentProc::start_with(&ws, &etcd, crashed.root(), "crashed", &["--lease-ttl", "60"]);
+    wait_row(&ws, &etcd, "crashed", v3, "SYNCED");
+    agent.kill();
+    ws.write("server.toml", "port = 4\nworkers = 4\n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "1"]);
+    assert_eq!(run.code(), 3, "{}{}", run.stdout(), run.stderr());
+    let v4 = version_in(&run.stdout());
+    let says = format!("server version {v4}: 1 of 3 instances did not answer within 1 s: crashed");
+    assert!(run.stderr().contains(&says), "{}", run.stderr());
 }
