@@ -9,6 +9,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use crate::layout::check_config_name;
 
@@ -87,10 +89,17 @@ impl Cache {
     }
 }
 
+/// How often, at most, the cache is written while versions keep coming:
+/// each write creates a file and fsyncs twice, and a cache some
+/// milliseconds behind costs nothing (an instance that boots from it
+/// catches up from etcd).
+const WRITE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Writes a [`Cache`] on a thread of its own, so that no version waits for
 /// the previous one's fsyncs. Stores of one config queued while a write is
-/// under way collapse into the newest: the cache holds the last applied
-/// value, not a history.
+/// under way, or within [`WRITE_INTERVAL`] of the last write, collapse into
+/// the newest: the cache holds the last applied value, not a history. A
+/// stop writes what is queued at once.
 #[derive(Debug)]
 pub(crate) struct CacheWriter {
     tx: Option<std::sync::mpsc::Sender<Cached>>,
@@ -101,15 +110,27 @@ impl CacheWriter {
     pub(crate) fn start(cache: Cache) -> std::io::Result<CacheWriter> {
         let (tx, rx) = std::sync::mpsc::channel::<Cached>();
         let thread = std::thread::Builder::new().name("relive-fleet-cache".into()).spawn(move || {
+            let mut last_write: Option<Instant> = None;
             while let Ok(first) = rx.recv() {
                 let mut newest = std::collections::BTreeMap::new();
                 newest.insert(first.name.clone(), first);
+                // A write soon after the last one waits out the interval,
+                // taking in what else arrives (unless the source stopped).
+                if let Some(until) = last_write.map(|t| t + WRITE_INTERVAL) {
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        match rx.recv_timeout(left) {
+                            Ok(c) => drop(newest.insert(c.name.clone(), c)),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                }
                 newest.extend(rx.try_iter().map(|c| (c.name.clone(), c)));
                 for c in newest.values() {
                     if let Err(e) = cache.store(&c.name, c.version, &c.value) {
                         tracing::warn!(config = %c.name, error = %e, "could not write the fleet cache");
                     }
                 }
+                last_write = Some(Instant::now());
             }
         })?;
         Ok(CacheWriter { tx: Some(tx), thread: Some(thread) })
