@@ -291,6 +291,11 @@ pub struct ServeArgs {
     /// Do not record config versions in the workspace's history (data/history/).
     #[arg(long)]
     pub no_history: bool,
+    /// Also speak the LiveReload protocol on this port of --host, where the
+    /// LiveReload browser extensions look (35729); 0 turns it off. A port
+    /// in use is reported and skipped.
+    #[arg(long, value_name = "P", default_value_t = 35729)]
+    pub livereload_port: u16,
 }
 
 const SERVE_EXAMPLES: &str = "\
