@@ -139,6 +139,9 @@ pub enum FleetCommand {
     /// List the versions of a config that etcd still holds, newest first.
     #[command(after_help = EXIT_CODES)]
     Versions(FleetVersionsArgs),
+    /// Print a version's document (the current one by default), as pushed.
+    #[command(after_help = EXIT_CODES)]
+    Show(FleetShowArgs),
     /// Each instance's version and state per config: SYNCED, STALE,
     /// REJECTED (with the reason).
     #[command(after_help = EXIT_CODES)]
@@ -157,10 +160,14 @@ pub struct FleetPushArgs {
     /// The file to publish; its extension gives the format (.toml, .yaml,
     /// .yml, .json).
     pub file: PathBuf,
-    /// Publish only if the config is at this version (0: only if it does
-    /// not exist). Default: the version read just before publishing.
+    /// Publish only if the config is still at this version, the one you
+    /// reviewed (`relive fleet show NAME`); 0: only if it does not exist.
+    /// Required once the config exists, unless --force.
     #[arg(long, value_name = "REV")]
     pub expect: Option<u64>,
+    /// Replace whatever version is current, without --expect.
+    #[arg(long, conflicts_with = "expect")]
+    pub force: bool,
     /// Check the document against this JSON Schema first. Default:
     /// `<stem>.schema.json` next to FILE, if there is one.
     #[arg(long, value_name = "FILE")]
@@ -192,9 +199,12 @@ pub struct FleetRollbackArgs {
     /// The version to publish again (from `relive fleet versions NAME`).
     #[arg(long, value_name = "REV")]
     pub to: u64,
-    /// Only if the config is at this version now.
+    /// Only if the config is at this version now. Required unless --force.
     #[arg(long, value_name = "REV")]
     pub expect: Option<u64>,
+    /// Replace whatever version is current, without --expect.
+    #[arg(long, conflicts_with = "expect")]
+    pub force: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -230,6 +240,16 @@ pub struct FleetVersionsArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `relive fleet show`.
+#[derive(Debug, Args)]
+pub struct FleetShowArgs {
+    /// The config's name.
+    pub name: String,
+    /// The version; default: the current one.
+    #[arg(value_name = "REV")]
+    pub rev: Option<u64>,
 }
 
 /// `relive fleet status`.

@@ -16,8 +16,8 @@ use relive_fleet::{Admin, Agent, Canaries, Draft, EtcdSource, Expect, Fleet, Fle
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
-    FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRollbackArgs, FleetStatusArgs, FleetVersionsArgs,
-    WaitArgs,
+    FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRollbackArgs, FleetShowArgs, FleetStatusArgs,
+    FleetVersionsArgs, WaitArgs,
 };
 use crate::exit::{Exit, Failure, Result};
 use crate::output;
@@ -60,6 +60,7 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
         }
         FleetCommand::Rollback(rollback) => run_rollback(&fleet, rollback).await,
         FleetCommand::Versions(versions) => run_versions(&fleet, versions).await,
+        FleetCommand::Show(show) => run_show(&fleet, show).await,
         FleetCommand::Status(status) => run_status(&fleet, status).await,
         FleetCommand::Agent(_) => unreachable!("handled above"),
     }
@@ -103,8 +104,27 @@ fn failure(error: relive_fleet::Error) -> Failure {
     Failure { exit, message }
 }
 
-fn expect(rev: Option<u64>) -> Expect {
-    rev.map_or(Expect::Current, Expect::Version)
+/// The version a write must find. `--expect N` is exact; without it a
+/// config that does not exist yet must still not exist, and one that does
+/// needs `--force`: reading the version just before writing would let two
+/// operators overwrite each other without a word.
+async fn expect(fleet: &Fleet, name: &str, rev: Option<u64>, force: bool) -> Result<Expect> {
+    match (rev, force) {
+        (Some(rev), _) => Ok(Expect::Version(rev)),
+        (None, true) => Ok(Expect::Current),
+        (None, false) => match fleet.versions(name, 1).await.map_err(failure)?.versions.first() {
+            None => Ok(Expect::Version(0)),
+            Some(current) => Err(Failure {
+                exit: Exit::Usage,
+                message: format!(
+                    "{name} exists (version {v}): review it (`relive fleet show {name}`), then write with \
+                     --expect {v}, so that a change someone made meanwhile is not overwritten; or --force \
+                     to replace whatever is current",
+                    v = current.version
+                ),
+            }),
+        },
+    }
 }
 
 /// `relive fleet push NAME FILE`.
@@ -129,12 +149,14 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
     };
     match canaries {
         None => {
-            let pushed = fleet.push(&args.name, &draft, expect(args.expect)).await.map_err(failure)?;
+            let expect = expect(fleet, &args.name, args.expect, args.force).await?;
+            let pushed = fleet.push(&args.name, &draft, expect).await.map_err(failure)?;
             print_pushed(&pushed);
             wait_if_asked(fleet, &args.name, pushed.version, &args.wait).await
         }
         Some(canaries) => {
-            let canary = fleet.canary(&args.name, &draft, expect(args.expect), &canaries).await.map_err(failure)?;
+            let expect = expect(fleet, &args.name, args.expect, args.force).await?;
+            let canary = fleet.canary(&args.name, &draft, expect, &canaries).await.map_err(failure)?;
             println!(
                 "canary {}: version {} on {} (the others stay at version {}); then `relive fleet promote {}` or `relive fleet abort {}`",
                 args.name,
@@ -229,12 +251,30 @@ fn invalid(errors: &[relive::ConfigError]) -> Result<Exit> {
 
 /// `relive fleet rollback NAME --to REV`.
 async fn run_rollback(fleet: &Fleet, args: FleetRollbackArgs) -> Result<Exit> {
-    let pushed = fleet.rollback(&args.name, args.to, expect(args.expect)).await.map_err(failure)?;
+    let expect = expect(fleet, &args.name, args.expect, args.force).await?;
+    let pushed = fleet.rollback(&args.name, args.to, expect).await.map_err(failure)?;
     if !pushed.unchanged {
         print!("rolled back to {}'s document; ", args.to);
     }
     print_pushed(&pushed);
     wait_if_asked(fleet, &args.name, pushed.version, &args.wait).await
+}
+
+/// `relive fleet show NAME [REV]`: the document alone on stdout (pipe it
+/// to a file, edit, push with --expect), its version and format on stderr.
+async fn run_show(fleet: &Fleet, args: FleetShowArgs) -> Result<Exit> {
+    let version = match args.rev {
+        Some(rev) => fleet.version(&args.name, rev).await.map_err(failure)?,
+        None => fleet.versions(&args.name, 1).await.map_err(failure)?.versions.into_iter().next().ok_or_else(|| {
+            Failure::invalid(format!("{} is not published under {}", args.name, fleet.layout().prefix()))
+        })?,
+    };
+    let (format, document) = relive_fleet::layout::decode_config(&version.value)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", args.name)))?;
+    output::note(&format!("{} version {} ({})", args.name, version.version, format.name()));
+    let mut out = std::io::stdout().lock();
+    out.write_all(document).and_then(|()| out.flush()).map_err(|e| Failure::runtime(format!("stdout: {e}")))?;
+    Ok(Exit::Ok)
 }
 
 /// `relive fleet versions NAME`.

@@ -187,8 +187,21 @@ fn a_push_checks_the_file_and_a_conflict_exits_4_with_what_to_do() {
     let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", "0"]));
     ws.write("server.toml", "port = 2\n");
     let v2 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]));
-    let out = ok(&ws, &etcd, &["push", "server", "server.toml"]);
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v2.to_string()]);
     assert_eq!(out.trim(), format!("unchanged server: already version {v2}"));
+
+    // Without --expect, an existing config is not replaced by accident...
+    ws.write("server.toml", "port = 9\n");
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    let says =
+        format!("server exists (version {v2}): review it (`relive fleet show server`), then write with --expect {v2}");
+    assert!(run.stderr().contains(&says), "{}", run.stderr());
+    // ...and what to review is one command away: the document as pushed.
+    let show = fleet(&ws, &etcd, &["show", "server"]);
+    assert_eq!((show.code(), show.stdout()), (0, "port = 2\n".to_string()));
+    assert!(show.stderr().contains(&format!("server version {v2} (toml)")), "{}", show.stderr());
+    assert_eq!(ok(&ws, &etcd, &["show", "server", &v1.to_string()]), "port = 1\n");
 
     // A second operator who read version v1.
     ws.write("server.toml", "port = 3\n");
@@ -241,7 +254,8 @@ fn a_canary_through_the_cli_then_promote() {
     wait_row(&ws, &etcd, "b", v1, "SYNCED");
 
     ws.write("server.toml", "port = 2\n");
-    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--canary-instances", "b"]);
+    let out =
+        ok(&ws, &etcd, &["push", "server", "server.toml", "--canary-instances", "b", "--expect", &v1.to_string()]);
     assert!(out.starts_with("canary server: version ") && out.contains(" on b "), "{out}");
     let canary = version_in(&out);
     let row = wait_row(&ws, &etcd, "b", canary, "SYNCED");
@@ -265,7 +279,7 @@ fn a_canary_through_the_cli_then_promote() {
     assert!(table.contains(&format!("canary server: version {canary} on b (others at {v1})")), "{table}");
 
     ws.write("server.toml", "port = 3\n");
-    let run = fleet(&ws, &etcd, &["push", "server", "server.toml"]);
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]);
     assert_eq!(run.code(), 4);
     assert!(run.stderr().contains("a canary of server is in progress"), "{}", run.stderr());
 
@@ -286,9 +300,13 @@ fn rollback_to_an_earlier_version_and_the_versions_list() {
     let mut versions = Vec::new();
     for port in 1..=3 {
         ws.write("server.toml", &format!("port = {port}\n"));
-        versions.push(version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"])));
+        let expect = versions.last().map_or("0".to_string(), u64::to_string);
+        versions.push(version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &expect])));
     }
-    let out = ok(&ws, &etcd, &["rollback", "server", "--to", &versions[0].to_string()]);
+    let to = versions[0].to_string();
+    let run = fleet(&ws, &etcd, &["rollback", "server", "--to", &to]);
+    assert_eq!(run.code(), 2, "a rollback, too, says which version it replaces: {}", run.stderr());
+    let out = ok(&ws, &etcd, &["rollback", "server", "--to", &to, "--expect", &versions[2].to_string()]);
     assert!(out.starts_with(&format!("rolled back to {}'s document; pushed server: version ", versions[0])), "{out}");
     let back = version_in(out.split("; ").nth(1).unwrap());
     let list = ok(&ws, &etcd, &["versions", "server"]);
@@ -300,7 +318,7 @@ fn rollback_to_an_earlier_version_and_the_versions_list() {
     // A revision that is not a version of server.
     ws.write("other.toml", "x = 1\n");
     let other = version_in(&ok(&ws, &etcd, &["push", "other", "other.toml"]));
-    let run = fleet(&ws, &etcd, &["rollback", "server", "--to", &other.to_string()]);
+    let run = fleet(&ws, &etcd, &["rollback", "server", "--to", &other.to_string(), "--force"]);
     assert_eq!(run.code(), 1, "{}", run.stderr());
     assert!(run.stderr().contains(&format!("revision {other} is not a version of server")), "{}", run.stderr());
 }
@@ -349,12 +367,12 @@ fn push_wait_exits_0_once_all_applied_and_1_with_the_reason_when_one_rejects() {
     wait_row(&ws, &etcd, "service", v1, "SYNCED");
 
     ws.write("server.toml", "port = 2\nworkers = 2\n");
-    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30"]);
+    let out = ok(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30", "--expect", &v1.to_string()]);
     let v2 = version_in(&out);
     assert!(out.contains(&format!("server version {v2}: 2 applied, 0 rejected")), "{out}");
 
     ws.write("server.toml", "port = 3\nworkers = 0\n");
-    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30"]);
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "30", "--expect", &v2.to_string()]);
     let v3 = version_in(&run.stdout());
     assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
     assert!(run.stdout().contains(&format!("server version {v3}: 1 applied, 1 rejected")), "{}", run.stdout());
@@ -370,9 +388,38 @@ fn push_wait_exits_0_once_all_applied_and_1_with_the_reason_when_one_rejects() {
     wait_row(&ws, &etcd, "crashed", v3, "SYNCED");
     agent.kill();
     ws.write("server.toml", "port = 4\nworkers = 4\n");
-    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "1"]);
+    let run = fleet(&ws, &etcd, &["push", "server", "server.toml", "--wait", "1", "--force"]);
     assert_eq!(run.code(), 3, "{}{}", run.stdout(), run.stderr());
     let v4 = version_in(&run.stdout());
     let says = format!("server version {v4}: 1 of 3 instances did not answer within 1 s: crashed");
     assert!(run.stderr().contains(&says), "{}", run.stderr());
+}
+
+#[test]
+fn two_operators_pushing_at_once_with_default_flags_never_overwrite_each_other() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("a.toml", "by = \"a\"\n");
+    ws.write("b.toml", "by = \"b\"\n");
+    for round in 0..10 {
+        let name = format!("race{round}");
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| fleet(&ws, &etcd, &["push", &name, "a.toml"]));
+            let b = s.spawn(|| fleet(&ws, &etcd, &["push", &name, "b.toml"]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let (won, lost, doc) = match (a.code(), b.code()) {
+            (0, _) => (&a, &b, "by = \"a\"\n"),
+            (_, 0) => (&b, &a, "by = \"b\"\n"),
+            codes => panic!("round {round}: nobody won {codes:?}: {}{}", a.stderr(), b.stderr()),
+        };
+        // The loser either lost the race inside etcd (4) or came second and
+        // was told the config exists (2); both say why, neither wrote.
+        assert!(matches!(lost.code(), 2 | 4), "round {round}: {} {}", lost.code(), lost.stderr());
+        assert!(lost.stderr().contains("conflict") || lost.stderr().contains("exists"), "{}", lost.stderr());
+        let version = version_in(&won.stdout());
+        assert_eq!(ok(&ws, &etcd, &["show", &name, &version.to_string()]), doc);
+        let versions: Value = serde_json::from_str(&ok(&ws, &etcd, &["versions", &name, "--json"])).unwrap();
+        assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "round {round}: one version: {versions}");
+    }
 }

@@ -88,7 +88,10 @@ impl Admin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// Whatever version it is at when read, just before the write (the
-    /// write still fails if it changes in between).
+    /// write still fails if it changes in between). This overwrites a
+    /// change someone made after the caller last looked: operators' tools
+    /// should pass the version the operator reviewed, as `relive fleet`
+    /// does (it asks for `--expect` or `--force`).
     Current,
     /// This version (`--expect N`); 0: the config must not exist.
     Version(u64),
