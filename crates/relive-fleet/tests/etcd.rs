@@ -289,6 +289,44 @@ async fn a_compacted_revision_is_re_read_after_a_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_the_watch_resumes_from_the_last_revision_seen() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(etcd.addr()).await;
+    let mut client = etcd.client().await;
+    put(&mut client, "server", "port = 1\nworkers = 1\n").await;
+    let (_dir, ws) = workspace();
+    let fleet = source(&proxy.endpoint(), "web-1").start(&ws).await.unwrap();
+    let server = watch_server(&ws).await;
+    let mut events = fleet.subscribe();
+
+    proxy.cut();
+    next_event(&mut events, "a disconnect", |e| matches!(e, SourceEvent::Disconnected { .. }).then_some(())).await;
+    // Written while the instance cannot see them, and not compacted: the
+    // resumed watch must replay both, in order, with no re-read.
+    let v2 = put(&mut client, "server", "port = 2\nworkers = 1\n").await;
+    let v3 = put(&mut client, "server", "port = 3\nworkers = 1\n").await;
+    assert_eq!(server.live().load().port, 1, "nothing arrives through the partition");
+    proxy.heal();
+
+    let mut seen = Vec::new();
+    while seen.last() != Some(&v3) {
+        let version = next_event(&mut events, "the missed versions", |e| match e {
+            SourceEvent::Applied { version, .. } => Some(*version),
+            SourceEvent::Resync { compacted } => {
+                panic!("re-read everything (compacted {compacted}) instead of resuming")
+            }
+            _ => None,
+        })
+        .await;
+        seen.push(version);
+    }
+    assert_eq!(seen, [v2, v3], "every missed version, each once, in order");
+    assert_eq!(server.live().load().port, 3);
+    assert_eq!(status_for(&client, "web-1", v3).await.state, State::Applied);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_with_etcd_down_serves_the_cached_value() {
     let mut etcd = Etcd::start();
     let mut client = etcd.client().await;
