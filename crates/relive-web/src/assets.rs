@@ -12,6 +12,13 @@
 //! fingerprinted ones (`app.3f2a9c1b.css`: the first 8 hex digits of the
 //! content's xxh3). A file whose bytes did not change keeps its entry and
 //! produces no [`AssetChange`].
+//!
+//! A fingerprint that is no longer current (`app.d3d9000b.css` after
+//! `app.css` changed) still answers, with the current content and
+//! `no-cache`: clients that cannot map a logical name to its new
+//! fingerprint, such as livereload-js and the LiveReload browser
+//! extensions, re-fetch the URL the page already links, and a 404 there
+//! would leave the page without its stylesheet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -120,7 +127,11 @@ fn percent_decode(s: &str) -> Option<String> {
 /// hex digits of the hash before the last extension (`app.css` →
 /// `app.3f2a9c1b.css`, `LICENSE` → `LICENSE.3f2a9c1b`).
 pub fn fingerprint(logical: &str, hash: u64) -> String {
-    let digest = &format!("{hash:016x}")[..8];
+    with_digest(logical, &format!("{hash:016x}")[..8])
+}
+
+/// `logical` with `digest` put where [`fingerprint`] puts it.
+fn with_digest(logical: &str, digest: &str) -> String {
     let (dir, file) = match logical.rfind('/') {
         Some(i) => logical.split_at(i + 1),
         None => ("", logical),
@@ -136,7 +147,8 @@ pub fn fingerprint(logical: &str, hash: u64) -> String {
 pub enum CacheControl {
     /// A fingerprinted name: its content never changes under it.
     Immutable,
-    /// A logical name: revalidate every time.
+    /// A logical name, or a fingerprint that is no longer current (served
+    /// with the current content): revalidate every time.
     NoCache,
 }
 
@@ -178,6 +190,33 @@ impl Manifest {
     /// The logical name a fingerprinted name stands for, if it is current.
     pub fn logical(&self, fingerprinted: &str) -> Option<&str> {
         self.by_fingerprint.get(fingerprinted).map(String::as_str)
+    }
+
+    /// The logical name a superseded fingerprinted name stands for: `name`
+    /// has the shape [`fingerprint`] gives (8 lowercase hex digits before
+    /// the last extension, or at the end), is not current, and what it is a
+    /// fingerprint of is an asset now (`app.d3d9000b.css` → `app.css`).
+    pub fn superseded(&self, name: &str) -> Option<&str> {
+        if self.by_fingerprint.contains_key(name) {
+            return None;
+        }
+        let (dir, file) = match name.rfind('/') {
+            Some(i) => name.split_at(i + 1),
+            None => ("", name),
+        };
+        let parts: Vec<&str> = file.split('.').collect();
+        let is_digest = |s: &str| s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        // `stem.DIGEST.ext` (the digest second to last) or `name.DIGEST` (last).
+        let candidates =
+            (parts.len() >= 3).then(|| parts.len() - 2).into_iter().chain((parts.len() >= 2).then(|| parts.len() - 1));
+        candidates.filter(|&i| is_digest(parts[i])).find_map(|i| {
+            let mut rest = parts.clone();
+            rest.remove(i);
+            let logical = format!("{dir}{}", rest.join("."));
+            // Only the exact inverse of `fingerprint` counts.
+            let (key, _) = self.entries.get_key_value(&logical)?;
+            (with_digest(key, parts[i]) == name).then_some(key.as_str())
+        })
     }
 
     /// Every `(logical, fingerprinted)` pair, by logical name.
@@ -305,14 +344,22 @@ impl Assets {
 
     /// Finds the file for `request_path` (relative to the static root, as
     /// for [`resolve`]): a current fingerprinted name maps to its logical
-    /// file and may be cached for good; any other name is served as it is,
-    /// to be revalidated.
+    /// file and may be cached for good; a file of that very name is served
+    /// as it is, to be revalidated; a superseded fingerprint
+    /// ([`Manifest::superseded`]) maps to its logical file's current
+    /// content, to be revalidated; anything else is served as it is. Every
+    /// check of [`resolve`] applies to the request and to the file it maps to.
     pub fn lookup(&self, request_path: &str) -> Result<Asset> {
         let relative = clean(request_path)?;
         let manifest = self.inner.manifest.load();
-        let (logical, cache) = match manifest.logical(&relative) {
-            Some(logical) => (logical.to_string(), CacheControl::Immutable),
-            None => (relative, CacheControl::NoCache),
+        let (logical, cache) = if let Some(logical) = manifest.logical(&relative) {
+            (logical.to_string(), CacheControl::Immutable)
+        } else if manifest.get(&relative).is_some() {
+            (relative, CacheControl::NoCache)
+        } else if let Some(logical) = manifest.superseded(&relative) {
+            (logical.to_string(), CacheControl::NoCache)
+        } else {
+            (relative, CacheControl::NoCache)
         };
         let path = resolve_clean(&self.inner.root, request_path, &logical)?;
         Ok(Asset { path, logical, cache })
@@ -455,6 +502,34 @@ mod tests {
     }
 
     #[test]
+    fn superseded_fingerprints_are_the_exact_inverse_of_fingerprint() {
+        let mut m = Manifest::default();
+        for logical in ["app.css", "js/app.min.js", "LICENSE", "v1.2/readme", "x.3f2a9c1b"] {
+            m.set(logical, Some(0x1111_1111_0000_0000));
+        }
+        assert_eq!(m.superseded("app.d3d9000b.css"), Some("app.css"));
+        assert_eq!(m.superseded("js/app.min.d3d9000b.js"), Some("js/app.min.js"));
+        assert_eq!(m.superseded("LICENSE.d3d9000b"), Some("LICENSE"));
+        assert_eq!(m.superseded("v1.2/readme.d3d9000b"), Some("v1.2/readme"));
+        // `x.3f2a9c1b` is fingerprinted as `x.DIGEST.3f2a9c1b`.
+        assert_eq!(m.superseded("x.d3d9000b.3f2a9c1b"), Some("x.3f2a9c1b"));
+        for name in [
+            "app.css",
+            "app.D3D9000B.css",
+            "app.d3d9000.css",
+            "app.d3d9000bb.css",
+            "app.css.d3d9000b",
+            "css/app.d3d9000b.css",
+            "other.d3d9000b.css",
+            "d3d9000b.css",
+            "app.d3d9000b.js",
+            "app.g3d9000b.css",
+        ] {
+            assert_eq!(m.superseded(name), None, "{name}");
+        }
+    }
+
+    #[test]
     fn percent_decoding_is_done_once_and_strictly() {
         assert_eq!(percent_decode("a%2e%2E%2fb").as_deref(), Some("a../b"));
         assert_eq!(percent_decode("%252e").as_deref(), Some("%2e"));
@@ -472,8 +547,11 @@ mod tests {
         assert!(m.set("app.css", Some(2 << 60)));
         assert_eq!(m.logical(&old), None, "a stale fingerprint no longer maps");
         assert_eq!(m.logical(m.get("app.css").unwrap()), Some("app.css"));
+        assert_eq!(m.superseded(&old), Some("app.css"));
+        assert_eq!(m.superseded(m.get("app.css").unwrap()), None, "a current fingerprint is not superseded");
         assert!(m.set("app.css", None));
         assert!(m.is_empty());
+        assert_eq!(m.superseded(&old), None, "no asset, nothing to stand for");
         assert!(!m.set("app.css", None));
     }
 }

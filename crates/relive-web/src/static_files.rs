@@ -11,6 +11,8 @@ use crate::error::Error;
 
 /// A router that serves `assets` at `/static/...`: fingerprinted names
 /// (`/static/app.3f2a9c1b.css`) cached for good, logical names revalidated,
+/// superseded fingerprints (the file changed since the page linked it)
+/// answered with the current content, revalidated,
 /// every way out of the static root refused (403) as [`resolve`](crate::resolve)
 /// refuses it, and anything that names no file a 404.
 ///

@@ -128,15 +128,46 @@ fn the_manifest_fingerprints_by_content_and_maps_back() {
     let new = change.fingerprinted.unwrap();
     assert_ne!(new, fingerprinted);
     assert_eq!(assets.manifest().get("app.css"), Some(new.as_str()));
-    assert!(matches!(assets.lookup(&fingerprinted), Err(Error::NotFound { .. })));
+    assert_eq!(assets.manifest().logical(&fingerprinted), None);
     assert_eq!(assets.lookup(&new).unwrap().cache, CacheControl::Immutable);
-    // Gone: no entry.
+    // The old fingerprint still answers, with the file as it is now, never
+    // cached for good: livereload-js re-fetches the URL the page links.
+    let superseded = assets.lookup(&fingerprinted).unwrap();
+    assert_eq!(superseded.logical, "app.css");
+    assert_eq!(superseded.cache, CacheControl::NoCache);
+    assert_eq!(std::fs::read_to_string(&superseded.path).unwrap(), "body { color: blue }");
+    // Gone: no entry, and no fingerprint of it answers.
     std::fs::remove_file(root.join("app.css")).unwrap();
     let gone = assets.update(&root.join("app.css")).unwrap().expect("a change");
     assert_eq!(gone.fingerprinted, None);
     assert_eq!(assets.manifest().get("app.css"), None);
+    assert!(matches!(assets.lookup(&fingerprinted), Err(Error::NotFound { .. })));
+    assert!(matches!(assets.lookup(&new), Err(Error::NotFound { .. })));
     // A path outside the root is not an asset.
     assert_eq!(assets.update(&tmp.path().join("secret.txt")).unwrap(), None);
+}
+
+#[test]
+fn a_superseded_fingerprint_goes_through_every_check_of_resolve() {
+    let tmp = layout();
+    let root = tmp.path().join("ws/static");
+    let assets = Assets::from_dir(&root).unwrap();
+    let site = assets.manifest().get("css/site.css").unwrap().to_string();
+    // Links out are not assets, so no fingerprint of them answers.
+    for request in ["out.d3d9000b.txt", "rel-out.d3d9000b.txt", "outdir/secret.d3d9000b.txt"] {
+        assert!(assets.lookup(request).is_err(), "{request}");
+    }
+    // The request itself is checked before any mapping.
+    for request in ["css/../css/site.d3d9000b.css", "css%2f..%2fcss%2fsite.d3d9000b.css", ".site.d3d9000b.css"] {
+        assert!(matches!(assets.lookup(request), Err(Error::Forbidden { .. })), "{request}");
+    }
+    assert_eq!(assets.lookup("css%2Fsite.d3d9000b.css").unwrap().logical, "css/site.css");
+    // A manifest that has not seen the file turn into a link out yet: the
+    // file it maps to is checked again.
+    std::fs::remove_file(root.join("css/site.css")).unwrap();
+    symlink(tmp.path().join("secret.txt"), root.join("css/site.css")).unwrap();
+    assert!(matches!(assets.lookup("css/site.d3d9000b.css"), Err(Error::Forbidden { .. })));
+    assert!(matches!(assets.lookup(&site), Err(Error::Forbidden { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
