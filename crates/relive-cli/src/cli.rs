@@ -316,6 +316,13 @@ pub struct ServeArgs {
     /// in use is reported and skipped.
     #[arg(long, value_name = "P", default_value_t = 35729)]
     pub livereload_port: u16,
+    /// Do not put relive's live reload client into pages, for a browser
+    /// that has the LiveReload extension (or livereload-js) to do it:
+    /// with both, every change would be applied twice. Error pages then
+    /// show the error without the overlay, and are not reloaded when it is
+    /// fixed unless the extension is on.
+    #[arg(long)]
+    pub no_inject: bool,
 }
 
 const SERVE_EXAMPLES: &str = "\

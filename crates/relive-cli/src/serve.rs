@@ -9,6 +9,21 @@
 //! filter, a missing include, a division by zero) is a 500 whose body the
 //! client shows as the same overlay, located at template, line and column;
 //! the client is injected there too, so fixing the template reloads it.
+//! `--no-inject` leaves the client out of every page, for browsers where
+//! the LiveReload extension (or livereload-js in the page) does its job.
+//!
+//! # The LiveReload extensions
+//!
+//! The LiveReload browser extensions and livereload-js look for a server
+//! on port 35729. Unless `--livereload-port 0`, `relive serve` listens
+//! there too (on `--host`), with the LiveReload endpoints only (the
+//! WebSocket at `/livereload`, the client at `/livereload.js`), and prints
+//! that address on its second line of output. A port in use is reported
+//! on stderr and skipped: the pages are still served. livereload-js
+//! cannot map `/static/app.css` to the fingerprinted URL a page links, so
+//! for a CSS change it re-fetches every stylesheet under the URL it has,
+//! whose fingerprint is now superseded: the static router answers that
+//! with the current content (see `relive_web::Manifest::superseded`).
 //!
 //! The configs are the context: `config/site.toml` is `site` in templates
 //! (`{{ site.title }}`). Each is loaded with `Workspace::load` at start and
@@ -63,6 +78,19 @@ struct Pages {
     templates: Templates,
     context: Context,
     hub: ReloadHub,
+    /// Whether pages get the live reload client (not `--no-inject`).
+    inject: bool,
+}
+
+impl Pages {
+    /// `html` with the client stamped with `changes`, or without any
+    /// client under `--no-inject`.
+    fn finish(&self, html: &str, changes: u64) -> String {
+        match self.inject {
+            true => relive_web::inject_at(html, changes),
+            false => html.replace(relive_web::SCRIPT_TAG, ""),
+        }
+    }
 }
 
 /// Runs `relive serve` until SIGINT or SIGTERM.
@@ -99,23 +127,62 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
         let _ = writeln!(stdout, "serving http://{}", display_addr(local));
         let _ = stdout.flush();
     }
+    let livereload = match args.livereload_port {
+        0 => None,
+        port => livereload_listener(SocketAddr::new(args.host, port)).await,
+    };
     if let Some(error) = templates.last_error() {
         output::warn(&format!("{error}"));
     }
 
     let app = Router::new()
         .fallback(page)
-        .with_state(Pages { templates, context, hub: hub.clone() })
-        .merge(relive_web::router(hub))
+        .with_state(Pages { templates, context, hub: hub.clone(), inject: !args.no_inject })
+        .merge(relive_web::router(hub.clone()))
         .merge(relive_web::static_router(assets));
     let server = axum::serve(listener, app.into_make_service());
+    // The extensions' port: the LiveReload endpoints, nothing of the workspace.
+    let extensions = async move {
+        match livereload {
+            Some(listener) => axum::serve(listener, relive_web::router(hub).into_make_service()).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         served = server => served.map(|()| Exit::Ok).map_err(|e| Failure::runtime(format!("server failed: {e}"))),
+        served = extensions => {
+            served.map(|()| Exit::Ok).map_err(|e| Failure::runtime(format!("the LiveReload port's server failed: {e}")))
+        }
         _ = sigint.recv() => Ok(Exit::Ok),
         _ = sigterm.recv() => Ok(Exit::Ok),
     };
     manager.shutdown().await?;
     result
+}
+
+/// Binds the LiveReload extensions' port and prints its address on the
+/// second line of stdout; a port that cannot be bound is a note on stderr
+/// and `None`.
+async fn livereload_listener(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+    let bound = tokio::net::TcpListener::bind(addr).await.and_then(|l| Ok((l.local_addr()?, l)));
+    match bound {
+        Ok((local, listener)) => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let _ =
+                writeln!(stdout, "livereload http://{} (for the LiveReload browser extensions)", display_addr(local));
+            let _ = stdout.flush();
+            Some(listener)
+        }
+        Err(e) => {
+            output::note(&format!(
+                "not listening on {} for the LiveReload browser extensions: {e}; pages still reload through \
+                 relive's own client (choose another port with --livereload-port P, or 0 to say no)",
+                display_addr(addr)
+            ));
+            None
+        }
+    }
 }
 
 fn web_failure(e: relive_web::Error) -> Failure {
@@ -270,37 +337,34 @@ fn follow_configs(
 /// loads is reloaded when its client connects).
 async fn page(State(pages): State<Pages>, uri: Uri) -> Response {
     let Some(name) = template_name(uri.path()) else {
-        return not_found();
+        return not_found(&pages);
     };
     let env = pages.templates.environment();
     if env.get_template(&name).is_err() {
-        return not_found();
+        return not_found(&pages);
     }
     let changes = pages.hub.changes();
     let context = Value::Object((**pages.context.load()).clone());
     let no_cache = [(header::CACHE_CONTROL, "no-cache")];
     match pages.templates.render(&name, context) {
-        Ok(html) => (no_cache, Html(relive_web::inject_at(&html, changes))).into_response(),
+        Ok(html) => (no_cache, Html(pages.finish(&html, changes))).into_response(),
         // The overlay, and the client to reload the page when it is fixed.
         Err(relive_web::Error::Template(e)) => {
             output::warn(&e.to_string());
-            let page = relive_web::inject_at(&relive_web::error_page(&e), changes);
+            let page = pages.finish(&relive_web::error_page(&e), changes);
             (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(page)).into_response()
         }
         Err(e) => {
             output::warn(&e.to_string());
             let body = format!("<!doctype html><title>error</title><body><pre>{}</pre></body>", escape(&e.to_string()));
-            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(relive_web::inject(&body))).into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, no_cache, Html(pages.finish(&body, changes))).into_response()
         }
     }
 }
 
-fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Html(relive_web::inject("<!doctype html><title>not found</title><body><p>not found</p></body>")),
-    )
-        .into_response()
+fn not_found(pages: &Pages) -> Response {
+    let page = "<!doctype html><title>not found</title><body><p>not found</p></body>";
+    (StatusCode::NOT_FOUND, Html(pages.finish(page, pages.hub.changes()))).into_response()
 }
 
 /// The template a page path names, or `None` if it names none: only plain

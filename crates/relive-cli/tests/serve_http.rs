@@ -2,8 +2,10 @@
 //! `TcpStream` (HTTP clients normalize `..` away before sending): no
 //! request escapes `static/` or reaches a file through the page route, the
 //! server binds loopback unless told otherwise, a template that fails while
-//! rendering is a 500 with the overlay, and a deleted config keeps its last
-//! value with a notice in the browsers.
+//! rendering is a 500 with the overlay, a deleted config keeps its last
+//! value with a notice in the browsers, a superseded fingerprint answers
+//! with the current content, the LiveReload extensions' port serves the
+//! LiveReload endpoints only, and `--no-inject` keeps the client out.
 
 mod browser;
 
@@ -12,7 +14,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};
 
-use browser::{Server, TIMEOUT, Workspace, index, serve, serve_with};
+use browser::{TIMEOUT, Workspace, free_port, index, serve, serve_with, stylesheet};
 use serde_json::{Value, json};
 
 const SECRET: &str = "hunter2-relive-secret";
@@ -202,8 +204,9 @@ struct Events {
 }
 
 impl Events {
-    fn connect(server: &Server) -> Events {
-        let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    /// Subscribes at `addr` (`host:port`).
+    fn connect(addr: &str) -> Events {
+        let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
         write!(stream, "GET /livereload/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
             .expect("send");
@@ -247,7 +250,7 @@ fn a_deleted_config_keeps_its_last_value_with_a_notice_until_it_is_back() {
     let ws = Workspace::new();
     let server = serve(&ws);
     let addr = server.addr();
-    let mut events = Events::connect(&server);
+    let mut events = Events::connect(server.addr());
     assert!(get(addr, "/").text.contains("Version 1 Demo"));
 
     ws.remove("config/site.toml");
@@ -258,7 +261,7 @@ fn a_deleted_config_keeps_its_last_value_with_a_notice_until_it_is_back() {
     server.wait_for_stderr("config `site`: its files are gone");
     // The last value is still the context; so says the page, with the notice for new browsers.
     assert!(get(addr, "/").text.contains("Version 1 Demo"));
-    let mut late = Events::connect(&server);
+    let mut late = Events::connect(server.addr());
     assert_eq!(late.next(), notice, "a browser that connects is shown the notice");
 
     // Back with the very same value: no new value, but the notice goes.
@@ -267,7 +270,7 @@ fn a_deleted_config_keeps_its_last_value_with_a_notice_until_it_is_back() {
         let reload = events.next();
         assert_eq!(reload, json!({"command": "reload", "path": "config/site", "liveCSS": false, "liveImg": false}));
     }
-    let mut after = Events::connect(&server);
+    let mut after = Events::connect(server.addr());
     ws.write("templates/index.html", &index("Version 2"));
     assert_eq!(after.next()["command"], json!("reload"), "no notice stands");
 
@@ -281,4 +284,95 @@ fn a_deleted_config_keeps_its_last_value_with_a_notice_until_it_is_back() {
     ws.write("config/site.toml", "title = \"Fixed\"\n");
     assert_eq!(after.next()["path"], json!("config/site"));
     assert!(get(addr, "/").text.contains("Version 2 Fixed"));
+}
+
+/// The value of header `name` (lowercase) in a response.
+fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    let head = response.text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// The stylesheet URL a page links.
+fn stylesheet_url(page: &Response) -> String {
+    let at = page.text.find("href=\"/static/app.").unwrap_or_else(|| panic!("no stylesheet link: {}", page.text));
+    let rest = &page.text[at + "href=\"".len()..];
+    rest[..rest.find('"').expect("a closing quote")].to_string()
+}
+
+#[test]
+fn a_superseded_fingerprint_serves_the_current_stylesheet_to_be_revalidated() {
+    let ws = Workspace::new();
+    let server = serve(&ws);
+    let addr = server.addr();
+    let old = stylesheet_url(&get(addr, "/"));
+    let first = get(addr, &old);
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(header(&first, "cache-control"), Some("public, max-age=31536000, immutable"));
+
+    ws.write("static/app.css", &stylesheet((0, 0, 255)));
+    let page = wait_for_response(addr, "/", |r| stylesheet_url(r) != old);
+    let new = stylesheet_url(&page);
+    // The URL the page had (livereload-js re-fetches it, with a cache-buster).
+    for target in [old.clone(), format!("{old}?livereload=1700000000000")] {
+        let stale = get(addr, &target);
+        assert_eq!(stale.status, 200, "{target}: {}", stale.text);
+        assert!(stale.text.contains("rgb(0, 0, 255)"), "{target}: the current content: {}", stale.text);
+        assert_eq!(header(&stale, "cache-control"), Some("no-cache"), "{target}: never cached for good");
+        assert_eq!(header(&stale, "content-type"), Some("text/css; charset=utf-8"));
+    }
+    assert_eq!(header(&get(addr, &new), "cache-control"), Some("public, max-age=31536000, immutable"));
+    // Only a fingerprint of an asset that exists answers; the checks still hold.
+    assert_eq!(get(addr, "/static/nothing.d3d9000b.css").status, 404);
+    assert_eq!(get(addr, "/static/..%2fconfig%2fsite.d3d9000b.toml").status, 403);
+    ws.remove("static/app.css");
+    wait_for_response(addr, &old, |r| r.status == 404);
+}
+
+#[test]
+fn the_extensions_port_serves_the_livereload_endpoints_and_nothing_else() {
+    let ws = Workspace::new();
+    let port = free_port().to_string();
+    let server = serve_with(&ws, &["--livereload-port", &port]);
+    let livereload = server.livereload_addr();
+    assert_eq!(livereload, format!("127.0.0.1:{port}"));
+
+    let client = get(&livereload, "/livereload.js");
+    assert_eq!(client.status, 200, "{}", client.text);
+    assert!(client.text.contains("WebSocket"), "relive's client: {}", client.text);
+    // Nothing of the workspace is there.
+    for target in ["/", "/static/app.css", "/index"] {
+        assert_eq!(get(&livereload, target).status, 404, "{target}");
+    }
+    // Changes are told there.
+    let mut events = Events::connect(&livereload);
+    ws.write("templates/index.html", &index("Version 2"));
+    assert_eq!(events.next()["command"], json!("reload"));
+
+    // A port in use: a note that names it, and the pages are served all the same.
+    let other = Workspace::new();
+    let second = serve_with(&other, &["--livereload-port", &port]);
+    let note = second.wait_for_stderr("for the LiveReload browser extensions");
+    assert!(note.contains(&format!("not listening on 127.0.0.1:{port}")), "{note}");
+    assert!(get(second.addr(), "/").text.contains("Version 1 Demo"));
+    assert!(get(&livereload, "/livereload.js").status == 200, "the first server keeps the port");
+}
+
+#[test]
+fn no_inject_keeps_the_client_out_of_every_page() {
+    let ws = Workspace::new();
+    let injected = serve(&ws);
+    assert!(get(injected.addr(), "/").text.contains("/livereload.js"), "the control: injected by default");
+
+    let server = serve_with(&ws, &["--no-inject"]);
+    let addr = server.addr();
+    let page = get(addr, "/");
+    assert!(page.text.contains("Version 1 Demo"), "{}", page.text);
+    let missing = get(addr, "/missing");
+    assert_eq!(missing.status, 404);
+    ws.write("templates/index.html", "{% extends 'base.html' %}{% block content %}\n{{ 1 // 0 }}{% endblock %}\n");
+    let error = wait_for_response(addr, "/", |r| r.status == 500);
+    assert!(page_error(&error.text).is_some_and(|e| e.contains("templates/index.html:2:")), "{}", error.text);
+    for response in [&page, &missing, &error] {
+        assert!(!response.text.contains("livereload.js"), "{}", response.text);
+    }
 }

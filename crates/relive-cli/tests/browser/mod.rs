@@ -120,12 +120,17 @@ pub fn spawn_group(cmd: &mut Command) -> Group {
     Group(cmd.process_group(0).spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
 }
 
+/// Text a thread keeps appending to (a child's output).
+type Shared = std::sync::Arc<std::sync::Mutex<String>>;
+
 /// A running `relive serve`.
 pub struct Server {
     /// `http://ADDR`, as it printed.
     pub url: String,
+    /// What it wrote to stdout after its first line, read on a thread.
+    stdout: Shared,
     /// What it wrote to stderr so far (warnings), read on a thread.
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: Shared,
     _child: Group,
 }
 
@@ -137,28 +142,51 @@ impl Server {
 
     /// Waits until stderr contains `needle`; returns all of it.
     pub fn wait_for_stderr(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let text = self.stderr.lock().expect("stderr lock").clone();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "relive serve did not print {needle:?}; stderr: {text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_text(&self.stderr, "stderr", needle)
+    }
+
+    /// Waits until stdout (after the first line) contains `needle`;
+    /// returns all of it.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        wait_for_text(&self.stdout, "stdout", needle)
+    }
+
+    /// The LiveReload port's `host:port`, from the line that follows
+    /// `serving http://ADDR` (only with `--livereload-port P`).
+    pub fn livereload_addr(&self) -> String {
+        let text = self.wait_for_stdout("livereload http://");
+        let line = text.lines().find(|l| l.starts_with("livereload http://")).expect("the livereload line");
+        line["livereload http://".len()..].split_whitespace().next().expect("an address").to_string()
     }
 }
 
-/// `relive serve --port 0 DIR` and the address it printed on its first line.
+fn wait_for_text(text: &Shared, what: &str, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = text.lock().expect("output lock").clone();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "relive serve did not print {needle:?}; {what}: {text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `relive serve --port 0 --livereload-port 0 DIR` and the address it
+/// printed on its first line.
 pub fn serve(ws: &Workspace) -> Server {
     serve_with(ws, &[])
 }
 
-/// `relive serve --port 0 ARGS DIR`.
+/// `relive serve --port 0 ARGS DIR`, with `--livereload-port 0` unless
+/// `ARGS` has a `--livereload-port` (tests run in parallel: they must not
+/// all try the extensions' port 35729).
 pub fn serve_with(ws: &Workspace, args: &[&str]) -> Server {
+    let own_port = args.iter().any(|a| a.starts_with("--livereload-port"));
     let mut child = spawn_group(
         Command::new(env!("CARGO_BIN_EXE_relive"))
             .args(["serve", "--port", "0"])
+            .args(if own_port { &[][..] } else { &["--livereload-port", "0"][..] })
             .args(args)
             .arg(ws.root())
             .env_remove("RELIVE_ENV")
@@ -169,13 +197,18 @@ pub fn serve_with(ws: &Workspace, args: &[&str]) -> Server {
     );
     let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
+    let rest = Shared::default();
+    let sink = rest.clone();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
-        // Keep draining, so that the server never writes into a closed pipe.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        // Keep reading, so that the server never writes into a closed pipe.
+        let mut line = String::new();
+        while let Ok(1..) = reader.read_line(&mut line) {
+            sink.lock().expect("stdout lock").push_str(&std::mem::take(&mut line));
+        }
     });
     let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut pipe = child.0.stderr.take().expect("stderr");
@@ -190,10 +223,11 @@ pub fn serve_with(ws: &Workspace, args: &[&str]) -> Server {
     });
     let line = rx.recv_timeout(TIMEOUT).expect("relive serve prints its address");
     let url = line.trim().strip_prefix("serving ").unwrap_or_else(|| panic!("first line: {line:?}")).to_string();
-    Server { url, stderr, _child: child }
+    Server { url, stdout: rest, stderr, _child: child }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now, on 127.0.0.1.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
