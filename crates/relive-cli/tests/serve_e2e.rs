@@ -3,10 +3,17 @@
 //! is `tests/browser/mod.rs`, shared with `benches/browser.rs`). Every wait
 //! polls with a deadline; the server, chromedriver and the browser are
 //! stopped when dropped.
+//!
+//! The last test runs the real livereload-js 4.0.2 (the client of the
+//! LiveReload browser extensions, vendored in `tests/fixtures/`) in place
+//! of relive's own client.
 
 mod browser;
 
-use browser::{BACKGROUND, Browser, OVERLAY_SHOWN, Server, TITLE, Workspace, index, serve, stylesheet};
+use browser::{
+    BACKGROUND, BASE_HTML, Browser, OVERLAY_SHOWN, Server, TITLE, Workspace, free_port, index, serve, serve_with,
+    stylesheet,
+};
 use serde_json::json;
 
 /// A workspace, `relive serve` on it, and a browser showing its page.
@@ -21,27 +28,39 @@ fn start() -> (Workspace, Server, Browser) {
 #[test]
 fn a_css_edit_restyles_the_page_without_a_reload() {
     let (ws, _server, browser) = start();
+    restyle_in_place(&ws, &browser, "css");
+}
+
+/// Turns the red page blue with a CSS edit and checks that the page was
+/// not reloaded (a JS variable survives); prints the latency as `label`.
+fn restyle_in_place(ws: &Workspace, browser: &Browser, label: &str) {
     assert_eq!(browser.eval(BACKGROUND), json!("rgb(255, 0, 0)"));
     browser.run("window.__marker = 42").expect("set the marker");
 
     browser.arm(&format!("{BACKGROUND} === 'rgb(0, 0, 255)'"));
     let saved = ws.write("static/app.css", &stylesheet((0, 0, 255)));
     let seen = browser.seen("the new background");
-    eprintln!("css: save to computed style in {:.0} ms", seen.at - saved);
+    eprintln!("{label}: save to computed style in {:.0} ms", seen.at - saved);
     assert_eq!(browser.eval("window.__marker"), json!(42), "the page must not reload for a CSS change");
 }
 
-#[test]
-fn a_template_edit_reloads_the_page_with_the_new_content() {
-    let (ws, _server, browser) = start();
+/// Changes the page's heading with a template edit and checks that the
+/// page was reloaded (a JS variable is gone); prints the latency as `label`.
+fn reload_for_template(ws: &Workspace, browser: &Browser, label: &str) {
     assert_eq!(browser.eval(TITLE), json!("Version 1 Demo"));
     browser.run("window.__marker = 42").expect("set the marker");
 
     browser.arm(&format!("{TITLE} === 'Version 2 Demo'"));
     let saved = ws.write("templates/index.html", &index("Version 2"));
     let seen = browser.seen("the new heading");
-    eprintln!("template: save to new content in {:.0} ms", seen.at - saved);
+    eprintln!("{label}: save to new content in {:.0} ms", seen.at - saved);
     assert_eq!(browser.eval("window.__marker === undefined"), json!(true), "a template change reloads the page");
+}
+
+#[test]
+fn a_template_edit_reloads_the_page_with_the_new_content() {
+    let (ws, _server, browser) = start();
+    reload_for_template(&ws, &browser, "template");
 
     // A config is context: its change reloads the page too.
     browser.wait_connected();
@@ -116,4 +135,68 @@ fn a_change_made_while_the_client_was_away_reloads_the_page_when_it_is_back() {
     // The client says how old its page is when it is back, and is told to reload.
     browser.wait_for("the new heading", &format!("return {TITLE} === 'Version 2 Demo'"));
     assert_eq!(browser.eval("window.__marker === undefined"), json!(true), "the page was reloaded");
+}
+
+/// livereload-js 4.0.2, unmodified (see `tests/fixtures/livereload-js-4.0.2/README.md`).
+const LIVERELOAD_JS: &str = include_str!("fixtures/livereload-js-4.0.2/livereload.js");
+
+/// How long livereload-js waits for a stylesheet it re-attached to load
+/// before it removes the old one anyway (`stylesheetReloadTimeout`, 15 s,
+/// its reloader.js:134), and a second more.
+const FAIL_SAFE_MS: u64 = 16_000;
+
+/// The page's one stylesheet link, or `null` if it has none or several.
+const ONLY_LINK: &str = "(function () { var l = document.querySelectorAll('link[rel=stylesheet]'); \
+                         return l.length === 1 ? l[0] : null; })()";
+
+#[test]
+fn livereload_js_swaps_css_in_place_and_reloads_the_page_for_a_template() {
+    let ws = Workspace::new();
+    let port = free_port();
+    // As the extensions put it in a page: a script whose src ends in
+    // `livereload.js?host=...&port=...`; relive's own client stays out.
+    ws.write("static/livereload.js", LIVERELOAD_JS);
+    let scripts = format!(
+        "<script>document.addEventListener('LiveReloadConnect', function () {{ window.__lrConnected = true; }});</script>\n\
+         <script src=\"/static/livereload.js?host=127.0.0.1&port={port}\"></script></body>"
+    );
+    ws.write("templates/base.html", &BASE_HTML.replace("</body>", &scripts));
+    let server = serve_with(&ws, &["--no-inject", "--livereload-port", &port.to_string()]);
+    assert_eq!(server.livereload_addr(), format!("127.0.0.1:{port}"));
+    let browser = Browser::start();
+    browser.goto(&server.url);
+    let connected = "return window.__lrConnected === true";
+    browser.wait_for("livereload-js to connect", connected);
+    assert_eq!(
+        browser.eval("window.__reliveProbeSockets.map(function (s) { return s.url; })"),
+        json!([format!("ws://127.0.0.1:{port}/livereload")]),
+        "livereload-js alone, on the LiveReload port"
+    );
+    let linked = browser.eval(&format!("new URL({ONLY_LINK}.href).pathname"));
+    let linked = linked.as_str().expect("the stylesheet's path").to_string();
+    assert!(linked.starts_with("/static/app.") && linked != "/static/app.css", "fingerprinted: {linked}");
+
+    // CSS: in place. livereload-js cannot match /static/app.css to the
+    // fingerprinted link, so it re-attaches it under the URL it has (now a
+    // superseded fingerprint) with a cache-buster, then drops the old link.
+    restyle_in_place(&ws, &browser, "livereload-js css");
+    browser.wait_for("livereload-js to remove the old link", &format!("return {ONLY_LINK} !== null"));
+    let link = browser.eval(&format!("(function (u) {{ return [u.pathname, u.search]; }})(new URL({ONLY_LINK}.href))"));
+    assert_eq!(link[0], json!(linked), "re-attached under the URL the page had");
+    assert!(link[1].as_str().is_some_and(|q| q.starts_with("?livereload=")), "with its cache-buster: {link}");
+    // Past its fail-safe, the stylesheet is still there and applied.
+    browser
+        .run(&format!(
+            "window.__afterFailSafe = undefined; \
+             setTimeout(function () {{ window.__afterFailSafe = [{BACKGROUND}, {ONLY_LINK} !== null]; }}, {FAIL_SAFE_MS});"
+        ))
+        .expect("start the timer");
+    browser.wait_for("the fail-safe to have passed", "return window.__afterFailSafe !== undefined");
+    assert_eq!(browser.eval("window.__afterFailSafe"), json!(["rgb(0, 0, 255)", true]));
+    assert_eq!(browser.eval("window.__marker"), json!(42));
+
+    // A template: the page reloads, with the new content.
+    reload_for_template(&ws, &browser, "livereload-js template");
+    browser.wait_for("livereload-js to connect again", connected);
+    assert_eq!(browser.eval(BACKGROUND), json!("rgb(0, 0, 255)"));
 }
