@@ -131,9 +131,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
         0 => None,
         port => livereload_listener(SocketAddr::new(args.host, port)).await,
     };
-    if let Some(error) = templates.last_error() {
-        output::warn(&format!("{error}"));
-    }
+    follow_template_errors(&templates);
 
     let app = Router::new()
         .fallback(page)
@@ -183,6 +181,33 @@ async fn livereload_listener(addr: SocketAddr) -> Option<tokio::net::TcpListener
             None
         }
     }
+}
+
+/// Warns on stderr each time the templates turn to an error (at start
+/// too), located as `templates/NAME:LINE:COL: message`, and notes when they
+/// compile again. The browsers are told by the hub.
+fn follow_template_errors(templates: &Templates) {
+    let mut status = templates.subscribe();
+    let mut shown = status.borrow_and_update().error.clone();
+    if let Some(error) = &shown {
+        output::warn(&template_error_text(error));
+    }
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let error = status.borrow_and_update().error.clone();
+            match (&shown, &error) {
+                (_, Some(now)) if shown.as_ref() != Some(now) => output::warn(&template_error_text(now)),
+                (Some(_), None) => output::note("templates: they compile again; pages are rendered with them"),
+                _ => {}
+            }
+            shown = error;
+        }
+    });
+}
+
+/// `templates/index.html:3:14: message`.
+fn template_error_text(error: &relive_web::TemplateError) -> String {
+    format!("templates/{}:{}:{}: {}", error.name, error.line, error.column, error.message)
 }
 
 fn web_failure(e: relive_web::Error) -> Failure {

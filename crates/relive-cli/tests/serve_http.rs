@@ -5,7 +5,8 @@
 //! rendering is a 500 with the overlay, a deleted config keeps its last
 //! value with a notice in the browsers, a superseded fingerprint answers
 //! with the current content, the LiveReload extensions' port serves the
-//! LiveReload endpoints only, and `--no-inject` keeps the client out.
+//! LiveReload endpoints only, `--no-inject` keeps the client out, and
+//! template errors are told on stderr as they come and go.
 
 mod browser;
 
@@ -375,4 +376,20 @@ fn no_inject_keeps_the_client_out_of_every_page() {
     for response in [&page, &missing, &error] {
         assert!(!response.text.contains("livereload.js"), "{}", response.text);
     }
+}
+
+#[test]
+fn template_errors_are_told_on_stderr_while_it_runs() {
+    let ws = Workspace::new();
+    let server = serve(&ws);
+    ws.write("templates/index.html", "{% extends 'base.html' %}{% block content %}{% if %}{% endblock %}\n");
+    let stderr = server.wait_for_stderr("templates/index.html:1:");
+    let line = stderr.lines().find(|l| l.contains("templates/index.html:1:")).expect("the line");
+    assert!(line.starts_with("relive: warning: templates/index.html:1:") && line.contains("syntax error"), "{line}");
+    ws.write("templates/index.html", &index("Fixed"));
+    server.wait_for_stderr("relive: templates: they compile again");
+    // Another error after the fix is told too, where it is.
+    ws.write("templates/about.html", "{% extends 'base.html' %}\n{% block content %}{{ }}{% endblock %}\n");
+    let stderr = server.wait_for_stderr("templates/about.html:2:");
+    assert_eq!(stderr.matches("templates/index.html:1:").count(), 1, "each error once: {stderr}");
 }
