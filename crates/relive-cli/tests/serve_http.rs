@@ -6,7 +6,8 @@
 //! value with a notice in the browsers, a superseded fingerprint answers
 //! with the current content, the LiveReload extensions' port serves the
 //! LiveReload endpoints only, `--no-inject` keeps the client out, and
-//! template errors are told on stderr as they come and go.
+//! template errors are told on stderr as they come and go, and a burst of
+//! saves is one reload.
 
 mod browser;
 
@@ -392,4 +393,37 @@ fn template_errors_are_told_on_stderr_while_it_runs() {
     ws.write("templates/about.html", "{% extends 'base.html' %}\n{% block content %}{{ }}{% endblock %}\n");
     let stderr = server.wait_for_stderr("templates/about.html:2:");
     assert_eq!(stderr.matches("templates/index.html:1:").count(), 1, "each error once: {stderr}");
+}
+
+#[test]
+fn a_burst_of_twenty_saves_is_one_reload() {
+    let ws = Workspace::new();
+    let server = serve(&ws);
+    let mut events = Events::connect(server.addr());
+    // As a "save all" or a checkout writes them: back to back, CSS first.
+    for i in 0..10 {
+        ws.write(&format!("static/c{i}.css"), &stylesheet((i, 0, 0)));
+        ws.write(&format!("templates/p{i}.html"), &index(&format!("Page {i}")));
+    }
+    // Stylesheet swaps may lead (the first CSS save is swapped at once; on
+    // a loaded machine a gap of more than 10 ms before the next save makes
+    // that one lead too), then one reload for everything.
+    let mut swaps = Vec::new();
+    let reload = loop {
+        let message = events.next();
+        if message["liveCSS"] != json!(true) {
+            break message;
+        }
+        let path = message["path"].as_str().expect("a path").to_string();
+        assert!(path.starts_with("/static/c") && path.ends_with(".css"), "a stylesheet of the burst: {message}");
+        swaps.push(path);
+    };
+    eprintln!("burst: {} leading stylesheet swap(s) {swaps:?}, then {reload}", swaps.len());
+    assert_eq!(swaps.first().map(String::as_str), Some("/static/c0.css"), "the first save leads");
+    assert_eq!(reload, json!({"command": "reload", "path": "templates/*", "liveCSS": false, "liveImg": false}));
+    // Nothing else comes from the burst: the next message is for a change
+    // made after its reload arrived.
+    ws.write("config/site.toml", "title = \"After\"\n");
+    let after = events.next();
+    assert_eq!(after, json!({"command": "reload", "path": "config/site", "liveCSS": false, "liveImg": false}));
 }
