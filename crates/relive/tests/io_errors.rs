@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,24 +12,10 @@ use relive::{ChangeEvent, ConfigErrorKind};
 
 const NOBODY: u32 = 65534;
 
-/// Runs test `name` of this binary in a child process as `nobody` when we
-/// are root; returns false (and the caller runs the body itself) otherwise.
+/// Runs test `name` in a child process as `nobody` when we are root (see
+/// [`rerun_as`]).
 fn in_unprivileged_child(name: &str) -> bool {
-    if std::env::var_os("RELIVE_IO_CHILD").is_some() || !rustix::process::geteuid().is_root() {
-        return false;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("RELIVE_IO_CHILD", "1")
-        .env("TMPDIR", "/tmp")
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
-    true
+    rerun_as(name, NOBODY)
 }
 
 fn set_mode(path: &std::path::Path, mode: u32) {

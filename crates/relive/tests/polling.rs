@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-
 use common::*;
 use relive::{HotReloadConfig, Polling, WatcherMode};
 
@@ -79,18 +77,7 @@ async fn reaching_the_inotify_instance_limit_falls_back_to_polling() {
     const NAME: &str = "reaching_the_inotify_instance_limit_falls_back_to_polling";
     // fs.inotify.max_user_instances is per user and root's is shared with
     // every other test: run as a user of its own, in a child process.
-    if std::env::var_os("RELIVE_INSTANCE_CHILD").is_none() && rustix::process::geteuid().is_root() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-            .env("RELIVE_INSTANCE_CHILD", "1")
-            .env("TMPDIR", "/tmp")
-            .uid(INSTANCE_LIMIT_UID)
-            .gid(INSTANCE_LIMIT_UID)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+    if rerun_as(NAME, INSTANCE_LIMIT_UID) {
         return;
     }
     // Take every inotify instance this user may have.

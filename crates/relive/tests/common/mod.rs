@@ -1,6 +1,7 @@
 //! Shared helpers: temp-dir workspaces and bounded waits.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,4 +103,26 @@ pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Runs test `name` of this test binary again, in a child process as user
+/// `uid`, when we are root, and checks that it passed there. Returns true
+/// if it did so; false in the child, or when not root, where the caller
+/// runs the test's body itself.
+pub fn rerun_as(name: &str, uid: u32) -> bool {
+    if std::env::var_os("RELIVE_TEST_CHILD").is_some() || !rustix::process::geteuid().is_root() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("RELIVE_TEST_CHILD", "1")
+        .env("TMPDIR", "/tmp")
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+    true
 }
