@@ -255,13 +255,24 @@ async fn killing_and_restarting_etcd_loses_no_version() {
     fleet.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compacted_revision_is_re_read_after_a_partition() {
-    let etcd = Etcd::start();
+/// An instance behind a proxy, at version 1 of `server`, cut off while
+/// versions 2 and 3 are written; `proxy.heal()` ends the partition.
+struct Partitioned {
+    proxy: Proxy,
+    client: Client,
+    fleet: FleetSource,
+    server: relive::ConfigStream<Server>,
+    events: broadcast::Receiver<SourceEvent>,
+    v2: u64,
+    v3: u64,
+    _dir: tempfile::TempDir,
+}
+
+async fn partitioned(etcd: &Etcd) -> Partitioned {
     let proxy = Proxy::start(etcd.addr()).await;
     let mut client = etcd.client().await;
     put(&mut client, "server", "port = 1\nworkers = 1\n").await;
-    let (_dir, ws) = workspace();
+    let (dir, ws) = workspace();
     let fleet = source(&proxy.endpoint(), "web-1").start(&ws).await.unwrap();
     let server = watch_server(&ws).await;
     let mut events = fleet.subscribe();
@@ -270,8 +281,15 @@ async fn a_compacted_revision_is_re_read_after_a_partition() {
     next_event(&mut events, "a disconnect", |e| matches!(e, SourceEvent::Disconnected { .. }).then_some(())).await;
     let v2 = put(&mut client, "server", "port = 2\nworkers = 1\n").await;
     let v3 = put(&mut client, "server", "port = 3\nworkers = 1\n").await;
-    client.compact(v3 as i64, Some(CompactionOptions::new().with_physical())).await.unwrap();
     assert_eq!(server.live().load().port, 1, "nothing arrives through the partition");
+    Partitioned { proxy, client, fleet, server, events, v2, v3, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_revision_is_re_read_after_a_partition() {
+    let etcd = Etcd::start();
+    let Partitioned { proxy, mut client, fleet, server, mut events, v2, v3, _dir } = partitioned(&etcd).await;
+    client.compact(v3 as i64, Some(CompactionOptions::new().with_physical())).await.unwrap();
     proxy.heal();
 
     let compacted = next_event(&mut events, "a resync", |e| match e {
@@ -291,21 +309,10 @@ async fn a_compacted_revision_is_re_read_after_a_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_partition_the_watch_resumes_from_the_last_revision_seen() {
     let etcd = Etcd::start();
-    let proxy = Proxy::start(etcd.addr()).await;
-    let mut client = etcd.client().await;
-    put(&mut client, "server", "port = 1\nworkers = 1\n").await;
-    let (_dir, ws) = workspace();
-    let fleet = source(&proxy.endpoint(), "web-1").start(&ws).await.unwrap();
-    let server = watch_server(&ws).await;
-    let mut events = fleet.subscribe();
-
-    proxy.cut();
-    next_event(&mut events, "a disconnect", |e| matches!(e, SourceEvent::Disconnected { .. }).then_some(())).await;
-    // Written while the instance cannot see them, and not compacted: the
-    // resumed watch must replay both, in order, with no re-read.
-    let v2 = put(&mut client, "server", "port = 2\nworkers = 1\n").await;
-    let v3 = put(&mut client, "server", "port = 3\nworkers = 1\n").await;
-    assert_eq!(server.live().load().port, 1, "nothing arrives through the partition");
+    // v2 and v3 were written while the instance could not see them, and not
+    // compacted: the resumed watch must replay both, in order, with no
+    // re-read.
+    let Partitioned { proxy, client, fleet, server, mut events, v2, v3, _dir } = partitioned(&etcd).await;
     proxy.heal();
 
     let mut seen = Vec::new();
