@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRef, State};
@@ -20,11 +19,9 @@ use axum::{Extension, Router};
 use futures_util::{StreamExt, stream};
 
 mod common;
-use common::{WAIT, connect, handshake, next_json, write};
+use common::{WAIT, connect, handshake, next_json, watched, write};
 use relive::{ChangeEvent, Live};
-use relive_web::{
-    Assets, Coalescer, LiveReloadExt, LiveReloadLayer, NoInject, ReloadHub, SCRIPT_TAG, Snapshot, Templates,
-};
+use relive_web::{Assets, LiveReloadExt, LiveReloadLayer, NoInject, ReloadHub, SCRIPT_TAG, Snapshot, Templates};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -144,30 +141,31 @@ async fn listen(app: Router) -> SocketAddr {
     addr
 }
 
-/// A workspace with `config/site.toml`, a template and a stylesheet, the
-/// real engine watching it, and the application served with and without
-/// live reload. The burst window is wide so that a busy machine does not
-/// split a burst.
+/// A workspace with `config/site.toml`, a template and a stylesheet,
+/// watched (see [`watched`]), and the application served with and without
+/// live reload.
 async fn serve() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    write(&root, "config/site.toml", "title = \"one\"\n");
-    write(&root, "templates/index.html", "<h1>{{ title }}</h1>");
-    write(&root, "static/app.css", "h1 { color: red }");
-    let ws = relive::Workspace::new(&root);
-    let templates = Templates::new(&ws).unwrap();
-    let assets = Assets::new(&ws).unwrap();
-    let site: Live<Site> = ws.config("site").live().await.unwrap();
-    let manager = ws.start_hot_reload().await.unwrap();
-    let hub = ReloadHub::with_coalescer(Coalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
-    hub.follow_templates(&templates);
-    hub.follow_assets(&assets);
-    hub.follow_configs(&manager);
+    let w = watched(&[
+        ("config/site.toml", "title = \"one\"\n"),
+        ("templates/index.html", "<h1>{{ title }}</h1>"),
+        ("static/app.css", "h1 { color: red }"),
+    ])
+    .await;
+    let site: Live<Site> = w.ws.config("site").live().await.unwrap();
     let state = AppState { site, build: "test" };
     let addr =
-        listen(app(state.clone()).live_reload_with(hub.clone(), LiveReloadLayer::new().max_body(MAX_BODY))).await;
+        listen(app(state.clone()).live_reload_with(w.hub.clone(), LiveReloadLayer::new().max_body(MAX_BODY))).await;
     let bare = listen(app(state)).await;
-    Server { addr, bare, root, manager, hub, _templates: templates, _assets: assets, _dir: dir }
+    Server {
+        addr,
+        bare,
+        root: w.root,
+        manager: w.manager,
+        hub: w.hub,
+        _templates: w.templates,
+        _assets: w.assets,
+        _dir: w.dir,
+    }
 }
 
 impl Server {

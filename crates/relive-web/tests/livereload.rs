@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{WAIT, Ws, connect, handshake, next_json, write};
+use common::{WAIT, Ws, connect, handshake, next_json, watched, write};
 use futures_util::{SinkExt, StreamExt};
-use relive_web::{Assets, Coalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates, router};
+use relive_web::{Assets, PROTOCOL_OFFICIAL_7, ReloadHub, Templates, router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,31 +23,29 @@ struct Server {
     _assets: Assets,
 }
 
-/// A workspace with a config, a template and two stylesheets, the real
-/// engine watching it, and the live reload routes on 127.0.0.1:0. The
-/// burst window is wide (150 ms quiet, where `relive serve` has 10 ms, then
-/// 30 ms) so that a busy machine cannot split a burst written in a few
-/// milliseconds.
+/// A workspace with a config, a template and two stylesheets, watched (see
+/// [`watched`]), and the live reload routes on 127.0.0.1:0.
 async fn serve() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    write(&root, "config/site.toml", "title = \"one\"\n");
-    write(&root, "templates/index.html", "<h1>{{ title }}</h1>");
-    write(&root, "static/app.css", "h1 { color: red }");
-    write(&root, "static/other.css", "p {}");
-    let ws = relive::Workspace::new(&root);
-    let templates = Templates::new(&ws).unwrap();
-    let assets = Assets::new(&ws).unwrap();
-    let manager = ws.start_hot_reload().await.unwrap();
-    let hub = ReloadHub::with_coalescer(Coalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
-    hub.follow_templates(&templates);
-    hub.follow_assets(&assets);
-    hub.follow_configs(&manager);
+    let w = watched(&[
+        ("config/site.toml", "title = \"one\"\n"),
+        ("templates/index.html", "<h1>{{ title }}</h1>"),
+        ("static/app.css", "h1 { color: red }"),
+        ("static/other.css", "p {}"),
+    ])
+    .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let routes = router(hub.clone());
+    let routes = router(w.hub.clone());
     tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
-    Server { addr, _dir: dir, root, manager, hub, _templates: templates, _assets: assets }
+    Server {
+        addr,
+        _dir: w.dir,
+        root: w.root,
+        manager: w.manager,
+        hub: w.hub,
+        _templates: w.templates,
+        _assets: w.assets,
+    }
 }
 
 /// The handshake of a page stamped with `changes` (see `relive_web::inject_at`).

@@ -4,11 +4,11 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use relive_web::PROTOCOL_OFFICIAL_7;
+use relive_web::{Assets, Coalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -23,6 +23,38 @@ pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 pub fn write(root: &Path, name: &str, text: &str) {
     std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
     std::fs::write(root.join(name), text).unwrap();
+}
+
+/// A temp workspace, the real engine watching it, its templates and
+/// assets, and a hub following all three (and the configs).
+pub struct Watched {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub ws: relive::Workspace,
+    pub manager: relive::HotReloadManager,
+    pub hub: ReloadHub,
+    pub templates: Templates,
+    pub assets: Assets,
+}
+
+/// A workspace with `files` (name, text), watched. The hub's burst window
+/// is wide (150 ms of quiet, where `relive serve` has 10 ms, then 30 ms) so
+/// that a busy machine cannot split a burst written in a few milliseconds.
+pub async fn watched(files: &[(&str, &str)]) -> Watched {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    for (name, text) in files {
+        write(&root, name, text);
+    }
+    let ws = relive::Workspace::new(&root);
+    let templates = Templates::new(&ws).unwrap();
+    let assets = Assets::new(&ws).unwrap();
+    let manager = ws.start_hot_reload().await.unwrap();
+    let hub = ReloadHub::with_coalescer(Coalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
+    hub.follow_templates(&templates);
+    hub.follow_assets(&assets);
+    hub.follow_configs(&manager);
+    Watched { dir, root, ws, manager, hub, templates, assets }
 }
 
 /// Opens a WebSocket to `/livereload` on `addr`.
