@@ -9,10 +9,11 @@
 //! cargo run --release -p relive-fleet --example fleet_bench -- --endpoint http://127.0.0.1:2379
 //! ```
 //!
-//! Without `--endpoint` the bench starts its own etcd (`etcd` on the `PATH`,
-//! or `ETCD_BIN`) on 127.0.0.1 with free ports and a temporary data dir, its
-//! output in `etcd.log` there. Everything it writes is under a prefix of its
-//! own (`/fleet-bench-<pid>-<time>`), so an existing etcd can be used.
+//! Without `--endpoint` the bench starts its own etcd with the tests'
+//! harness (`tests/common`): `etcd` on the `PATH`, or `ETCD_BIN`, on
+//! 127.0.0.1 with free ports and a temporary data dir, its output in
+//! `etcd.1.log` there. Everything it writes is under a prefix of its own
+//! (`/fleet-bench-<pid>-<time>`), so an existing etcd can be used.
 //!
 //! # What runs
 //!
@@ -56,10 +57,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Etcd;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
 use relive::{Format, HotReloadConfig, Polling, Workspace};
 use relive_fleet::layout::encode_config;
@@ -71,8 +76,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 const CONFIG: &str = "bench";
 /// How long a version may take to reach every instance before the bench fails.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a started etcd may take to answer.
-const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The flags the bench's own etcd runs with, beyond its ports and data dir.
+const BENCH_ETCD_FLAGS: [&str; 3] =
+    ["--auto-compaction-mode=revision", "--auto-compaction-retention=1000", "--quota-backend-bytes=2147483648"];
 
 #[derive(Debug, Deserialize)]
 struct Bench {
@@ -192,22 +198,17 @@ async fn run(args: Args) -> Result<(), String> {
     let n = args.instances;
     let load_before = loadavg();
     let idle = ProcStats::of("self");
-    let mut etcd_process = None;
-    let endpoint = match &args.endpoint {
-        Some(e) => e.clone(),
-        None => {
-            let p = EtcdProcess::start()?;
-            let e = p.endpoint.clone();
-            etcd_process = Some(p);
-            e
-        }
+    // The tests' etcd harness: it waits until etcd is healthy, and panics
+    // with etcd's log if it does not start.
+    let etcd_process = args.endpoint.is_none().then(|| Etcd::start_with(&BENCH_ETCD_FLAGS));
+    let endpoint = match (&args.endpoint, &etcd_process) {
+        (Some(e), _) => e.clone(),
+        (None, Some(p)) => p.endpoint(),
+        (None, None) => unreachable!("started above"),
     };
-    let mut client = match &mut etcd_process {
-        Some(p) => p.ready().await?,
-        None => Client::connect([endpoint.as_str()], None)
-            .await
-            .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?,
-    };
+    let mut client = Client::connect([endpoint.as_str()], None)
+        .await
+        .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?;
     let etcd_version = client
         .status()
         .await
@@ -227,7 +228,7 @@ async fn run(args: Args) -> Result<(), String> {
         if etcd_process.is_some() { "started by the bench" } else { "given" }
     );
     if let Some(p) = &etcd_process {
-        println!("etcd flags: {}", p.flags.join(" "));
+        println!("etcd flags: {}", p.flags().join(" "));
     }
     println!(
         "instances: engines {}, history {}, workspaces in {}",
@@ -277,7 +278,7 @@ async fn run(args: Args) -> Result<(), String> {
     let with_watchers = ProcStats::of("self");
 
     let mut times: [Vec<Duration>; 4] = Default::default();
-    let etcd_pid = etcd_process.as_ref().map(|p| p.child.id().to_string());
+    let etcd_pid = etcd_process.as_ref().and_then(Etcd::pid).map(|pid| pid.to_string());
     let mut cpu = CpuMeter::new(etcd_pid.clone());
     let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ stamp as u64;
     let total = args.warmup + args.versions;
@@ -352,7 +353,7 @@ async fn run(args: Args) -> Result<(), String> {
     println!("              {with_watchers} with {n} + 1 raw watchers too");
     println!("per instance: {}", with_fleet.per(&idle, n));
     if let Some(p) = &etcd_process {
-        println!("etcd:         {}", ProcStats::of(&p.child.id().to_string()));
+        println!("etcd:         {}", ProcStats::of(&p.pid().map(|pid| pid.to_string()).unwrap_or_default()));
     }
     if let Ok(status) = client.status().await {
         let revision = status.header().map_or(0, |h| h.revision());
@@ -661,85 +662,6 @@ impl RawWatchers {
         }
         Ok(latest)
     }
-}
-
-/// An etcd started for the bench, killed on drop.
-struct EtcdProcess {
-    child: Child,
-    endpoint: String,
-    flags: Vec<String>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl EtcdProcess {
-    fn start() -> Result<EtcdProcess, String> {
-        let dir = tempfile::Builder::new().prefix("relive-fleet-bench-etcd").tempdir().map_err(|e| e.to_string())?;
-        let (client, peer) = (free_port()?, free_port()?);
-        let (client, peer) = (format!("http://{client}"), format!("http://{peer}"));
-        let flags = vec![
-            "--name=bench".to_string(),
-            format!("--data-dir={}", dir.path().join("data").display()),
-            format!("--listen-client-urls={client}"),
-            format!("--advertise-client-urls={client}"),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=bench={peer}"),
-            "--auto-compaction-mode=revision".to_string(),
-            "--auto-compaction-retention=1000".to_string(),
-            "--quota-backend-bytes=2147483648".to_string(),
-        ];
-        let log = dir.path().join("etcd.log");
-        let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let bin = std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("etcd"));
-        let child =
-            Command::new(&bin).args(&flags).stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| {
-                format!("cannot run {} ({e}): install etcd-server, set ETCD_BIN, or pass --endpoint", bin.display())
-            })?;
-        Ok(EtcdProcess { child, endpoint: client, flags, log, _dir: dir })
-    }
-
-    /// A client, once etcd answers.
-    async fn ready(&mut self) -> Result<Client, String> {
-        let deadline = Instant::now() + ETCD_START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("etcd exited with {status}; its log:\n{}", self.log_text()));
-            }
-            let attempt = async {
-                let mut c = Client::connect([self.endpoint.as_str()], None).await?;
-                c.status().await?;
-                Ok::<_, etcd_client::Error>(c)
-            };
-            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
-                return Ok(client);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "etcd did not answer within {ETCD_START_TIMEOUT:?}; its log:\n{}",
-                    self.log_text()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<std::net::SocketAddr, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    listener.local_addr().map_err(|e| e.to_string())
 }
 
 /// p50, p99 and max of a set of times (nearest rank).

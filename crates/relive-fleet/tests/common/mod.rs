@@ -1,5 +1,6 @@
-//! A real etcd for tests, and a TCP proxy that can cut the connections
-//! between a client and it.
+//! A real etcd for tests (and for `examples/fleet_bench.rs`, which includes
+//! this file), and a TCP proxy that can cut the connections between a
+//! client and it.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -19,16 +20,46 @@ pub struct Etcd {
     peer: SocketAddr,
     child: Option<Child>,
     starts: u32,
+    /// Flags after the ones that place it (ports, data dir).
+    extra: Vec<String>,
 }
 
 impl Etcd {
     /// Starts etcd on two free ports and waits until it answers.
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// [`start`](Etcd::start) with `extra` flags (`--auto-compaction-mode=revision`).
+    pub fn start_with(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
-        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0 };
+        let extra = extra.iter().map(|f| f.to_string()).collect();
+        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra };
         etcd.restart();
         etcd
+    }
+
+    /// Every flag etcd runs with.
+    pub fn flags(&self) -> Vec<String> {
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let mut flags = vec![
+            "--name=test".to_string(),
+            format!("--data-dir={}", self.data_dir().display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=test={peer}"),
+        ];
+        flags.extend(self.extra.iter().cloned());
+        flags
+    }
+
+    /// etcd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `http://127.0.0.1:<port>`, for clients.
@@ -58,16 +89,8 @@ impl Etcd {
         self.starts += 1;
         let log = self.dir.path().join(format!("etcd.{}.log", self.starts));
         let out = std::fs::File::create(&log).expect("etcd log");
-        let client = format!("http://{}", self.client);
-        let peer = format!("http://{}", self.peer);
         let child = Command::new(etcd_binary())
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.data_dir().display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .args(self.flags())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
