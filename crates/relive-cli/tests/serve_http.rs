@@ -6,8 +6,8 @@
 //! value with a notice in the browsers, a superseded fingerprint answers
 //! with the current content, the LiveReload extensions' port serves the
 //! LiveReload endpoints only, `--no-inject` keeps the client out, and
-//! template errors are told on stderr as they come and go, and a burst of
-//! saves is one reload.
+//! template errors are told on stderr as they come and go, a burst of
+//! saves is one reload, and the README's first command serves the demo.
 
 mod browser;
 
@@ -426,4 +426,31 @@ fn a_burst_of_twenty_saves_is_one_reload() {
     ws.write("config/site.toml", "title = \"After\"\n");
     let after = events.next();
     assert_eq!(after, json!({"command": "reload", "path": "config/site", "liveCSS": false, "liveImg": false}));
+}
+
+#[test]
+fn the_demo_serves_a_page_built_from_its_configs_templates_and_stylesheet() {
+    // The README's first command, `relive serve examples/demo`, on a copy.
+    let ws = Workspace::copy_of(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo"));
+    let server = serve_with(&ws, &["--no-history"]);
+    let page = get(server.addr(), "/");
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("<h1 id=\"title\">relive demo</h1>"), "site.toml's title: {}", page.text);
+    assert!(page.text.contains("config/server.toml says: "), "{}", page.text);
+    assert!(page.text.contains("/livereload.js"), "the live reload client is injected: {}", page.text);
+    let css = page.text.split("href=\"").filter_map(|s| s.split('"').next()).find(|h| h.ends_with(".css"));
+    let css = css.unwrap_or_else(|| panic!("a stylesheet link: {}", page.text));
+    assert!(css.starts_with("/static/app.") && css != "/static/app.css", "fingerprinted: {css}");
+    let sheet = get(server.addr(), css);
+    assert_eq!(sheet.status, 200);
+    assert!(sheet.text.ends_with(&std::fs::read_to_string(ws.root().join("static/app.css")).unwrap()));
+
+    // An edit is in the next page once the server has it.
+    let site = std::fs::read_to_string(ws.root().join("config/site.toml")).unwrap();
+    ws.write("config/site.toml", &site.replace("title = \"relive demo\"", "title = \"edited\""));
+    let deadline = Instant::now() + TIMEOUT;
+    while !get(server.addr(), "/").text.contains("<h1 id=\"title\">edited</h1>") {
+        assert!(Instant::now() < deadline, "the edit did not reach the page within {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -78,6 +78,24 @@ impl Workspace {
         ws
     }
 
+    /// A copy of the workspace at `dir` (its `data/` left out).
+    pub fn copy_of(dir: &std::path::Path) -> Workspace {
+        fn copy(from: &std::path::Path, to: &std::path::Path) {
+            std::fs::create_dir_all(to).expect("mkdir");
+            for entry in std::fs::read_dir(from).expect("read_dir").map(|e| e.expect("entry")) {
+                let target = to.join(entry.file_name());
+                if !entry.file_type().expect("file type").is_dir() {
+                    std::fs::copy(entry.path(), target).expect("copy");
+                } else if entry.file_name() != "data" {
+                    copy(&entry.path(), &target);
+                }
+            }
+        }
+        let ws = Workspace { dir: tempfile::tempdir().expect("temp dir") };
+        copy(dir, ws.root());
+        ws
+    }
+
     /// The workspace directory.
     pub fn root(&self) -> &std::path::Path {
         self.dir.path()
