@@ -124,9 +124,11 @@
 //!   anyone).
 //! - While etcd is unreachable the services keep their last good values.
 //! - Each applied value is written to a local cache
-//!   (`data/fleet/<prefix>/configs/<name>.cached`, replaced atomically); an
-//!   instance that boots while etcd is down starts from it
-//!   ([`Boot::Cache`]), and catches up when etcd answers.
+//!   (`data/fleet/<prefix>/configs/<name>.cached`, replaced atomically) by
+//!   a thread of its own after the acknowledgement, at most every 100 ms
+//!   while versions keep coming (the newest value wins; a clean shutdown
+//!   writes what is queued); an instance that boots while etcd is down
+//!   starts from it ([`Boot::Cache`]), and catches up when etcd answers.
 //! - Status keys are attached to a lease kept alive while the source runs:
 //!   [`FleetSource::shutdown`] revokes it, and an instance that dies loses
 //!   them when the lease expires ([`EtcdSource::lease_ttl`]).
