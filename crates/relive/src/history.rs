@@ -45,9 +45,9 @@ use serde_json::Value;
 pub use diff::{Diff, DiffEntry};
 pub(crate) use writer::Recorder;
 
+use crate::document::{Document, Parsed, Sources};
 use crate::error::{ConfigError, Error, Result};
 use crate::format::Format;
-use crate::pipeline::{Document, Parsed, Sources};
 use crate::redact::Redactor;
 use log::{DiffRecord, Status, VersionRecord};
 

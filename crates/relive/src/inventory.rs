@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::document::{Document, Parsed, Sources};
 use crate::error::{ConfigError, ConfigErrorKind, Error, Result};
 use crate::locate;
 use crate::paths::{self, ConfigFile};
-use crate::pipeline::{Document, Parsed, Sources};
 use crate::workspace::Workspace;
 
 /// The files of one config, as [`Workspace::configs`] finds them.

@@ -118,6 +118,8 @@
 #![deny(missing_docs)]
 
 mod coalesce;
+mod config;
+mod document;
 mod engine;
 mod error;
 mod event;
@@ -125,25 +127,25 @@ mod format;
 mod handler;
 mod history;
 mod inventory;
+mod lease;
 mod locate;
 mod paths;
-mod pipeline;
 mod redact;
 mod stream;
-mod sys;
 mod watch;
 mod workspace;
 
+pub use config::{HotReloadConfig, Polling};
+pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
-pub use handler::{HandlerError, ReloadHandler};
+pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
 pub use inventory::{ConfigFiles, LoadedConfig};
-pub use pipeline::Document;
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
-pub use workspace::{HotReloadConfig, HotReloadManager, Polling, Workspace};
+pub use workspace::{HandlerId, HotReloadManager, Workspace};

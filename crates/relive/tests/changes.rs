@@ -286,7 +286,7 @@ async fn a_no_op_save_delivers_nothing() {
     t.write("templates/sentinel.html", "2");
     let (_, before) = event_until(&mut events, |e| is_file_event(e, &sentinel)).await;
     assert!(
-        matches!(before.as_slice(), [ChangeEvent::FileChanged { path, change_type: ChangeType::Modified }] if *path == file),
+        matches!(before.as_slice(), [ChangeEvent::FileChanged { path, change_type: ChangeType::Modified, .. }] if *path == file),
         "{before:#?}"
     );
 

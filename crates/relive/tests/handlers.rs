@@ -36,7 +36,7 @@ async fn glob_handlers_get_only_their_files_and_config_events_route_by_file() {
 
     let event = tokio::time::timeout(TIMEOUT, templates.recv()).await.unwrap().unwrap();
     match event {
-        ChangeEvent::FileChanged { path, change_type } => {
+        ChangeEvent::FileChanged { path, change_type, .. } => {
             assert_eq!(path, t.path("templates/index.html"));
             assert_eq!(change_type, ChangeType::Modified);
         }
@@ -78,7 +78,7 @@ async fn handler_errors_and_panics_become_events_and_the_watcher_goes_on() {
 
     t.write("templates/error.html", "x");
     let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::HandlerFailed { .. })).await;
-    let ChangeEvent::HandlerFailed { handler, error } = event else { unreachable!() };
+    let ChangeEvent::HandlerFailed { handler, error, .. } = event else { unreachable!() };
     assert!(handler.ends_with("Failing"), "{handler}");
     assert!(error.contains("cannot handle") && error.contains("error.html"), "{error}");
 

@@ -11,9 +11,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::HistoryWarning;
+use crate::document::Document;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::format::Format;
-use crate::pipeline::Document;
 
 /// One line of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use super::{
     Attempt, Diff, DiffEntry, HistoryConfig, LOCK, LOG, MARKER, Marker, VERSIONS, VersionStatus, config_dir, retention,
     rfc3339, sync_dir, write_atomic,
 };
-use crate::pipeline::{Document, Parsed, Sources};
+use crate::document::{Document, Parsed, Sources};
 use crate::redact::Redactor;
 
 /// How long a new engine waits for the previous holder of the history lock
