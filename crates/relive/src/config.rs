@@ -71,6 +71,9 @@ pub struct HotReloadConfig {
     /// history diffs (never in stored versions). Default
     /// [`Redactor::DEFAULT_PATTERNS`](crate::Redactor::DEFAULT_PATTERNS).
     pub redact_patterns: Vec<String>,
+    /// Bounds on what a config file may be, checked before its text reaches
+    /// a parser. See [`Limits`].
+    pub limits: Limits,
     /// The version history under `data/history/`: on by default, the newest
     /// 100 versions of each config for up to 30 days. See
     /// [`Workspace::history`](crate::Workspace::history).
@@ -100,7 +103,42 @@ impl Default for HotReloadConfig {
             watch_limit: None,
             redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
             history: HistoryConfig::default(),
+            limits: Limits::default(),
         }
+    }
+}
+
+/// Bounds on what a config document may be.
+///
+/// A config file is input like any other: it may be huge, nested without
+/// end, or a YAML alias bomb (a few kilobytes that expand to billions of
+/// values). relive checks these limits before and while it parses, so a
+/// hostile document is rejected (a [`ConfigErrorKind::Limit`] error, with
+/// file, line and column where known) in about the time it takes to read
+/// it, with bounded memory, and the last good value stays live. The same
+/// limits apply to documents that do not come from files
+/// ([`HotReloadManager::publish`](crate::HotReloadManager::publish), etcd).
+///
+/// [`ConfigErrorKind::Limit`]: crate::ConfigErrorKind::Limit
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest document, in bytes. A larger file is not read at all.
+    /// Default 8 MiB.
+    pub max_file_size: u64,
+    /// How deep collections may nest (`[[[...]]]`, maps of maps). YAML flow
+    /// collections are checked by a linear scan before the parser sees the
+    /// text. JSON and TOML parsers stop at 128 levels whatever this says.
+    /// Default 64.
+    pub max_depth: usize,
+    /// The most values (scalars and collections) one document may build,
+    /// counting every expansion of a YAML alias: the bound on the work and
+    /// memory of one parse. Default 1,000,000.
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_file_size: 8 << 20, max_depth: 64, max_nodes: 1_000_000 }
     }
 }
 
@@ -121,6 +159,7 @@ pub(crate) struct EngineSettings {
     pub quiet: Duration,
     pub write_timeout: Duration,
     pub watch_limit: Option<usize>,
+    pub limits: Limits,
 }
 
 impl EngineSettings {
@@ -146,6 +185,7 @@ impl EngineSettings {
             quiet: Duration::from_millis(c.debounce_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             watch_limit: c.watch_limit,
+            limits: c.limits,
         })
     }
 }

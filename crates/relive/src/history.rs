@@ -45,6 +45,7 @@ use serde_json::Value;
 pub use diff::{Diff, DiffEntry};
 pub(crate) use writer::Recorder;
 
+use crate::config::Limits;
 use crate::document::{Document, Parsed, Sources};
 use crate::error::{ConfigError, Error, Result};
 use crate::format::Format;
@@ -297,7 +298,7 @@ impl History {
         let gone = documents.is_empty() && !entry.is_applied();
         let value = documents
             .iter()
-            .map(|d| Parsed::parse(d.clone()))
+            .map(|d| Parsed::parse(d.clone(), &Limits::default()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .ok()
             .filter(|_| !gone)

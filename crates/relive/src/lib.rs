@@ -135,7 +135,7 @@ mod stream;
 mod watch;
 mod workspace;
 
-pub use config::{HotReloadConfig, Polling};
+pub use config::{HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};

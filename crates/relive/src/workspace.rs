@@ -142,6 +142,11 @@ impl Workspace {
         self
     }
 
+    /// The limits documents are loaded within.
+    pub(crate) fn limits(&self) -> crate::config::Limits {
+        self.inner.config.lock().expect("config lock").limits
+    }
+
     /// Starts hot reload with the workspace's settings (the defaults, or
     /// those given to [`with_config`](Workspace::with_config)).
     ///

@@ -338,10 +338,10 @@ impl Worker {
 
     fn initial_scan(&mut self) {
         for (path, _) in self.intake.scan(&self.s) {
-            match read::read_at_start(&path) {
-                Ok(Some((bytes, meta))) => {
+            match read::read_at_start(&path, self.keep(&path)) {
+                Ok(Some(read)) => {
                     // Nothing is reported for the files found at start.
-                    let _ = self.files.store(&path, bytes, meta, None, &self.s.config_dir);
+                    let _ = self.files.store(&path, read, None, &self.s.config_dir);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read file"),
@@ -478,7 +478,9 @@ impl Worker {
     /// Reads the ready paths, stores what changed, reloads the configs it
     /// touched, and reports it all.
     fn process(&mut self, ready: Vec<Ready>) {
-        let reads = read::read_ready(ready, &mut self.coalescer);
+        let (config_dir, max_len) = (&self.s.config_dir, self.s.limits.max_file_size);
+        let keep = |path: &Path| read::keep(config_dir, path, max_len);
+        let reads = read::read_ready(ready, &mut self.coalescer, keep);
         self.fence();
         let batch = Batch { unleased: reads.iter().any(|r| r.result.is_ok() && !r.leased) };
         let now = Instant::now();
@@ -491,10 +493,10 @@ impl Worker {
             }
             let first_seen = read.ready.first_seen;
             match read.result {
-                Ok((bytes, _)) if !read.leased && self.suspicious(&read.ready, &bytes, now) => {}
-                Ok((bytes, meta)) => {
+                Ok(content) if !read.leased && self.suspicious(&read.ready, &content, now) => {}
+                Ok(content) => {
                     let moved_from = read.ready.moved_from.as_deref();
-                    match self.files.store(path, bytes, meta, moved_from, &self.s.config_dir) {
+                    match self.files.store(path, content, moved_from, &self.s.config_dir) {
                         Stored::Unchanged => {}
                         Stored::Changed { change, hash, configs, replaced } => {
                             if let Some(old) = replaced {
@@ -527,7 +529,9 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    if !self.coalescer.retry(path, read.ready.attempt, first_seen, now) {
+                    // A FIFO, socket or device is refused for good: no retry.
+                    let retry = e.kind() != io::ErrorKind::InvalidInput;
+                    if !(retry && self.coalescer.retry(path, read.ready.attempt, first_seen, now)) {
                         tracing::warn!(path = %path.display(), error = %e, attempts = read.ready.attempt + 1, "giving up reading file");
                         file_events.push(ChangeEvent::ReadFailed { path: path.clone(), error: e.to_string() });
                         if let Some(cf) = paths::config_file(&self.s.config_dir, path) {
@@ -565,11 +569,16 @@ impl Worker {
 
     /// True if the read must be confirmed before it is believed; a re-read
     /// is then scheduled (see [`Files::suspicious`]).
-    fn suspicious(&mut self, ready: &Ready, bytes: &[u8], now: Instant) -> bool {
+    fn suspicious(&mut self, ready: &Ready, content: &read::FileRead, now: Instant) -> bool {
         if !self.intake.has_events() {
             return false;
         }
-        self.files.suspicious(ready, bytes) && self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
+        self.files.suspicious(ready, content) && self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
+    }
+
+    /// What to keep of a file read at `path`.
+    fn keep(&self, path: &Path) -> read::Keep {
+        read::keep(&self.s.config_dir, path, self.s.limits.max_file_size)
     }
 
     /// `backup_on_change`: keeps the previous content of a config file as
@@ -598,7 +607,7 @@ impl Worker {
         if self.configs.get(name).is_some_and(|c| c.external) {
             return Outcome::Unchanged;
         }
-        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir) {
+        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits) {
             Ok(sources) => {
                 let merged = sources.merge();
                 self.apply(name, merged, &sources, first_seen, batch)
@@ -705,7 +714,7 @@ impl Worker {
         let sources = if external {
             Ok(self.configs.get(name).and_then(|c| c.published.clone()).unwrap_or_default())
         } else {
-            self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir)
+            self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits)
         };
         let state = self.configs.entry(name.to_string()).or_default();
         let warning = state.subscribe(sources, factory, self.s.validate)?;
@@ -717,7 +726,7 @@ impl Worker {
 
     fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
         let raw = self.history.as_ref().map(|_| docs.clone());
-        let parsed = docs.into_iter().map(Parsed::parse).collect::<Result<Vec<_>, _>>();
+        let parsed = docs.into_iter().map(|d| Parsed::parse(d, &self.s.limits)).collect::<Result<Vec<_>, _>>();
         let sources = match parsed {
             Ok(docs) => Sources { docs },
             Err(error) => {

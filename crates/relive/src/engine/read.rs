@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coalesce::{Coalescer, Ready};
+use crate::config::Limits;
 use crate::document::{Document, Parsed, Sources};
 use crate::error::ConfigError;
 use crate::event::ChangeType;
@@ -25,8 +26,28 @@ use crate::lease;
 use crate::paths::{self, ConfigFile};
 use crate::watch::Meta;
 
-/// A file's bytes and its metadata at the time of the read.
-pub(super) type FileRead = (Vec<u8>, Meta);
+/// What a read of a whole file found.
+pub(super) struct FileRead {
+    /// The bytes, for a config file (at most one byte over the size limit);
+    /// other files (templates, assets) are hashed as they are read and not
+    /// kept.
+    pub bytes: Option<Vec<u8>>,
+    /// How many bytes were read.
+    pub len: u64,
+    /// Their content hash (xxh3-64).
+    pub hash: u64,
+    /// The file's metadata at the time of the read.
+    pub meta: Meta,
+}
+
+/// What to keep of a file's content.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Keep {
+    /// The bytes, up to this many (one more, to tell that it is over).
+    Bytes(u64),
+    /// Only the hash: the file is streamed through the hasher.
+    Hash,
+}
 
 /// One ready path, read (or not).
 pub(super) struct Read {
@@ -34,6 +55,15 @@ pub(super) struct Read {
     pub result: io::Result<FileRead>,
     /// Whether the read was made under a lease, and so is certainly whole.
     pub leased: bool,
+}
+
+/// Config files are kept (their bytes are parsed), up to the size limit;
+/// every other file is only hashed.
+pub(super) fn keep(config_dir: &Path, path: &Path, max_len: u64) -> Keep {
+    match paths::config_file(config_dir, path) {
+        Some(_) => Keep::Bytes(max_len),
+        None => Keep::Hash,
+    }
 }
 
 /// What a read attempt found.
@@ -61,10 +91,10 @@ const BUSY_SPIN: [Duration; 5] = [
 /// Reads every ready path. A path whose writer still has it open goes back
 /// to the coalescer (and is dropped from the batch) until its backoff is
 /// spent; then it is read without a lease.
-pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer) -> Vec<Read> {
+pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer, keep: impl Fn(&Path) -> Keep) -> Vec<Read> {
     let mut reads = Vec::with_capacity(ready.len());
     for ready in ready {
-        let (result, leased) = match read_leased(&ready.path) {
+        let (result, leased) = match read_leased(&ready.path, keep(&ready.path)) {
             Ok(Attempt::Done(read, leased)) => (Ok(read), leased),
             // A writer has it open. Its close wakes us; the backoff only
             // matters for a writer that keeps the file open, which is read
@@ -73,7 +103,7 @@ pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer) -> Vec<Re
                 metrics::counter!("relive_lease_busy_total").increment(1);
                 continue;
             }
-            Ok(Attempt::Busy) => match read_file(&ready.path, false) {
+            Ok(Attempt::Busy) => match read_file(&ready.path, false, keep(&ready.path)) {
                 Ok(Attempt::Done(read, _)) => (Ok(read), false),
                 Ok(Attempt::Busy) => continue,
                 Err(e) => (Err(e), false),
@@ -87,14 +117,14 @@ pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer) -> Vec<Re
 
 /// A leased read, retried for a few hundred microseconds while the lease is
 /// refused (see [`BUSY_SPIN`]).
-fn read_leased(path: &Path) -> io::Result<Attempt> {
-    let mut attempt = read_file(path, true)?;
+fn read_leased(path: &Path, keep: Keep) -> io::Result<Attempt> {
+    let mut attempt = read_file(path, true, keep)?;
     for pause in BUSY_SPIN {
         if !matches!(attempt, Attempt::Busy) {
             break;
         }
         std::thread::sleep(pause);
-        attempt = read_file(path, true)?;
+        attempt = read_file(path, true, keep)?;
     }
     Ok(attempt)
 }
@@ -102,9 +132,9 @@ fn read_leased(path: &Path) -> io::Result<Attempt> {
 /// Reads a file found by the first scan: under a lease if it can, as it is
 /// if a writer has it open (its close will deliver the whole file; a known
 /// problem). `None` if it could not be read at all.
-pub(super) fn read_at_start(path: &Path) -> io::Result<Option<FileRead>> {
-    let read = match read_file(path, true)? {
-        Attempt::Busy => read_file(path, false)?,
+pub(super) fn read_at_start(path: &Path, keep: Keep) -> io::Result<Option<FileRead>> {
+    let read = match read_file(path, true, keep)? {
+        Attempt::Busy => read_file(path, false, keep)?,
         done => done,
     };
     Ok(match read {
@@ -120,7 +150,7 @@ pub(super) fn read_at_start(path: &Path) -> io::Result<Option<FileRead>> {
 /// one) is refused before it is opened for reading, and the open itself
 /// never blocks (`O_NONBLOCK`), so a FIFO swapped in between the check and
 /// the open cannot hang the engine either.
-fn read_file(path: &Path, lease: bool) -> io::Result<Attempt> {
+fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
     let before = fs::metadata(path)?;
     if !before.is_file() {
         return Err(not_regular(&before));
@@ -135,11 +165,38 @@ fn read_file(path: &Path, lease: bool) -> io::Result<Attempt> {
         Some(lease::Lease::Held(held)) => Some(held),
         Some(lease::Lease::Unsupported) | None => None,
     };
-    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-    (&file).read_to_end(&mut bytes)?;
+    let read = match keep {
+        Keep::Bytes(max_len) => {
+            // Never more than one byte over the size limit: the parser
+            // refuses such a document without looking at it, and memory
+            // stays bounded whatever the file's size.
+            let cap = max_len.saturating_add(1);
+            let mut bytes = Vec::with_capacity(meta.len().min(cap) as usize + 1);
+            (&file).take(cap).read_to_end(&mut bytes)?;
+            let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+            FileRead { len: bytes.len() as u64, bytes: Some(bytes), hash, meta: Meta::of(&meta) }
+        }
+        Keep::Hash => {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut len = 0u64;
+            loop {
+                match (&file).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        len += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            FileRead { bytes: None, len, hash: hasher.digest(), meta: Meta::of(&meta) }
+        }
+    };
     let leased = held.is_some();
     drop(held);
-    Ok(Attempt::Done((bytes, Meta::of(&meta)), leased))
+    Ok(Attempt::Done(read, leased))
 }
 
 fn not_regular(meta: &fs::Metadata) -> io::Error {
@@ -208,15 +265,8 @@ pub(super) struct Files {
 
 impl Files {
     /// Records a file's new content; says what kind of change it was.
-    pub fn store(
-        &mut self,
-        path: &Path,
-        bytes: Vec<u8>,
-        meta: Meta,
-        moved_from: Option<&Path>,
-        config_dir: &Path,
-    ) -> Stored {
-        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+    pub fn store(&mut self, path: &Path, read: FileRead, moved_from: Option<&Path>, config_dir: &Path) -> Stored {
+        let FileRead { bytes, hash, meta, .. } = read;
         let mut configs = Vec::new();
         let change = match self.known.get_mut(path) {
             Some(known) if known.hash == hash => {
@@ -245,7 +295,7 @@ impl Files {
                 configs.push(cf.name.clone());
             }
         }
-        let content: Option<Arc<[u8]>> = config.as_ref().map(|_| bytes.into());
+        let content: Option<Arc<[u8]>> = config.as_ref().map(|_| bytes.unwrap_or_default().into());
         self.known.insert(path.to_path_buf(), Known { hash, meta, content, parsed: None, config });
         Stored::Changed { change, hash, configs, replaced }
     }
@@ -277,13 +327,13 @@ impl Files {
     /// work, its events have arrived by then and the path waits for its
     /// close; if the same bytes come back and nothing happened to the path
     /// meanwhile, they are the real content.
-    pub fn suspicious(&mut self, ready: &Ready, bytes: &[u8]) -> bool {
-        let shorter = self.known.get(&ready.path).is_some_and(|k| (bytes.len() as u64) < k.meta.len());
+    pub fn suspicious(&mut self, ready: &Ready, read: &FileRead) -> bool {
+        let shorter = self.known.get(&ready.path).is_some_and(|k| read.len < k.meta.len());
         if !shorter {
             self.suspects.remove(&ready.path);
             return false;
         }
-        let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+        let hash = read.hash;
         // A confirming read is a retry that no signal interrupted (any
         // signal for the path resets its attempt to 0): the writer, if
         // there was one, has been silent since. Every truncation reads as
@@ -324,7 +374,13 @@ impl Files {
 
     /// The documents of config `name` from files: the base, then the
     /// overlay for the environment, parsed (once per content).
-    pub fn sources(&mut self, name: &str, env: Option<&str>, config_dir: &Path) -> Result<Sources, ConfigError> {
+    pub fn sources(
+        &mut self,
+        name: &str,
+        env: Option<&str>,
+        config_dir: &Path,
+        limits: &Limits,
+    ) -> Result<Sources, ConfigError> {
         let files = self.of_config(name).filter_map(|path| {
             let cf = self.known.get(path)?.config.as_ref()?;
             Some((path.as_path(), cf))
@@ -336,7 +392,7 @@ impl Files {
             let parsed = known.parsed.get_or_insert_with(|| {
                 let cf = known.config.as_ref().expect("config file");
                 let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
-                Parsed::parse(Document::new(&path, cf.format, content))
+                Parsed::parse(Document::new(&path, cf.format, content), limits)
             });
             docs.push(parsed.clone()?);
         }

@@ -180,6 +180,7 @@ fn kind_name(kind: ConfigErrorKind) -> &'static str {
         ConfigErrorKind::Invalid => "invalid",
         ConfigErrorKind::Ambiguous => "ambiguous",
         ConfigErrorKind::Missing => "missing",
+        ConfigErrorKind::Limit => "limit",
     }
 }
 
@@ -190,6 +191,7 @@ fn kind_from_name(name: &str) -> ConfigErrorKind {
         "type" => ConfigErrorKind::Type,
         "ambiguous" => ConfigErrorKind::Ambiguous,
         "missing" => ConfigErrorKind::Missing,
+        "limit" => ConfigErrorKind::Limit,
         _ => ConfigErrorKind::Invalid,
     }
 }

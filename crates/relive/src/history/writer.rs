@@ -22,6 +22,7 @@ use super::{
     Attempt, Diff, DiffEntry, HistoryConfig, LOCK, LOG, MARKER, Marker, VERSIONS, VersionStatus, config_dir, retention,
     rfc3339, sync_dir, write_atomic,
 };
+use crate::config::Limits;
 use crate::document::{Document, Parsed, Sources};
 use crate::redact::Redactor;
 
@@ -442,7 +443,7 @@ fn load_value(root: &Path, versions: &Path, v: &VersionRecord) -> Option<Value> 
         .iter()
         .map(|d| {
             let format = log::format_from_name(&d.format)?;
-            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?)).ok()
+            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?), &Limits::default()).ok()
         })
         .collect::<Option<Vec<_>>>()?;
     Some(Sources { docs }.merge())
