@@ -55,11 +55,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use relive::{ChangeEvent, ConfigError, ConfigErrorKind, Workspace};
-use relive_web::{Assets, Change, ReloadHub, Templates};
+use relive_web::{Access, Assets, Change, ReloadHub, Templates};
 use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast::error::RecvError;
@@ -98,6 +99,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let ws = app::workspace(args.dir.as_deref(), args.env.env.as_deref())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let access = access(&args)?;
 
     let assets = Assets::new(&ws).map_err(web_failure)?;
     let urls = assets.clone();
@@ -112,6 +114,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let manager = ws.start_hot_reload_with_config(config).await?;
 
     let hub = ReloadHub::new();
+    hub.set_access(access.clone());
     hub.follow_templates(&templates);
     hub.follow_assets(&assets);
     follow_configs(&ws, &manager, &context, &hub, failed);
@@ -133,16 +136,20 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     };
     follow_template_errors(&templates);
 
+    // Every route on both ports answers only for the allowed hosts.
+    let guard = axum::middleware::from_fn_with_state(Arc::new(access), refuse_other_hosts);
     let app = Router::new()
         .fallback(page)
         .with_state(Pages { templates, context, hub: hub.clone(), inject: !args.no_inject })
         .merge(relive_web::router(hub.clone()))
-        .merge(relive_web::static_router(assets));
+        .merge(relive_web::static_router(assets))
+        .layer(guard.clone());
     let server = axum::serve(listener, app.into_make_service());
     // The extensions' port: the LiveReload endpoints, nothing of the workspace.
     let extensions = async move {
+        let app = relive_web::router(hub).fallback(|| async { StatusCode::NOT_FOUND }).layer(guard);
         match livereload {
-            Some(listener) => axum::serve(listener, relive_web::router(hub).into_make_service()).await,
+            Some(listener) => axum::serve(listener, app.into_make_service()).await,
             None => std::future::pending().await,
         }
     };
@@ -156,6 +163,31 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     };
     manager.shutdown().await?;
     result
+}
+
+/// The hosts the server answers for: loopback names, the `--host`
+/// address, `--allow-host` names.
+fn access(args: &ServeArgs) -> Result<Access> {
+    let mut access = Access::loopback().with_host(&args.host.to_string()).map_err(web_failure)?;
+    for name in &args.allow_host {
+        // Checked by clap already (`cli::parse_allow_host`).
+        access = access.with_host(name).map_err(|e| Failure { exit: Exit::Usage, message: e.to_string() })?;
+    }
+    Ok(access)
+}
+
+/// Answers only requests for an allowed host: a page of another site that
+/// reaches this server through DNS rebinding (its name re-resolved to
+/// 127.0.0.1) still names its own host in `Host`, and gets a 421 that says
+/// why, never a page.
+async fn refuse_other_hosts(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    match access.check_host(request.headers(), request.uri()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            let text = format!("relive serve: {refused}; allow another name with --allow-host NAME\n");
+            (refused.status(), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+    }
 }
 
 /// Binds the LiveReload extensions' port and prints its address on the

@@ -71,6 +71,7 @@
 )]
 #![deny(missing_docs)]
 
+mod access;
 mod assets;
 mod client;
 mod error;
@@ -80,6 +81,7 @@ mod reload;
 mod static_files;
 mod templates;
 
+pub use access::{Access, Refused};
 pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
 pub use client::{CLIENT_JS, PAGE_ERROR_ID, SCRIPT_TAG, error_page, inject, inject_at};
 pub use error::{Error, Result, TemplateError};

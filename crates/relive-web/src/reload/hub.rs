@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{Change, Coalescer, Message};
+use crate::access::Access;
 use crate::assets::Assets;
 use crate::templates::Templates;
 
@@ -30,6 +32,8 @@ struct HubInner {
     alerts: watch::Sender<BTreeMap<String, String>>,
     /// How many changes have been taken in (see [`ReloadHub::changes`]).
     taken: AtomicU64,
+    /// Who may use the hub's routes (see [`ReloadHub::set_access`]).
+    access: ArcSwap<Access>,
 }
 
 impl Default for ReloadHub {
@@ -83,6 +87,7 @@ impl ReloadHub {
                 messages,
                 alerts: watch::Sender::new(BTreeMap::new()),
                 taken: AtomicU64::new(0),
+                access: ArcSwap::from_pointee(Access::default()),
             }),
         }
     }
@@ -101,6 +106,21 @@ impl ReloadHub {
     /// reach no browser, and the page would stay stale.
     pub fn changes(&self) -> u64 {
         self.inner.taken.load(Ordering::SeqCst)
+    }
+
+    /// Sets who may use the live reload routes of [`router`](crate::router)
+    /// mounted with this hub or any of its clones, from their next request:
+    /// the hosts they answer for.
+    /// The default is [`Access::loopback`]: a server reached under another
+    /// name (a LAN address, a name in `/etc/hosts`) must allow it here, or
+    /// its pages get no live reload (421 for the script and the streams).
+    pub fn set_access(&self, access: Access) {
+        self.inner.access.store(Arc::new(access));
+    }
+
+    /// Who may use the live reload routes now (see [`set_access`](ReloadHub::set_access)).
+    pub fn access(&self) -> Arc<Access> {
+        self.inner.access.load_full()
     }
 
     /// Whether a page stamped with `page` changes has missed some.

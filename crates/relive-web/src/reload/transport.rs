@@ -6,9 +6,10 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::http::{Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,17 +27,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The live reload routes, to merge into an application's router:
 /// `/livereload` (WebSocket), `/livereload/events` (SSE) and
 /// `/livereload.js`.
+///
+/// They answer only for the hosts that the hub's [`Access`](crate::Access)
+/// allows (by default, loopback: see [`ReloadHub::set_access`]). Another
+/// host is answered 421, with a plain-text body that says why.
 pub fn router(hub: ReloadHub) -> Router {
     Router::new()
         .route("/livereload", get(websocket))
         .route("/livereload/events", get(events))
         .route("/livereload.js", get(script))
+        .route_layer(middleware::from_fn_with_state(hub.clone(), check_host))
         .with_state(hub)
+}
+
+/// Answers a request only if its host is allowed (DNS rebinding: see
+/// [`Access`](crate::Access)).
+async fn check_host(State(hub): State<ReloadHub>, request: Request, next: Next) -> Response {
+    match hub.access().check_host(request.headers(), request.uri()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Revalidated on every page load (`no-cache`), so an `ETag` makes that a
 /// 304: every reload fetches the page, and its client connects sooner.
-async fn script(headers: axum::http::HeaderMap) -> Response {
+async fn script(headers: HeaderMap) -> Response {
     static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let etag =
         ETAG.get_or_init(|| format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(crate::client::CLIENT_JS.as_bytes())));
