@@ -165,8 +165,9 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     result
 }
 
-/// The hosts the server answers for: loopback names, the `--host`
-/// address, `--allow-host` names.
+/// The hosts the server answers for (loopback names, the `--host`
+/// address, `--allow-host` names), and the origins its live reload
+/// streams accept (pages of those hosts, the LiveReload extensions).
 fn access(args: &ServeArgs) -> Result<Access> {
     let mut access = Access::loopback().with_host(&args.host.to_string()).map_err(web_failure)?;
     for name in &args.allow_host {

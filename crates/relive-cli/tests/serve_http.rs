@@ -590,6 +590,9 @@ fn allow_host_adds_exactly_the_names_given() {
     for host in [format!("a.dev.example:{port}"), "dev.example.attacker.example".into(), "example".into()] {
         assert_misdirected(&get_with(&addr, "/secret", &[&format!("Host: {host}")]), &host);
     }
+    // A page of an allowed name may open the streams.
+    let socket = upgrade(&livereload, &livereload, Some(&format!("http://dev.example:{port}")));
+    assert_eq!(socket.status, 101, "{}", socket.text);
 
     // Names only: no wildcard, no port.
     for (bad, says) in [("*.example", "wildcards are not supported"), ("dev.example:8000", "without a port")] {
@@ -601,5 +604,84 @@ fn allow_host_adds_exactly_the_names_given() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
+}
+
+/// A WebSocket handshake for `/livereload` at `addr` with `Host: host`,
+/// and `Origin: origin` if given; the response's head.
+fn upgrade(addr: &str, host: &str, origin: Option<&str>) -> Response {
+    let mut headers = vec![
+        format!("Host: {host}"),
+        "Upgrade: websocket".to_string(),
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_string(),
+        "Sec-WebSocket-Version: 13".to_string(),
+    ];
+    headers.extend(origin.map(|o| format!("Origin: {o}")));
+    get_with(addr, "/livereload", &headers.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The Origins a page of another site sends, or a `file://` page (`null`).
+fn foreign_origins(port: &str) -> Vec<String> {
+    vec![
+        "http://attacker.example".into(),
+        format!("http://attacker.example:{port}"),
+        format!("https://127.0.0.1.attacker.example:{port}"),
+        format!("http://127.0.0.1@attacker.example:{port}"),
+        "null".into(),
+        "file://".into(),
+    ]
+}
+
+/// The Origins allowed: the server's own pages (on the main port: a
+/// cross-port origin for the LiveReload port), loopback pages, and the
+/// LiveReload extensions.
+fn own_origins(addr: &str) -> Vec<String> {
+    vec![
+        format!("http://{addr}"),
+        format!("http://localhost:{}", port_of(addr)),
+        "http://localhost:3000".into(),
+        "chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei".into(),
+        "moz-extension://0b8fa3f6-1c4a-4b7e-9d36-2e4f6a8b1c9d".into(),
+        "safari-web-extension://E5A2C6F1-0B3D-4E7A-9C21-3F6B8D4A2E10".into(),
+    ]
+}
+
+#[test]
+fn a_websocket_from_a_page_of_another_site_is_refused_on_both_ports() {
+    let (_ws, _server, addr, livereload) = serve_secret(&[]);
+    for at in [&addr, &livereload] {
+        assert_eq!(upgrade(at, at, None).status, 101, "{at}: no Origin (not a browser)");
+        for origin in own_origins(&addr) {
+            let response = upgrade(at, at, Some(&origin));
+            assert_eq!(response.status, 101, "{at} Origin: {origin}: {}", response.text);
+        }
+        for origin in foreign_origins(port_of(&addr)) {
+            let response = upgrade(at, at, Some(&origin));
+            assert_eq!(response.status, 403, "{at} Origin: {origin}: {}", response.text);
+            assert!(response.text.contains("cross-origin request refused"), "{at} Origin: {origin}: {}", response.text);
+        }
+    }
+}
+
+#[test]
+fn an_event_stream_for_a_page_of_another_site_is_refused_on_both_ports() {
+    let (_ws, _server, addr, livereload) = serve_secret(&[]);
+    let events = |at: &str, origin: Option<&str>| {
+        let mut headers = vec![format!("Host: {at}"), "Accept: text/event-stream".to_string()];
+        headers.extend(origin.map(|o| format!("Origin: {o}")));
+        get_with(at, "/livereload/events", &headers.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    for at in [&addr, &livereload] {
+        let open = |r: &Response| r.status == 200 && r.text.to_ascii_lowercase().contains("text/event-stream");
+        assert!(open(&events(at, None)), "{at}: no Origin");
+        for origin in own_origins(&addr) {
+            let response = events(at, Some(&origin));
+            assert!(open(&response), "{at} Origin: {origin}: {}", response.text);
+        }
+        for origin in foreign_origins(port_of(&addr)) {
+            let response = events(at, Some(&origin));
+            assert_eq!(response.status, 403, "{at} Origin: {origin}: {}", response.text);
+            assert!(response.text.contains("cross-origin request refused"), "{at} Origin: {origin}: {}", response.text);
+        }
     }
 }

@@ -1,11 +1,19 @@
-//! Who may use a development server: which `Host` names it answers for.
+//! Who may use a development server: which `Host` names it answers for,
+//! and which `Origin`s may open its live reload streams.
 //!
-//! **DNS rebinding** reaches a server on 127.0.0.1 from a web page in the
-//! developer's own browser: a page at `http://attacker.example:8000` has its
-//! name re-resolved to 127.0.0.1, and its scripts then read the dev
-//! server's pages as same-origin. Only the `Host` header tells: it still
-//! says `attacker.example`. So a request is answered only if its `Host`
-//! names an allowed host ([`Access::check_host`]).
+//! Two attacks reach a server on 127.0.0.1 from a web page in the
+//! developer's own browser:
+//!
+//! - **DNS rebinding**: a page at `http://attacker.example:8000` has its
+//!   name re-resolved to 127.0.0.1, and its scripts then read the dev
+//!   server's pages as same-origin. Only the `Host` header tells: it still
+//!   says `attacker.example`. So a request is answered only if its `Host`
+//!   names an allowed host ([`Access::check_host`]).
+//! - **Cross-site WebSocket**: WebSockets (and `EventSource`) are not bound
+//!   by the same-origin policy, so any page can connect to
+//!   `ws://127.0.0.1:35729/livereload` and read every alert (which carry
+//!   config errors). The browser says who is asking in `Origin`, so the
+//!   streams open only for an allowed `Origin` ([`Access::check_origin`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -16,7 +24,12 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, Result};
 
-/// The host names a server answers for.
+/// The URL schemes of the LiveReload browser extensions' own pages
+/// (Chromium, Firefox, Safari), whose connections carry them as `Origin`.
+const EXTENSION_SCHEMES: [&str; 3] = ["chrome-extension", "moz-extension", "safari-web-extension"];
+
+/// The host names a server answers for, and the origins its live reload
+/// streams accept.
 ///
 /// A **host** is allowed if it is a loopback name (`localhost`, any
 /// `127.x.y.z`, `[::1]`), or was added with [`with_host`](Access::with_host)
@@ -24,6 +37,18 @@ use crate::error::{Error, Result};
 /// whose `Host` header (or absolute-form target) names another host, or
 /// that has none, is refused with [`Refused::Host`]: 421 Misdirected
 /// Request.
+///
+/// An **origin** (of a WebSocket at `/livereload` or of the Server-Sent
+/// Events at `/livereload/events`) is allowed if the request has no
+/// `Origin` header (not a browser page: curl, an editor plugin), if it is
+/// `http://` or `https://` on an allowed host (any port: a page served on
+/// `127.0.0.1:8000` connects to the LiveReload port `127.0.0.1:35729`) or
+/// on the request's own host, or if it is a LiveReload browser extension's
+/// own page (`chrome-extension://`, `moz-extension://`,
+/// `safari-web-extension://`; see
+/// [`with_extension_origins`](Access::with_extension_origins)). Every other
+/// one (another site, `null` from a `file://` page or a sandboxed frame) is
+/// refused with [`Refused::Origin`]: 403 Forbidden.
 ///
 /// The default is [`Access::loopback`]. [`router`](crate::router) applies
 /// a [`ReloadHub`](crate::ReloadHub)'s access (see
@@ -41,6 +66,13 @@ use crate::error::{Error, Result};
 /// assert!(access.allows_host("Dev.Example:3000"));
 /// assert!(!access.allows_host("attacker.example:8000"));
 /// assert!(!access.allows_host("sub.dev.example"));
+///
+/// let host = Some("127.0.0.1:35729");
+/// assert!(access.allows_origin(None, host));
+/// assert!(access.allows_origin(Some("http://127.0.0.1:8000"), host));
+/// assert!(access.allows_origin(Some("chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei"), host));
+/// assert!(!access.allows_origin(Some("https://attacker.example"), host));
+/// assert!(!access.allows_origin(Some("null"), host));
 /// # Ok::<(), relive_web::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +81,8 @@ pub struct Access {
     hosts: BTreeSet<Host>,
     /// Whether any `Host` is answered ([`Access::any_host`]).
     any_host: bool,
+    /// Whether the extensions' origins are allowed.
+    extensions: bool,
 }
 
 impl Default for Access {
@@ -59,13 +93,17 @@ impl Default for Access {
 }
 
 impl Access {
-    /// Loopback hosts only (`localhost`, `127.x.y.z`, `[::1]`).
+    /// Loopback hosts only (`localhost`, `127.x.y.z`, `[::1]`), and the
+    /// LiveReload extensions' origins.
     pub fn loopback() -> Access {
-        Access { hosts: BTreeSet::new(), any_host: false }
+        Access { hosts: BTreeSet::new(), any_host: false, extensions: true }
     }
 
     /// Every `Host` is answered: for a server behind a proxy that checks
-    /// it.
+    /// it. Origins are still checked, against the loopback hosts, those
+    /// added with [`with_host`](Access::with_host) and the request's own
+    /// host; that last one is exactly what DNS rebinding forges, so only
+    /// use this where something else checks the host.
     pub fn any_host() -> Access {
         Access { any_host: true, ..Access::loopback() }
     }
@@ -79,10 +117,34 @@ impl Access {
         Ok(self)
     }
 
+    /// Whether the origins of the LiveReload browser extensions' own pages
+    /// are allowed (default: yes).
+    pub fn with_extension_origins(mut self, allowed: bool) -> Access {
+        self.extensions = allowed;
+        self
+    }
+
     /// Whether `host` (a `Host` header's value, with or without a port)
     /// names an allowed host.
     pub fn allows_host(&self, host: &str) -> bool {
         self.any_host || Host::of_header(host).is_some_and(|host| self.listed(&host))
+    }
+
+    /// Whether a live reload stream may open for a request with `origin`
+    /// (its `Origin` header, `None` without one) and `host` (its `Host`
+    /// header).
+    pub fn allows_origin(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let Some((scheme, rest)) = origin.split_once("://") else { return false };
+        let scheme = scheme.to_ascii_lowercase();
+        if EXTENSION_SCHEMES.contains(&scheme.as_str()) {
+            return self.extensions && !rest.is_empty() && !rest.contains(['/', '@']);
+        }
+        if scheme != "http" && scheme != "https" || rest.contains(['/', '@', '?', '#']) {
+            return false;
+        }
+        let Some(origin_host) = Host::of_header(rest) else { return false };
+        self.listed(&origin_host) || host.and_then(Host::of_header).is_some_and(|host| host == origin_host)
     }
 
     /// Refuses a request whose host is not allowed: its `Host` header, and
@@ -110,6 +172,23 @@ impl Access {
         match any {
             true => Ok(()),
             false => Err(self.refused_host()),
+        }
+    }
+
+    /// Refuses a request whose `Origin` is not allowed (see
+    /// [`allows_origin`](Access::allows_origin)); several `Origin` headers
+    /// are refused.
+    pub fn check_origin(&self, headers: &HeaderMap) -> std::result::Result<(), Refused> {
+        let origins: Vec<_> = headers.get_all(header::ORIGIN).iter().collect();
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = match origins[..] {
+            [] => true,
+            [origin] => origin.to_str().is_ok_and(|origin| self.allows_origin(Some(origin), host)),
+            _ => false,
+        };
+        match allowed {
+            true => Ok(()),
+            false => Err(Refused::Origin { allowed: self.describe() }),
         }
     }
 
@@ -221,6 +300,11 @@ pub enum Refused {
         /// The allowed hosts, for people.
         allowed: String,
     },
+    /// The request's `Origin` is not allowed: 403 Forbidden.
+    Origin {
+        /// The allowed hosts, for people.
+        allowed: String,
+    },
 }
 
 impl Refused {
@@ -228,6 +312,7 @@ impl Refused {
     pub fn status(&self) -> StatusCode {
         match self {
             Refused::Host { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Refused::Origin { .. } => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -238,6 +323,11 @@ impl fmt::Display for Refused {
             Refused::Host { allowed } => write!(
                 f,
                 "misdirected request: the Host header does not name this server, which answers only for {allowed}"
+            ),
+            Refused::Origin { allowed } => write!(
+                f,
+                "cross-origin request refused: live reload streams are open to pages of {allowed}, to the \
+                 LiveReload browser extensions and to clients that send no Origin"
             ),
         }
     }
@@ -296,6 +386,40 @@ mod tests {
         assert!(access.allows_host("10.0.0.1:8000") && access.allows_host("DEV.example"));
         assert!(!access.allows_host("a.dev.example"));
         assert!(Access::any_host().allows_host("attacker.example"));
+    }
+
+    #[test]
+    fn origins_of_allowed_hosts_the_request_host_and_the_extensions_are_allowed() {
+        let access = Access::loopback();
+        let host = Some("127.0.0.1:35729");
+        for ok in [
+            "http://127.0.0.1:8000",
+            "https://localhost",
+            "HTTP://[::1]:3000",
+            "chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei",
+            "moz-extension://0b8fa3f6-1c4a-4b7e-9d36-2e4f6a8b1c9d",
+            "safari-web-extension://ABC",
+        ] {
+            assert!(access.allows_origin(Some(ok), host), "{ok}");
+        }
+        for bad in [
+            "http://attacker.example",
+            "http://127.0.0.1.attacker.example",
+            "http://127.0.0.1@attacker.example",
+            "http://127.0.0.1:8000/path",
+            "null",
+            "file://",
+            "ws://127.0.0.1:8000",
+            "chrome-extension://",
+            "",
+        ] {
+            assert!(!access.allows_origin(Some(bad), host), "{bad}");
+        }
+        assert!(!access.clone().with_extension_origins(false).allows_origin(Some("chrome-extension://x"), host));
+        // The request's own host: only where any Host is answered does that matter.
+        let any = Access::any_host();
+        assert!(any.allows_origin(Some("http://box.lan:8000"), Some("box.lan:35729")));
+        assert!(!any.allows_origin(Some("http://attacker.example"), Some("box.lan:35729")));
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl ReloadHub {
 
     /// Sets who may use the live reload routes of [`router`](crate::router)
     /// mounted with this hub or any of its clones, from their next request:
-    /// the hosts they answer for.
+    /// the hosts they answer for and the origins their streams accept.
     /// The default is [`Access::loopback`]: a server reached under another
     /// name (a LAN address, a name in `/etc/hosts`) must allow it here, or
     /// its pages get no live reload (421 for the script and the streams).

@@ -28,9 +28,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/livereload` (WebSocket), `/livereload/events` (SSE) and
 /// `/livereload.js`.
 ///
-/// They answer only for the hosts that the hub's [`Access`](crate::Access)
-/// allows (by default, loopback: see [`ReloadHub::set_access`]). Another
-/// host is answered 421, with a plain-text body that says why.
+/// They answer only for the hosts, and their streams open only for the
+/// origins, that the hub's [`Access`](crate::Access) allows (by default,
+/// loopback: see [`ReloadHub::set_access`]). Another host is answered 421,
+/// another origin 403, each with a plain-text body that says why.
 pub fn router(hub: ReloadHub) -> Router {
     Router::new()
         .route("/livereload", get(websocket))
@@ -68,7 +69,12 @@ async fn script(headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], cache, crate::client::CLIENT_JS).into_response()
 }
 
-async fn websocket(State(hub): State<ReloadHub>, upgrade: WebSocketUpgrade) -> Response {
+/// A page of another site may open a WebSocket to any server (no
+/// same-origin policy there): the `Origin` says whose page it is.
+async fn websocket(State(hub): State<ReloadHub>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    if let Err(refused) = hub.access().check_origin(&headers) {
+        return refused.into_response();
+    }
     upgrade.on_upgrade(move |socket| serve_socket(hub, socket))
 }
 
@@ -160,7 +166,14 @@ async fn serve_socket(hub: ReloadHub, mut socket: WebSocket) {
 }
 
 /// `?changes=N`: as `reliveChanges` in a WebSocket `hello`.
-async fn events(State(hub): State<ReloadHub>, uri: Uri) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(State(hub): State<ReloadHub>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(refused) = hub.access().check_origin(&headers) {
+        return refused.into_response();
+    }
+    stream(hub, uri).into_response()
+}
+
+fn stream(hub: ReloadHub, uri: Uri) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let messages = hub.subscribe();
     let page_changes = uri
         .query()
