@@ -119,6 +119,13 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     hub.follow_assets(&assets);
     follow_configs(&ws, &manager, &context, &hub, failed);
 
+    if !args.host.to_canonical().is_loopback() {
+        output::warn(&format!(
+            "--host {}: not a loopback address, so every config (secrets included), template and static file of \
+             this workspace is readable from the network",
+            args.host
+        ));
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::runtime(format!("cannot bind {addr}: {e}")))?;

@@ -685,3 +685,15 @@ fn an_event_stream_for_a_page_of_another_site_is_refused_on_both_ports() {
         }
     }
 }
+
+#[test]
+fn a_host_that_is_not_loopback_is_warned_about() {
+    let ws = Workspace::new();
+    let server = serve_with(&ws, &["--host", "0.0.0.0"]);
+    let stderr = server.wait_for_stderr("readable from the network");
+    assert!(
+        stderr.contains("warning: --host 0.0.0.0: not a loopback address, so every config (secrets included)"),
+        "{stderr}"
+    );
+    assert_eq!(get(server.addr(), "/").status, 200, "it serves all the same");
+}
