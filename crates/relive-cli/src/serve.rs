@@ -25,6 +25,24 @@
 //! whose fingerprint is now superseded: the static router answers that
 //! with the current content (see `relive_web::Manifest::superseded`).
 //!
+//! # Who it answers
+//!
+//! The pages show every config, secrets included, so they are for the
+//! developer's own browser only. The server binds 127.0.0.1 by default,
+//! but that alone does not keep out a page of another site that the
+//! browser is showing: through DNS rebinding (its name re-resolved to
+//! 127.0.0.1) it reads this server's pages as its own, and any page may
+//! open a WebSocket to `127.0.0.1:35729`. So, on both ports and every
+//! route, a request is answered only if its `Host` names a loopback host
+//! (`localhost`, `127.x.y.z`, `[::1]`), the `--host` address, or a name
+//! given with `--allow-host` (exact, any port); any other gets a 421 with
+//! a plain-text reason. The live reload streams also refuse an `Origin`
+//! that is not a page of those hosts (any port: a page of the main port
+//! connects to the LiveReload port) or a LiveReload extension's. The
+//! checks are `relive_web::Access`: the hub carries it for the streams,
+//! and a middleware here applies its Host check to every route. A `--host`
+//! that is not loopback is warned about on stderr.
+//!
 //! The configs are the context: `config/site.toml` is `site` in templates
 //! (`{{ site.title }}`). Each is loaded with `Workspace::load` at start and
 //! again when the engine says it has a new value (`ConfigChanged`), and
