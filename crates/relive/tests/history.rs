@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -336,36 +336,34 @@ async fn rollback_that_the_engine_rejects_is_an_error_and_recorded() {
     assert!(!history_dir(&t).join("rollback.json").exists());
 }
 
-/// Child half of `rollback_from_another_process`: a process with no engine.
+/// A rollback by a process with no engine (what `relive rollback` does)
+/// reaches the engine of this one. The child half rolls back; the parent
+/// half checks that its engine applied and recorded it.
 #[test]
-fn rollback_child() {
-    let Some(root) = std::env::var_os("RELIVE_ROLLBACK_ROOT") else { return };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(relive::Workspace::new(root).rollback("app", 1)).unwrap();
-}
+fn rollback_from_another_process() {
+    const NAME: &str = "rollback_from_another_process";
+    if let Some(root) = child_arg(NAME) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(relive::Workspace::new(root).rollback("app", 1)).unwrap();
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+        let (manager, mut stream) = start(&t, HistoryConfig::default()).await;
+        save(&t, "config/app.toml", &app_toml("a", 2));
+        next(&mut stream).await;
+        // What `relive history` would show before someone picks a version.
+        manager.flush_history().await.unwrap();
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollback_from_another_process() {
-    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
-    let (manager, mut stream) = start(&t, HistoryConfig::default()).await;
-    save(&t, "config/app.toml", &app_toml("a", 2));
-    next(&mut stream).await;
-    // What `relive history` would show before someone picks a version.
-    manager.flush_history().await.unwrap();
+        assert_child_passed(&child(NAME, t.dir.path()).output().unwrap());
 
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rollback_child", "--nocapture", "--test-threads=1"])
-        .env("RELIVE_ROLLBACK_ROOT", t.dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-
-    assert_eq!(next(&mut stream).await.value, 1);
-    manager.flush_history().await.unwrap();
-    let last = t.ws.history("app").unwrap().pop().unwrap();
-    assert_eq!((last.version, last.rollback_of), (3, Some(1)));
-    assert!(!history_dir(&t).join("rollback.json").exists());
+        assert_eq!(next(&mut stream).await.value, 1);
+        manager.flush_history().await.unwrap();
+        let last = t.ws.history("app").unwrap().pop().unwrap();
+        assert_eq!((last.version, last.rollback_of), (3, Some(1)));
+        assert!(!history_dir(&t).join("rollback.json").exists());
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,39 +525,18 @@ async fn a_damaged_content_file_is_an_error_not_a_wrong_answer() {
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
-/// Child half of `kill_nine_at_random_moments_leaves_a_history_that_opens`:
-/// an engine with history, and edits as fast as they are applied, until it
-/// is killed.
-#[test]
-fn history_writer_child() {
-    let Some(root) = std::env::var_os("RELIVE_KILL_ROOT") else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    rt.block_on(async move {
-        let ws = relive::Workspace::new(&root);
-        let config =
-            HotReloadConfig { history: HistoryConfig { max_versions: 20, ..Default::default() }, ..Default::default() };
-        let _manager = ws.start_hot_reload_with_config(config).await.unwrap();
-        let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
-        let file = Path::new(&root).join("config/app.toml");
-        let tmp = Path::new(&root).join("config/app.toml.tmp");
-        let mut value = stream.current().value;
-        loop {
-            value += 1;
-            fs::write(&tmp, app_toml("k", value)).unwrap();
-            fs::rename(&tmp, &file).unwrap();
-            let deadline = tokio::time::Instant::now() + TIMEOUT;
-            while stream.current().value != value {
-                tokio::time::timeout_at(deadline, stream.next()).await.unwrap().unwrap();
-            }
-        }
-    });
-}
-
+/// An engine with history is killed (SIGKILL) at random moments while it
+/// records; after each kill the history opens, with at most a torn last
+/// record, and an engine picks up from whatever is left.
 #[test]
 fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
+    const NAME: &str = "kill_nine_at_random_moments_leaves_a_history_that_opens";
+    if let Some(root) = child_arg(NAME) {
+        // The child half: edits as fast as they are applied, until killed.
+        history_writer(&root);
+    }
     const ROUNDS: usize = 200;
     let t = TestWs::new(&[("config/app.toml", &app_toml("k", 0))]);
-    let exe = std::env::current_exe().unwrap();
     // xorshift, seeded from the clock; the seed is printed to replay a failure.
     let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
@@ -574,9 +551,7 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
         seed ^= seed << 17;
         let delay = Duration::from_micros(2_000 + seed % 60_000);
         delays.push(delay);
-        let mut child = Command::new(&exe)
-            .args(["--exact", "history_writer_child", "--nocapture", "--test-threads=1"])
-            .env("RELIVE_KILL_ROOT", t.dir.path())
+        let mut writer = child(NAME, t.dir.path())
             .env_remove("RELIVE_ENV")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -584,8 +559,8 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
             .unwrap();
         // The delay picks the moment of the kill; nothing is asserted on it.
         std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        writer.kill().unwrap(); // SIGKILL
+        writer.wait().unwrap();
 
         let history = t.ws.open_history("app").unwrap_or_else(|e| panic!("round {round}: history does not open: {e}"));
         for w in history.warnings() {
@@ -632,4 +607,30 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
     let history = t.ws.open_history("app").unwrap();
     assert!(history.warnings().is_empty(), "{:?}", history.warnings());
     assert!(history.latest().unwrap().version > newest);
+}
+
+/// The child half of `kill_nine_at_random_moments_leaves_a_history_that_opens`:
+/// an engine with history, and edits as fast as they are applied. It never
+/// returns: the parent kills it.
+fn history_writer(root: &Path) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let ws = relive::Workspace::new(root);
+        let config =
+            HotReloadConfig { history: HistoryConfig { max_versions: 20, ..Default::default() }, ..Default::default() };
+        let _manager = ws.start_hot_reload_with_config(config).await.unwrap();
+        let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
+        let file = root.join("config/app.toml");
+        let tmp = root.join("config/app.toml.tmp");
+        let mut value = stream.current().value;
+        loop {
+            value += 1;
+            fs::write(&tmp, app_toml("k", value)).unwrap();
+            fs::rename(&tmp, &file).unwrap();
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while stream.current().value != value {
+                tokio::time::timeout_at(deadline, stream.next()).await.unwrap().unwrap();
+            }
+        }
+    })
 }
