@@ -130,6 +130,7 @@ mod inventory;
 mod lease;
 mod locate;
 mod paths;
+mod private;
 mod redact;
 mod stream;
 mod watch;
