@@ -26,7 +26,39 @@
 //! pruned records outnumber the kept ones.
 //!
 //! Recording happens on a writer thread of its own, fed by the engine
-//! through a channel: the reload path never waits for a disk.
+//! through a channel: the reload path never waits for a disk. The log is
+//! opened for each append, not held, so a workspace of many configs holds no
+//! descriptor per config.
+//!
+//! # Private
+//!
+//! History holds the configs as they were, secrets included. `data/`,
+//! `data/history/` and every directory under it are 0700, every file 0600
+//! (the lock file too: whoever can open it can take the lock and stop all
+//! recording), the mode given at creation whatever the umask; a `data/` or
+//! `data/history/` that is wider is narrowed, with a warning.
+//!
+//! A document whose file resolves (through symlinks) outside the workspace
+//! was read with relive's rights, perhaps from a file its writer could not
+//! read: its version is recorded, but without its content, its diff or its
+//! error message, with a note ([`DocumentInfo::withheld`]); reading that
+//! version, or rolling back to it, is an error that says so. The check is
+//! made when the version is recorded, a moment after the engine's read.
+//!
+//! # Writing back
+//!
+//! A record says where its files go, and a record can be forged or damaged,
+//! so [`History::write_back`] checks every path before it writes anything: a
+//! relative path under `config/`, without `..`, whose existing part resolves
+//! (symlinks followed) inside the workspace's `config/`, to a regular file
+//! (never a FIFO, a device or a directory) or to a file yet to be created.
+//! A symlink that stays inside `config/` (Kubernetes' `..data`) is followed
+//! and its target replaced. Anything else is refused with an error naming
+//! the config, the version and the path. The new file keeps the mode and
+//! owner of the one it replaces; a file that is gone comes back with the
+//! mode recorded with the version ([`DocumentInfo::mode`]), or 0600. A
+//! record numbered `u64::MAX` leaves no number after it: it is skipped as
+//! damaged.
 
 mod diff;
 mod log;

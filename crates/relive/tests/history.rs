@@ -704,6 +704,13 @@ async fn rollback_writes_only_inside_config() {
     assert_eq!(fs::read_to_string(t.path("config/app.toml")).unwrap(), app_toml("back", 10));
     t.ws.rollback("app", 11).await.unwrap();
     assert_eq!(fs::read_to_string(t.path("config/sub/dir/app.toml")).unwrap(), app_toml("new", 11));
+    // A record with no mode (forged, or from an older relive): private.
+    let mode = |rel: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(t.path(rel)).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode("config/sub/dir/app.toml"), 0o600);
+    assert_eq!((mode("config/sub"), mode("config/sub/dir")), (0o700, 0o700));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -275,7 +275,10 @@ impl Store {
             read.versions.last().map(|v| (v.status, v.hash.clone(), v.error.as_ref().map(|e| e.display.clone())));
         let applied = read.versions.iter().rev().find(|v| v.status == Status::Applied).and_then(|v| {
             let value = load_value(root, &versions, v);
-            if value.is_none() {
+            // A version whose content was withheld has no value to read:
+            // the next diff is from nothing, as it should be.
+            let withheld = v.documents.iter().any(|d| d.withheld.is_some());
+            if value.is_none() && !withheld {
                 tracing::warn!(
                     config = name,
                     version = v.version,
