@@ -471,7 +471,9 @@ impl History {
                 return Err(refuse("a part of it is not a directory"));
             }
             let path = rest.iter().rev().fold(real, |path, name| path.join(name));
-            let keep = Keep { mode: mode.map_or(private::FILE_MODE, |m| m & 0o7777), owner: None };
+            // Permission bits only: a record (forged, perhaps) never makes a
+            // set-user-id file.
+            let keep = Keep { mode: mode.map_or(private::FILE_MODE, |m| m & 0o777), owner: None };
             return Ok(Target { path, keep, current: None });
         }
         let meta = fs::metadata(&real).map_err(|e| Error::io(&real, e))?;

@@ -675,6 +675,10 @@ async fn rollback_writes_only_inside_config() {
     std::os::unix::fs::symlink(outside.path(), t.path("config/link")).unwrap();
     fs::write(outside.path().join("target.toml"), "untouched\n").unwrap();
     std::os::unix::fs::symlink(outside.path().join("target.toml"), t.path("config/linked.toml")).unwrap();
+    // Reading a FIFO to compare it would block the rollback forever.
+    let fifo = t.path("config/fifo.toml");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
     let evil = outside.path().join("evil.sh");
     let escapes = [
         evil.display().to_string(),
@@ -683,6 +687,8 @@ async fn rollback_writes_only_inside_config() {
         "data/history/app/rollback.json".to_string(),
         "config/link/evil.sh".to_string(),
         "config/linked.toml".to_string(),
+        "config/fifo.toml".to_string(),
+        "config/fifo.toml/below.toml".to_string(),
     ];
     for (i, origin) in escapes.iter().enumerate() {
         let version = i as u64 + 1;
