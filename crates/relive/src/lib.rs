@@ -80,6 +80,14 @@
 //! disk. The store survives a crash at any point: a record is complete or
 //! absent, and a damaged one is skipped with a warning.
 //!
+//! History holds secrets, so it is private: `data/` and the directories
+//! relive creates under it are 0700, its files 0600, whatever the umask (a
+//! wider `data/` is narrowed, with a warning). A file that resolves through
+//! a symlink to outside the workspace is recorded without its content
+//! ([`DocumentInfo::withheld`]). A rollback writes only to relative paths
+//! under `config/` that resolve inside `config/`, over regular files, and
+//! refuses any other record; the file it replaces keeps its mode and owner.
+//!
 //! # Known problems
 //!
 //! - Polling cannot see whether a writer is done: a file is read once it
@@ -130,6 +138,7 @@ mod inventory;
 mod lease;
 mod locate;
 mod paths;
+mod private;
 mod redact;
 mod stream;
 mod watch;
