@@ -54,10 +54,7 @@ pub(crate) fn narrow_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to a new file at `path` with mode 0600 (or replaces the
 /// content of an existing one, narrowing it to 0600). Not atomic; see
-/// [`replace_file`] for that.
-// For the engine's backups (`data/backups/`), which move to it with the
-// engine's restructuring.
-#[allow(dead_code)]
+/// [`replace_file`] for that. The engine's backups (`data/backups/`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(path)?;
     if file.metadata()?.permissions().mode() & 0o077 != 0 {

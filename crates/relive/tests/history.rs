@@ -765,7 +765,9 @@ fn files_under_data_are_private_whatever_the_umask() {
         rustix::process::umask(rustix::fs::Mode::empty());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
-            let ws = relive::Workspace::new(&root);
+            // Backups too: they hold a config's old secrets.
+            let config = relive::HotReloadConfig { backup_on_change: true, ..Default::default() };
+            let ws = relive::Workspace::new(&root).with_config(config);
             let manager = ws.start_hot_reload().await.unwrap();
             let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
             fs::write(root.join("config/app.toml"), app_toml("a", 2)).unwrap();
@@ -785,6 +787,7 @@ fn files_under_data_are_private_whatever_the_umask() {
     let modes = modes_under(&t.path("data"));
     assert!(modes.iter().any(|(p, _, _)| p.ends_with(".lock")), "{modes:?}");
     assert!(modes.iter().any(|(p, _, _)| p.ends_with("audit.log")), "{modes:?}");
+    assert!(modes.iter().any(|(p, _, _)| p.to_string_lossy().contains("backups/configs/")), "{modes:?}");
     for (path, dir, mode) in modes {
         assert_eq!(mode, if dir { 0o700 } else { 0o600 }, "{} is {mode:o}", path.display());
     }

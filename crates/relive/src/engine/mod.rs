@@ -30,7 +30,6 @@ mod read;
 pub(crate) mod sink;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -596,7 +595,12 @@ impl Worker {
             })
             .collect();
         let target = dir.join(format!("{stamp}_{}", name.to_string_lossy()));
-        if let Err(e) = fs::create_dir_all(&dir).and_then(|()| fs::write(&target, content)) {
+        // A backup holds a config's secrets as they were: private, like
+        // everything under `data/`.
+        let written = crate::private::narrow_dir(&self.s.data_dir)
+            .and_then(|()| crate::private::create_private_dir(&dir))
+            .and_then(|()| crate::private::write_private(&target, content));
+        if let Err(e) = written {
             tracing::warn!(path = %target.display(), error = %e, "cannot write config backup");
         }
     }
