@@ -129,6 +129,7 @@ mod locate;
 mod paths;
 mod pipeline;
 mod redact;
+pub mod sops;
 mod stream;
 mod sys;
 mod watch;
