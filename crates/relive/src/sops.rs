@@ -59,7 +59,7 @@ use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aes_gcm::aead::consts::{U12, U32};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -71,6 +71,7 @@ use regex::{Regex, RegexBuilder};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
 
 use crate::format::{Format, strip_bom};
 
@@ -114,6 +115,9 @@ const OTHER_KEY_KINDS: [&str; 6] = ["pgp", "kms", "gcp_kms", "azure_kv", "hc_vau
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SopsErrorKind {
+    /// The document has no SOPS metadata: it is a plain config (see
+    /// [`decrypt`]).
+    NotSops,
     /// None of the identities at hand is a recipient of the file.
     NoIdentity,
     /// The file's data key is encrypted only to key kinds relive does not
@@ -208,6 +212,49 @@ fn malformed(message: impl Into<String>) -> SopsError {
 #[derive(Clone, Default)]
 pub struct Identities {
     keys: Vec<Arc<Key>>,
+    /// Data keys already unwrapped, shared by clones: see [`DataKeyCache`].
+    cache: Arc<Mutex<DataKeyCache>>,
+}
+
+/// The data keys of the files decrypted lately, by the hash of the
+/// recipient and the encrypted data key they were unwrapped from.
+///
+/// Unwrapping a data key costs two X25519 scalar multiplications (the
+/// agreement, and the identity's public key, which age mixes into the key
+/// derivation): most of what decrypting a small file costs. A file keeps
+/// its data key across edits (`sops` re-encrypts values with the same key
+/// until `sops rotate`), so a reload finds it here. The same `enc` text
+/// always unwraps to the same key, so the cache cannot give a wrong one;
+/// the values and the MAC are still checked on every call. Entries are
+/// zeroed when evicted or dropped.
+#[derive(Default)]
+struct DataKeyCache {
+    entries: Vec<([u8; 32], Zeroizing<[u8; 32]>)>,
+}
+
+/// How many data keys [`DataKeyCache`] keeps: one per SOPS file a service
+/// reads is plenty.
+const DATA_KEY_CACHE: usize = 64;
+
+impl DataKeyCache {
+    fn id(recipient: &str, enc: &str) -> [u8; 32] {
+        let mut hash = sha2::Sha256::new();
+        hash.update(recipient.as_bytes());
+        hash.update([0]);
+        hash.update(enc.as_bytes());
+        hash.finalize().into()
+    }
+
+    fn get(&self, id: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        self.entries.iter().find(|(k, _)| k == id).map(|(_, key)| key.clone())
+    }
+
+    fn insert(&mut self, id: [u8; 32], key: &Zeroizing<[u8; 32]>) {
+        if self.entries.len() >= DATA_KEY_CACHE {
+            self.entries.remove(0);
+        }
+        self.entries.push((id, key.clone()));
+    }
 }
 
 struct Key {
@@ -404,11 +451,34 @@ impl Decrypted {
     }
 }
 
+/// True if `bytes` may be a SOPS file: it holds an encrypted value. Every
+/// file `sops` writes does (its MAC is one), so when this is false the file
+/// is plain, and a byte search is all it cost.
+///
+/// An engine can call this before parsing: when true, [`decrypt`] parses
+/// the file itself (and says [`SopsErrorKind::NotSops`] if it has no
+/// metadata after all), so the file is parsed once.
+pub fn sniff(bytes: &[u8]) -> bool {
+    const MARKER: &[u8] = b"ENC[AES256_GCM,";
+    // Jumping from one `E` to the next is several times faster than
+    // comparing a window at every byte.
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| b == b'E') {
+        if rest[at..].starts_with(MARKER) {
+            return true;
+        }
+        rest = &rest[at + 1..];
+    }
+    false
+}
+
 /// Decrypts a SOPS document (YAML or JSON, as `sops` writes them) with the
 /// first of `ids` that is one of its recipients, and verifies its MAC.
 ///
 /// `bytes` is the file's content: the MAC depends on the order of keys in
-/// the file, which a parsed `serde_json::Value` does not keep.
+/// the file, which a parsed `serde_json::Value` does not keep. A document
+/// without SOPS metadata is an error of kind [`SopsErrorKind::NotSops`],
+/// which the caller takes as "parse it as a plain config".
 pub fn decrypt(format: Format, bytes: &[u8], ids: &Identities) -> Result<Decrypted, SopsError> {
     let file = SopsFile::parse(format, bytes)?;
     let data_key = file.data_key(ids)?;
@@ -484,11 +554,17 @@ fn parse_ordered(format: Format, bytes: &[u8]) -> Result<Node, SopsError> {
         Format::Yaml => NodeSeed
             .deserialize(serde_yaml_ng::Deserializer::from_str(text))
             .map_err(|_| malformed("file is not valid yaml (or holds more than one document)")),
-        Format::Toml => Err(SopsError::new(
-            SopsErrorKind::Unsupported,
-            "sops metadata in a toml file: sops writes yaml and json, relive decrypts those",
-        )
-        .at("sops")),
+        // `sops` writes no TOML, so a TOML file is SOPS only if it was made
+        // by hand to look like one: say so rather than load it as a plain
+        // config with a stray `sops` table.
+        Format::Toml => match crate::format::parse(Format::Toml, text.as_bytes(), Path::new("")) {
+            Ok(value) if is_sops(&value) => Err(SopsError::new(
+                SopsErrorKind::Unsupported,
+                "sops metadata in a toml file: sops writes yaml and json, relive decrypts those",
+            )
+            .at("sops")),
+            _ => Err(SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata")),
+        },
     }
 }
 
@@ -811,7 +887,7 @@ struct SopsFile {
 impl SopsFile {
     fn parse(format: Format, bytes: &[u8]) -> Result<SopsFile, SopsError> {
         let Node::Map(entries) = parse_ordered(format, bytes)? else {
-            return Err(malformed("a sops file is a map at its top level"));
+            return Err(SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata"));
         };
         let mut meta = None;
         let mut tree = Vec::with_capacity(entries.len());
@@ -822,7 +898,7 @@ impl SopsFile {
                 tree.push((key, value));
             }
         }
-        let meta = meta.ok_or_else(|| malformed("file has no `sops` metadata"))?;
+        let meta = meta.ok_or_else(|| SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata"))?;
         Ok(SopsFile { meta: Metadata::parse(&meta)?, tree })
     }
 
@@ -832,7 +908,7 @@ impl SopsFile {
     /// each with that identity only: one key agreement per matching entry,
     /// whatever the file lists (`sops` writes the recipient an entry is
     /// encrypted to beside it, `stores/stores.go`, `agekey`).
-    fn data_key(&self, ids: &Identities) -> Result<[u8; 32], SopsError> {
+    fn data_key(&self, ids: &Identities) -> Result<Zeroizing<[u8; 32]>, SopsError> {
         if self.meta.age.is_empty() {
             return Err(SopsError::new(
                 SopsErrorKind::Unsupported,
@@ -846,8 +922,17 @@ impl SopsFile {
         let mut last_error = None;
         for (index, entry) in self.meta.age.iter().enumerate().take(MAX_AGE_ENTRIES) {
             let Some(key) = ids.keys.iter().find(|k| k.recipient == entry.recipient) else { continue };
+            let id = DataKeyCache::id(&entry.recipient, &entry.enc);
+            // A poisoned lock only means another thread panicked while
+            // holding it; the cache is a plain list and still consistent.
+            if let Some(data_key) = ids.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+                return Ok(data_key);
+            }
             match unwrap_age(&entry.enc, &key.identity) {
-                Ok(data_key) => return Ok(data_key),
+                Ok(data_key) => {
+                    ids.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(id, &data_key);
+                    return Ok(data_key);
+                }
                 Err(message) => last_error = Some(malformed(message).at(format!("sops.age[{index}].enc"))),
             }
         }
@@ -866,8 +951,9 @@ impl SopsFile {
     }
 
     fn decrypt_with(&self, data_key: &[u8; 32]) -> Result<Decrypted, SopsError> {
-        let (value, secrets, mac) = self.walk(Some(data_key))?;
-        let stored = decrypt_value(&self.meta.mac, data_key, self.meta.lastmodified.as_bytes())
+        let ciphers = Ciphers::new(data_key);
+        let (value, secrets, mac) = self.walk(Some(&ciphers))?;
+        let stored = decrypt_value(&self.meta.mac, &ciphers, self.meta.lastmodified.as_bytes())
             .map_err(|err| match err {
                 ValueError::Auth => SopsError::new(
                     SopsErrorKind::BadMac,
@@ -895,11 +981,11 @@ impl SopsFile {
     /// key, decrypts every encrypted leaf and returns the plaintext, the
     /// pointers of the secrets and the hex MAC; without one, only checks
     /// that every leaf that should be encrypted is.
-    fn walk(&self, data_key: Option<&[u8; 32]>) -> Result<(Value, BTreeSet<String>, String), SopsError> {
+    fn walk(&self, ciphers: Option<&Ciphers>) -> Result<(Value, BTreeSet<String>, String), SopsError> {
         let mut walker = Walker {
             rule: &self.meta.rule,
             mac_only: self.meta.mac_only_encrypted,
-            data_key,
+            ciphers,
             hash: Sha512::new(),
             secrets: BTreeSet::new(),
             keys: Vec::new(),
@@ -926,7 +1012,7 @@ impl SopsFile {
 }
 
 /// Decrypts an age-armored data key (`age/keysource.go`, `Decrypt`).
-fn unwrap_age(enc: &str, identity: &age::x25519::Identity) -> Result<[u8; 32], String> {
+fn unwrap_age(enc: &str, identity: &age::x25519::Identity) -> Result<Zeroizing<[u8; 32]>, String> {
     if enc.len() > MAX_AGE_ARMOR {
         return Err("the encrypted data key is larger than an age file of one key".to_owned());
     }
@@ -936,12 +1022,12 @@ fn unwrap_age(enc: &str, identity: &age::x25519::Identity) -> Result<[u8; 32], S
     let mut stream = decryptor
         .decrypt(std::iter::once(identity as &dyn age::Identity))
         .map_err(|_| "the encrypted data key does not decrypt with the identity of its recipient".to_owned())?;
-    let mut key = Vec::with_capacity(32);
+    let mut key = Zeroizing::new(Vec::with_capacity(33));
     (&mut stream)
         .take(33)
         .read_to_end(&mut key)
         .map_err(|_| "the encrypted data key does not decrypt with the identity of its recipient".to_owned())?;
-    <[u8; 32]>::try_from(key.as_slice()).map_err(|_| "the data key is not 32 bytes".to_owned())
+    <[u8; 32]>::try_from(key.as_slice()).map(Zeroizing::new).map_err(|_| "the data key is not 32 bytes".to_owned())
 }
 
 enum Step<'a> {
@@ -952,7 +1038,7 @@ enum Step<'a> {
 struct Walker<'a> {
     rule: &'a Rule,
     mac_only: bool,
-    data_key: Option<&'a [u8; 32]>,
+    ciphers: Option<&'a Ciphers>,
     hash: Sha512,
     secrets: BTreeSet<String>,
     /// The keys on the path, which the rules and the additional data see
@@ -1001,8 +1087,8 @@ impl<'a> Walker<'a> {
                 // `aes/cipher.go`, `Encrypt`/`Decrypt`: an empty string is
                 // not encrypted.
                 Node::Str(s) if s.is_empty() => (Value::String(String::new()), Vec::new()),
-                Node::Str(s) => match self.data_key {
-                    Some(data_key) => self.decrypt_leaf(s, data_key)?,
+                Node::Str(s) => match self.ciphers {
+                    Some(ciphers) => self.decrypt_leaf(s, ciphers)?,
                     None => {
                         parse_enc(s).map_err(|err| self.value_error(err))?;
                         return Ok(Value::Null);
@@ -1019,7 +1105,7 @@ impl<'a> Walker<'a> {
         Ok(value)
     }
 
-    fn decrypt_leaf(&self, text: &str, data_key: &[u8; 32]) -> Result<(Value, Vec<u8>), SopsError> {
+    fn decrypt_leaf(&self, text: &str, ciphers: &Ciphers) -> Result<(Value, Vec<u8>), SopsError> {
         // The additional data is the path's keys, each followed by `:`
         // (`sops.go`, `Tree.Decrypt`: `strings.Join(path, ":") + ":"`).
         let mut aad = String::new();
@@ -1027,7 +1113,7 @@ impl<'a> Walker<'a> {
             aad.push_str(key);
             aad.push(':');
         }
-        let decrypted = decrypt_value(text, data_key, aad.as_bytes()).map_err(|err| self.value_error(err))?;
+        let decrypted = decrypt_value(text, ciphers, aad.as_bytes()).map_err(|err| self.value_error(err))?;
         read_typed(&decrypted.plaintext, &decrypted.datatype).map_err(|err| self.value_error(err))
     }
 
@@ -1143,17 +1229,33 @@ fn parse_enc(text: &str) -> Result<EncValue, ValueError> {
     Ok(EncValue { data, iv, tag, datatype: datatype.to_owned() })
 }
 
+/// AES-256-GCM under a file's data key, built once per file (the key
+/// schedule and GHASH key are the same for every value).
+struct Ciphers {
+    /// The nonce size `sops` writes (`aes/cipher.go`, `nonceSize`).
+    long: AesGcm<Aes256, U32>,
+    /// The standard size, which Go's `NewGCMWithNonceSize(len(iv))` would
+    /// also take.
+    short: AesGcm<Aes256, U12>,
+}
+
+impl Ciphers {
+    fn new(key: &[u8; 32]) -> Ciphers {
+        Ciphers { long: AesGcm::new(key.into()), short: AesGcm::new(key.into()) }
+    }
+}
+
 /// Decrypts one value (`aes/cipher.go`, `Decrypt`): AES-256-GCM with the
-/// nonce size of its iv (`sops` writes 32 bytes), the tag after the data.
-fn decrypt_value(text: &str, key: &[u8; 32], aad: &[u8]) -> Result<Plain, ValueError> {
+/// nonce size of its iv, the tag after the data.
+fn decrypt_value(text: &str, ciphers: &Ciphers, aad: &[u8]) -> Result<Plain, ValueError> {
     let enc = parse_enc(text)?;
     let mut message = enc.data;
     message.extend_from_slice(&enc.tag);
     let payload = Payload { msg: &message, aad };
     let plaintext = if enc.iv.len() == 32 {
-        AesGcm::<Aes256, U32>::new(key.into()).decrypt(Nonce::<U32>::from_slice(&enc.iv), payload)
+        ciphers.long.decrypt(Nonce::<U32>::from_slice(&enc.iv), payload)
     } else {
-        AesGcm::<Aes256, U12>::new(key.into()).decrypt(Nonce::<U12>::from_slice(&enc.iv), payload)
+        ciphers.short.decrypt(Nonce::<U12>::from_slice(&enc.iv), payload)
     }
     .map_err(|_| ValueError::Auth)?;
     Ok(Plain { plaintext, datatype: enc.datatype })
@@ -1298,7 +1400,7 @@ mod tests {
         let mut w = Walker {
             rule: &rule,
             mac_only: false,
-            data_key: None,
+            ciphers: None,
             hash: Sha512::new(),
             secrets: BTreeSet::new(),
             keys: Vec::new(),
@@ -1319,7 +1421,7 @@ mod tests {
             "ENC[AES256_GCM,data:AA==,iv:AA==,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:str]",
             "ENC[AES256_GCM,type:str,data:AA==]",
         ] {
-            assert!(decrypt_value(text, &[0; 32], b"a:").is_err(), "{text}");
+            assert!(decrypt_value(text, &Ciphers::new(&[0; 32]), b"a:").is_err(), "{text}");
         }
     }
 }

@@ -292,7 +292,10 @@ fn a_file_for_two_recipients_decrypts_with_either_key() {
 fn updatekeys_and_rotate_then_decrypt() {
     let (a, b) = (Key::generate(), Key::generate());
     let file = Encrypted::new("app.yaml", YAML, &[&a], &[]);
-    let before = file.relive_decrypt(&a.ids()).unwrap();
+    // One set of identities throughout, as a running service keeps: the
+    // data key it caches must not outlive `sops rotate`.
+    let ids_a = a.ids();
+    let before = file.relive_decrypt(&ids_a).unwrap();
     let err = file.relive_decrypt(&b.ids()).unwrap_err();
     assert_eq!(err.kind(), SopsErrorKind::NoIdentity);
 
@@ -309,6 +312,7 @@ fn updatekeys_and_rotate_then_decrypt() {
     assert_ne!(file.text(), old);
     let rotated = file.assert_same_as_sops(&a);
     assert_eq!(rotated.value(), before.value());
+    assert_eq!(file.relive_decrypt(&ids_a).unwrap().value(), before.value());
     file.assert_same_as_sops(&b);
 }
 
@@ -482,6 +486,30 @@ fn is_sops_tells_sops_files_from_plain_ones() {
     assert!(!sops::is_sops(&parse(Format::Json, JSON.as_bytes())));
     assert!(!sops::is_sops(&json!({"sops": {"enabled": true}})));
     assert!(!sops::is_sops(&json!({"sops": "yes"})));
+}
+
+#[test]
+fn plain_files_are_not_sops_and_sniff_finds_sops_files() {
+    let key = Key::generate();
+    let json = Encrypted::new("app.json", JSON, &[&key], &[]);
+    let yaml = Encrypted::new("app.yaml", YAML, &[&key], &[]);
+    assert!(sops::sniff(&json.bytes()) && sops::sniff(&yaml.bytes()));
+    assert!(!sops::sniff(JSON.as_bytes()) && !sops::sniff(YAML.as_bytes()));
+    for (format, text) in [
+        (Format::Json, JSON),
+        (Format::Yaml, YAML),
+        (Format::Yaml, "- a list\n"),
+        (Format::Yaml, ""),
+        (Format::Toml, "a = 1\n"),
+        (Format::Toml, "not toml ["),
+    ] {
+        let err = sops::decrypt(format, text.as_bytes(), &key.ids()).unwrap_err();
+        assert_eq!(err.kind(), SopsErrorKind::NotSops, "{text:?}: {err}");
+    }
+    // `sops` writes no TOML: one that carries its metadata is refused.
+    let toml = "a = 1\n[sops]\nlastmodified = \"2024-01-01T00:00:00Z\"\nmac = \"x\"\n";
+    let err = sops::decrypt(Format::Toml, toml.as_bytes(), &key.ids()).unwrap_err();
+    assert_eq!((err.kind(), err.key()), (SopsErrorKind::Unsupported, Some("sops")), "{err}");
 }
 
 #[test]
