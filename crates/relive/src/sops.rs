@@ -42,18 +42,68 @@
 //! Comments in YAML are encrypted by `sops` too, but they are not part of
 //! the MAC and relive does not read comments, so they are ignored.
 //!
+//! # Use
+//!
+//! ```no_run
+//! # fn main() -> Result<(), relive::sops::SopsError> {
+//! use relive::Format;
+//! use relive::sops::{self, Identities, SopsErrorKind};
+//!
+//! let ids = Identities::from_env()?; // SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, keys.txt
+//! let bytes = std::fs::read("config/secrets.yaml").expect("readable");
+//! if sops::sniff(&bytes) {
+//!     match sops::decrypt(Format::Yaml, &bytes, &ids) {
+//!         Ok(decrypted) => {
+//!             let (value, secrets) = decrypted.into_parts();
+//!             // `value` has no `sops` key; `secrets` holds the JSON
+//!             // pointers of every value that was encrypted.
+//!             # let _ = (value, secrets);
+//!         }
+//!         Err(err) if err.kind() == SopsErrorKind::NotSops => { /* a plain config */ }
+//!         Err(err) => return Err(err), // err.key() locates it in the file
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`sniff`] is a byte search that every file `sops` writes passes, so an
+//! engine can call [`decrypt`] instead of its own parser and parse the file
+//! once; a file that [`sniff`] turns down is plain, and one whose parsed
+//! value has SOPS metadata anyway ([`is_sops`]) is a broken one, which
+//! [`decrypt`] describes. [`check`] is the test before shipping a file
+//! (`relive fleet push`): its shape always, its values and MAC when a key is
+//! at hand.
+//!
+//! [`Identities`] keep the data keys they unwrap (zeroed when dropped), by
+//! the encrypted key they came from: a reload of an edited file, which
+//! `sops` re-encrypts with the same data key, skips the X25519 work, and a
+//! `sops rotate` is a new encrypted key, unwrapped afresh. Values and the
+//! MAC are checked on every call.
+//!
+//! # Bounded work
+//!
+//! A hostile file costs bounded work and gets an error, never a panic: at
+//! most 64 age entries are looked at, and only those whose recipient is one
+//! of the identities' public keys are unwrapped (one agreement each); an
+//! armored data key over 16 KiB, a value over 1 MiB of base64 or a regex
+//! over 4 KiB in the metadata is refused; nesting is bounded by the parsers'
+//! depth limit (128).
+//!
 //! # Limits
 //!
 //! Only age decrypts here: files encrypted to PGP, KMS or Vault keys only
 //! are refused with an error naming them, as are Shamir key groups (more
 //! than one group). Age identities are X25519 keys (`AGE-SECRET-KEY-1…`);
-//! plugin, post-quantum and SSH identities are skipped. With a comment
-//! regex rule, relive cannot see comments, so it takes a value as encrypted
-//! when it looks encrypted; the MAC still covers every value unless
-//! `mac_only_encrypted` is set. An unencrypted YAML timestamp (a key ending
-//! in `_unencrypted` holding `2024-01-01`) is hashed by `sops` in its
-//! normalized form, which relive does not reproduce: such a file fails its
-//! MAC check here.
+//! plugin and post-quantum identities are skipped with a warning, and SSH
+//! keys (`SOPS_AGE_SSH_PRIVATE_KEY_FILE`) and `SOPS_AGE_KEY_CMD` are not
+//! read. With a comment regex rule, relive cannot see comments, so it takes
+//! a value as encrypted when it looks encrypted; the MAC still covers every
+//! value unless `mac_only_encrypted` is set. `sops` writes an unencrypted
+//! YAML date (`2024-01-01`) in its normalized form
+//! (`2024-01-01T00:00:00Z`), which is what its MAC covers; a date-only one
+//! edited in by hand afterwards fails the MAC check here, where `sops`
+//! would normalize it again.
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};

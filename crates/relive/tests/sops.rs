@@ -175,6 +175,8 @@ name_unencrypted: visible
 port_unencrypted: 8080
 ratio_unencrypted: 0.25
 flag_unencrypted: true
+date_unencrypted: 2024-01-01
+quoted_date_unencrypted: "2024-01-01"
 ünïcødé: "çà 😀 \u00e9"
 "dotted.key": secret-with-dot
 "#;
