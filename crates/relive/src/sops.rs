@@ -1463,6 +1463,37 @@ mod tests {
     }
 
     #[test]
+    fn identities_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Identities>();
+        shared::<SopsError>();
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_bounded_errors() {
+        let ids = Identities::new();
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        for format in [Format::Json, Format::Yaml] {
+            let err = decrypt(format, deep.as_bytes(), &ids).unwrap_err();
+            assert_eq!(err.kind(), SopsErrorKind::Malformed, "{err}");
+        }
+        // Nine levels of nine aliases: a billion strings if expanded.
+        let mut bomb =
+            String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for (prev, name) in
+            ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        bomb.push_str("sops: {mac: x}\n");
+        let started = std::time::Instant::now();
+        let err = decrypt(Format::Yaml, bomb.as_bytes(), &ids).unwrap_err();
+        assert_eq!(err.kind(), SopsErrorKind::Malformed, "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn malformed_values_are_errors_not_panics() {
         for text in [
             "ENC[AES256_GCM,",
