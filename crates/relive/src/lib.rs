@@ -140,6 +140,7 @@ mod locate;
 mod paths;
 mod private;
 mod redact;
+pub mod sops;
 mod stream;
 mod watch;
 mod workspace;
