@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::document::Decode;
 use crate::error::Error;
+use crate::sops::Identities;
 use crate::history::HistoryConfig;
 use crate::paths::PathFilter;
 use crate::redact::Redactor;
@@ -71,6 +73,11 @@ pub struct HotReloadConfig {
     /// history diffs (never in stored versions). Default
     /// [`Redactor::DEFAULT_PATTERNS`](crate::Redactor::DEFAULT_PATTERNS).
     pub redact_patterns: Vec<String>,
+    /// Age key files (as `age-keygen` writes them) that open SOPS-encrypted
+    /// configs, besides those `sops` itself would use: `SOPS_AGE_KEY`,
+    /// `SOPS_AGE_KEY_FILE` and the default `sops/age/keys.txt` under the
+    /// user's config directory. Default none.
+    pub age_key_files: Vec<PathBuf>,
     /// Bounds on what a config file may be, checked before its text reaches
     /// a parser. See [`Limits`].
     pub limits: Limits,
@@ -104,6 +111,7 @@ impl Default for HotReloadConfig {
             redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
             history: HistoryConfig::default(),
             limits: Limits::default(),
+            age_key_files: Vec::new(),
         }
     }
 }
@@ -159,7 +167,8 @@ pub(crate) struct EngineSettings {
     pub quiet: Duration,
     pub write_timeout: Duration,
     pub watch_limit: Option<usize>,
-    pub limits: Limits,
+    /// Limits, identities and secret names for parsing documents.
+    pub decode: Decode,
 }
 
 impl EngineSettings {
@@ -185,7 +194,26 @@ impl EngineSettings {
             quiet: Duration::from_millis(c.debounce_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             watch_limit: c.watch_limit,
-            limits: c.limits,
+            decode: c.decode()?,
         })
+    }
+}
+
+impl HotReloadConfig {
+    /// What parsing needs: the limits, the age identities (from where
+    /// `sops` looks and from [`age_key_files`](HotReloadConfig::age_key_files)),
+    /// and the secret key names.
+    pub(crate) fn decode(&self) -> Result<Decode, Error> {
+        // A key source that cannot be read is a warning, not a failure:
+        // plain configs load without keys, and a SOPS file that needed the
+        // key says so when it is loaded.
+        let mut identities = Identities::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the age identities sops would use");
+            Identities::new()
+        });
+        for path in &self.age_key_files {
+            identities.add_key_file(path).map_err(|e| Error::Watch(format!("cannot use age key file: {e}")))?;
+        }
+        Ok(Decode { limits: self.limits, identities, redactor: Redactor::new(&self.redact_patterns)? })
     }
 }

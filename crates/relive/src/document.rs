@@ -6,6 +6,7 @@
 //! [`HotReloadManager::publish`](crate::HotReloadManager::publish) into the
 //! same parse → merge → validate → swap path.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +14,8 @@ use serde_json::Value;
 
 use crate::config::Limits;
 use crate::error::{ConfigError, ConfigErrorKind};
+use crate::redact::Redactor;
+use crate::sops::{self, Identities};
 use crate::format::{self, Format};
 use crate::locate;
 
@@ -50,18 +53,72 @@ impl Document {
     }
 }
 
+/// What turning a document's bytes into a value needs besides the bytes:
+/// the limits, the keys that open SOPS documents, and what counts as a
+/// secret.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Decode {
+    pub limits: Limits,
+    /// Age identities for SOPS documents (from where `sops` looks, and
+    /// from the settings). Without one that matches, a SOPS document is an
+    /// error naming its recipients.
+    pub identities: Identities,
+    /// Secret key names, for errors about them.
+    pub redactor: Redactor,
+}
+
+/// JSON pointers (`/db/password`, `/hosts/0`) of the values that are
+/// secret because of where they came from (SOPS-encrypted, a secret
+/// reference), whatever their keys are called.
+pub(crate) type SecretPaths = Arc<BTreeSet<String>>;
+
 /// A parsed document.
 #[derive(Debug, Clone)]
 pub(crate) struct Parsed {
     pub doc: Document,
+    /// Its value, decrypted if it was a SOPS document.
     pub value: Arc<Value>,
+    /// The values that were encrypted.
+    pub secrets: SecretPaths,
 }
 
 impl Parsed {
-    pub(crate) fn parse(doc: Document, limits: &Limits) -> Result<Parsed, ConfigError> {
-        let value = format::parse(doc.format, &doc.bytes, &doc.origin, limits)?;
-        Ok(Parsed { doc, value: Arc::new(value) })
+    /// Parses a document within the limits, and decrypts it if it carries
+    /// SOPS metadata. The document keeps its bytes as they were (encrypted):
+    /// only the value is clear.
+    pub(crate) fn parse(doc: Document, decode: &Decode) -> Result<Parsed, ConfigError> {
+        let value = format::parse(doc.format, &doc.bytes, &doc.origin, &decode.limits)?;
+        if !sops::is_sops(&value) {
+            return Ok(Parsed { doc, value: Arc::new(value), secrets: SecretPaths::default() });
+        }
+        match sops::decrypt(doc.format, &doc.bytes, &decode.identities) {
+            Ok(decrypted) => {
+                let (value, secrets) = decrypted.into_parts();
+                Ok(Parsed { doc, value: Arc::new(value), secrets: Arc::new(secrets) })
+            }
+            Err(error) => Err(sops_error(&doc, &error)),
+        }
     }
+}
+
+/// A SOPS failure as a config error, located at the key it names.
+fn sops_error(doc: &Document, error: &sops::SopsError) -> ConfigError {
+    let message = match error.kind() {
+        sops::SopsErrorKind::NoIdentity => format!("cannot decrypt this sops file: {}", error.message()),
+        sops::SopsErrorKind::Tampered | sops::SopsErrorKind::BadMac => {
+            format!("sops file failed its integrity check: {}", error.message())
+        }
+        _ => format!("sops: {}", error.message()),
+    };
+    let mut out = ConfigError::new(ConfigErrorKind::Decrypt, message).with_file(&doc.origin);
+    if let Some(key) = error.key() {
+        out = out.with_key(key);
+        let text = String::from_utf8_lossy(&doc.bytes);
+        if let Some((line, column)) = locate::locate(doc.format, &text, &locate::parse_key_path(key)) {
+            out = out.with_position(line, column);
+        }
+    }
+    out
 }
 
 /// The documents a value was merged from, base first, kept to point errors
@@ -69,6 +126,8 @@ impl Parsed {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sources {
     pub docs: Vec<Parsed>,
+    /// Secret key names, so that errors about them never quote a value.
+    pub redactor: Redactor,
 }
 
 impl Sources {
@@ -83,6 +142,36 @@ impl Sources {
         merged
     }
 
+    /// The pointers of every value any document says is secret.
+    pub(crate) fn secrets(&self) -> SecretPaths {
+        match self.docs.iter().filter(|d| !d.secrets.is_empty()).count() {
+            0 => SecretPaths::default(),
+            1 => self.docs.iter().find(|d| !d.secrets.is_empty()).map(|d| Arc::clone(&d.secrets)).unwrap_or_default(),
+            _ => Arc::new(self.docs.iter().flat_map(|d| d.secrets.iter().cloned()).collect()),
+        }
+    }
+
+    /// Whether the value at `key` (`a.b[2]`) is a secret: under a secret key
+    /// name, or at or under a secret pointer.
+    pub(crate) fn is_secret_key(&self, key: &str) -> bool {
+        let path = locate::parse_key_path(key);
+        let mut pointer = String::new();
+        for segment in &path {
+            let name = match segment {
+                locate::Segment::Key(key) => key.clone(),
+                locate::Segment::Index(i) => i.to_string(),
+            };
+            if matches!(segment, locate::Segment::Key(_)) && self.redactor.is_secret(&name) {
+                return true;
+            }
+            crate::redact::push_pointer_segment(&mut pointer, &name);
+            if self.docs.iter().any(|d| d.secrets.contains(&pointer)) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The documents' origins, base first.
     pub(crate) fn files(&self) -> Arc<[PathBuf]> {
         self.docs.iter().map(|p| p.doc.origin.clone()).collect()
@@ -92,7 +181,14 @@ impl Sources {
     /// the last document that sets it, which is the one whose value won the
     /// merge. A key no document sets (a missing field) is located at its
     /// nearest ancestor that exists.
+    ///
+    /// An error about a secret never quotes its value: quoted and
+    /// back-ticked text in the message is replaced (serde and JSON Schema
+    /// quote the offending value), so the message says which rule failed,
+    /// not what the value was.
     pub(crate) fn error_at(&self, kind: ConfigErrorKind, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        let message = if self.is_secret_key(key) { crate::redact::scrub_message(&message) } else { message };
         let mut error = ConfigError::new(kind, message);
         if !key.is_empty() {
             error = error.with_key(key);

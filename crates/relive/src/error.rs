@@ -98,6 +98,10 @@ pub enum ConfigErrorKind {
     Ambiguous,
     /// No file for the config exists.
     Missing,
+    /// A SOPS-encrypted document could not be decrypted or failed its
+    /// integrity check (no matching age identity, a tampered value or MAC,
+    /// a file half-encrypted by hand).
+    Decrypt,
     /// The document is over one of the [`Limits`](crate::Limits): too
     /// large, nested too deep, or too many values (YAML aliases expanded).
     Limit,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::config::{HotReloadConfig, Limits};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::{ConfigError, ConfigErrorKind, Error, Result};
 use crate::locate;
 use crate::paths::{self, ConfigFile};
@@ -45,7 +45,8 @@ impl LoadedConfig {
     /// Loads a config from documents that are not (or not yet) files: a
     /// draft about to be published, a document from a remote store. They
     /// are parsed and merged in order (base first) exactly as the engine
-    /// does, within the default [`Limits`]; errors, now and from
+    /// does, with the default settings (limits, redaction, and the age
+    /// identities `sops` would use, to open SOPS documents); errors, now and from
     /// [`error_at`](LoadedConfig::error_at) later, name each document's
     /// origin, line and column.
     ///
@@ -60,18 +61,39 @@ impl LoadedConfig {
     /// # Ok::<(), relive::ConfigError>(())
     /// ```
     pub fn from_documents(name: &str, documents: Vec<Document>) -> Result<LoadedConfig, ConfigError> {
-        LoadedConfig::from_documents_with(name, documents, &Limits::default())
+        LoadedConfig::from_documents_with(name, documents, &HotReloadConfig::default())
     }
 
-    /// [`from_documents`](LoadedConfig::from_documents) within `limits`.
+    /// [`from_documents`](LoadedConfig::from_documents) with `settings`'
+    /// [`limits`](HotReloadConfig::limits),
+    /// [`age_key_files`](HotReloadConfig::age_key_files) and
+    /// [`redact_patterns`](HotReloadConfig::redact_patterns).
     pub fn from_documents_with(
         name: &str,
         documents: Vec<Document>,
-        limits: &Limits,
+        settings: &HotReloadConfig,
     ) -> Result<LoadedConfig, ConfigError> {
-        let docs = documents.into_iter().map(|d| Parsed::parse(d, limits)).collect::<Result<Vec<_>, _>>()?;
-        let sources = Sources { docs };
+        let decode = settings.decode().map_err(|e| ConfigError::new(ConfigErrorKind::Decrypt, e.to_string()))?;
+        LoadedConfig::decoded(name, documents, &decode)
+    }
+
+    pub(crate) fn decoded(name: &str, documents: Vec<Document>, decode: &Decode) -> Result<LoadedConfig, ConfigError> {
+        let docs = documents.into_iter().map(|d| Parsed::parse(d, decode)).collect::<Result<Vec<_>, _>>()?;
+        let sources = Sources { docs, redactor: decode.redactor.clone() };
         Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
+    }
+
+    /// The value with every secret redacted: values under secret key names
+    /// and every value that was encrypted (SOPS), whatever its key. What
+    /// to show.
+    pub fn redacted_value(&self) -> Value {
+        self.sources.redactor.redact_secrets(&self.value, &self.sources.secrets())
+    }
+
+    /// JSON pointers (`/db/password`) of the values that came from
+    /// encrypted documents (SOPS): secrets whatever their keys are called.
+    pub fn secret_paths(&self) -> Vec<String> {
+        self.sources.secrets().iter().cloned().collect()
     }
 
     /// The config's name.
@@ -168,14 +190,14 @@ impl Workspace {
         }
         let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
             .map_err(wrap)?;
-        let limits = self.limits();
+        let decode = self.settings().decode()?;
         let mut docs = Vec::with_capacity(chosen.len());
         for path in chosen {
             let format = paths::config_file(&config_dir, &path).expect("selected files are config files").format;
-            let bytes = read_bounded(&path, &limits).map_err(wrap)?;
+            let bytes = read_bounded(&path, &decode.limits).map_err(wrap)?;
             docs.push(Document::new(path, format, bytes));
         }
-        LoadedConfig::from_documents_with(name, docs, &limits).map_err(wrap)
+        LoadedConfig::decoded(name, docs, &decode).map_err(wrap)
     }
 }
 

@@ -142,9 +142,10 @@ impl Workspace {
         self
     }
 
-    /// The limits documents are loaded within.
-    pub(crate) fn limits(&self) -> crate::config::Limits {
-        self.inner.config.lock().expect("config lock").limits
+    /// The settings the engine starts (or started) with, which one-shot
+    /// loads use too.
+    pub(crate) fn settings(&self) -> HotReloadConfig {
+        self.inner.config.lock().expect("config lock").clone()
     }
 
     /// Starts hot reload with the workspace's settings (the defaults, or

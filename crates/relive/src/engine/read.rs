@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coalesce::{Coalescer, Ready};
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::ConfigError;
 use crate::event::ChangeType;
 use crate::lease;
@@ -379,7 +378,7 @@ impl Files {
         name: &str,
         env: Option<&str>,
         config_dir: &Path,
-        limits: &Limits,
+        decode: &Decode,
     ) -> Result<Sources, ConfigError> {
         let files = self.of_config(name).filter_map(|path| {
             let cf = self.known.get(path)?.config.as_ref()?;
@@ -392,11 +391,11 @@ impl Files {
             let parsed = known.parsed.get_or_insert_with(|| {
                 let cf = known.config.as_ref().expect("config file");
                 let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
-                Parsed::parse(Document::new(&path, cf.format, content), limits)
+                Parsed::parse(Document::new(&path, cf.format, content), decode)
             });
             docs.push(parsed.clone()?);
         }
-        Ok(Sources { docs })
+        Ok(Sources { docs, redactor: decode.redactor.clone() })
     }
 
     /// The documents of config `name` as they are, parsed or not: for the
