@@ -4,6 +4,21 @@
 //! This binary is a thin layer over the `relive` library: argument parsing
 //! is in [`cli`], each command in its own module, and the library does the
 //! watching, parsing, merging and locating of errors.
+//!
+//! # Known problems
+//!
+//! - `watch --exec`: a restart or exit stops the program's process group
+//!   and waits until it is empty ([`exec`]). A process that leaves the group
+//!   (`setsid`, `setpgid`) is not stopped with it; relive, its subreaper,
+//!   only reaps it once it exits.
+//! - If relive is killed with SIGKILL (or dies of a signal it does not
+//!   handle, such as SIGHUP when its terminal closes), the kernel sends
+//!   SIGKILL to the process relive started (`PR_SET_PDEATHSIG`) and to
+//!   nothing else: a program run under `sh -c` and the program's own
+//!   children keep running.
+//! - relive reaps every child it has (it must, as a subreaper and as PID 1);
+//!   code in this process that started a child of its own without
+//!   [`reap::spawn`] would find it reaped already.
 
 #![deny(missing_docs)]
 
@@ -18,6 +33,7 @@ mod history;
 mod inventory;
 mod output;
 mod progress;
+mod reap;
 mod schema;
 mod serve;
 mod telemetry;
