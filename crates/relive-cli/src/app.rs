@@ -14,6 +14,7 @@ pub fn run(cli: Cli) -> Exit {
         Color::Always => anstream::ColorChoice::Always.write_global(),
         Color::Never => anstream::ColorChoice::Never.write_global(),
     }
+    crate::telemetry::init_logs();
     match dispatch(cli.command) {
         Ok(exit) => exit,
         Err(Failure { exit, message }) => {

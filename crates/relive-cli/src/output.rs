@@ -32,6 +32,38 @@ pub fn note(message: &str) {
     let _ = writeln!(anstream::stderr(), "relive: {message}");
 }
 
+/// Whether `c` changes how a terminal shows what follows rather than being
+/// shown: C0 and C1 controls (ESC starts escape sequences, which can clear
+/// the screen, move the cursor, set the title), DEL, the bidirectional
+/// embeddings, overrides and isolates (which reorder the text that follows),
+/// and the Unicode line and paragraph separators.
+fn is_terminal_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `text` with every character that could act on a terminal escaped, to
+/// print text from outside (etcd, the network, log fields) as text: `\n`,
+/// `\r` and `\t` as such, the others as `\u{1b}`. Everything else,
+/// non-ASCII letters included, is unchanged.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_terminal_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_terminal_control(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `path` as people want to read it: relative to the current directory
 /// when it is inside it, as given otherwise.
 pub fn display_path(path: &Path) -> String {
@@ -186,6 +218,24 @@ mod tests {
         assert_eq!(config_error(None, &e), "/nowhere/config/app.toml:3:7: expected `=`");
         let e = ConfigError::new(ConfigErrorKind::Invalid, "too big").with_key("server.port");
         assert_eq!(config_error(Some("app"), &e), "config `app`: too big (at `server.port`)");
+    }
+
+    #[test]
+    fn terminal_controls_are_escaped() {
+        assert!(matches!(escape_controls("web-1 café 日本"), std::borrow::Cow::Borrowed("web-1 café 日本")));
+        assert_eq!(escape_controls("\u{1b}[2Jgone"), "\\u{1b}[2Jgone");
+        assert_eq!(escape_controls("a\nb\rc\td"), "a\\nb\\rc\\td");
+        assert_eq!(escape_controls("\u{7f}\u{9b}31m\u{85}"), "\\u{7f}\\u{9b}31m\\u{85}");
+        assert_eq!(
+            escape_controls("\u{202e}txt.exe\u{2066}\u{2069}\u{200f}\u{61c}"),
+            "\\u{202e}txt.exe\\u{2066}\\u{2069}\\u{200f}\\u{61c}"
+        );
+        assert_eq!(escape_controls("\u{2028}\u{2029}\u{0}"), "\\u{2028}\\u{2029}\\u{0}");
+        // Nothing that acts on a terminal is left, for every character
+        // below U+3000.
+        let all: String = (0..0x3000).filter_map(char::from_u32).collect();
+        let escaped = escape_controls(&all);
+        assert!(!escaped.chars().any(is_terminal_control), "{escaped:?}");
     }
 
     #[test]
