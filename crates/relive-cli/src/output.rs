@@ -64,6 +64,27 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// JSON text (as serde_json writes it) with the terminal controls that
+/// serde_json leaves raw (DEL, C1, bidirectional controls, the line and
+/// paragraph separators) written as `\uXXXX` escapes: the same JSON value,
+/// safe to print on a terminal. serde_json escapes C0 (ESC included)
+/// inside strings itself, and the newlines and spaces outside strings are
+/// layout; the others can only occur inside strings.
+pub fn escape_json_controls(json: &str) -> std::borrow::Cow<'_, str> {
+    let raw = |c: char| is_terminal_control(c) && c > '\u{1f}';
+    if !json.chars().any(raw) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        match c {
+            c if raw(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `path` as people want to read it: relative to the current directory
 /// when it is inside it, as given otherwise.
 pub fn display_path(path: &Path) -> String {
@@ -236,6 +257,16 @@ mod tests {
         let all: String = (0..0x3000).filter_map(char::from_u32).collect();
         let escaped = escape_controls(&all);
         assert!(!escaped.chars().any(is_terminal_control), "{escaped:?}");
+    }
+
+    #[test]
+    fn json_keeps_its_value_when_controls_are_escaped() {
+        let value = json!({"host": "a\u{1b}[2J\u{9b}\u{202e}b\u{2028}\u{7f}", "n": 1});
+        for text in [serde_json::to_string(&value).unwrap(), serde_json::to_string_pretty(&value).unwrap()] {
+            let escaped = escape_json_controls(&text);
+            assert!(!escaped.chars().any(|c| is_terminal_control(c) && c != '\n'), "{escaped}");
+            assert_eq!(serde_json::from_str::<Value>(&escaped).unwrap(), value);
+        }
     }
 
     #[test]
