@@ -333,13 +333,18 @@ impl State {
     async fn terminate(&mut self, signal: Signal) {
         let Some(running) = self.running.take() else { return };
         let pgid = running.pid;
-        if reap::group_is_empty(pgid) {
-            return;
+        if !reap::group_is_empty(pgid) {
+            let _ = rustix::process::kill_process_group(pgid, signal);
+            if !wait_empty(pgid, self.options.grace).await {
+                self.kill(pgid).await;
+            }
         }
-        let _ = rustix::process::kill_process_group(pgid, signal);
-        if wait_empty(pgid, self.options.grace).await {
-            return;
-        }
+        // Reaped with its group: its status is nobody's now.
+        let _ = reap::take_status(pgid);
+    }
+
+    /// Kills what is left of group `pgid` and waits for it to be empty.
+    async fn kill(&self, pgid: Pid) {
         output::warn(&format!(
             "`{}` (process group {}) did not exit within {} ms; killing it",
             self.options.command,
