@@ -86,14 +86,16 @@ pub fn escape_json_controls(json: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `path` as people want to read it: relative to the current directory
-/// when it is inside it, as given otherwise.
+/// when it is inside it, as given otherwise, and with controls escaped (a
+/// file name may hold any byte but `/`).
 pub fn display_path(path: &Path) -> String {
     static CWD: OnceLock<Option<PathBuf>> = OnceLock::new();
     let cwd = CWD.get_or_init(|| std::env::current_dir().ok());
-    match cwd.as_deref().and_then(|cwd| path.strip_prefix(cwd).ok()) {
+    let shown = match cwd.as_deref().and_then(|cwd| path.strip_prefix(cwd).ok()) {
         Some(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
         _ => path.display().to_string(),
-    }
+    };
+    escape_controls(&shown).into_owned()
 }
 
 /// A config error as `file:line:col: message (at `key`)`, with the file
@@ -106,13 +108,14 @@ pub fn config_error(name: Option<&str>, error: &ConfigError) -> String {
         (Some(file), _, _) => out.push_str(&format!("{}: ", display_path(file))),
         (None, _, _) => {
             if let Some(name) = name {
-                out.push_str(&format!("config `{name}`: "));
+                out.push_str(&format!("config `{}`: ", escape_controls(name)));
             }
         }
     }
-    out.push_str(error.message());
+    // Parser messages may quote the file's text.
+    out.push_str(&escape_controls(error.message()));
     if let Some(key) = error.key() {
-        out.push_str(&format!(" (at `{key}`)"));
+        out.push_str(&format!(" (at `{}`)", escape_controls(key)));
     }
     out
 }
@@ -125,10 +128,12 @@ pub fn clock() -> String {
 /// One event as one line of text (without the time).
 pub fn event_text(event: &ChangeEvent) -> String {
     let kind = event.kind();
+    // Config names come from file names.
+    let esc = |text: &str| escape_controls(text).into_owned();
     match event {
         ChangeEvent::ConfigChanged { config_name, files, .. } => {
             let files: Vec<String> = files.iter().map(|f| display_path(f)).collect();
-            format!("{GOOD}{kind}{GOOD:#} {NAME}{config_name}{NAME:#} ({})", files.join(", "))
+            format!("{GOOD}{kind}{GOOD:#} {NAME}{}{NAME:#} ({})", esc(config_name), files.join(", "))
         }
         ChangeEvent::FileChanged { path, change_type } => match change_type {
             ChangeType::Renamed { from } => {
@@ -137,13 +142,17 @@ pub fn event_text(event: &ChangeEvent) -> String {
             _ => format!("{kind} {} {}", change_type.as_str(), display_path(path)),
         },
         ChangeEvent::ValidationFailed { config_name, error } => {
-            format!("{BAD}{kind}{BAD:#} {NAME}{config_name}{NAME:#}: {}", config_error(Some(config_name), error))
+            format!("{BAD}{kind}{BAD:#} {NAME}{}{NAME:#}: {}", esc(config_name), config_error(Some(config_name), error))
         }
         ChangeEvent::ReloadCompleted { config_name, duration } => {
-            format!("{DIM}{kind} {config_name} in {:.3} ms{DIM:#}", duration.as_secs_f64() * 1e3)
+            format!("{DIM}{kind} {} in {:.3} ms{DIM:#}", esc(config_name), duration.as_secs_f64() * 1e3)
         }
-        ChangeEvent::HandlerFailed { handler, error } => format!("{BAD}{kind}{BAD:#} {handler}: {error}"),
-        ChangeEvent::ReadFailed { path, error } => format!("{BAD}{kind}{BAD:#} {}: {error}", display_path(path)),
+        ChangeEvent::HandlerFailed { handler, error } => {
+            format!("{BAD}{kind}{BAD:#} {}: {}", esc(handler), esc(&error.to_string()))
+        }
+        ChangeEvent::ReadFailed { path, error } => {
+            format!("{BAD}{kind}{BAD:#} {}: {}", display_path(path), esc(&error.to_string()))
+        }
         _ => kind.to_string(),
     }
 }
@@ -152,7 +161,7 @@ pub fn event_text(event: &ChangeEvent) -> String {
 pub fn print_event(event: &ChangeEvent, as_json: &Option<Value>) {
     let mut out = anstream::stdout().lock();
     let _ = match as_json {
-        Some(value) => writeln!(out, "{value}"),
+        Some(value) => writeln!(out, "{}", escape_json_controls(&value.to_string())),
         None => writeln!(out, "{DIM}{}{DIM:#} {}", clock(), event_text(event)),
     };
     let _ = out.flush();
@@ -266,6 +275,32 @@ mod tests {
             let escaped = escape_json_controls(&text);
             assert!(!escaped.chars().any(|c| is_terminal_control(c) && c != '\n'), "{escaped}");
             assert_eq!(serde_json::from_str::<Value>(&escaped).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn events_as_text_hold_no_terminal_control() {
+        let hostile = "evil\u{1b}[2J\u{202e}\u{9b}";
+        let error = ConfigError::new(ConfigErrorKind::Syntax, format!("unexpected `{hostile}`"))
+            .with_file(format!("/w/config/{hostile}.toml"))
+            .with_position(1, 2)
+            .with_key(hostile);
+        let events = [
+            ChangeEvent::ValidationFailed { config_name: hostile.into(), error: Arc::new(error) },
+            ChangeEvent::ConfigChanged {
+                config_name: hostile.into(),
+                old_value: Arc::new(Value::Null),
+                new_value: Arc::new(Value::Null),
+                files: vec![PathBuf::from(format!("/w/config/{hostile}.toml"))].into(),
+            },
+            ChangeEvent::ReloadCompleted { config_name: hostile.into(), duration: Duration::from_millis(1) },
+        ];
+        for event in &events {
+            let text = event_text(event);
+            assert!(!text.chars().any(|c| c != '\u{1b}' && is_terminal_control(c)), "{text:?}");
+            // The only ESC left is the colours' (none without a terminal).
+            assert!(!text.contains("\u{1b}[2J"), "{text:?}");
+            assert!(text.contains("evil\\u{1b}[2J\\u{202e}\\u{9b}"), "{text:?}");
         }
     }
 
