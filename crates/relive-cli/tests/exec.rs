@@ -208,8 +208,9 @@ impl Drop for Pid1 {
     fn drop(&mut self) {
         // relive is PID 1 of the namespace: when it ends, the kernel kills
         // everything else in it.
-        let relive = self.relive();
-        common::signal(relive, rustix::process::Signal::TERM);
+        for relive in children(self.unshare.id()) {
+            common::signal(relive, rustix::process::Signal::TERM);
+        }
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.unshare.try_wait() {
@@ -231,7 +232,7 @@ fn as_pid_1_relive_reaps_the_orphans_its_program_leaves() {
     let ws = Ws::new();
     ws.write("config/app.toml", "port = 1\n");
     // Each round's `sh -c` exits before its `sleep`, which is orphaned.
-    script(&ws, "orphaner.sh", "while :; do sh -c 'sleep 0.3 & echo x >> orphans.txt'; sleep 0.02; done");
+    script(&ws, "orphaner.sh", "while :; do sh -c 'sleep 1 & echo x >> orphans.txt'; sleep 0.02; done");
     let pid1 = Pid1::start(&ws, &["watch", "--no-history", "--exec", "./orphaner.sh"]);
     let relive = pid1.relive();
     // The orphans are relive's: it is the namespace's init.
@@ -250,7 +251,7 @@ fn as_pid_1_relive_reaps_orphans_that_are_not_its_programs() {
     let relive = pid1.relive();
     for _ in 0..10 {
         let status = Command::new("nsenter")
-            .args(["--target", &relive.to_string(), "--pid", "--", "sh", "-c", "sleep 0.5 & exit 0"])
+            .args(["--target", &relive.to_string(), "--pid", "--", "sh", "-c", "sleep 2 & exit 0"])
             .status()
             .expect("nsenter");
         assert!(status.success());
