@@ -75,8 +75,9 @@ impl Supervisor {
         let _ = self.tx.send(Request::Changed(name.to_string()));
     }
 
-    /// Passes `signal` on to the program, waits for it to exit (killing it
-    /// after the grace period), and ends the supervisor.
+    /// Passes `signal` on to the program's process group, waits for the
+    /// group to be empty (killing what is left of it after the grace
+    /// period), and ends the supervisor.
     pub async fn stop(self, signal: Signal) {
         let _ = self.tx.send(Request::Stop(signal));
         let _ = self.task.await;
