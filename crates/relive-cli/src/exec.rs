@@ -15,8 +15,10 @@
 //! program itself when it was run directly, and to the group when a shell
 //! runs it. relive is a subreaper (`PR_SET_CHILD_SUBREAPER`), so processes
 //! the program leaves behind are reparented to relive and reaped by it
-//! ([`crate::reap`]). A task owns the program's state; the event loop only
-//! sends it requests, so a slow shutdown never delays events.
+//! ([`crate::reap`]); those outside the group (a daemon that called
+//! `setsid`) get the same SIGTERM, grace period and SIGKILL after the
+//! group. A task owns the program's state; the event loop only sends it
+//! requests, so a slow shutdown never delays events.
 //!
 //! If relive itself is killed with SIGKILL, the kernel kills the process it
 //! started (`PR_SET_PDEATHSIG`), but not the rest of its group: a shell
@@ -331,17 +333,60 @@ impl State {
 
     /// Sends `signal` to the program's group and waits up to the grace
     /// period for the group to be empty; then kills what is left of it.
+    /// Then the same for what the program left outside its group.
     async fn terminate(&mut self, signal: Signal) {
-        let Some(running) = self.running.take() else { return };
-        let pgid = running.pid;
-        if !reap::group_is_empty(pgid) {
-            let _ = rustix::process::kill_process_group(pgid, signal);
-            if !wait_empty(pgid, self.options.grace).await {
-                self.kill(pgid).await;
+        if let Some(running) = self.running.take() {
+            let pgid = running.pid;
+            if !reap::group_is_empty(pgid) {
+                let _ = rustix::process::kill_process_group(pgid, signal);
+                if !wait_empty(pgid, self.options.grace).await {
+                    self.kill(pgid).await;
+                }
             }
+            // Reaped with its group: its status is nobody's now.
+            let _ = reap::take_status(pgid);
         }
-        // Reaped with its group: its status is nobody's now.
-        let _ = reap::take_status(pgid);
+        self.end_adopted(signal).await;
+    }
+
+    /// Ends what the program left outside its group: processes that
+    /// daemonized (`setsid`) or whose parents died, which relive adopted as
+    /// their subreaper. As PID 1 relive adopts every orphan of the
+    /// container, not only its program's, so it leaves them be (and when PID
+    /// 1 exits, the kernel kills them all).
+    async fn end_adopted(&self, signal: Signal) {
+        if reap::is_init() {
+            return;
+        }
+        let adopted = reap::adopted();
+        if adopted.is_empty() {
+            return;
+        }
+        let send = |signal: Signal| {
+            for &pid in &adopted {
+                // A daemon leads a group of its own: end that group with it.
+                let _ = match reap::group_of(pid) {
+                    Some(group) if group == pid.as_raw_nonzero().get() => {
+                        rustix::process::kill_process_group(pid, signal)
+                    }
+                    _ => rustix::process::kill_process(pid, signal),
+                };
+            }
+        };
+        send(signal);
+        if wait_gone(&adopted, self.options.grace).await {
+            return;
+        }
+        output::warn(&format!(
+            "{} processes left by `{}` did not exit within {} ms; killing them",
+            adopted.len(),
+            self.options.command,
+            self.options.grace.as_millis()
+        ));
+        send(Signal::KILL);
+        if !wait_gone(&adopted, Duration::from_secs(5)).await {
+            output::warn("processes left by the program are still there 5 s after SIGKILL");
+        }
     }
 
     /// Kills what is left of group `pgid` and waits for it to be empty.
@@ -380,6 +425,20 @@ async fn wait_empty(pgid: Pid, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if reap::group_is_empty(pgid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Waits up to `timeout` for every process of `pids` to be gone.
+async fn wait_gone(pids: &[Pid], timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if pids.iter().all(|&pid| reap::is_gone(pid)) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

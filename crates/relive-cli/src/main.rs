@@ -8,9 +8,13 @@
 //! # Known problems
 //!
 //! - `watch --exec`: a restart or exit stops the program's process group
-//!   and waits until it is empty ([`exec`]). A process that leaves the group
-//!   (`setsid`, `setpgid`) is not stopped with it; relive, its subreaper,
-//!   only reaps it once it exits.
+//!   and waits until it is empty, then the processes the program left
+//!   outside it that relive adopted as their subreaper ([`exec`]). A
+//!   process that left the group while its parent still runs is not
+//!   relive's child and is not found (until its parent dies). As PID 1,
+//!   relive does not end adopted processes at a restart, since every
+//!   orphan of the container is adopted. Finding them needs `/proc` of
+//!   relive's own PID namespace.
 //! - If relive is killed with SIGKILL (or dies of a signal it does not
 //!   handle, such as SIGHUP when its terminal closes), the kernel sends
 //!   SIGKILL to the process relive started (`PR_SET_PDEATHSIG`) and to

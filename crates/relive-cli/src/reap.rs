@@ -129,6 +129,44 @@ pub fn group_is_empty(pgid: Pid) -> bool {
     rustix::process::test_kill_process_group(pgid) == Err(rustix::io::Errno::SRCH)
 }
 
+/// relive's children that it did not start: orphans of its descendants
+/// (their parents died, or they daemonized), which the kernel reparented
+/// to relive as their subreaper. Read from `/proc/self/task/*/children`;
+/// empty when `/proc` is not this PID namespace's (it would name other
+/// processes) or has no `children` files.
+pub fn adopted() -> Vec<Pid> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let ours = std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse::<i32>().ok()) == Some(me);
+    if !ours {
+        return Vec::new();
+    }
+    let owned = owned();
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            if !owned.as_ref().is_some_and(|o| o.contains_key(&pid)) {
+                pids.extend(Pid::from_raw(pid));
+            }
+        }
+    }
+    pids
+}
+
+/// The process group of `pid`, from `/proc` (`getpgid` cannot say "a
+/// group outside this namespace", which `/proc` gives as 0).
+pub fn group_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    // After the name in parentheses: state, ppid, pgrp.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Whether `pid` is gone: reaped, or never there.
+pub fn is_gone(pid: Pid) -> bool {
+    reap();
+    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+}
+
 /// Makes relive the reaper of the orphans of its descendants, so that a
 /// process its program double-forked is still its child.
 pub fn become_subreaper() -> io::Result<()> {

@@ -110,6 +110,33 @@ fn a_restart_and_the_exit_end_the_programs_grandchildren() {
 }
 
 #[test]
+fn a_restart_and_the_exit_end_what_the_program_daemonized() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    // `setsid` takes the daemon out of the program's group and session; its
+    // parent exits at once, so relive (the subreaper) adopts it.
+    script(
+        &ws,
+        "daemonizer.sh",
+        "setsid sh -c 'trap \"\" TERM; echo $$ >> daemons.txt; while :; do sleep 0.05; done' &\n\
+         echo $$ >> pids.txt\nexec sleep 600",
+    );
+    let mut watch = ws.watch(&["--exec", "./daemonizer.sh", "--grace-ms", "300", "--no-history"]);
+    wait_until("the first daemon", || pids(&ws, "daemons.txt").len() == 1);
+    let daemon = pids(&ws, "daemons.txt")[0];
+
+    ws.write("config/app.toml", "port = 2\n");
+    watch.wait_kind("config_changed", "app");
+    wait_until("the restart", || pids(&ws, "pids.txt").len() == 2);
+    assert!(!common::alive(daemon), "the first program's daemon is still there after the restart");
+    wait_until("the second daemon", || pids(&ws, "daemons.txt").len() == 2);
+
+    assert_eq!(watch.terminate(), 0);
+    let all: Vec<u32> = pids(&ws, "pids.txt").into_iter().chain(pids(&ws, "daemons.txt")).collect();
+    wait_until("nothing of the program to run after relive exits", || count_running(&all) == 0);
+}
+
+#[test]
 fn a_program_run_directly_dies_with_relive_even_by_sigkill() {
     let ws = Ws::new();
     ws.write("config/app.toml", "port = 1\n");
