@@ -416,9 +416,8 @@ program when it runs directly, and to the whole group when a shell runs it
 SIGTERM received by relive are passed on the same way, and relive exits
 once the group is gone. relive reaps the orphans its program leaves (it is
 their subreaper) and stops those outside the group after it; as PID 1 it
-reaps every orphan. If relive is
-killed with SIGKILL, the kernel kills the process it started, but not what
-that process started.";
+reaps every orphan. If relive is killed with SIGKILL, the kernel kills the
+process it started, but not what that process started.";
 
 /// `--polling`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
