@@ -113,8 +113,9 @@ fn a_restart_and_the_exit_end_the_programs_grandchildren() {
 fn a_restart_and_the_exit_end_what_the_program_daemonized() {
     let ws = Ws::new();
     ws.write("config/app.toml", "port = 1\n");
-    // `setsid` takes the daemon out of the program's group and session; its
-    // parent exits at once, so relive (the subreaper) adopts it.
+    // `setsid` takes the daemon out of the program's group and session.
+    // When the program dies at the restart, relive (the subreaper) adopts
+    // it.
     script(
         &ws,
         "daemonizer.sh",
