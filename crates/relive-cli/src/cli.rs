@@ -290,6 +290,14 @@ pub fn parse_percent(text: &str) -> Result<u8, String> {
     }
 }
 
+/// A host name for `--allow-host`, as `relive_web::Access` takes it.
+fn parse_allow_host(text: &str) -> Result<String, String> {
+    match relive_web::Access::loopback().with_host(text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `relive serve`.
 #[derive(Debug, Args)]
 #[command(after_long_help = SERVE_EXAMPLES)]
@@ -308,6 +316,12 @@ pub struct ServeArgs {
     /// workspace's files and configs to the network.
     #[arg(long, value_name = "H", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
+    /// Also answer requests for host NAME (an exact name or address, any
+    /// port; repeat for more). Only localhost, 127.x.y.z, [::1] and the
+    /// --host address are answered otherwise, so that a page of another
+    /// site cannot read this one through DNS rebinding.
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = parse_allow_host)]
+    pub allow_host: Vec<String>,
     /// Do not record config versions in the workspace's history (data/history/).
     #[arg(long)]
     pub no_history: bool,

@@ -135,7 +135,7 @@ pub fn event_text(event: &ChangeEvent) -> String {
             let files: Vec<String> = files.iter().map(|f| display_path(f)).collect();
             format!("{GOOD}{kind}{GOOD:#} {NAME}{}{NAME:#} ({})", esc(config_name), files.join(", "))
         }
-        ChangeEvent::FileChanged { path, change_type } => match change_type {
+        ChangeEvent::FileChanged { path, change_type, .. } => match change_type {
             ChangeType::Renamed { from } => {
                 format!("{kind} {} {} (from {})", change_type.as_str(), display_path(path), display_path(from))
             }
@@ -147,7 +147,7 @@ pub fn event_text(event: &ChangeEvent) -> String {
         ChangeEvent::ReloadCompleted { config_name, duration } => {
             format!("{DIM}{kind} {} in {:.3} ms{DIM:#}", esc(config_name), duration.as_secs_f64() * 1e3)
         }
-        ChangeEvent::HandlerFailed { handler, error } => {
+        ChangeEvent::HandlerFailed { handler, error, .. } => {
             format!("{BAD}{kind}{BAD:#} {}: {}", esc(handler), esc(&error.to_string()))
         }
         ChangeEvent::ReadFailed { path, error } => {
@@ -194,7 +194,7 @@ pub fn event_json(event: &ChangeEvent) -> Value {
             o.insert("old".into(), Value::clone(old_value));
             o.insert("new".into(), Value::clone(new_value));
         }
-        ChangeEvent::FileChanged { path: p, change_type } => {
+        ChangeEvent::FileChanged { path: p, change_type, .. } => {
             o.insert("path".into(), path(p));
             o.insert("change".into(), json!(change_type.as_str()));
             if let ChangeType::Renamed { from } = change_type {
@@ -220,9 +220,18 @@ pub fn event_json(event: &ChangeEvent) -> Value {
             o.insert("config".into(), json!(config_name));
             o.insert("duration_ms".into(), json!(duration.as_secs_f64() * 1e3));
         }
-        ChangeEvent::HandlerFailed { handler, error } => {
+        ChangeEvent::HandlerFailed { handler, error, located } => {
             o.insert("handler".into(), json!(handler));
             o.insert("error".into(), json!(error));
+            if let Some(at) = located {
+                if let Some(file) = at.file() {
+                    o.insert("file".into(), path(file));
+                }
+                if let (Some(line), Some(column)) = (at.line(), at.column()) {
+                    o.insert("line".into(), json!(line));
+                    o.insert("column".into(), json!(column));
+                }
+            }
         }
         ChangeEvent::ReadFailed { path: p, error } => {
             o.insert("path".into(), path(p));

@@ -25,6 +25,24 @@
 //! whose fingerprint is now superseded: the static router answers that
 //! with the current content (see `relive_web::Manifest::superseded`).
 //!
+//! # Who it answers
+//!
+//! The pages show every config, secrets included, so they are for the
+//! developer's own browser only. The server binds 127.0.0.1 by default,
+//! but that alone does not keep out a page of another site that the
+//! browser is showing: through DNS rebinding (its name re-resolved to
+//! 127.0.0.1) it reads this server's pages as its own, and any page may
+//! open a WebSocket to `127.0.0.1:35729`. So, on both ports and every
+//! route, a request is answered only if its `Host` names a loopback host
+//! (`localhost`, `127.x.y.z`, `[::1]`), the `--host` address, or a name
+//! given with `--allow-host` (exact, any port); any other gets a 421 with
+//! a plain-text reason. The live reload streams also refuse an `Origin`
+//! that is not a page of those hosts (any port: a page of the main port
+//! connects to the LiveReload port) or a LiveReload extension's. The
+//! checks are `relive_web::Access`: the hub carries it for the streams,
+//! and a middleware here applies its Host check to every route. A `--host`
+//! that is not loopback is warned about on stderr.
+//!
 //! The configs are the context: `config/site.toml` is `site` in templates
 //! (`{{ site.title }}`). Each is loaded with `Workspace::load` at start and
 //! again when the engine says it has a new value (`ConfigChanged`), and
@@ -55,11 +73,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use relive::{ChangeEvent, ConfigError, ConfigErrorKind, Workspace};
-use relive_web::{Assets, Change, ReloadHub, Templates};
+use relive_web::{Access, Assets, Change, ReloadHub, Templates};
 use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast::error::RecvError;
@@ -98,6 +117,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let ws = app::workspace(args.dir.as_deref(), args.env.env.as_deref())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let access = access(&args)?;
 
     let assets = Assets::new(&ws).map_err(web_failure)?;
     let urls = assets.clone();
@@ -112,10 +132,18 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let manager = ws.start_hot_reload_with_config(config).await?;
 
     let hub = ReloadHub::new();
+    hub.set_access(access.clone());
     hub.follow_templates(&templates);
     hub.follow_assets(&assets);
     follow_configs(&ws, &manager, &context, &hub, failed);
 
+    if !args.host.to_canonical().is_loopback() {
+        output::warn(&format!(
+            "--host {}: not a loopback address, so every config (secrets included), template and static file of \
+             this workspace is readable from the network",
+            args.host
+        ));
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure::runtime(format!("cannot bind {addr}: {e}")))?;
@@ -133,16 +161,20 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     };
     follow_template_errors(&templates);
 
+    // Every route on both ports answers only for the allowed hosts.
+    let guard = axum::middleware::from_fn_with_state(Arc::new(access), refuse_other_hosts);
     let app = Router::new()
         .fallback(page)
         .with_state(Pages { templates, context, hub: hub.clone(), inject: !args.no_inject })
         .merge(relive_web::router(hub.clone()))
-        .merge(relive_web::static_router(assets));
+        .merge(relive_web::static_router(assets))
+        .layer(guard.clone());
     let server = axum::serve(listener, app.into_make_service());
     // The extensions' port: the LiveReload endpoints, nothing of the workspace.
     let extensions = async move {
+        let app = relive_web::router(hub).fallback(|| async { StatusCode::NOT_FOUND }).layer(guard);
         match livereload {
-            Some(listener) => axum::serve(listener, relive_web::router(hub).into_make_service()).await,
+            Some(listener) => axum::serve(listener, app.into_make_service()).await,
             None => std::future::pending().await,
         }
     };
@@ -156,6 +188,32 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     };
     manager.shutdown().await?;
     result
+}
+
+/// The hosts the server answers for (loopback names, the `--host`
+/// address, `--allow-host` names), and the origins its live reload
+/// streams accept (pages of those hosts, the LiveReload extensions).
+fn access(args: &ServeArgs) -> Result<Access> {
+    let mut access = Access::loopback().with_host(&args.host.to_string()).map_err(web_failure)?;
+    for name in &args.allow_host {
+        // Checked by clap already (`cli::parse_allow_host`).
+        access = access.with_host(name).map_err(|e| Failure { exit: Exit::Usage, message: e.to_string() })?;
+    }
+    Ok(access)
+}
+
+/// Answers only requests for an allowed host: a page of another site that
+/// reaches this server through DNS rebinding (its name re-resolved to
+/// 127.0.0.1) still names its own host in `Host`, and gets a 421 that says
+/// why, never a page.
+async fn refuse_other_hosts(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    match access.check_host(request.headers(), request.uri()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            let text = format!("relive serve: {refused}; allow another name with --allow-host NAME\n");
+            (refused.status(), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+    }
 }
 
 /// Binds the LiveReload extensions' port and prints its address on the

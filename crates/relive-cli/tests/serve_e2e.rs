@@ -4,9 +4,12 @@
 //! polls with a deadline; the server, chromedriver and the browser are
 //! stopped when dropped.
 //!
-//! The last test runs the real livereload-js 4.0.2 (the client of the
+//! One test runs the real livereload-js 4.0.2 (the client of the
 //! LiveReload browser extensions, vendored in `tests/fixtures/`) in place
-//! of relive's own client.
+//! of relive's own client, from the main port's page to the LiveReload
+//! port (a cross-port `Origin` the server accepts as its own). Another
+//! maps `attacker.example` to 127.0.0.1 in Chromium, as DNS rebinding
+//! would, and checks that such a page gets neither the pages nor a socket.
 
 mod browser;
 
@@ -199,4 +202,56 @@ fn livereload_js_swaps_css_in_place_and_reloads_the_page_for_a_template() {
     reload_for_template(&ws, &browser, "livereload-js template");
     browser.wait_for("livereload-js to connect again", connected);
     assert_eq!(browser.eval(BACKGROUND), json!("rgb(0, 0, 255)"));
+}
+
+/// Opens a WebSocket to each of `urls` from the page, and records in
+/// `window.__sockets[url]` whether it opened (`open`) or was closed first
+/// (`refused`).
+fn open_sockets(browser: &Browser, urls: &[String]) {
+    let script = format!(
+        "window.__sockets = {{}}; {urls}.forEach(function (url) {{ \
+           var s = new WebSocket(url); \
+           s.onopen = function () {{ window.__sockets[url] = 'open'; s.close(); }}; \
+           s.onclose = function () {{ if (!window.__sockets[url]) window.__sockets[url] = 'refused'; }}; \
+         }}); return true;",
+        urls = json!(urls)
+    );
+    browser.run(&script).expect("open the sockets");
+    let done = format!("return Object.keys(window.__sockets).length === {}", urls.len());
+    browser.wait_for("every socket to open or be refused", &done);
+}
+
+#[test]
+fn a_page_of_another_site_gets_neither_the_pages_nor_the_live_reload_stream() {
+    let ws = Workspace::new();
+    let livereload = free_port();
+    let server = serve_with(&ws, &["--livereload-port", &livereload.to_string()]);
+    let main = server.addr().rsplit_once(':').expect("a port").1.to_string();
+    // The other site, served by a server of its own (relive, told to answer for its name).
+    let elsewhere = Workspace::new();
+    elsewhere.write("templates/index.html", &index("Elsewhere"));
+    let other = serve_with(&elsewhere, &["--allow-host", "attacker.example"]);
+    let other_port = other.addr().rsplit_once(':').expect("a port").1.to_string();
+    // In this browser attacker.example is 127.0.0.1, as DNS rebinding makes it.
+    let browser = Browser::start_with(&["--host-resolver-rules=MAP attacker.example 127.0.0.1"]);
+
+    // The server's own port under the other site's name: the refusal, not the page.
+    browser.goto(&format!("http://attacker.example:{main}/"));
+    let text = browser.eval("document.body.textContent");
+    let text = text.as_str().expect("a text");
+    assert!(text.contains("the Host header does not name this server"), "{text}");
+    assert!(!text.contains("Demo"), "{text}");
+
+    // The other site's page opens sockets to this server's two ports: refused.
+    browser.goto(&format!("http://attacker.example:{other_port}/"));
+    browser.wait_for("the other site's page", &format!("return {TITLE} === 'Elsewhere Demo'"));
+    let urls = [format!("ws://127.0.0.1:{main}/livereload"), format!("ws://127.0.0.1:{livereload}/livereload")];
+    open_sockets(&browser, &urls);
+    let refused = json!({ &urls[0]: "refused", &urls[1]: "refused" });
+    assert_eq!(browser.eval("window.__sockets"), refused);
+
+    // The control: the server's own page opens both (the LiveReload port cross-port).
+    browser.goto(&server.url);
+    open_sockets(&browser, &urls);
+    assert_eq!(browser.eval("window.__sockets"), json!({ &urls[0]: "open", &urls[1]: "open" }));
 }

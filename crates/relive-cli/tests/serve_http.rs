@@ -29,11 +29,37 @@ struct Response {
 
 /// Sends `GET target` exactly as written, and reads the whole response.
 fn get(addr: &str, target: &str) -> Response {
+    get_with(addr, target, &[&format!("Host: {addr}")])
+}
+
+/// Sends `GET target` with `headers` (`Name: value`, `Host` included or
+/// not) exactly as written, and reads the response: all of it, or its
+/// head alone if it is a switch to WebSocket or an event stream (which do
+/// not end).
+fn get_with(addr: &str, target: &str, headers: &[&str]) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
-    write!(stream, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send the request");
+    let mut request = format!("GET {target} HTTP/1.1\r\n");
+    for header in headers {
+        request.push_str(&format!("{header}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    if headers.iter().any(|h| h.starts_with("Upgrade:")) {
+        // Still closed after an answer that is not the switch.
+        request = request.replace("Connection: close\r\n", "Connection: Upgrade, close\r\n");
+    }
+    stream.write_all(request.as_bytes()).expect("send the request");
     let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        bytes.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        let streaming = text.starts_with("http/1.1 101") || text.contains("content-type: text/event-stream");
+        if n == 0 || (streaming && text.contains("\r\n\r\n")) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let status = text
         .strip_prefix("HTTP/1.1 ")
@@ -210,7 +236,7 @@ impl Events {
     fn connect(addr: &str) -> Events {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
-        write!(stream, "GET /livereload/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        write!(stream, "GET /livereload/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
             .expect("send");
         let mut events = Events { stream, buffer: String::new(), seen: 0 };
         let deadline = Instant::now() + TIMEOUT;
@@ -453,4 +479,221 @@ fn the_demo_serves_a_page_built_from_its_configs_templates_and_stylesheet() {
         assert!(Instant::now() < deadline, "the edit did not reach the page within {TIMEOUT:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `relive serve` with a secret config that page `/secret` shows, and the
+/// LiveReload port on: the server, its address and the LiveReload port's.
+fn serve_secret(args: &[&str]) -> (Workspace, browser::Server, String, String) {
+    let ws = Workspace::new();
+    ws.write("config/secret.toml", &format!("password = \"{SECRET}\"\n"));
+    ws.write("templates/secret.html", "{{ secret.password }}\n");
+    let port = free_port().to_string();
+    let server = serve_with(&ws, &[&["--livereload-port", &port][..], args].concat());
+    let (addr, livereload) = (server.addr().to_string(), server.livereload_addr());
+    (ws, server, addr, livereload)
+}
+
+/// The port of `host:port`.
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').expect("a port").1
+}
+
+/// Asserts that `response` is the refusal of a request for another host:
+/// a 421 that says so, and nothing of the workspace.
+fn assert_misdirected(response: &Response, what: &str) {
+    assert_eq!(response.status, 421, "{what}: {}", response.text);
+    assert!(!response.text.contains(SECRET) && !response.text.contains("Demo"), "{what}: {}", response.text);
+    assert!(response.text.contains("the Host header does not name this server"), "{what}: {}", response.text);
+    assert!(response.text.contains("--allow-host NAME"), "{what}: {}", response.text);
+}
+
+#[test]
+fn dns_rebinding_a_request_for_another_host_gets_no_page_on_either_port() {
+    let (_ws, _server, addr, livereload) = serve_secret(&[]);
+    let own = get(&addr, "/secret");
+    assert!(own.status == 200 && own.text.contains(SECRET), "the control: its own host gets the page: {}", own.text);
+
+    let port = port_of(&addr);
+    let foreign = [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_string(),
+        format!("localhost.attacker.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("10.0.0.1:{port}"),
+        format!("0.0.0.0:{port}"),
+    ];
+    for host in &foreign {
+        let header = format!("Host: {host}");
+        for target in ["/", "/secret", "/index", "/static/app.css", "/livereload.js", "/livereload/events", "/nothing"]
+        {
+            assert_misdirected(&get_with(&addr, target, &[&header]), &format!("{host} {target}"));
+        }
+        for target in ["/livereload.js", "/livereload/events", "/livereload", "/"] {
+            assert_misdirected(
+                &get_with(&livereload, target, &[&header]),
+                &format!("{host} {target} (LiveReload port)"),
+            );
+        }
+    }
+    // Without a Host, with two, or naming another in an absolute-form target.
+    for (target, headers) in [
+        ("/secret".to_string(), vec![]),
+        ("/secret".to_string(), vec![format!("Host: {addr}"), "Host: attacker.example".to_string()]),
+        (format!("http://attacker.example:{port}/secret"), vec![format!("Host: {addr}")]),
+    ] {
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let response = get_with(&addr, &target, &headers);
+        assert!(!response.text.contains(SECRET), "{target} {headers:?}: {}", response.text);
+        assert!(matches!(response.status, 400 | 421), "{target} {headers:?}: {}", response.text);
+    }
+}
+
+#[test]
+fn loopback_names_and_the_host_address_are_answered_and_no_other_name() {
+    let ws = Workspace::new();
+    let cases: [(&[&str], Vec<String>); 3] = [
+        (
+            &[],
+            vec!["127.0.0.1:{port}", "127.0.0.1", "127.0.0.1:1", "localhost:{port}", "LocalHost", "[::1]:{port}"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+        (&["--host", "127.0.0.2"], vec!["127.0.0.2:{port}".into(), "127.0.0.2".into(), "localhost:{port}".into()]),
+        (&["--host", "::1"], vec!["[::1]:{port}".into(), "[::1]".into(), "[0:0:0:0:0:0:0:1]:{port}".into()]),
+    ];
+    for (args, hosts) in cases {
+        let server = serve_with(&ws, args);
+        let addr = server.addr();
+        for host in hosts {
+            let host = host.replace("{port}", port_of(addr));
+            let page = get_with(addr, "/", &[&format!("Host: {host}")]);
+            assert_eq!(page.status, 200, "{args:?} Host: {host}: {}", page.text);
+            assert!(page.text.contains("Version 1 Demo"), "{args:?} Host: {host}: {}", page.text);
+        }
+        let foreign = get_with(addr, "/", &[&format!("Host: attacker.example:{}", port_of(addr))]);
+        assert_misdirected(&foreign, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn allow_host_adds_exactly_the_names_given() {
+    let (_ws, _server, addr, livereload) =
+        serve_secret(&["--allow-host", "dev.example", "--allow-host", "Other.Example", "--allow-host", "10.1.2.3"]);
+    let port = port_of(&addr);
+    for host in [format!("dev.example:{port}"), "DEV.EXAMPLE".into(), "other.example:8080".into(), "10.1.2.3".into()] {
+        let page = get_with(&addr, "/secret", &[&format!("Host: {host}")]);
+        assert!(page.status == 200 && page.text.contains(SECRET), "Host: {host}: {}", page.text);
+        let client = get_with(&livereload, "/livereload.js", &[&format!("Host: {host}")]);
+        assert_eq!(client.status, 200, "Host: {host} (LiveReload port): {}", client.text);
+    }
+    for host in [format!("a.dev.example:{port}"), "dev.example.attacker.example".into(), "example".into()] {
+        assert_misdirected(&get_with(&addr, "/secret", &[&format!("Host: {host}")]), &host);
+    }
+    // A page of an allowed name may open the streams.
+    let socket = upgrade(&livereload, &livereload, Some(&format!("http://dev.example:{port}")));
+    assert_eq!(socket.status, 101, "{}", socket.text);
+
+    // Names only: no wildcard, no port.
+    for (bad, says) in [("*.example", "wildcards are not supported"), ("dev.example:8000", "without a port")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_relive"))
+            .args(["serve", "--port", "0", "--livereload-port", "0", "--allow-host", bad])
+            .arg(_ws.root())
+            .output()
+            .expect("run relive serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
+}
+
+/// A WebSocket handshake for `/livereload` at `addr` with `Host: host`,
+/// and `Origin: origin` if given; the response's head.
+fn upgrade(addr: &str, host: &str, origin: Option<&str>) -> Response {
+    let mut headers = vec![
+        format!("Host: {host}"),
+        "Upgrade: websocket".to_string(),
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_string(),
+        "Sec-WebSocket-Version: 13".to_string(),
+    ];
+    headers.extend(origin.map(|o| format!("Origin: {o}")));
+    get_with(addr, "/livereload", &headers.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The Origins a page of another site sends, or a `file://` page (`null`).
+fn foreign_origins(port: &str) -> Vec<String> {
+    vec![
+        "http://attacker.example".into(),
+        format!("http://attacker.example:{port}"),
+        format!("https://127.0.0.1.attacker.example:{port}"),
+        format!("http://127.0.0.1@attacker.example:{port}"),
+        "null".into(),
+        "file://".into(),
+    ]
+}
+
+/// The Origins allowed: the server's own pages (on the main port: a
+/// cross-port origin for the LiveReload port), loopback pages, and the
+/// LiveReload extensions.
+fn own_origins(addr: &str) -> Vec<String> {
+    vec![
+        format!("http://{addr}"),
+        format!("http://localhost:{}", port_of(addr)),
+        "http://localhost:3000".into(),
+        "chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei".into(),
+        "moz-extension://0b8fa3f6-1c4a-4b7e-9d36-2e4f6a8b1c9d".into(),
+        "safari-web-extension://E5A2C6F1-0B3D-4E7A-9C21-3F6B8D4A2E10".into(),
+    ]
+}
+
+#[test]
+fn a_websocket_from_a_page_of_another_site_is_refused_on_both_ports() {
+    let (_ws, _server, addr, livereload) = serve_secret(&[]);
+    for at in [&addr, &livereload] {
+        assert_eq!(upgrade(at, at, None).status, 101, "{at}: no Origin (not a browser)");
+        for origin in own_origins(&addr) {
+            let response = upgrade(at, at, Some(&origin));
+            assert_eq!(response.status, 101, "{at} Origin: {origin}: {}", response.text);
+        }
+        for origin in foreign_origins(port_of(&addr)) {
+            let response = upgrade(at, at, Some(&origin));
+            assert_eq!(response.status, 403, "{at} Origin: {origin}: {}", response.text);
+            assert!(response.text.contains("cross-origin request refused"), "{at} Origin: {origin}: {}", response.text);
+        }
+    }
+}
+
+#[test]
+fn an_event_stream_for_a_page_of_another_site_is_refused_on_both_ports() {
+    let (_ws, _server, addr, livereload) = serve_secret(&[]);
+    let events = |at: &str, origin: Option<&str>| {
+        let mut headers = vec![format!("Host: {at}"), "Accept: text/event-stream".to_string()];
+        headers.extend(origin.map(|o| format!("Origin: {o}")));
+        get_with(at, "/livereload/events", &headers.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    for at in [&addr, &livereload] {
+        let open = |r: &Response| r.status == 200 && r.text.to_ascii_lowercase().contains("text/event-stream");
+        assert!(open(&events(at, None)), "{at}: no Origin");
+        for origin in own_origins(&addr) {
+            let response = events(at, Some(&origin));
+            assert!(open(&response), "{at} Origin: {origin}: {}", response.text);
+        }
+        for origin in foreign_origins(port_of(&addr)) {
+            let response = events(at, Some(&origin));
+            assert_eq!(response.status, 403, "{at} Origin: {origin}: {}", response.text);
+            assert!(response.text.contains("cross-origin request refused"), "{at} Origin: {origin}: {}", response.text);
+        }
+    }
+}
+
+#[test]
+fn a_host_that_is_not_loopback_is_warned_about() {
+    let ws = Workspace::new();
+    let server = serve_with(&ws, &["--host", "0.0.0.0"]);
+    let stderr = server.wait_for_stderr("readable from the network");
+    assert!(
+        stderr.contains("warning: --host 0.0.0.0: not a loopback address, so every config (secrets included)"),
+        "{stderr}"
+    );
+    assert_eq!(get(server.addr(), "/").status, 200, "it serves all the same");
 }

@@ -7,8 +7,15 @@
 //! `DIR/config/<name>.<ext>` and only then acknowledged; a version that does
 //! not parse is rejected and the file is left alone. Programs, and
 //! `relive watch DIR`, read plain files.
+//!
+//! A config may hold a secret. A file the agent replaces keeps its mode and
+//! owner (give it to the service's user, and the agent keeps it so); a new
+//! file is 0600, owned by the agent's user; the directories it creates are
+//! 0700, and `DIR/data/`, where its cache lives, is made 0700 if it was
+//! wider.
 
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +23,7 @@ use relive::{Format, HistoryConfig, HotReloadConfig, Workspace};
 use tokio::sync::broadcast;
 
 use crate::Error;
+use crate::cache::{DIR_MODE, FILE_MODE, create_private_dir, create_temp};
 use crate::source::{Boot, EtcdSource, FleetSource, Mirror, SourceEvent};
 
 /// The extensions a config file can have; the agent removes a config's
@@ -56,9 +64,11 @@ impl Agent {
     /// [`RunningAgent::shutdown`].
     pub async fn start(self) -> Result<RunningAgent, Error> {
         let config_dir = self.dir.join("config");
-        std::fs::create_dir_all(&config_dir).map_err(|source| Error::Io { path: config_dir.clone(), source })?;
+        create_private_dir(&config_dir).map_err(|source| Error::Io { path: config_dir.clone(), source })?;
+        let data = self.dir.join("data");
+        narrow_dir(&data).map_err(|source| Error::Io { path: data.clone(), source })?;
         let private = Agent::private_root(&self.dir);
-        std::fs::create_dir_all(&private).map_err(|source| Error::Io { path: private.clone(), source })?;
+        create_private_dir(&private).map_err(|source| Error::Io { path: private.clone(), source })?;
         // The private engine parses versions; its own history would only
         // repeat what etcd keeps.
         let ws = Workspace::new(&private).with_env("");
@@ -110,10 +120,29 @@ impl RunningAgent {
     }
 }
 
+/// Creates `dir` 0700, or makes an existing one 0700 if others may enter
+/// it (what is under it was readable), with a warning. A directory of
+/// another user is left as it is, with a warning: the files in it are
+/// private all the same.
+fn narrow_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+            Ok(()) => tracing::warn!(dir = %dir.display(), mode = format_args!("{mode:o}"),
+                "this directory was open to other users; made it private (0700)"),
+            Err(e) => tracing::warn!(dir = %dir.display(), mode = format_args!("{mode:o}"), error = %e,
+                "this directory is open to other users and cannot be made private"),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `document` to `config_dir/<name>.<ext>` atomically: a temp file
 /// in the same directory, fsynced, renamed over the file, the directory
-/// fsynced. Files of the config in another format are removed afterwards.
-/// Unchanged bytes are not written again.
+/// fsynced. The file keeps the mode and owner of the one it replaces; a new
+/// one is 0600. Files of the config in another format are removed
+/// afterwards. Unchanged bytes are not written again.
 fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) -> Result<(), String> {
     let leaf = name.rsplit('/').next().unwrap_or(name);
     if leaf.contains('.') || name.split('/').any(|segment| segment.starts_with('.')) {
@@ -126,13 +155,18 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
     let path = config_dir.join(format!("{name}.{}", format.name()));
     let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
     let dir = path.parent().expect("a config file has a directory");
-    std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+    create_private_dir(dir).map_err(|e| fail("create the directory of", e))?;
     if std::fs::read(&path).ok().as_deref() != Some(document) {
         let file_name = path.file_name().expect("a config file has a name").to_string_lossy();
         // A dot file with a `.tmp` extension: no config, for relive.
         let tmp = dir.join(format!(".{file_name}.relive-agent.{}.tmp", std::process::id()));
+        // What a program reading the file relies on: its mode and owner.
+        let keep = match std::fs::metadata(&path) {
+            Ok(meta) => (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid()))),
+            Err(_) => (FILE_MODE, None),
+        };
         let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
+            let mut file = create_temp(&tmp, keep.0, keep.1)?;
             file.write_all(document)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)
@@ -176,6 +210,18 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_new_file_is_private_and_a_replaced_one_keeps_its_mode() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), "db/main", Format::Toml, b"password = 1\n").unwrap();
+        assert_eq!(mode(&dir.path().join("db/main.toml")), 0o600);
+        assert_eq!(mode(&dir.path().join("db")), 0o700);
+        std::fs::set_permissions(dir.path().join("db/main.toml"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_config(dir.path(), "db/main", Format::Toml, b"password = 2\n").unwrap();
+        assert_eq!(mode(&dir.path().join("db/main.toml")), 0o640);
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! as etcd held it (format header included). Each file is replaced
 //! atomically: written to a temp file, synced, renamed over, and the
 //! directory synced.
+//!
+//! A value may hold a secret: cache files are 0600 and the directories the
+//! cache creates 0700, whatever the umask.
 
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -15,6 +20,40 @@ use std::time::{Duration, Instant};
 use crate::layout::check_config_name;
 
 const EXT: &str = "cached";
+
+/// The mode of the files the fleet crate writes for itself.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// The mode of the directories it creates.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with mode 0700 (given at creation:
+/// a umask only takes bits away). Directories that exist are left alone.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Creates a new file at `tmp` with exactly `mode` and, if given, owner
+/// `(uid, gid)`, whatever the umask; a file left there by a crash (or a
+/// link planted there) is removed first, never followed.
+pub(crate) fn create_temp(tmp: &Path, mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<File> {
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = OpenOptions::new().write(true).create_new(true).mode(mode & 0o777).open(tmp)?;
+    let set = (|| {
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        // After the owner: chown clears set-id bits.
+        file.set_permissions(Permissions::from_mode(mode))
+    })();
+    if let Err(e) = set {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    Ok(file)
+}
 
 /// A config value read from the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +82,10 @@ impl Cache {
     pub(crate) fn store(&self, name: &str, version: u64, value: &[u8]) -> std::io::Result<()> {
         let path = self.path(name);
         let dir = path.parent().expect("a cache file has a directory");
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         let file_name = path.file_name().expect("a cache file has a name").to_string_lossy();
         let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = create_temp(&tmp, FILE_MODE, None)?;
         file.write_all(format!("{version}\n").as_bytes())?;
         file.write_all(value)?;
         file.sync_all()?;
@@ -174,6 +213,22 @@ mod tests {
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
         assert_eq!(leftovers.count(), 0, "temp files are renamed away");
+    }
+
+    #[test]
+    fn cache_files_are_private_whatever_they_replace() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("fleet/app/configs"));
+        cache.store("db/main", 1, b"password = 1").unwrap();
+        for sub in ["fleet", "fleet/app", "fleet/app/configs", "fleet/app/configs/db"] {
+            assert_eq!(mode(&dir.path().join(sub)), 0o700, "{sub}");
+        }
+        let file = dir.path().join("fleet/app/configs/db/main.cached");
+        assert_eq!(mode(&file), 0o600);
+        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        cache.store("db/main", 2, b"password = 2").unwrap();
+        assert_eq!(mode(&file), 0o600, "a replaced file is private again");
     }
 
     #[tokio::test]

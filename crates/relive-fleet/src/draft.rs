@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use relive::{ConfigError, ConfigErrorKind, Format, LoadedConfig, Workspace};
+use relive::{ConfigError, Document, Format, LoadedConfig};
 use serde_json::Value;
 
 use crate::Error;
@@ -64,26 +64,12 @@ impl Draft {
     }
 
     /// Parses the document as every instance will: relive's own parser,
-    /// in a scratch workspace that holds it alone. Errors are located at
-    /// the origin's line and column.
+    /// within relive's default [`Limits`](relive::Limits). Errors are
+    /// located at the origin's line and column.
     pub fn check(&self) -> Result<Checked, ConfigError> {
-        let io = |e: std::io::Error| {
-            ConfigError::new(ConfigErrorKind::Io, format!("cannot make a scratch workspace to check it: {e}"))
-                .with_file(&self.origin)
-        };
-        let scratch = tempfile::Builder::new().prefix("relive-fleet-check").tempdir().map_err(io)?;
-        let config_dir = scratch.path().join("config");
-        std::fs::create_dir(&config_dir).map_err(io)?;
-        let file = config_dir.join(format!("doc.{}", self.format.name()));
-        std::fs::write(&file, &self.document).map_err(io)?;
-        // No environment: the document alone, whatever RELIVE_ENV says.
-        let ws = Workspace::new(scratch.path()).with_env("");
-        let checked = Checked { loaded: None, scratch: file, origin: self.origin.clone() };
-        match ws.load("doc") {
-            Ok(loaded) => Ok(Checked { loaded: Some(loaded), ..checked }),
-            Err(relive::Error::Config { error, .. }) => Err(checked.relocate(*error)),
-            Err(e) => Err(ConfigError::new(ConfigErrorKind::Io, e.to_string()).with_file(&self.origin)),
-        }
+        let doc = Document::new(&self.origin, self.format, self.document.clone());
+        let loaded = LoadedConfig::from_documents("draft", vec![doc])?;
+        Ok(Checked { loaded })
     }
 }
 
@@ -91,27 +77,19 @@ impl Draft {
 /// later (by a JSON Schema, say) in it.
 #[derive(Debug)]
 pub struct Checked {
-    loaded: Option<LoadedConfig>,
-    scratch: PathBuf,
-    origin: PathBuf,
+    loaded: LoadedConfig,
 }
 
 impl Checked {
     /// The parsed value.
     pub fn value(&self) -> &Value {
-        self.loaded.as_ref().expect("a checked document is loaded").value()
+        self.loaded.value()
     }
 
     /// An error about `key` (`server.port`, `hosts[2]`; empty for the whole
     /// value), located at the line and column of the document that set it.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        let loaded = self.loaded.as_ref().expect("a checked document is loaded");
-        self.relocate(loaded.error_at(key, message))
-    }
-
-    /// The scratch file's name replaced by the origin.
-    fn relocate(&self, error: ConfigError) -> ConfigError {
-        if error.file() == Some(self.scratch.as_path()) { error.with_file(&self.origin) } else { error }
+        self.loaded.error_at(key, message)
     }
 }
 
@@ -135,7 +113,6 @@ mod tests {
 
     #[test]
     fn a_document_is_checked_alone_whatever_relive_env_says() {
-        // An overlay would need a second file; the scratch workspace has one.
         let checked = Draft::new(Format::Toml, "").check().unwrap();
         assert_eq!(checked.value(), &serde_json::json!({}));
         assert!(Draft::new(Format::Json, "").check().is_err(), "an empty JSON document is not a document");

@@ -506,3 +506,69 @@ async fn the_agent_writes_files_atomically_that_a_workspace_on_its_dir_follows()
     assert!(status.get("sidecar", "server").is_none(), "{status:?}");
     ws.manager().unwrap().shutdown().await.unwrap();
 }
+
+/// Every directory under `dir` (itself included) and every file, with its
+/// permission bits.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![(dir.to_path_buf(), true, std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777)];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(modes_under(&path));
+        } else {
+            out.push((path, false, meta.permissions().mode() & 0o7777));
+        }
+    }
+    out
+}
+
+/// The agent replaces a file keeping its mode and owner, writes a new one
+/// 0600, and keeps its cache 0600 in 0700 directories, under a `data/` that
+/// was 0755: what comes from etcd may be a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_s_files_are_private_and_a_replaced_file_keeps_its_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let etcd = Etcd::start();
+    let fleet = fleet(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::set_permissions(dir.path().join("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = config.join("server.toml");
+    std::fs::write(&file, "port = 0\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Root gives the file to another user, as a deployment would for the
+    // service that reads it.
+    let root = std::fs::metadata(&file).unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let before = std::fs::metadata(&file).unwrap();
+
+    let v1 = fleet.push("server", &toml(1), Expect::Current).await.unwrap().version;
+    fleet.push("db", &Draft::new(Format::Toml, "password = \"hunter2\"\n"), Expect::Current).await.unwrap();
+    let agent = Agent::new(source(&etcd.endpoint(), "sidecar"), dir.path()).start().await.unwrap();
+    converged(&fleet, &[("sidecar", v1, SyncState::Synced)]).await;
+    let v2 = fleet.push("server", &toml(2), Expect::Current).await.unwrap().version;
+    converged(&fleet, &[("sidecar", v2, SyncState::Synced)]).await;
+    agent.shutdown().await.unwrap();
+
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "port = 2\n");
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (after.permissions().mode() & 0o7777, after.uid(), after.gid()),
+        (0o640, before.uid(), before.gid()),
+        "mode, owner and group are kept"
+    );
+    let db = std::fs::metadata(config.join("db.toml")).unwrap();
+    assert_eq!(db.permissions().mode() & 0o7777, 0o600, "a new file is private");
+    let modes = modes_under(&dir.path().join("data"));
+    assert!(modes.iter().any(|(p, _, _)| p.ends_with("server.cached")), "{modes:?}");
+    for (path, is_dir, mode) in modes {
+        assert_eq!(mode, if is_dir { 0o700 } else { 0o600 }, "{} is {mode:o}", path.display());
+    }
+}

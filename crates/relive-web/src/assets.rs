@@ -300,7 +300,7 @@ impl Assets {
         ws.register_reload_handler("static/**/*", move |event| {
             let Some(inner) = weak.upgrade() else { return Ok(()) };
             let assets = Assets { inner };
-            if let relive::ChangeEvent::FileChanged { path, change_type } = &event {
+            if let relive::ChangeEvent::FileChanged { path, change_type, .. } = &event {
                 if let relive::ChangeType::Renamed { from } = change_type {
                     assets.update(from)?;
                 }

@@ -39,6 +39,15 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A host name given to [`Access::with_host`](crate::Access::with_host)
+    /// is not one.
+    #[error("cannot allow host {name:?}: {reason}")]
+    InvalidHost {
+        /// The name as given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The core library refused a call (registering a handler, starting the engine).
     #[error(transparent)]
     Relive(#[from] relive::Error),

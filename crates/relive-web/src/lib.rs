@@ -20,6 +20,13 @@
 //!   work), the same messages as Server-Sent Events at `/livereload/events`,
 //!   and the client script at `/livereload.js`, which [`inject`] adds to
 //!   HTML.
+//! - [`Access`] says which hosts a server answers for and which origins
+//!   may open its live reload streams: loopback by default, so that
+//!   neither a page of another site reached through DNS rebinding nor a
+//!   cross-site WebSocket reads what the server shows (its alerts carry
+//!   config errors). [`router`] applies its hub's access
+//!   ([`ReloadHub::set_access`]); `relive serve` applies the same hosts to
+//!   every route.
 //! - [`static_router`] serves [`Assets`] at `/static/...` with the right
 //!   caching: fingerprinted names for good, logical names revalidated.
 //!
@@ -71,6 +78,7 @@
 )]
 #![deny(missing_docs)]
 
+mod access;
 mod assets;
 mod client;
 mod error;
@@ -80,6 +88,7 @@ mod reload;
 mod static_files;
 mod templates;
 
+pub use access::{Access, Refused};
 pub use assets::{Asset, AssetChange, Assets, CacheControl, Manifest, STATIC_PREFIX, fingerprint, resolve};
 pub use client::{CLIENT_JS, PAGE_ERROR_ID, SCRIPT_TAG, error_page, inject, inject_at};
 pub use error::{Error, Result, TemplateError};

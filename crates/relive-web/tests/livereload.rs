@@ -282,3 +282,77 @@ async fn a_page_that_missed_changes_while_it_loaded_is_reloaded_when_it_connects
     assert_eq!(next_json(&mut current).await["path"], json!("/static/other.css"));
     server.manager.shutdown().await.unwrap();
 }
+
+/// Sends `request` (ending in `Connection: close` or `Upgrade, close`) and
+/// reads the response's head and what came with it.
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            bytes.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&bytes);
+            if n == 0 || (text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n")) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a response in time");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Opens a WebSocket to `/livereload` with `Origin: origin`; the refusal's
+/// status if it is refused.
+async fn connect_from(addr: std::net::SocketAddr, origin: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/livereload").into_client_request().unwrap();
+    request.headers_mut().insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("{origin}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_answer_only_allowed_hosts_and_open_streams_only_to_allowed_origins() {
+    let server = serve().await;
+    let get = |host: &str, origin: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\r\n")
+    };
+    // Another host (DNS rebinding): 421 and why, on every route.
+    for path in ["/livereload.js", "/livereload/events", "/livereload"] {
+        let response = raw(server.addr, &get("attacker.example", "", path)).await;
+        assert!(response.starts_with("HTTP/1.1 421"), "{path}: {response}");
+        assert!(response.contains("the Host header does not name this server"), "{path}: {response}");
+    }
+    let events = |origin: &str| {
+        get("127.0.0.1", &format!("Origin: {origin}\r\nAccept: text/event-stream\r\n"), "/livereload/events")
+    };
+    let refused = raw(server.addr, &events("http://attacker.example")).await;
+    assert!(refused.starts_with("HTTP/1.1 403") && refused.contains("cross-origin request refused"), "{refused}");
+
+    // Another site's page: 403; the server's own and the extensions': the protocol.
+    assert_eq!(connect_from(server.addr, "http://attacker.example").await.err(), Some(403));
+    for origin in
+        ["http://localhost:8000", "http://127.0.0.1:3000", "chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei"]
+    {
+        let mut ws = connect_from(server.addr, origin).await.unwrap_or_else(|s| panic!("{origin}: {s}"));
+        handshake(&mut ws).await;
+    }
+
+    // Set on the hub, for every router mounted with it, from the next request.
+    server
+        .hub
+        .set_access(relive_web::Access::loopback().with_host("dev.example").unwrap().with_extension_origins(false));
+    let allowed = raw(server.addr, &get("dev.example:3000", "", "/livereload.js")).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let mut ws = connect_from(server.addr, "http://dev.example:3000").await.expect("an allowed name's page");
+    handshake(&mut ws).await;
+    assert_eq!(connect_from(server.addr, "chrome-extension://jnihajbhpnppcggbcgedagnkighmdlei").await.err(), Some(403));
+    server.manager.shutdown().await.unwrap();
+}

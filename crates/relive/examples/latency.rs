@@ -14,7 +14,11 @@
 //!    (hidden temp file + rename) and a Kubernetes ConfigMap `..data`
 //!    symlink swap, the time from just before the writer's first system call
 //!    to the moment a task awaiting [`relive::ConfigStream::next`] gets the
-//!    new value, next to the time of the write alone (the baseline).
+//!    new value, next to the time of the write alone (the baseline). Each
+//!    kind is measured twice: with the writer in this process, and with
+//!    the writer in another process (this binary run as `--writer`), as
+//!    users' editors and deploy tools are; times across the two processes
+//!    are taken from `CLOCK_MONOTONIC`.
 //! 2. **burst settle**: 1,000 back-to-back in-place writes; how long after
 //!    the last write the final value arrives, how many values were
 //!    delivered, and whether any of them was torn.
@@ -244,6 +248,108 @@ struct WriteTimes {
     done: Instant,
 }
 
+/// Writes update `n` of a workspace whose `config/` is `config`, the way
+/// `kind` does.
+fn write_update(config: &Path, kind: WriteKind, n: u64) -> std::io::Result<WriteTimes> {
+    match kind {
+        WriteKind::InPlace => {
+            fs::write(config.join("app.toml"), toml_doc(n))?;
+            let now = Instant::now();
+            Ok(WriteTimes { visible: now, done: now })
+        }
+        WriteKind::AtomicSave => {
+            let tmp = config.join(format!(".app.toml.tmp-{n}"));
+            fs::write(&tmp, toml_doc(n))?;
+            fs::rename(&tmp, config.join("app.toml"))?;
+            let now = Instant::now();
+            Ok(WriteTimes { visible: now, done: now })
+        }
+        WriteKind::ConfigMap => {
+            // Update n lives in `..v{n+1}`; counter 0 is in `..v1`.
+            let version = format!("..v{}", n + 1);
+            let dir = config.join(&version);
+            fs::create_dir(&dir)?;
+            fs::write(dir.join("app.json"), json_doc(n))?;
+            std::os::unix::fs::symlink(&version, config.join("..data_tmp"))?;
+            fs::rename(config.join("..data_tmp"), config.join("..data"))?;
+            let visible = Instant::now();
+            fs::remove_dir_all(config.join(format!("..v{n}")))?;
+            Ok(WriteTimes { visible, done: Instant::now() })
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for this process and the
+/// writer process.
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The writer process (`latency --writer KIND CONFIG_DIR`): for each line
+/// `N` on stdin, writes update N and prints `T0 VISIBLE DONE` (monotonic
+/// nanoseconds: before the first system call, when the new content was in
+/// place, when the writer was done).
+fn writer_main(kind: &str, config: &Path) -> BoxResult<()> {
+    use std::io::{BufRead, Write};
+    let kind = WriteKind::ALL.into_iter().find(|k| k.key() == kind).ok_or("unknown write kind")?;
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        let n: u64 = line?.trim().parse()?;
+        let base = Instant::now();
+        let t0 = mono_ns();
+        let times = write_update(config, kind, n)?;
+        let ns = |at: Instant| t0 + (at - base).as_nanos() as u64;
+        let mut out = stdout.lock();
+        writeln!(out, "{t0} {} {}", ns(times.visible), ns(times.done))?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// A writer in another process, driven over its stdin and stdout.
+struct ForeignWriter {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ForeignWriter {
+    fn spawn(kind: WriteKind, config: &Path) -> BoxResult<ForeignWriter> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("--writer")
+            .arg(kind.key())
+            .arg(config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(ForeignWriter { child, stdin, stdout })
+    }
+
+    /// Has the writer write update `n`; returns its monotonic times.
+    fn write(&mut self, n: u64) -> BoxResult<(u64, u64, u64)> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{n}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let mut it = line.split_whitespace().map(str::parse::<u64>);
+        match (it.next(), it.next(), it.next()) {
+            (Some(Ok(t0)), Some(Ok(visible)), Some(Ok(done))) => Ok((t0, visible, done)),
+            _ => Err(format!("writer process said {line:?}").into()),
+        }
+    }
+}
+
+impl Drop for ForeignWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Fixture {
     /// Creates the workspace with the initial value (counter 0).
     fn new(kind: WriteKind) -> BoxResult<Fixture> {
@@ -274,33 +380,7 @@ impl Fixture {
 
     /// Writes update `n` (n ≥ 1).
     fn write(&self, n: u64) -> std::io::Result<WriteTimes> {
-        let config = self.config();
-        match self.kind {
-            WriteKind::InPlace => {
-                fs::write(config.join("app.toml"), toml_doc(n))?;
-                let now = Instant::now();
-                Ok(WriteTimes { visible: now, done: now })
-            }
-            WriteKind::AtomicSave => {
-                let tmp = config.join(format!(".app.toml.tmp-{n}"));
-                fs::write(&tmp, toml_doc(n))?;
-                fs::rename(&tmp, config.join("app.toml"))?;
-                let now = Instant::now();
-                Ok(WriteTimes { visible: now, done: now })
-            }
-            WriteKind::ConfigMap => {
-                // Update n lives in `..v{n+1}`; counter 0 is in `..v1`.
-                let version = format!("..v{}", n + 1);
-                let dir = config.join(&version);
-                fs::create_dir(&dir)?;
-                fs::write(dir.join("app.json"), json_doc(n))?;
-                std::os::unix::fs::symlink(&version, config.join("..data_tmp"))?;
-                fs::rename(config.join("..data_tmp"), config.join("..data"))?;
-                let visible = Instant::now();
-                fs::remove_dir_all(config.join(format!("..v{n}")))?;
-                Ok(WriteTimes { visible, done: Instant::now() })
-            }
-        }
+        write_update(&self.config(), self.kind, n)
     }
 }
 
@@ -315,6 +395,8 @@ struct Delivery {
     whole: bool,
     /// When `next()` returned it.
     at: Instant,
+    /// The same moment in monotonic nanoseconds (see [`mono_ns`]).
+    at_ns: u64,
 }
 
 /// A running engine watching `app` in a fixture's workspace, with a task
@@ -340,8 +422,9 @@ async fn watch(root: &Path) -> BoxResult<Watched> {
     let reader = tokio::spawn(async move {
         while let Some(value) = stream.next().await {
             let at = Instant::now();
+            let at_ns = mono_ns();
             let whole = value.name == "relive-bench" && value.padding.len() == 200;
-            if tx.send(Delivery { counter: value.counter, check: value.check, whole, at }).is_err() {
+            if tx.send(Delivery { counter: value.counter, check: value.check, whole, at, at_ns }).is_err() {
                 break;
             }
         }
@@ -354,6 +437,8 @@ async fn watch(root: &Path) -> BoxResult<Watched> {
 struct LatencyResult {
     /// Which writes.
     kind: WriteKind,
+    /// Whether the writer was another process.
+    foreign: bool,
     /// t0 → value returned by `next()`.
     delivered: Vec<Duration>,
     /// t0 → the writer's sequence is done (the baseline).
@@ -366,13 +451,23 @@ struct LatencyResult {
     missing: u64,
 }
 
-/// Scenario 1 for one kind: `WARMUP` + `updates` updates, each awaited.
-async fn latency(kind: WriteKind, updates: u64) -> BoxResult<LatencyResult> {
+impl LatencyResult {
+    /// The kind, and whose writes.
+    fn label(&self) -> String {
+        format!("{}{}", self.kind.label(), if self.foreign { " (other process)" } else { "" })
+    }
+}
+
+/// Scenario 1 for one kind: `WARMUP` + `updates` updates, each awaited;
+/// written by this process, or by a writer process when `foreign`.
+async fn latency(kind: WriteKind, updates: u64, foreign: bool) -> BoxResult<LatencyResult> {
     let fixture = Fixture::new(kind)?;
     let Watched { manager, reader, deliveries } = watch(fixture.root()).await?;
     let result = tokio::task::spawn_blocking(move || -> BoxResult<LatencyResult> {
+        let mut writer = if foreign { Some(ForeignWriter::spawn(kind, &fixture.config())?) } else { None };
         let mut r = LatencyResult {
             kind,
+            foreign,
             delivered: Vec::new(),
             write: Vec::new(),
             after_visible: Vec::new(),
@@ -381,12 +476,20 @@ async fn latency(kind: WriteKind, updates: u64) -> BoxResult<LatencyResult> {
         };
         let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
         for n in 1..=WARMUP + updates {
-            let t0 = Instant::now();
-            let times = fixture.write(n)?;
-            let deadline = t0 + DELIVERY_TIMEOUT;
+            // (t0, visible, done) in monotonic nanoseconds.
+            let times = match &mut writer {
+                Some(writer) => writer.write(n)?,
+                None => {
+                    let (base, t0) = (Instant::now(), mono_ns());
+                    let times = fixture.write(n)?;
+                    let ns = |at: Instant| t0 + (at - base).as_nanos() as u64;
+                    (t0, ns(times.visible), ns(times.done))
+                }
+            };
+            let deadline = Instant::now() + DELIVERY_TIMEOUT;
             let arrived = loop {
                 match deliveries.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(d) if d.counter == n && d.check == n && d.whole => break Some(d.at),
+                    Ok(d) if d.counter == n && d.check == n && d.whole => break Some(d.at_ns),
                     Ok(d) => {
                         eprintln!(
                             "  {}: update {n}: got counter {} check {} whole {}",
@@ -401,11 +504,13 @@ async fn latency(kind: WriteKind, updates: u64) -> BoxResult<LatencyResult> {
                     Err(RecvTimeoutError::Disconnected) => return Err("the stream ended early".into()),
                 }
             };
+            let (t0, visible, done) = times;
+            let ns = Duration::from_nanos;
             match arrived {
                 Some(t1) if n > WARMUP => {
-                    r.delivered.push(t1 - t0);
-                    r.write.push(times.done - t0);
-                    r.after_visible.push(t1.saturating_duration_since(times.visible));
+                    r.delivered.push(ns(t1.saturating_sub(t0)));
+                    r.write.push(ns(done - t0));
+                    r.after_visible.push(ns(t1.saturating_sub(visible)));
                 }
                 Some(_) => {}
                 None => {
@@ -839,7 +944,7 @@ impl Report {
         let mut out = Vec::new();
         for r in &self.latency {
             if r.mismatched > 0 || r.missing > 0 {
-                out.push(format!("{}: {} wrong value(s), {} missing", r.kind.label(), r.mismatched, r.missing));
+                out.push(format!("{}: {} wrong value(s), {} missing", r.label(), r.mismatched, r.missing));
             }
         }
         for (i, b) in self.bursts.iter().enumerate() {
@@ -883,12 +988,12 @@ impl Report {
             DELIVERY_TIMEOUT.as_secs()
         );
         println!(
-            "   {:<15} {:<24} {:>10} {:>10} {:>10} {:>6}  target",
+            "   {:<30} {:<24} {:>10} {:>10} {:>10} {:>6}  target",
             "kind", "measure", "p50 µs", "p99 µs", "max µs", "count"
         );
         let row = |kind: &str, what: &str, s: Stats, target: &str| {
             let line = format!(
-                "   {:<15} {:<24} {:>10.1} {:>10.1} {:>10.1} {:>6}  {}",
+                "   {:<30} {:<24} {:>10.1} {:>10.1} {:>10.1} {:>6}  {}",
                 kind,
                 what,
                 us(s.p50),
@@ -903,11 +1008,11 @@ impl Report {
             let d = Stats::of(&r.delivered);
             let w = Stats::of(&r.write);
             let pass = d.count > 0 && d.p50 <= TARGET_P50 && d.p99 <= TARGET_P99;
-            row(r.kind.label(), "write only (baseline)", w, "");
+            row(&r.label(), "write only (baseline)", w, "");
             row("", "write → delivered", d, &format!("p50≤500 p99≤2000  {}", verdict(pass)));
             row("", "visible → delivered", Stats::of(&r.after_visible), "");
             println!(
-                "   {:<15} {:<24} {:>9.1}x {:>9.1}x   (delivered ÷ write; wrong {}, missing {})",
+                "   {:<30} {:<24} {:>9.1}x {:>9.1}x   (delivered ÷ write; wrong {}, missing {})",
                 "",
                 "ratio",
                 us(d.p50) / us(w.p50),
@@ -998,7 +1103,7 @@ impl Report {
                     "missing": r.missing,
                     "target_pass": d.count > 0 && d.p50 <= TARGET_P50 && d.p99 <= TARGET_P99,
                 });
-                (r.kind.key().to_string(), value)
+                (format!("{}{}", r.kind.key(), if r.foreign { "_out_of_process" } else { "" }), value)
             })
             .collect();
         let settles = Stats::of(&self.settles());
@@ -1049,14 +1154,24 @@ impl Report {
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--writer") {
+        let (Some(kind), Some(config)) = (args.get(2), args.get(3)) else {
+            return Err("usage: latency --writer KIND CONFIG_DIR".into());
+        };
+        return writer_main(kind, Path::new(config));
+    }
     let opts = Opts::parse()?;
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build; run with --release for meaningful numbers");
     }
     let mut latency_results = Vec::new();
-    for kind in WriteKind::ALL {
-        eprintln!("1. {}: {} updates…", kind.label(), WARMUP + opts.updates());
-        latency_results.push(latency(kind, opts.updates()).await?);
+    for foreign in [false, true] {
+        for kind in WriteKind::ALL {
+            let whose = if foreign { "another process" } else { "this process" };
+            eprintln!("1. {} by {whose}: {} updates…", kind.label(), WARMUP + opts.updates());
+            latency_results.push(latency(kind, opts.updates(), foreign).await?);
+        }
     }
     eprintln!("1. tokio wake-up floor: {} samples…", WARMUP + opts.updates());
     let wake = wake_floor(opts.updates()).await?;

@@ -45,7 +45,7 @@ pub(crate) enum Signal {
 
 /// Timing rules for a [`Coalescer`].
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub(crate) struct Timing {
     /// How long to wait for a writer that modified a file but has not closed it.
     /// After this much time with no further signal for the path, it is ready anyway.
     pub write_timeout: Duration,
@@ -167,7 +167,7 @@ enum Arrival {
 /// to skip.
 #[derive(Debug)]
 pub(crate) struct Coalescer {
-    settings: Settings,
+    settings: Timing,
     entries: HashMap<Arc<Path>, Entry>,
     deadlines: BTreeSet<(Instant, Arc<Path>)>,
     /// When each recently taken path was taken, for `min_interval`.
@@ -175,7 +175,7 @@ pub(crate) struct Coalescer {
 }
 
 impl Coalescer {
-    pub(crate) fn new(settings: Settings) -> Coalescer {
+    pub(crate) fn new(settings: Timing) -> Coalescer {
         Coalescer { settings, entries: HashMap::new(), deadlines: BTreeSet::new(), taken: HashMap::new() }
     }
 

@@ -98,6 +98,9 @@ pub enum ConfigErrorKind {
     Ambiguous,
     /// No file for the config exists.
     Missing,
+    /// The document is over one of the [`Limits`](crate::Limits): too
+    /// large, nested too deep, or too many values (YAML aliases expanded).
+    Limit,
 }
 
 /// A problem with one config: a syntax error, a value of the wrong type, a
@@ -132,6 +135,12 @@ impl ConfigError {
     pub fn with_position(mut self, line: usize, column: usize) -> ConfigError {
         self.line = Some(line);
         self.column = Some(column);
+        self
+    }
+
+    /// The same error, of another kind.
+    pub(crate) fn with_kind(mut self, kind: ConfigErrorKind) -> ConfigError {
+        self.kind = kind;
         self
     }
 

@@ -37,6 +37,10 @@ pub enum ChangeEvent {
         path: PathBuf,
         /// What happened to it.
         change_type: ChangeType,
+        /// The content hash (xxh3-64) of the new bytes, as the engine
+        /// computed it to tell a change from a no-op save; `None` for a
+        /// deletion.
+        hash: Option<u64>,
     },
     /// A config changed on disk but was not applied; the last good value
     /// stays live.
@@ -60,6 +64,9 @@ pub enum ChangeEvent {
         handler: String,
         /// The error or panic message.
         error: String,
+        /// When the handler's error is (or wraps) a [`ConfigError`], that
+        /// error, with its file, line and column as structure.
+        located: Option<Arc<ConfigError>>,
     },
     /// A file could not be read after bounded retries.
     ReadFailed {

@@ -7,12 +7,14 @@
 //! (columns count characters, not bytes) so they can be shown as
 //! `file:line:col: message`.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::config::Limits;
 use crate::error::{ConfigError, ConfigErrorKind};
 
 /// A config file format.
@@ -70,7 +72,10 @@ impl Format {
 ///   hand-written configs and otherwise would surface as a literal `<<` key.
 /// - TOML datetimes become their RFC 3339 text; TOML and YAML floats that JSON
 ///   cannot hold (`nan`, `inf`) become null.
-pub(crate) fn parse(format: Format, bytes: &[u8], origin: &Path) -> Result<Value, ConfigError> {
+pub(crate) fn parse(format: Format, bytes: &[u8], origin: &Path, limits: &Limits) -> Result<Value, ConfigError> {
+    if bytes.len() as u64 > limits.max_file_size {
+        return Err(too_large(origin, limits));
+    }
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => {
@@ -86,11 +91,20 @@ pub(crate) fn parse(format: Format, bytes: &[u8], origin: &Path) -> Result<Value
         }
     };
     let text = strip_bom(text);
-    match format {
-        Format::Toml => parse_toml(text, origin),
-        Format::Yaml => parse_yaml(text, origin),
-        Format::Json => parse_json(text, origin),
-    }
+    budgeted(limits, |build| match format {
+        Format::Toml => parse_toml(text, origin, build),
+        Format::Yaml => parse_yaml(text, origin, build),
+        Format::Json => parse_json(text, origin, build),
+    })
+}
+
+/// The error for a document over [`Limits::max_file_size`].
+pub(crate) fn too_large(origin: &Path, limits: &Limits) -> ConfigError {
+    ConfigError::new(
+        ConfigErrorKind::Limit,
+        format!("larger than the limit of {} bytes (max_file_size); not parsed", limits.max_file_size),
+    )
+    .with_file(origin)
 }
 
 /// Deep-merges `overlay` into `base`: objects merge key by key recursively;
@@ -154,11 +168,11 @@ fn remove_once(mut message: String, position: &str) -> String {
 // ---------------------------------------------------------------------------
 // TOML
 
-fn parse_toml(text: &str, origin: &Path) -> Result<Value, ConfigError> {
+fn parse_toml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, ConfigError> {
     // Deserializing straight into a JSON value through a custom visitor avoids
     // building a `toml::Table` first and converting it, which would allocate
     // every string and table twice.
-    toml::Deserializer::parse(text).and_then(|de| TomlToJson.deserialize(de)).map_err(|err| {
+    toml::Deserializer::parse(text).and_then(|de| build.deserialize(de)).map_err(|err| {
         let error = syntax_error(origin, err.message());
         match err.span() {
             Some(span) => {
@@ -175,12 +189,75 @@ fn parse_toml(text: &str, origin: &Path) -> Result<Value, ConfigError> {
 /// `toml::Value`, and is stable across the 0.x releases.
 const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
 
-/// Builds a `serde_json::Value` from a TOML deserializer, turning the
-/// datetime maps `toml` produces into their RFC 3339 strings.
-#[derive(Clone, Copy)]
-struct TomlToJson;
+/// What a parse may still spend: values to build and levels to descend.
+/// Shared by every level of one parse.
+struct Budget {
+    nodes_left: usize,
+    max_nodes: usize,
+    max_depth: usize,
+    /// Which limit a parse ran into, to report it as such rather than as a
+    /// syntax error.
+    exceeded: Cell<Option<&'static str>>,
+}
 
-impl<'de> DeserializeSeed<'de> for TomlToJson {
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            nodes_left: limits.max_nodes,
+            max_nodes: limits.max_nodes,
+            max_depth: limits.max_depth,
+            exceeded: Cell::new(None),
+        }
+    }
+}
+
+/// Builds a `serde_json::Value` from any format's deserializer, counting
+/// every value it builds against the [`Budget`] and failing as soon as it
+/// is spent: a YAML alias replays its anchor's events through this
+/// visitor, so an alias bomb is stopped after `max_nodes` values, not after
+/// it has filled memory. TOML datetimes (the maps `toml` hands over) become
+/// their RFC 3339 strings.
+#[derive(Clone, Copy)]
+struct Build<'b> {
+    budget: &'b RefCell<Budget>,
+    depth: usize,
+}
+
+impl Build<'_> {
+    fn spend<E: de::Error>(self) -> Result<(), E> {
+        let mut budget = self.budget.borrow_mut();
+        if budget.nodes_left == 0 {
+            budget.exceeded.set(Some("max_nodes"));
+            return Err(E::custom(format_args!(
+                "more than {} values (after YAML aliases are expanded); the limit is max_nodes",
+                budget.max_nodes
+            )));
+        }
+        budget.nodes_left -= 1;
+        Ok(())
+    }
+
+    /// The builder for the children of a collection, one level down.
+    fn child<E: de::Error>(self) -> Result<Self, E> {
+        self.spend()?;
+        let budget = self.budget.borrow();
+        if self.depth >= budget.max_depth {
+            budget.exceeded.set(Some("max_depth"));
+            return Err(E::custom(format_args!(
+                "nested deeper than {} levels; the limit is max_depth",
+                budget.max_depth
+            )));
+        }
+        Ok(Build { budget: self.budget, depth: self.depth + 1 })
+    }
+
+    fn leaf<E: de::Error>(self, value: Value) -> Result<Value, E> {
+        self.spend()?;
+        Ok(value)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Build<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -188,42 +265,72 @@ impl<'de> DeserializeSeed<'de> for TomlToJson {
     }
 }
 
-impl<'de> Visitor<'de> for TomlToJson {
+impl<'de> Visitor<'de> for Build<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a toml value")
+        f.write_str("any value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.leaf(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.leaf(Value::Number(v.into()))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.leaf(Value::Number(v.into()))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => self.visit_f64(v as f64),
+            },
+        }
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => self.visit_f64(v as f64),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         // JSON numbers cannot be NaN or infinite; null is what serde_json
         // itself produces for them.
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        self.leaf(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.leaf(Value::String(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.leaf(Value::String(v))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.leaf(Value::Null)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.leaf(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element_seed(self)? {
+        let child = self.child()?;
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(child)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -231,30 +338,70 @@ impl<'de> Visitor<'de> for TomlToJson {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let Some(first) = map.next_key::<String>()? else {
-            return Ok(Value::Object(Map::new()));
+            return self.leaf(Value::Object(Map::new()));
         };
         if first == TOML_DATETIME_FIELD {
-            return Ok(Value::String(map.next_value::<String>()?));
+            return self.leaf(Value::String(map.next_value::<String>()?));
         }
+        let child = self.child()?;
         let mut object = Map::new();
-        let value = map.next_value_seed(self)?;
+        let value = map.next_value_seed(child)?;
         object.insert(first, value);
         while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(self)?;
+            let value = map.next_value_seed(child)?;
             object.insert(key, value);
         }
         Ok(Value::Object(object))
     }
 }
 
+/// Runs `parse` with a fresh budget; an error caused by a limit is a
+/// [`ConfigErrorKind::Limit`] error, any other keeps its kind.
+fn budgeted(
+    limits: &Limits,
+    parse: impl FnOnce(Build<'_>) -> Result<Value, ConfigError>,
+) -> Result<Value, ConfigError> {
+    let budget = RefCell::new(Budget::new(limits));
+    let result = parse(Build { budget: &budget, depth: 0 });
+    let exceeded = budget.borrow().exceeded.get();
+    match (result, exceeded) {
+        (Err(error), Some(_)) => Err(error.with_kind(ConfigErrorKind::Limit)),
+        (result, _) => result,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // YAML
 
-fn parse_yaml(text: &str, origin: &Path) -> Result<Value, ConfigError> {
-    let mut value = match serde_yaml_ng::from_str::<Value>(text) {
-        Ok(value) => value,
-        Err(err) => return Err(yaml_error(text, origin, &err)),
+fn parse_yaml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, ConfigError> {
+    let max_depth = build.budget.borrow().max_depth;
+    if let Some((offset, depth)) = yaml_flow_depth(text, max_depth) {
+        // libyaml's scanner takes time quadratic in the nesting of flow
+        // collections (`[[[[...`): refuse before it is handed the text.
+        build.budget.borrow().exceeded.set(Some("max_depth"));
+        let (line, column) = line_col(text, offset);
+        return Err(syntax_error(
+            origin,
+            format!("flow collections nested deeper than {depth} levels; the limit is max_depth"),
+        )
+        .with_position(line, column));
+    }
+    let mut documents = serde_yaml_ng::Deserializer::from_str(text);
+    let mut value = match documents.next() {
+        None => Value::Null,
+        Some(de) => match build.deserialize(de) {
+            Ok(value) => value,
+            Err(err) => return Err(yaml_error(text, origin, &err)),
+        },
     };
+    // One document only: a second one is ambiguous (which is the config?).
+    if documents.next().is_some() {
+        let error = syntax_error(origin, "deserializing from YAML containing more than one document is not supported");
+        return Err(match second_document_line(text) {
+            Some(line) => error.with_position(line, 1),
+            None => error,
+        });
+    }
     // A document that holds nothing (empty, comments only, `~`) deserializes
     // as null; an empty object keeps an empty overlay from wiping the base.
     if value.is_null() {
@@ -322,6 +469,76 @@ fn second_document_line(text: &str) -> Option<usize> {
     None
 }
 
+/// Where flow collections (`[`, `{`) nest deeper than `max_depth`, if they
+/// do: the byte offset of the first bracket too deep, and the limit.
+///
+/// A lexical scan, linear in the text: quoted scalars and comments are
+/// skipped, and a bracket counts only where a flow collection can start (at
+/// the start of a node, or anywhere inside a flow collection), so brackets
+/// inside plain scalars (`pattern: ^[a-z]+$`) do not count.
+fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    // Whether the next non-blank byte starts a node.
+    let mut node_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => {
+                node_start = true;
+            }
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'\r') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if node_start || depth > 0 => {
+                // A quoted scalar: skip to its closing quote ('' and \"
+                // escapes included). An unclosed one ends the scan.
+                i += 1;
+                while i < bytes.len() {
+                    match (b, bytes[i]) {
+                        (b'"', b'\\') => i += 1,
+                        (b'\'', b'\'') if bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        (q, c) if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                node_start = false;
+            }
+            b'[' | b'{' if node_start || depth > 0 => {
+                depth += 1;
+                if depth > max_depth {
+                    return Some((i, max_depth));
+                }
+                node_start = true;
+            }
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                node_start = false;
+            }
+            b',' if depth > 0 => node_start = true,
+            b':' | b'-' | b'?' if bytes.get(i + 1).is_none_or(|n| matches!(n, b' ' | b'\t' | b'\n' | b'\r')) => {
+                node_start = true;
+            }
+            // Anchors, tags and aliases stand before a node.
+            b'&' | b'!' if node_start => {
+                while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r') {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => node_start = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Applies YAML 1.1 merge keys in place: the mappings under `<<` (one, or a
 /// list of them) supply the keys the mapping itself does not define, earlier
 /// ones in a list taking precedence.
@@ -359,8 +576,9 @@ fn apply_yaml_merges(value: &mut Value) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // JSON
 
-fn parse_json(text: &str, origin: &Path) -> Result<Value, ConfigError> {
-    serde_json::from_str(text).map_err(|err| {
+fn parse_json(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, ConfigError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    build.deserialize(&mut de).and_then(|value| de.end().map(|()| value)).map_err(|err| {
         let (line, byte_column) = (err.line(), err.column());
         let message = remove_once(err.to_string(), &format!(" at line {line} column {byte_column}"));
         let column = json_char_column(text, line, byte_column);
@@ -393,11 +611,11 @@ mod tests {
     }
 
     fn ok(format: Format, text: &str) -> Value {
-        parse(format, text.as_bytes(), origin()).unwrap()
+        parse(format, text.as_bytes(), origin(), &Limits::default()).unwrap()
     }
 
     fn err(format: Format, text: &str) -> ConfigError {
-        parse(format, text.as_bytes(), origin()).unwrap_err()
+        parse(format, text.as_bytes(), origin(), &Limits::default()).unwrap_err()
     }
 
     fn pos(error: &ConfigError) -> (usize, usize) {
@@ -489,29 +707,29 @@ mod tests {
     fn bom_is_skipped() {
         let mut bytes = b"\xef\xbb\xbf".to_vec();
         bytes.extend_from_slice(b"a = 1\n");
-        assert_eq!(parse(Format::Toml, &bytes, origin()).unwrap(), json!({"a": 1}));
+        assert_eq!(parse(Format::Toml, &bytes, origin(), &Limits::default()).unwrap(), json!({"a": 1}));
         let mut bytes = b"\xef\xbb\xbf".to_vec();
         bytes.extend_from_slice(b"{\"a\": 1}");
-        assert_eq!(parse(Format::Json, &bytes, origin()).unwrap(), json!({"a": 1}));
+        assert_eq!(parse(Format::Json, &bytes, origin(), &Limits::default()).unwrap(), json!({"a": 1}));
         let mut bytes = b"\xef\xbb\xbf".to_vec();
         bytes.extend_from_slice(b"a: 1\n");
-        assert_eq!(parse(Format::Yaml, &bytes, origin()).unwrap(), json!({"a": 1}));
+        assert_eq!(parse(Format::Yaml, &bytes, origin(), &Limits::default()).unwrap(), json!({"a": 1}));
         // Positions are counted from after the mark.
         let mut bytes = b"\xef\xbb\xbf".to_vec();
         bytes.extend_from_slice(b"{,}");
-        let error = parse(Format::Json, &bytes, origin()).unwrap_err();
+        let error = parse(Format::Json, &bytes, origin(), &Limits::default()).unwrap_err();
         assert_eq!(pos(&error), (1, 2));
     }
 
     #[test]
     fn invalid_utf8_points_at_first_bad_byte() {
         for format in [Format::Toml, Format::Yaml, Format::Json] {
-            let error = parse(format, b"a = 1\nb = \"x\xffy\"\n", origin()).unwrap_err();
+            let error = parse(format, b"a = 1\nb = \"x\xffy\"\n", origin(), &Limits::default()).unwrap_err();
             assert_eq!(error.kind(), ConfigErrorKind::Syntax);
             assert_eq!(pos(&error), (2, 7));
             assert!(error.message().contains("utf-8"));
         }
-        let error = parse(Format::Json, b"\"\xc3\xa9\xc3\"", origin()).unwrap_err();
+        let error = parse(Format::Json, b"\"\xc3\xa9\xc3\"", origin(), &Limits::default()).unwrap_err();
         assert_eq!(pos(&error), (1, 3));
     }
 

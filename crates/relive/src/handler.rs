@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
+use crate::error::ConfigError;
 use crate::event::ChangeEvent;
 
 /// The error a handler returns. Any error converts into it with `?`.
@@ -55,6 +56,42 @@ where
     }
 }
 
+/// A [`ReloadHandler`] made from an async closure, for
+/// [`Workspace::register_handler_for`](crate::Workspace::register_handler_for):
+///
+/// ```no_run
+/// # fn f(ws: relive::Workspace) -> relive::Result<()> {
+/// ws.register_handler_for(
+///     "templates/**/*",
+///     relive::handler_fn(|event| async move {
+///         println!("{event:?}");
+///         Ok(())
+///     }),
+/// )?;
+/// # Ok(()) }
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(ChangeEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    HandlerFn(f)
+}
+
+/// An async closure as a [`ReloadHandler`]; made by [`handler_fn`].
+#[derive(Debug, Clone)]
+pub struct HandlerFn<F>(F);
+
+impl<F, Fut> ReloadHandler for HandlerFn<F>
+where
+    F: Fn(ChangeEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn handle_change(&self, event: ChangeEvent) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (self.0)(event)
+    }
+}
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 
 /// A handler with its future boxed, so handlers of any type can sit in one
@@ -91,27 +128,41 @@ pub(crate) async fn run(
             let event = &event;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || handler.can_handle(event)))
         };
-        let error = match wanted {
+        let failure = match wanted {
             Ok(false) => continue,
-            Err(panic) => Some(format!("panicked in can_handle: {}", panic_message(&*panic))),
+            Err(panic) => Some((format!("panicked in can_handle: {}", panic_message(&*panic)), None)),
             // A task of its own, so that a panic is caught as a JoinError
             // rather than unwinding through this loop.
             Ok(true) => match tokio::spawn(Arc::clone(&handler).call(event)).await {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(join) if join.is_panic() => Some(format!("panicked: {}", panic_message(&*join.into_panic()))),
-                Err(join) => Some(join.to_string()),
+                Ok(Err(e)) => Some((e.to_string(), located(&*e))),
+                Err(join) if join.is_panic() => {
+                    Some((format!("panicked: {}", panic_message(&*join.into_panic())), None))
+                }
+                Err(join) => Some((join.to_string(), None)),
             },
         };
-        if let Some(error) = error {
+        if let Some((error, located)) = failure {
             tracing::warn!(handler = %name, %error, "reload handler failed");
             metrics::counter!("relive_handler_failures_total").increment(1);
-            let _ = events.send(ChangeEvent::HandlerFailed { handler: name.clone(), error });
+            let _ = events.send(ChangeEvent::HandlerFailed { handler: name.clone(), error, located });
         }
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The first [`ConfigError`] in an error's chain, for its location.
+fn located(error: &(dyn std::error::Error + 'static)) -> Option<Arc<ConfigError>> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<ConfigError>() {
+            return Some(Arc::new(found.clone()));
+        }
+        next = e.source();
+    }
+    None
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

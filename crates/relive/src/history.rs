@@ -26,7 +26,39 @@
 //! pruned records outnumber the kept ones.
 //!
 //! Recording happens on a writer thread of its own, fed by the engine
-//! through a channel: the reload path never waits for a disk.
+//! through a channel: the reload path never waits for a disk. The log is
+//! opened for each append, not held, so a workspace of many configs holds no
+//! descriptor per config.
+//!
+//! # Private
+//!
+//! History holds the configs as they were, secrets included. `data/`,
+//! `data/history/` and every directory under it are 0700, every file 0600
+//! (the lock file too: whoever can open it can take the lock and stop all
+//! recording), the mode given at creation whatever the umask; a `data/` or
+//! `data/history/` that is wider is narrowed, with a warning.
+//!
+//! A document whose file resolves (through symlinks) outside the workspace
+//! was read with relive's rights, perhaps from a file its writer could not
+//! read: its version is recorded, but without its content, its diff or its
+//! error message, with a note ([`DocumentInfo::withheld`]); reading that
+//! version, or rolling back to it, is an error that says so. The check is
+//! made when the version is recorded, a moment after the engine's read.
+//!
+//! # Writing back
+//!
+//! A record says where its files go, and a record can be forged or damaged,
+//! so [`History::write_back`] checks every path before it writes anything: a
+//! relative path under `config/`, without `..`, whose existing part resolves
+//! (symlinks followed) inside the workspace's `config/`, to a regular file
+//! (never a FIFO, a device or a directory) or to a file yet to be created.
+//! A symlink that stays inside `config/` (Kubernetes' `..data`) is followed
+//! and its target replaced. Anything else is refused with an error naming
+//! the config, the version and the path. The new file keeps the mode and
+//! owner of the one it replaces; a file that is gone comes back with the
+//! mode recorded with the version ([`DocumentInfo::mode`]), or 0600. A
+//! record numbered `u64::MAX` leaves no number after it: it is skipped as
+//! damaged.
 
 mod diff;
 mod log;
@@ -34,8 +66,8 @@ mod writer;
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,9 +77,11 @@ use serde_json::Value;
 pub use diff::{Diff, DiffEntry};
 pub(crate) use writer::Recorder;
 
+use crate::config::Limits;
+use crate::document::{Document, Parsed, Sources};
 use crate::error::{ConfigError, Error, Result};
 use crate::format::Format;
-use crate::pipeline::{Document, Parsed, Sources};
+use crate::private::{self, Keep};
 use crate::redact::Redactor;
 use log::{DiffRecord, Status, VersionRecord};
 
@@ -125,8 +159,17 @@ pub struct DocumentInfo {
     pub format: Format,
     /// Its length in bytes.
     pub len: u64,
-    /// The sha256 of its bytes, in hex.
+    /// The sha256 of its bytes, in hex; empty when the content is
+    /// [`withheld`](DocumentInfo::withheld).
     pub sha256: String,
+    /// Why its content was not stored, if it was not: a file that resolves
+    /// (through a symlink) outside the workspace is recorded without its
+    /// content, its diff or its error message.
+    pub withheld: Option<String>,
+    /// The file's permission bits when the version was recorded: what a
+    /// rollback that recreates the file gives it. `None` for a published
+    /// version, or one recorded by an older relive.
+    pub mode: Option<u32>,
 }
 
 /// One version of a config, as the audit trail shows it.
@@ -273,8 +316,16 @@ impl History {
         self.entries.iter().rev().find(|e| e.is_applied())
     }
 
-    /// Version `n` with its content, checked against its hash.
+    /// Version `n` with its content, checked against its hash. A version
+    /// whose content was withheld (a file that resolves outside the
+    /// workspace) is an error that says so.
     pub fn version(&self, n: u64) -> Result<Version> {
+        self.load(n).map(|(version, _)| version)
+    }
+
+    /// Version `n`, and its documents' origins as recorded (relative to the
+    /// workspace root, unless the record says otherwise).
+    fn load(&self, n: u64) -> Result<(Version, Vec<PathBuf>)> {
         let entry = self.entry(n).ok_or_else(|| Error::UnknownVersion { name: self.name.clone(), version: n })?;
         let path = self.dir.join(VERSIONS).join(format!("{n}.json"));
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
@@ -287,22 +338,27 @@ impl History {
         let content: log::Content = serde_json::from_slice(&bytes)
             .map_err(|e| self.error(format!("the content of version {n} is unreadable: {e}")))?;
         let mut documents = Vec::new();
+        let mut origins = Vec::new();
         for doc in content.documents {
+            if let Some(why) = &doc.withheld {
+                return Err(self.error(format!("the content of version {n} was not stored: {why}")));
+            }
             let (Some(format), Some(bytes)) = (log::format_from_name(&doc.format), doc.bytes()) else {
                 return Err(self.error(format!("the content of version {n} is unreadable")));
             };
             documents.push(Document::new(resolve(&self.root, &doc.origin, entry.published), format, bytes));
+            origins.push(doc.origin);
         }
         // A version rejected because its files were gone has no value.
         let gone = documents.is_empty() && !entry.is_applied();
         let value = documents
             .iter()
-            .map(|d| Parsed::parse(d.clone()))
+            .map(|d| Parsed::parse(d.clone(), &Limits::default()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .ok()
             .filter(|_| !gone)
             .map(|docs| Sources { docs }.merge());
-        Ok(Version { entry: entry.clone(), documents, value })
+        Ok((Version { entry: entry.clone(), documents, value }, origins))
     }
 
     /// The diff from version `a` to version `b`, redacted by `redactor`.
@@ -319,19 +375,30 @@ impl History {
 
     /// Writes version `n` back to its files for [`Workspace::rollback`]:
     /// checks it, leaves a marker for the engine, then replaces each file
-    /// atomically. Returns whether it wrote anything, and whether the value
-    /// differs from the newest applied version's.
+    /// atomically, keeping its mode and owner. Returns whether it wrote
+    /// anything, and whether the value differs from the newest applied
+    /// version's.
+    ///
+    /// A record says where its files go, and a record can be forged or
+    /// damaged: every path is checked (see [`History::target`]) before
+    /// anything is written.
     ///
     /// [`Workspace::rollback`]: crate::Workspace::rollback
     pub(crate) fn write_back(&self, n: u64) -> Result<(bool, bool)> {
-        let target = self.version(n)?;
+        let (target, origins) = self.load(n)?;
         if !target.entry.is_applied() {
             return Err(self.error(format!("version {n} was rejected; only applied versions can be restored")));
         }
         if target.entry.published {
             return Err(self.error(format!("version {n} was published, not read from files; publish it again")));
         }
-        let unchanged = target.documents.iter().all(|d| fs::read(d.origin()).is_ok_and(|b| b[..] == d.bytes()[..]));
+        let writes = origins
+            .iter()
+            .zip(&target.documents)
+            .zip(&target.entry.documents)
+            .map(|((origin, doc), info)| Ok((self.target(n, origin, info.mode)?, doc)))
+            .collect::<Result<Vec<_>>>()?;
+        let unchanged = writes.iter().all(|(t, d)| t.current.as_deref() == Some(&d.bytes()[..]));
         if unchanged {
             return Ok((false, false));
         }
@@ -347,16 +414,86 @@ impl History {
             Some(latest) => self.version(latest.version).ok().and_then(|v| v.value) != target.value,
             None => true,
         };
-        for doc in &target.documents {
-            // Replace a symlink's target, not the link.
-            let path = fs::canonicalize(doc.origin()).unwrap_or_else(|_| doc.origin().to_path_buf());
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        for (t, doc) in &writes {
+            if let Some(parent) = t.path.parent() {
+                private::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
             }
-            write_atomic(&path, doc.bytes()).map_err(|e| Error::io(&path, e))?;
+            private::replace_file(&t.path, doc.bytes(), t.keep).map_err(|e| match t.keep.owner {
+                Some((uid, gid)) if e.kind() == std::io::ErrorKind::PermissionDenied => self.error(format!(
+                    "version {n}: cannot keep the owner (uid {uid}, gid {gid}) of {}: {e}",
+                    t.path.display()
+                )),
+                _ => Error::io(&t.path, e),
+            })?;
         }
         Ok((true, changes_value))
     }
+
+    /// Where the document of version `n` recorded as `origin` may be
+    /// written back, and how.
+    ///
+    /// The rule: a relative path under `config/` with no `..`, whose
+    /// existing part resolves (through symlinks) inside the workspace's
+    /// `config/`; an existing file must be a regular file (never a FIFO that
+    /// would block, nor a directory). A symlink that stays inside
+    /// `config/` (Kubernetes' `..data`) is followed and its target
+    /// replaced. The new file keeps the mode and owner of the one it
+    /// replaces; a file that is gone comes back with the mode recorded with
+    /// the version, or 0600.
+    fn target(&self, n: u64, origin: &Path, mode: Option<u32>) -> Result<Target> {
+        let refuse =
+            |why: &str| self.error(format!("version {n}: refusing to write `{}` back: {why}", origin.display()));
+        let mut parts = origin.components();
+        let under_config = parts.next() == Some(Component::Normal("config".as_ref()))
+            && parts.clone().next().is_some()
+            && parts.all(|c| matches!(c, Component::Normal(_)));
+        if !under_config {
+            return Err(refuse("only relative paths under config/, without `..`, are written"));
+        }
+        let config = self.root.join("config");
+        if !config.exists() {
+            private::create_private_dir(&config).map_err(|e| Error::io(&config, e))?;
+        }
+        let real_config = fs::canonicalize(&config).map_err(|e| Error::io(&config, e))?;
+        let lexical = self.root.join(origin);
+        // The nearest part of the path that exists, and what is left.
+        let mut existing = lexical.as_path();
+        let mut rest = Vec::new();
+        while fs::symlink_metadata(existing).is_err() {
+            rest.push(existing.file_name().expect("a path under config/ has names"));
+            existing = existing.parent().expect("config/ exists");
+        }
+        let real = fs::canonicalize(existing).map_err(|_| refuse("it is a symlink that points nowhere"))?;
+        if !real.starts_with(&real_config) {
+            return Err(refuse("it resolves outside config/"));
+        }
+        if !rest.is_empty() {
+            if !fs::metadata(&real).is_ok_and(|m| m.is_dir()) {
+                return Err(refuse("a part of it is not a directory"));
+            }
+            let path = rest.iter().rev().fold(real, |path, name| path.join(name));
+            // Permission bits only: a record (forged, perhaps) never makes a
+            // set-user-id file.
+            let keep = Keep { mode: mode.map_or(private::FILE_MODE, |m| m & 0o777), owner: None };
+            return Ok(Target { path, keep, current: None });
+        }
+        let meta = fs::metadata(&real).map_err(|e| Error::io(&real, e))?;
+        if !meta.is_file() {
+            return Err(refuse("it is not a regular file"));
+        }
+        let current = fs::read(&real).map_err(|e| Error::io(&real, e))?;
+        let keep = Keep { mode: meta.permissions().mode() & 0o7777, owner: Some((meta.uid(), meta.gid())) };
+        Ok(Target { path: real, keep, current: Some(current) })
+    }
+}
+
+/// Where and how one file of a rollback is written.
+struct Target {
+    /// Resolved: no symlink in it.
+    path: PathBuf,
+    keep: Keep,
+    /// What is there now.
+    current: Option<Vec<u8>>,
 }
 
 /// A pending rollback, left by [`History::write_back`] for whichever engine
@@ -401,6 +538,8 @@ fn entry(root: &Path, r: &VersionRecord) -> HistoryEntry {
                 format: log::format_from_name(&d.format).unwrap_or(Format::Json),
                 len: d.len,
                 sha256: d.sha256.clone(),
+                withheld: d.withheld.clone(),
+                mode: d.mode,
             })
             .collect(),
         diff: Diff::from_entries(
@@ -423,22 +562,10 @@ fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old file or the new
-/// one: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to a private file (0600) at `path` under `data/` so that
+/// a crash leaves the old file or the new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.relive.tmp"));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+    private::replace_file(path, bytes, Keep::PRIVATE)
 }
 
 /// What retention prunes from `live` (oldest first: version, status, time):

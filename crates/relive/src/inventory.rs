@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::config::Limits;
+use crate::document::{Document, Parsed, Sources};
 use crate::error::{ConfigError, ConfigErrorKind, Error, Result};
 use crate::locate;
 use crate::paths::{self, ConfigFile};
-use crate::pipeline::{Document, Parsed, Sources};
 use crate::workspace::Workspace;
 
 /// The files of one config, as [`Workspace::configs`] finds them.
@@ -41,6 +42,38 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// Loads a config from documents that are not (or not yet) files: a
+    /// draft about to be published, a document from a remote store. They
+    /// are parsed and merged in order (base first) exactly as the engine
+    /// does, within the default [`Limits`]; errors, now and from
+    /// [`error_at`](LoadedConfig::error_at) later, name each document's
+    /// origin, line and column.
+    ///
+    /// ```
+    /// use relive::{Document, Format, LoadedConfig};
+    ///
+    /// let base = Document::new("etcd:/shop/server", Format::Toml, &b"port = 80\nworkers = 2\n"[..]);
+    /// let overlay = Document::new("draft.yaml", Format::Yaml, &b"port: 8080\n"[..]);
+    /// let loaded = LoadedConfig::from_documents("server", vec![base, overlay])?;
+    /// assert_eq!(loaded.value()["port"], 8080);
+    /// assert_eq!(loaded.value()["workers"], 2);
+    /// # Ok::<(), relive::ConfigError>(())
+    /// ```
+    pub fn from_documents(name: &str, documents: Vec<Document>) -> Result<LoadedConfig, ConfigError> {
+        LoadedConfig::from_documents_with(name, documents, &Limits::default())
+    }
+
+    /// [`from_documents`](LoadedConfig::from_documents) within `limits`.
+    pub fn from_documents_with(
+        name: &str,
+        documents: Vec<Document>,
+        limits: &Limits,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let docs = documents.into_iter().map(|d| Parsed::parse(d, limits)).collect::<Result<Vec<_>, _>>()?;
+        let sources = Sources { docs };
+        Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
+    }
+
     /// The config's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -135,20 +168,40 @@ impl Workspace {
         }
         let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
             .map_err(wrap)?;
+        let limits = self.limits();
         let mut docs = Vec::with_capacity(chosen.len());
         for path in chosen {
             let format = paths::config_file(&config_dir, &path).expect("selected files are config files").format;
-            let bytes = fs::read(&path).map_err(|e| {
-                wrap(ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}")).with_file(&path))
-            })?;
-            docs.push(Parsed::parse(Document::new(path, format, bytes)).map_err(wrap)?);
+            let bytes = read_bounded(&path, &limits).map_err(wrap)?;
+            docs.push(Document::new(path, format, bytes));
         }
-        let sources = Sources { docs };
-        Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
+        LoadedConfig::from_documents_with(name, docs, &limits).map_err(wrap)
     }
 }
 
 /// `config/<name>.schema.json` → `name`.
+/// Reads a config file for a one-shot load: regular files only (a FIFO
+/// would block), and none larger than the limit (checked before reading).
+fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io =
+        |e: std::io::Error| ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}")).with_file(path);
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    if meta.len() > limits.max_file_size {
+        return Err(crate::format::too_large(path, limits));
+    }
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows past the limit while it is read is cut off here and
+    // refused by the parser's own size check.
+    file.take(limits.max_file_size + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
 fn schema_of(config_dir: &Path, path: &Path) -> Option<String> {
     let rel = path.strip_prefix(config_dir).ok()?.to_str()?;
     let name = rel.strip_suffix(".schema.json")?;

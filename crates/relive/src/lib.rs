@@ -80,6 +80,14 @@
 //! disk. The store survives a crash at any point: a record is complete or
 //! absent, and a damaged one is skipped with a warning.
 //!
+//! History holds secrets, so it is private: `data/` and the directories
+//! relive creates under it are 0700, its files 0600, whatever the umask (a
+//! wider `data/` is narrowed, with a warning). A file that resolves through
+//! a symlink to outside the workspace is recorded without its content
+//! ([`DocumentInfo::withheld`]). A rollback writes only to relative paths
+//! under `config/` that resolve inside `config/`, over regular files, and
+//! refuses any other record; the file it replaces keeps its mode and owner.
+//!
 //! # Known problems
 //!
 //! - Polling cannot see whether a writer is done: a file is read once it
@@ -118,6 +126,8 @@
 #![deny(missing_docs)]
 
 mod coalesce;
+mod config;
+mod document;
 mod engine;
 mod error;
 mod event;
@@ -125,25 +135,27 @@ mod format;
 mod handler;
 mod history;
 mod inventory;
+mod lease;
 mod locate;
 mod paths;
-mod pipeline;
+mod private;
 mod redact;
+pub mod sops;
 mod stream;
-mod sys;
 mod watch;
 mod workspace;
 
+pub use config::{HotReloadConfig, Limits, Polling};
+pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
-pub use handler::{HandlerError, ReloadHandler};
+pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
 pub use inventory::{ConfigFiles, LoadedConfig};
-pub use pipeline::Document;
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
-pub use workspace::{HotReloadConfig, HotReloadManager, Polling, Workspace};
+pub use workspace::{HandlerId, HotReloadManager, Workspace};

@@ -9,9 +9,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::document::Sources;
+use crate::engine::sink::{Commit, Sink, SinkFactory};
 use crate::error::{ConfigError, ConfigErrorKind, Error, ValidationError};
 use crate::locate;
-use crate::pipeline::Sources;
 use crate::workspace::Workspace;
 
 /// A lock-free handle to the current value of a config, for hot paths.
@@ -233,30 +234,6 @@ fn check<T: DeserializeOwned>(
     }
     Ok(typed)
 }
-
-/// Builds a subscriber from the config's current value (or its load error),
-/// on the engine's thread. Returns the sink and, when a default stood in for
-/// a bad value, the error to report.
-pub(crate) type SinkFactory = Box<
-    dyn FnOnce(
-            Result<(&Value, &Sources), ConfigError>,
-            bool,
-        ) -> Result<(Box<dyn Sink>, Option<ConfigError>), ConfigError>
-        + Send,
->;
-
-/// What the engine drives: one typed subscriber of a config, type-erased.
-pub(crate) trait Sink: Send {
-    /// Deserializes and validates `value`; returns a commit that makes it
-    /// live. Nothing is visible to readers until the commit runs, so a
-    /// change is applied to every subscriber or to none.
-    fn prepare(&self, value: &Value, sources: &Sources, run_validators: bool) -> Result<Commit, ConfigError>;
-    /// True once no stream or `Live` handle is left.
-    fn is_closed(&self) -> bool;
-}
-
-/// Makes a prepared value live.
-pub(crate) type Commit = Box<dyn FnOnce() + Send>;
 
 struct TypedSink<T> {
     tx: watch::Sender<Arc<T>>,

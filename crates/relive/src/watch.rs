@@ -5,7 +5,7 @@
 //! because it needs two things such layers hide: `IN_CLOSE_WRITE`, which
 //! says a write is complete, and synchronous access to the kernel's event
 //! queue, which lets the engine check, after reading a file, that no write
-//! raced with the read (see `Engine::fence` in `engine.rs`).
+//! raced with the read (see `Worker::fence` in `engine/mod.rs`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

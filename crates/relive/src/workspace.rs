@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use crate::engine::{Engine, PauseGuard, Settings, WatcherMode};
+use crate::config::{EngineSettings, HotReloadConfig};
+use crate::document::Document;
+use crate::engine::{Engine, HandlerKey, PauseGuard, WatcherMode};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
-use crate::history::{Diff, History, HistoryConfig, HistoryEntry, Version};
-use crate::pipeline::Document;
+use crate::history::{Diff, History, HistoryEntry, Version};
 use crate::redact::Redactor;
 use crate::stream::{ConfigBuilder, ConfigStream};
 
@@ -25,16 +26,20 @@ pub struct Workspace {
     inner: Arc<Inner>,
 }
 
-type PendingHandler = (String, Option<String>, Arc<dyn DynHandler>);
+type PendingHandler = (HandlerKey, String, Option<String>, Arc<dyn DynHandler>);
 
 struct Inner {
     root: PathBuf,
     env: Option<String>,
     engine: Mutex<Option<Arc<Engine>>>,
+    /// What the engine starts with, whoever starts it.
+    config: Mutex<HotReloadConfig>,
     /// Serializes engine start-up.
     starting: tokio::sync::Mutex<()>,
     /// Handlers registered before the engine started.
     pending: Mutex<Vec<PendingHandler>>,
+    /// Handler keys, unique for the workspace's life (engines come and go).
+    next_handler: std::sync::atomic::AtomicU64,
     /// The redactor of the last engine started, for diffs.
     redactor: Mutex<Option<Redactor>>,
 }
@@ -61,8 +66,10 @@ impl Workspace {
                 root,
                 env,
                 engine: Mutex::new(None),
+                config: Mutex::new(HotReloadConfig::default()),
                 starting: tokio::sync::Mutex::new(()),
                 pending: Mutex::new(Vec::new()),
+                next_handler: std::sync::atomic::AtomicU64::new(1),
                 redactor: Mutex::new(None),
             }),
         }
@@ -126,13 +133,28 @@ impl Workspace {
         self.inner.root.join(path)
     }
 
-    /// Starts hot reload with the default [`HotReloadConfig`].
+    /// The settings hot reload starts with, whoever starts it (this call,
+    /// [`start_hot_reload`](Workspace::start_hot_reload), or the first
+    /// stream or handler). Set it before anything starts the engine; a
+    /// running engine keeps the settings it started with.
+    pub fn with_config(self, config: HotReloadConfig) -> Workspace {
+        *self.inner.config.lock().expect("config lock") = config;
+        self
+    }
+
+    /// The limits documents are loaded within.
+    pub(crate) fn limits(&self) -> crate::config::Limits {
+        self.inner.config.lock().expect("config lock").limits
+    }
+
+    /// Starts hot reload with the workspace's settings (the defaults, or
+    /// those given to [`with_config`](Workspace::with_config)).
     ///
     /// If hot reload is already running (a stream started it, say), this
     /// returns a manager for it rather than failing: there is one engine per
-    /// workspace, and asking for the defaults is no reason to refuse it.
+    /// workspace.
     pub async fn start_hot_reload(&self) -> Result<HotReloadManager> {
-        let engine = self.start(HotReloadConfig::default(), true).await?;
+        let engine = self.engine().await?;
         Ok(HotReloadManager { engine, ws: self.clone() })
     }
 
@@ -142,40 +164,50 @@ impl Workspace {
         Some(HotReloadManager { engine, ws: self.clone() })
     }
 
-    /// Starts hot reload. Returns once the watcher is set up and the first
-    /// scan is done: every change after this returns is seen. Fails with
-    /// [`Error::AlreadyRunning`] if it is running, since the running engine
-    /// cannot take `config`; call it before anything that starts the engine
-    /// (such as [`watch_config_changes`](Workspace::watch_config_changes)),
-    /// or use [`manager`](Workspace::manager).
+    /// Starts hot reload with `config`. Returns once the watcher is set up
+    /// and the first scan is done: every change after this returns is seen.
+    /// Fails with [`Error::AlreadyRunning`] if it is running, since the
+    /// running engine cannot take `config`. To be sure the settings apply
+    /// whatever starts the engine first, give them to
+    /// [`with_config`](Workspace::with_config).
     pub async fn start_hot_reload_with_config(&self, config: HotReloadConfig) -> Result<HotReloadManager> {
-        let engine = self.start(config, false).await?;
+        let _starting = self.inner.starting.lock().await;
+        if self.inner.engine.lock().expect("engine lock").is_some() {
+            return Err(Error::AlreadyRunning);
+        }
+        *self.inner.config.lock().expect("config lock") = config;
+        let engine = self.start_locked().await?;
         Ok(HotReloadManager { engine, ws: self.clone() })
     }
 
-    async fn start(&self, config: HotReloadConfig, reuse: bool) -> Result<Arc<Engine>> {
-        let _starting = self.inner.starting.lock().await;
-        if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
-            return if reuse { Ok(engine) } else { Err(Error::AlreadyRunning) };
-        }
-        let settings =
-            Settings::new(&self.inner.root, self.config_dir(), self.data_dir(), self.inner.env.clone(), &config)?;
-        *self.inner.redactor.lock().expect("redactor lock") = Some(settings.redactor.clone());
-        let engine = Engine::start(settings).await?;
-        let mut slot = self.inner.engine.lock().expect("engine lock");
-        for (name, pattern, handler) in self.inner.pending.lock().expect("pending lock").drain(..) {
-            engine.add_handler(name, pattern.as_deref(), handler)?;
-        }
-        *slot = Some(Arc::clone(&engine));
-        Ok(engine)
-    }
-
-    /// The running engine, started with the default config if need be.
+    /// The running engine, started with the workspace's settings if need
+    /// be. The one way an engine is started.
     pub(crate) async fn engine(&self) -> Result<Arc<Engine>> {
         if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
             return Ok(engine);
         }
-        self.start(HotReloadConfig::default(), true).await
+        let _starting = self.inner.starting.lock().await;
+        self.start_locked().await
+    }
+
+    /// Starts the engine unless one runs; the caller holds `starting`.
+    async fn start_locked(&self) -> Result<Arc<Engine>> {
+        if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
+            return Ok(engine);
+        }
+        let config = self.inner.config.lock().expect("config lock").clone();
+        let settings =
+            EngineSettings::new(&self.inner.root, self.config_dir(), self.data_dir(), self.inner.env.clone(), &config)?;
+        *self.inner.redactor.lock().expect("redactor lock") = Some(settings.redactor.clone());
+        let engine = Engine::start(settings).await?;
+        // Handlers registered meanwhile wait in `pending` until the engine
+        // is in its slot: both are decided under the slot's lock.
+        let mut slot = self.inner.engine.lock().expect("engine lock");
+        for (key, name, pattern, handler) in self.inner.pending.lock().expect("pending lock").drain(..) {
+            engine.add_handler(key, name, pattern.as_deref(), handler)?;
+        }
+        *slot = Some(Arc::clone(&engine));
+        Ok(engine)
     }
 
     /// The recorded history of config `name`, read from
@@ -284,126 +316,61 @@ impl Workspace {
     /// Runs `handler` for every event about a path matching `pattern` (a
     /// glob relative to the root, such as `templates/**/*.html`). Config
     /// events match by the config's files. Works before or after hot reload
-    /// starts.
-    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<()>
+    /// starts. Returns an id for [`remove_handler`](Workspace::remove_handler).
+    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<HandlerId>
     where
         F: Fn(ChangeEvent) -> std::result::Result<(), HandlerError> + Send + Sync + 'static,
     {
         self.add_handler(pattern.to_string(), Some(pattern), Arc::new(handler))
     }
 
+    /// Runs `handler`, a [`ReloadHandler`] (async, with state of its own),
+    /// for every event about a path matching `pattern` that it
+    /// [`can_handle`](ReloadHandler::can_handle). For an async closure, wrap
+    /// it in [`handler_fn`](crate::handler_fn).
+    pub fn register_handler_for<H: ReloadHandler>(&self, pattern: &str, handler: H) -> Result<HandlerId> {
+        self.add_handler(pattern.to_string(), Some(pattern), Arc::new(handler))
+    }
+
     /// Runs `handler` for every event it [`can_handle`](ReloadHandler::can_handle).
-    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<()> {
+    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<HandlerId> {
         self.add_handler(std::any::type_name::<H>().to_string(), None, Arc::new(handler))
     }
 
-    fn add_handler(&self, name: String, pattern: Option<&str>, handler: Arc<dyn DynHandler>) -> Result<()> {
-        if let Some(p) = pattern {
-            globset::Glob::new(p).map_err(|e| Error::Pattern { pattern: p.to_string(), message: e.to_string() })?;
+    /// Stops running a handler: it gets no event after this returns (it
+    /// finishes the one it is handling, if any). Returns false if the id is
+    /// not registered (removed already, or its engine was shut down).
+    pub fn remove_handler(&self, id: HandlerId) -> bool {
+        let slot = self.inner.engine.lock().expect("engine lock");
+        if let Some(engine) = &*slot {
+            return engine.remove_handler(id.0);
         }
+        let mut pending = self.inner.pending.lock().expect("pending lock");
+        let before = pending.len();
+        pending.retain(|(key, ..)| *key != id.0);
+        pending.len() != before
+    }
+
+    fn add_handler(&self, name: String, pattern: Option<&str>, handler: Arc<dyn DynHandler>) -> Result<HandlerId> {
+        if let Some(p) = pattern {
+            crate::engine::compile_glob(p)?;
+        }
+        let key = self.inner.next_handler.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = self.inner.engine.lock().expect("engine lock");
         match &*slot {
-            Some(engine) => engine.add_handler(name, pattern, handler),
+            Some(engine) => engine.add_handler(key, name, pattern, handler)?,
             None => {
-                self.inner.pending.lock().expect("pending lock").push((name, pattern.map(str::to_string), handler));
-                Ok(())
+                self.inner.pending.lock().expect("pending lock").push((key, name, pattern.map(str::to_string), handler))
             }
         }
+        Ok(HandlerId(key))
     }
 }
 
-/// Whether to poll instead of using kernel events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Polling {
-    /// Use kernel events; poll (with a warning) on filesystems that give
-    /// none (NFS, SMB, 9P, FUSE) and when the watch limit or the limit on inotify instances
-    /// (`fs.inotify.max_user_instances`) is reached.
-    #[default]
-    Auto,
-    /// Always poll.
-    Always,
-    /// Never poll: running out of watches is an error.
-    Never,
-}
-
-/// Settings of the hot reload engine.
-///
-/// Build it with struct update syntax:
-///
-/// ```
-/// let config = relive::HotReloadConfig {
-///     debounce_ms: 200,
-///     backup_on_change: true,
-///     ..Default::default()
-/// };
-/// ```
-#[derive(Debug, Clone)]
-pub struct HotReloadConfig {
-    /// Globs (relative to the root) of the files to watch. Default:
-    /// `config/**/*.{toml,yaml,yml,json}`, `templates/**/*`, `static/**/*`.
-    pub watch_patterns: Vec<String>,
-    /// The quiet period, in milliseconds, after which a change is read when
-    /// relive cannot see that a write completed: when polling. With kernel
-    /// events relive knows (the writer closed the file or renamed it into
-    /// place) and delivers at once. Default 500.
-    pub debounce_ms: u64,
-    /// Run the validators before applying a value. Values must still
-    /// deserialize into their type. Default true.
-    pub validate_before_reload: bool,
-    /// Copy the previous content of a changed config file to
-    /// `data/backups/configs/<timestamp>_<file>`. Default false.
-    pub backup_on_change: bool,
-    /// Globs of paths to ignore; a match on a directory ignores everything
-    /// in it. Default `**/*.tmp`, `**/*.swp`, `**/.*`. Ignoring `..data`
-    /// does not hide a Kubernetes ConfigMap update: relive re-reads the
-    /// symlinks next to any directory or symlink that changes.
-    pub exclude_patterns: Vec<String>,
-    /// How long to wait, in milliseconds, for a writer that modified a file
-    /// and has not closed it before reading it anyway. Default 2000.
-    pub write_timeout_ms: u64,
-    /// When to poll. Default [`Polling::Auto`].
-    pub polling: Polling,
-    /// Time between scans when polling, in milliseconds. Default 500.
-    pub poll_interval_ms: u64,
-    /// The most directories relive may watch before it polls instead; the
-    /// kernel's limit applies anyway. Default none.
-    pub watch_limit: Option<usize>,
-    /// Globs over key names whose values are redacted in events, logs and
-    /// history diffs (never in stored versions). Default
-    /// [`Redactor::DEFAULT_PATTERNS`].
-    pub redact_patterns: Vec<String>,
-    /// The version history under `data/history/`: on by default, the newest
-    /// 100 versions of each config for up to 30 days. See
-    /// [`Workspace::history`].
-    pub history: HistoryConfig,
-}
-
-impl Default for HotReloadConfig {
-    fn default() -> HotReloadConfig {
-        HotReloadConfig {
-            watch_patterns: [
-                "config/**/*.toml",
-                "config/**/*.yaml",
-                "config/**/*.yml",
-                "config/**/*.json",
-                "templates/**/*",
-                "static/**/*",
-            ]
-            .map(String::from)
-            .to_vec(),
-            debounce_ms: 500,
-            validate_before_reload: true,
-            backup_on_change: false,
-            exclude_patterns: ["**/*.tmp", "**/*.swp", "**/.*"].map(String::from).to_vec(),
-            write_timeout_ms: 2000,
-            polling: Polling::Auto,
-            poll_interval_ms: 500,
-            watch_limit: None,
-            redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
-            history: HistoryConfig::default(),
-        }
-    }
-}
+/// A registered handler, to remove it with
+/// [`Workspace::remove_handler`] or [`HotReloadManager::remove_handler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandlerId(HandlerKey);
 
 /// A running hot reload engine.
 ///
@@ -432,16 +399,26 @@ impl HotReloadManager {
     }
 
     /// See [`Workspace::register_reload_handler`].
-    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<()>
+    pub fn register_reload_handler<F>(&self, pattern: &str, handler: F) -> Result<HandlerId>
     where
         F: Fn(ChangeEvent) -> std::result::Result<(), HandlerError> + Send + Sync + 'static,
     {
         self.ws.register_reload_handler(pattern, handler)
     }
 
+    /// See [`Workspace::register_handler_for`].
+    pub fn register_handler_for<H: ReloadHandler>(&self, pattern: &str, handler: H) -> Result<HandlerId> {
+        self.ws.register_handler_for(pattern, handler)
+    }
+
     /// See [`Workspace::register_handler`].
-    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<()> {
+    pub fn register_handler<H: ReloadHandler>(&self, handler: H) -> Result<HandlerId> {
         self.ws.register_handler(handler)
+    }
+
+    /// See [`Workspace::remove_handler`].
+    pub fn remove_handler(&self, id: HandlerId) -> bool {
+        self.ws.remove_handler(id)
     }
 
     /// The workspace this engine serves.

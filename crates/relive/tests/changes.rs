@@ -149,11 +149,18 @@ async fn delete_then_recreate_repeatedly_keeps_watching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_config_dir_deleted_and_recreated() {
     let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
     let mut stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
+    let file = t.path("config/app.toml");
 
     for i in 2..=3 {
         fs::remove_dir_all(t.path("config")).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The engine has seen the deletion: the value must still be there.
+        event_until(&mut events, |e| {
+            is_file_event(e, &file) && matches!(e, ChangeEvent::FileChanged { change_type: ChangeType::Deleted, .. })
+        })
+        .await;
         assert_eq!(stream.live().load().value, i - 1, "last good value survives the deletion");
         fs::create_dir(t.path("config")).unwrap();
         t.write("config/app.toml", &app_toml("back", i));
@@ -286,7 +293,7 @@ async fn a_no_op_save_delivers_nothing() {
     t.write("templates/sentinel.html", "2");
     let (_, before) = event_until(&mut events, |e| is_file_event(e, &sentinel)).await;
     assert!(
-        matches!(before.as_slice(), [ChangeEvent::FileChanged { path, change_type: ChangeType::Modified }] if *path == file),
+        matches!(before.as_slice(), [ChangeEvent::FileChanged { path, change_type: ChangeType::Modified, .. }] if *path == file),
         "{before:#?}"
     );
 

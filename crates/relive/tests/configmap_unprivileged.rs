@@ -3,12 +3,14 @@
 //! own the files and so gets no read lease. This exercises relive's fallback
 //! guards, which once lost an update (see `ARCHITECTURE.md`, step 3).
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,12 +31,29 @@ fn publish(dir: &Path, n: i64) {
     }
 }
 
+/// What the reader child prints, read by the parent.
+enum Line {
+    Value(i64),
+    /// The test harness's summary: the child ran its one test.
+    Passed,
+}
+
+/// The parent (root, the kubelet) publishes `UPDATES` versions; the child
+/// (`nobody`, the service) must see every one. Only root can play both
+/// parts, so anyone else fails here rather than pass having checked
+/// nothing: CI runs as root.
 #[test]
 fn an_unprivileged_reader_gets_every_configmap_update() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("not root: the reader would own the files and take leases; nothing to test here");
+    const NAME: &str = "an_unprivileged_reader_gets_every_configmap_update";
+    if let Some(root) = common::child_arg(NAME) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(reader(&root));
         return;
     }
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test plays the kubelet (root) and a service that does not own the files (nobody): run it as root"
+    );
     let root = tempfile::tempdir().unwrap();
     fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let config = root.path().join("config");
@@ -42,9 +61,7 @@ fn an_unprivileged_reader_gets_every_configmap_update() {
     publish(&config, 1);
     symlink("..data/app.json", config.join("app.json")).unwrap();
 
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "reader_child", "--nocapture", "--test-threads=1"])
-        .env("RELIVE_CM_ROOT", root.path())
+    let mut child = common::child(NAME, root.path())
         .uid(NOBODY)
         .gid(NOBODY)
         .stdout(Stdio::piped())
@@ -56,18 +73,21 @@ fn an_unprivileged_reader_gets_every_configmap_update() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            // The test harness may print `test reader_child ... ` on the
-            // same line, so look for the marker anywhere.
+            // The test harness may print `test NAME ... ` on the same line,
+            // so look for the marker anywhere.
             if let Some((_, v)) = line.split_once("RELIVE-VALUE ") {
-                let _ = tx.send(v.trim().parse::<i64>().unwrap());
+                let _ = tx.send(Line::Value(v.trim().parse::<i64>().unwrap()));
+            } else if line.contains("1 passed") {
+                let _ = tx.send(Line::Passed);
             }
         }
     });
     let wait_for = |n: i64| loop {
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(v) if v == n => return,
-            Ok(v) if v < n => continue,
-            Ok(v) => panic!("got {v} while waiting for {n}"),
+            Ok(Line::Value(v)) if v == n => return,
+            Ok(Line::Value(v)) if v < n => continue,
+            Ok(Line::Value(v)) => panic!("got {v} while waiting for {n}"),
+            Ok(Line::Passed) => panic!("the reader ended while waiting for {n}"),
             Err(_) => panic!("update {n} was not delivered"),
         }
     };
@@ -78,11 +98,14 @@ fn an_unprivileged_reader_gets_every_configmap_update() {
     }
     let status = child.wait().unwrap();
     assert!(status.success());
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok_and(|line| matches!(line, Line::Passed)),
+        "the reader did not run its test"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reader_child() {
-    let Some(root) = std::env::var_os("RELIVE_CM_ROOT") else { return };
+/// The child half: the service, as `nobody`, prints every value it gets.
+async fn reader(root: &Path) {
     #[derive(serde::Deserialize)]
     struct App {
         value: i64,

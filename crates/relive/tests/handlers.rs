@@ -36,7 +36,7 @@ async fn glob_handlers_get_only_their_files_and_config_events_route_by_file() {
 
     let event = tokio::time::timeout(TIMEOUT, templates.recv()).await.unwrap().unwrap();
     match event {
-        ChangeEvent::FileChanged { path, change_type } => {
+        ChangeEvent::FileChanged { path, change_type, .. } => {
             assert_eq!(path, t.path("templates/index.html"));
             assert_eq!(change_type, ChangeType::Modified);
         }
@@ -78,7 +78,7 @@ async fn handler_errors_and_panics_become_events_and_the_watcher_goes_on() {
 
     t.write("templates/error.html", "x");
     let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::HandlerFailed { .. })).await;
-    let ChangeEvent::HandlerFailed { handler, error } = event else { unreachable!() };
+    let ChangeEvent::HandlerFailed { handler, error, .. } = event else { unreachable!() };
     assert!(handler.ends_with("Failing"), "{handler}");
     assert!(error.contains("cannot handle") && error.contains("error.html"), "{error}");
 
@@ -132,4 +132,95 @@ async fn a_slow_handler_does_not_delay_other_subscribers() {
     }
     assert_eq!(slow_calls.load(Ordering::SeqCst), 1, "the slow handler is still on its first event");
     drop(release_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_glob_handler_runs_and_a_removed_handler_gets_nothing_more() {
+    let t = TestWs::new(&[("templates/a.html", "1")]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let id = manager
+        .register_handler_for(
+            "templates/**/*.html",
+            relive::handler_fn(move |event: ChangeEvent| {
+                let tx = tx.clone();
+                async move {
+                    // Awaits inside the handler: it is async all the way.
+                    tokio::task::yield_now().await;
+                    tx.send(event).map_err(|e| e.to_string())?;
+                    Ok(())
+                }
+            }),
+        )
+        .unwrap();
+    let mut events = manager.subscribe();
+
+    t.write("static/app.css", "x");
+    t.write("templates/a.html", "2");
+    let event = tokio::time::timeout(TIMEOUT, seen.recv()).await.unwrap().unwrap();
+    assert!(is_file_event(&event, &t.path("templates/a.html")), "{event:?}");
+    match &event {
+        ChangeEvent::FileChanged { hash, .. } => {
+            assert_eq!(*hash, Some(xxhash_rust::xxh3::xxh3_64(b"2")), "the event carries the content hash")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    assert!(manager.remove_handler(id), "the handler was registered");
+    assert!(!manager.remove_handler(id), "and is gone");
+    t.write("templates/a.html", "3");
+    // The engine has routed this change once the broadcast sees it; the
+    // removed handler's queue is closed by then.
+    event_until(&mut events, |e| is_file_event(e, &t.path("templates/a.html"))).await;
+    assert!(
+        tokio::time::timeout(TIMEOUT, seen.recv()).await.unwrap().is_none(),
+        "a removed handler's task ends without seeing another event"
+    );
+}
+
+struct Located;
+
+impl ReloadHandler for Located {
+    async fn handle_change(&self, event: ChangeEvent) -> Result<(), HandlerError> {
+        let path = event.path().unwrap().to_path_buf();
+        Err(Box::new(
+            relive::ConfigError::new(relive::ConfigErrorKind::Syntax, "unknown filter")
+                .with_file(path)
+                .with_position(3, 7),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_keeps_its_file_line_and_column_as_structure() {
+    let t = TestWs::new(&[]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    manager.register_handler_for("templates/*", Located).unwrap();
+    t.write("templates/page.html", "{{ x | nope }}");
+    let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::HandlerFailed { .. })).await;
+    let ChangeEvent::HandlerFailed { located: Some(at), .. } = event else { panic!("no location in {event:?}") };
+    assert_eq!(at.file(), Some(t.path("templates/page.html").as_path()));
+    assert_eq!((at.line(), at.column()), (Some(3), Some(7)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_removed_before_the_engine_starts_never_runs() {
+    let t = TestWs::new(&[]);
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let id =
+        t.ws.register_reload_handler("templates/*", move |event| {
+            tx.send(event).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(t.ws.remove_handler(id));
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    t.write("templates/a.html", "1");
+    event_until(&mut events, |e| is_file_event(e, &t.path("templates/a.html"))).await;
+    assert!(
+        tokio::time::timeout(TIMEOUT, seen.recv()).await.unwrap().is_none(),
+        "the removed handler was dropped, never attached"
+    );
 }

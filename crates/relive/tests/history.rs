@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -336,36 +336,34 @@ async fn rollback_that_the_engine_rejects_is_an_error_and_recorded() {
     assert!(!history_dir(&t).join("rollback.json").exists());
 }
 
-/// Child half of `rollback_from_another_process`: a process with no engine.
+/// A rollback by a process with no engine (what `relive rollback` does)
+/// reaches the engine of this one. The child half rolls back; the parent
+/// half checks that its engine applied and recorded it.
 #[test]
-fn rollback_child() {
-    let Some(root) = std::env::var_os("RELIVE_ROLLBACK_ROOT") else { return };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(relive::Workspace::new(root).rollback("app", 1)).unwrap();
-}
+fn rollback_from_another_process() {
+    const NAME: &str = "rollback_from_another_process";
+    if let Some(root) = child_arg(NAME) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(relive::Workspace::new(root).rollback("app", 1)).unwrap();
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+        let (manager, mut stream) = start(&t, HistoryConfig::default()).await;
+        save(&t, "config/app.toml", &app_toml("a", 2));
+        next(&mut stream).await;
+        // What `relive history` would show before someone picks a version.
+        manager.flush_history().await.unwrap();
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollback_from_another_process() {
-    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
-    let (manager, mut stream) = start(&t, HistoryConfig::default()).await;
-    save(&t, "config/app.toml", &app_toml("a", 2));
-    next(&mut stream).await;
-    // What `relive history` would show before someone picks a version.
-    manager.flush_history().await.unwrap();
+        assert_child_passed(&child(NAME, t.dir.path()).output().unwrap());
 
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rollback_child", "--nocapture", "--test-threads=1"])
-        .env("RELIVE_ROLLBACK_ROOT", t.dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-
-    assert_eq!(next(&mut stream).await.value, 1);
-    manager.flush_history().await.unwrap();
-    let last = t.ws.history("app").unwrap().pop().unwrap();
-    assert_eq!((last.version, last.rollback_of), (3, Some(1)));
-    assert!(!history_dir(&t).join("rollback.json").exists());
+        assert_eq!(next(&mut stream).await.value, 1);
+        manager.flush_history().await.unwrap();
+        let last = t.ws.history("app").unwrap().pop().unwrap();
+        assert_eq!((last.version, last.rollback_of), (3, Some(1)));
+        assert!(!history_dir(&t).join("rollback.json").exists());
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,39 +525,18 @@ async fn a_damaged_content_file_is_an_error_not_a_wrong_answer() {
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
-/// Child half of `kill_nine_at_random_moments_leaves_a_history_that_opens`:
-/// an engine with history, and edits as fast as they are applied, until it
-/// is killed.
-#[test]
-fn history_writer_child() {
-    let Some(root) = std::env::var_os("RELIVE_KILL_ROOT") else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    rt.block_on(async move {
-        let ws = relive::Workspace::new(&root);
-        let config =
-            HotReloadConfig { history: HistoryConfig { max_versions: 20, ..Default::default() }, ..Default::default() };
-        let _manager = ws.start_hot_reload_with_config(config).await.unwrap();
-        let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
-        let file = Path::new(&root).join("config/app.toml");
-        let tmp = Path::new(&root).join("config/app.toml.tmp");
-        let mut value = stream.current().value;
-        loop {
-            value += 1;
-            fs::write(&tmp, app_toml("k", value)).unwrap();
-            fs::rename(&tmp, &file).unwrap();
-            let deadline = tokio::time::Instant::now() + TIMEOUT;
-            while stream.current().value != value {
-                tokio::time::timeout_at(deadline, stream.next()).await.unwrap().unwrap();
-            }
-        }
-    });
-}
-
+/// An engine with history is killed (SIGKILL) at random moments while it
+/// records; after each kill the history opens, with at most a torn last
+/// record, and an engine picks up from whatever is left.
 #[test]
 fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
+    const NAME: &str = "kill_nine_at_random_moments_leaves_a_history_that_opens";
+    if let Some(root) = child_arg(NAME) {
+        // The child half: edits as fast as they are applied, until killed.
+        history_writer(&root);
+    }
     const ROUNDS: usize = 200;
     let t = TestWs::new(&[("config/app.toml", &app_toml("k", 0))]);
-    let exe = std::env::current_exe().unwrap();
     // xorshift, seeded from the clock; the seed is printed to replay a failure.
     let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("seed {seed}");
@@ -574,9 +551,7 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
         seed ^= seed << 17;
         let delay = Duration::from_micros(2_000 + seed % 60_000);
         delays.push(delay);
-        let mut child = Command::new(&exe)
-            .args(["--exact", "history_writer_child", "--nocapture", "--test-threads=1"])
-            .env("RELIVE_KILL_ROOT", t.dir.path())
+        let mut writer = child(NAME, t.dir.path())
             .env_remove("RELIVE_ENV")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -584,8 +559,8 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
             .unwrap();
         // The delay picks the moment of the kill; nothing is asserted on it.
         std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        writer.kill().unwrap(); // SIGKILL
+        writer.wait().unwrap();
 
         let history = t.ws.open_history("app").unwrap_or_else(|e| panic!("round {round}: history does not open: {e}"));
         for w in history.warnings() {
@@ -632,4 +607,290 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
     let history = t.ws.open_history("app").unwrap();
     assert!(history.warnings().is_empty(), "{:?}", history.warnings());
     assert!(history.latest().unwrap().version > newest);
+}
+
+/// The child half of `kill_nine_at_random_moments_leaves_a_history_that_opens`:
+/// an engine with history, and edits as fast as they are applied. It never
+/// returns: the parent kills it.
+fn history_writer(root: &Path) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let ws = relive::Workspace::new(root);
+        let config =
+            HotReloadConfig { history: HistoryConfig { max_versions: 20, ..Default::default() }, ..Default::default() };
+        let _manager = ws.start_hot_reload_with_config(config).await.unwrap();
+        let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
+        let file = root.join("config/app.toml");
+        let tmp = root.join("config/app.toml.tmp");
+        let mut value = stream.current().value;
+        loop {
+            value += 1;
+            fs::write(&tmp, app_toml("k", value)).unwrap();
+            fs::rename(&tmp, &file).unwrap();
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while stream.current().value != value {
+                tokio::time::timeout_at(deadline, stream.next()).await.unwrap().unwrap();
+            }
+        }
+    })
+}
+
+// History must not be a way in, nor a way out: what it writes is private,
+// what it writes back stays inside `config/`, and a forged or damaged record
+// is refused, never obeyed.
+
+/// Appends version `version` of config `name` to its history by hand, the
+/// way the on-disk format says (see the `history` module docs): a content
+/// file of one document with `origin` and `text`, and a checksummed record
+/// that points at it. A forged record is as valid as a real one.
+fn forge(t: &TestWs, name: &str, version: u64, origin: &str, text: &str) {
+    use sha2::{Digest, Sha256};
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let dir = t.path(&format!("data/history/{name}"));
+    fs::create_dir_all(dir.join("versions")).unwrap();
+    let content =
+        serde_json::to_vec(&json!({"documents": [{"origin": origin, "format": "toml", "text": text}]})).unwrap();
+    fs::write(dir.join(format!("versions/{version}.json")), &content).unwrap();
+    let record = json!({
+        "type": "version", "version": version, "status": "applied", "time": "2026-01-01T00:00:00.000000Z",
+        "env": null, "hash": hex(&Sha256::digest(&content)),
+        "documents": [{"origin": origin, "format": "toml", "len": text.len(), "sha256": hex(&Sha256::digest(text))}],
+        "diff": [],
+    })
+    .to_string();
+    let line = format!("{:016x} {record}\n", xxhash_rust::xxh3::xxh3_64(record.as_bytes()));
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("audit.log"))
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_writes_only_inside_config() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.path("config/link")).unwrap();
+    fs::write(outside.path().join("target.toml"), "untouched\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("target.toml"), t.path("config/linked.toml")).unwrap();
+    // Reading a FIFO to compare it would block the rollback forever.
+    let fifo = t.path("config/fifo.toml");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
+    let evil = outside.path().join("evil.sh");
+    let escapes = [
+        evil.display().to_string(),
+        format!("config/../../{}/evil.sh", outside.path().strip_prefix("/").unwrap().display()),
+        "../evil.sh".to_string(),
+        "data/history/app/rollback.json".to_string(),
+        "config/link/evil.sh".to_string(),
+        "config/linked.toml".to_string(),
+        "config/fifo.toml".to_string(),
+        "config/fifo.toml/below.toml".to_string(),
+    ];
+    for (i, origin) in escapes.iter().enumerate() {
+        let version = i as u64 + 1;
+        forge(&t, "app", version, origin, "#!/bin/sh\necho pwned\n");
+        let err = t.ws.rollback("app", version).await.unwrap_err().to_string();
+        for part in ["`app`", &format!("version {version}"), origin.as_str()] {
+            assert!(err.contains(part), "{origin}: the error names {part}: {err}");
+        }
+    }
+    assert!(!evil.exists(), "a history record wrote outside the workspace");
+    assert!(!t.path("evil.sh").exists() && !t.path("data/evil.sh").exists());
+    assert_eq!(fs::read_to_string(outside.path().join("target.toml")).unwrap(), "untouched\n");
+    assert!(!history_dir(&t).join("rollback.json").exists(), "nothing is written for a refused rollback");
+
+    // What stays inside config/ is restored, a new subdirectory included.
+    forge(&t, "app", 10, "config/app.toml", &app_toml("back", 10));
+    forge(&t, "app", 11, "config/sub/dir/app.toml", &app_toml("new", 11));
+    t.ws.rollback("app", 10).await.unwrap();
+    assert_eq!(fs::read_to_string(t.path("config/app.toml")).unwrap(), app_toml("back", 10));
+    t.ws.rollback("app", 11).await.unwrap();
+    assert_eq!(fs::read_to_string(t.path("config/sub/dir/app.toml")).unwrap(), app_toml("new", 11));
+    // A record with no mode (forged, or from an older relive): private.
+    let mode = |rel: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(t.path(rel)).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode("config/sub/dir/app.toml"), 0o600);
+    assert_eq!((mode("config/sub"), mode("config/sub/dir")), (0o700, 0o700));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_numbered_u64_max_is_skipped_as_damaged() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    forge(&t, "app", 1, "config/app.toml", &app_toml("a", 1));
+    forge(&t, "app", u64::MAX, "config/app.toml", &app_toml("a", 1));
+    let history = t.ws.open_history("app").unwrap();
+    assert_eq!(history.entries().iter().map(|e| e.version).collect::<Vec<_>>(), [1]);
+    assert_eq!(history.warnings().len(), 1, "{:?}", history.warnings());
+    assert!(history.warnings()[0].message.contains(&u64::MAX.to_string()), "{}", history.warnings()[0]);
+
+    // The writer numbers on from the last good record: no overflow, no
+    // wrapped number. (Forged records are dated 2026-01-01: no pruning by age.)
+    let (manager, mut stream) = start(&t, HistoryConfig { max_age: None, ..Default::default() }).await;
+    save(&t, "config/app.toml", &app_toml("a", 2));
+    next_until(&mut stream, |a| a.value == 2).await;
+    manager.flush_history().await.unwrap();
+    assert_eq!(versions(&t), [1, 2]);
+}
+
+/// Every directory under `dir` (itself included) and every file, with its
+/// permission bits.
+fn modes_under(dir: &Path) -> Vec<(PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![(dir.to_path_buf(), true, fs::metadata(dir).unwrap().permissions().mode() & 0o7777)];
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        if meta.is_dir() {
+            out.extend(modes_under(&entry.path()));
+        } else {
+            out.push((entry.path(), false, meta.permissions().mode() & 0o7777));
+        }
+    }
+    out
+}
+
+/// Under umask 0, an engine records versions and a rollback runs; then
+/// everything under `data/` is private: directories 0700, files 0600, and
+/// the `data/` that was 0755 is narrowed.
+#[test]
+fn files_under_data_are_private_whatever_the_umask() {
+    const NAME: &str = "files_under_data_are_private_whatever_the_umask";
+    if let Some(root) = child_arg(NAME) {
+        rustix::process::umask(rustix::fs::Mode::empty());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            // Backups too: they hold a config's old secrets.
+            let config = relive::HotReloadConfig { backup_on_change: true, ..Default::default() };
+            let ws = relive::Workspace::new(&root).with_config(config);
+            let manager = ws.start_hot_reload().await.unwrap();
+            let mut stream = ws.watch_config_changes::<App>("app").await.unwrap();
+            fs::write(root.join("config/app.toml"), app_toml("a", 2)).unwrap();
+            next_until(&mut stream, |a| a.value == 2).await;
+            manager.flush_history().await.unwrap();
+            ws.rollback("app", 1).await.unwrap();
+            manager.flush_history().await.unwrap();
+            assert_eq!(ws.history("app").unwrap().len(), 3);
+            manager.shutdown().await.unwrap();
+        });
+        return;
+    }
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(t.path("data"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_child_passed(&child(NAME, t.dir.path()).output().unwrap());
+    let modes = modes_under(&t.path("data"));
+    assert!(modes.iter().any(|(p, _, _)| p.ends_with(".lock")), "{modes:?}");
+    assert!(modes.iter().any(|(p, _, _)| p.ends_with("audit.log")), "{modes:?}");
+    assert!(modes.iter().any(|(p, _, _)| p.to_string_lossy().contains("backups/configs/")), "{modes:?}");
+    for (path, dir, mode) in modes {
+        assert_eq!(mode, if dir { 0o700 } else { 0o600 }, "{} is {mode:o}", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_keeps_the_mode_and_owner_of_the_file_it_replaces() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    let file = t.path("config/app.toml");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let owner = |path: &Path| {
+        let meta = fs::metadata(path).unwrap();
+        (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
+    };
+    let before = owner(&file);
+    let (manager, mut stream) = start(&t, HistoryConfig::default()).await;
+    save(&t, "config/app.toml", &app_toml("a", 2));
+    next_until(&mut stream, |a| a.value == 2).await;
+    // The editor's save made a file of its own: give it the same mode and
+    // owner again, as an editor that keeps them does.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    if root {
+        std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    manager.flush_history().await.unwrap();
+    t.ws.rollback("app", 1).await.unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), app_toml("a", 1));
+    assert_eq!(owner(&file), before, "mode, owner and group are kept");
+
+    // A file that is gone comes back with the mode its version had.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    save(&t, "config/app.toml", &app_toml("a", 3));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    next_until(&mut stream, |a| a.value == 3).await;
+    manager.flush_history().await.unwrap();
+    let v3 = t.ws.history("app").unwrap().last().unwrap().version;
+    save(&t, "config/app.toml", &app_toml("a", 4));
+    next_until(&mut stream, |a| a.value == 4).await;
+    fs::remove_file(&file).unwrap();
+    manager.flush_history().await.unwrap();
+    t.ws.rollback("app", v3).await.unwrap();
+    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o7777, 0o640);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_symlinked_outside_the_workspace_is_recorded_without_its_content() {
+    let secret = "name = \"root-only-marker\"\nvalue = 7\npassword = \"hunter2\"\n";
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("secret.toml"), secret).unwrap();
+    let t = TestWs::new(&[("shared/inside.toml", &app_toml("inside-marker", 1))]);
+    std::os::unix::fs::symlink(outside.path().join("secret.toml"), t.path("config/app.toml")).unwrap();
+    // A link that stays inside the workspace (as Kubernetes' `..data` does)
+    // is recorded as usual.
+    std::os::unix::fs::symlink("../shared/inside.toml", t.path("config/inside.toml")).unwrap();
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
+    assert_eq!(stream.current().value, 7, "the config itself is read");
+    let _inside = t.ws.watch_config_changes::<App>("inside").await.unwrap();
+    manager.flush_history().await.unwrap();
+
+    let history = t.ws.history("app").unwrap();
+    assert_eq!(history.len(), 1, "the version is on record");
+    assert!(history[0].diff.is_empty(), "{}", history[0].diff);
+    let err = t.ws.version("app", 1).unwrap_err().to_string();
+    assert!(err.contains("outside the workspace"), "{err}");
+    assert!(t.ws.rollback("app", 1).await.is_err());
+    assert_eq!(&t.ws.version("inside", 1).unwrap().documents[0].bytes()[..], app_toml("inside-marker", 1).as_bytes());
+    for (path, dir, _) in modes_under(&t.path("data")) {
+        if !dir {
+            let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+            assert!(!text.contains("root-only-marker") && !text.contains("hunter2"), "{}: {text}", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_configs_do_not_hold_three_hundred_descriptors() {
+    const CONFIGS: usize = 300;
+    let files: Vec<(String, String)> =
+        (0..CONFIGS).map(|i| (format!("config/c{i}.toml"), app_toml(&format!("c{i}"), i as i64))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let t = TestWs::new(&refs);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut streams = Vec::new();
+    for i in 0..CONFIGS {
+        streams.push(t.ws.watch_config_changes::<App>(&format!("c{i}")).await.unwrap());
+    }
+    manager.flush_history().await.unwrap();
+    for i in (0..CONFIGS).step_by(37) {
+        assert_eq!(t.ws.history(&format!("c{i}")).unwrap().len(), 1, "config c{i} is recorded");
+    }
+    // Descriptors of this process open on this workspace's logs (other
+    // tests run in this process too: only ours are counted).
+    let ours = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(t.dir.path()) && target.ends_with("audit.log"))
+        .count();
+    assert!(ours <= 16, "{ours} audit logs held open for {CONFIGS} configs");
 }

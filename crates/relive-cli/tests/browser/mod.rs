@@ -343,6 +343,11 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with the probe installed.
     pub fn start() -> Browser {
+        Browser::start_with(&[])
+    }
+
+    /// [`start`](Browser::start), with more Chromium command-line `args`.
+    pub fn start_with(args: &[&str]) -> Browser {
         let port = free_port();
         let driver = spawn_group(
             Command::new("chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()),
@@ -367,13 +372,23 @@ impl Browser {
         }
         let profile = tempfile::tempdir().expect("profile dir");
         let chromium = which("chromium");
+        let mut chromium_args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+        ]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+        chromium_args.push(format!("--user-data-dir={}", profile.path().display()));
         let caps = json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
             "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--disable-sync",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
+            "args": chromium_args,
         }}}});
         let created = request(&agent, "POST", &format!("{base}/session"), Some(caps));
         let session = created["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();

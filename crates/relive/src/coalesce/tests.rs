@@ -47,7 +47,7 @@ struct Case {
     steps: Vec<Step>,
 }
 
-/// Settings in milliseconds; an omitted backoff means [`Backoff::default`].
+/// Timing in milliseconds; an omitted backoff means [`Backoff::default`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CaseSettings {
@@ -163,7 +163,7 @@ fn run_case(source: &str) -> Result<(), String> {
         max_delay: ms(b.max_delay),
         max_attempts: b.max_attempts,
     });
-    let mut coalescer = Coalescer::new(Settings {
+    let mut coalescer = Coalescer::new(Timing {
         write_timeout: ms(case.settings.write_timeout),
         delete_grace: ms(case.settings.delete_grace),
         quiet: case.settings.quiet.map(ms),
@@ -465,7 +465,7 @@ fn backoff_edge_factors() {
 
 #[test]
 fn huge_timeouts_do_not_overflow() {
-    let mut coalescer = Coalescer::new(Settings {
+    let mut coalescer = Coalescer::new(Timing {
         write_timeout: Duration::MAX,
         delete_grace: Duration::MAX,
         quiet: None,
@@ -488,7 +488,7 @@ fn huge_timeouts_do_not_overflow() {
 /// return every file once, in path order.
 #[test]
 fn burst_across_ten_thousand_files() {
-    let mut coalescer = Coalescer::new(Settings {
+    let mut coalescer = Coalescer::new(Timing {
         write_timeout: ms(1000),
         delete_grace: ms(100),
         quiet: None,

@@ -11,9 +11,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::HistoryWarning;
+use crate::document::Document;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::format::Format;
-use crate::pipeline::Document;
 
 /// One line of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,7 +58,16 @@ pub(crate) struct DocumentRecord {
     pub origin: PathBuf,
     pub format: String,
     pub len: u64,
+    /// Empty when the content is withheld.
     pub sha256: String,
+    /// The file's permission bits when it was read: what a rollback that
+    /// recreates it gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Why the content was not stored (a file that resolves outside the
+    /// workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +118,9 @@ pub(crate) struct ContentDocument {
     /// The bytes in hex, when they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hex: Option<String>,
+    /// Why there are no bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 impl ContentDocument {
@@ -121,19 +133,34 @@ impl ContentDocument {
     }
 }
 
-/// The content file for `documents` (origins already relative), and its
-/// sha256. Deterministic: the same documents give the same bytes and hash,
-/// which is how a rollback is recognised when it comes back.
-pub(crate) fn content(documents: &[(PathBuf, &Document)]) -> (Vec<u8>, String) {
+/// A document as it is stored: its origin (relative to the workspace root
+/// when under it), and its bytes unless they are withheld.
+pub(crate) struct Stored<'a> {
+    pub origin: PathBuf,
+    pub doc: &'a Document,
+    pub withheld: Option<String>,
+}
+
+/// The content file for `documents`, and its sha256. Deterministic: the
+/// same documents give the same bytes and hash, which is how a rollback is
+/// recognised when it comes back.
+pub(crate) fn content(documents: &[Stored<'_>]) -> (Vec<u8>, String) {
     let content = Content {
         documents: documents
             .iter()
-            .map(|(origin, doc)| {
-                let (text, hex) = match std::str::from_utf8(doc.bytes()) {
-                    Ok(text) => (Some(text.to_string()), None),
-                    Err(_) => (None, Some(to_hex(doc.bytes()))),
+            .map(|Stored { origin, doc, withheld }| {
+                let (text, hex) = match (withheld, std::str::from_utf8(doc.bytes())) {
+                    (Some(_), _) => (None, None),
+                    (None, Ok(text)) => (Some(text.to_string()), None),
+                    (None, Err(_)) => (None, Some(to_hex(doc.bytes()))),
                 };
-                ContentDocument { origin: origin.clone(), format: doc.format().name().to_string(), text, hex }
+                ContentDocument {
+                    origin: origin.clone(),
+                    format: doc.format().name().to_string(),
+                    text,
+                    hex,
+                    withheld: withheld.clone(),
+                }
             })
             .collect(),
     };
@@ -180,6 +207,7 @@ fn kind_name(kind: ConfigErrorKind) -> &'static str {
         ConfigErrorKind::Invalid => "invalid",
         ConfigErrorKind::Ambiguous => "ambiguous",
         ConfigErrorKind::Missing => "missing",
+        ConfigErrorKind::Limit => "limit",
     }
 }
 
@@ -190,6 +218,7 @@ fn kind_from_name(name: &str) -> ConfigErrorKind {
         "type" => ConfigErrorKind::Type,
         "ambiguous" => ConfigErrorKind::Ambiguous,
         "missing" => ConfigErrorKind::Missing,
+        "limit" => ConfigErrorKind::Limit,
         _ => ConfigErrorKind::Invalid,
     }
 }
@@ -299,6 +328,11 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> ReadLog {
             log.warnings.push(HistoryWarning { path: path.to_path_buf(), line: line_no, truncated: false, message })
         };
         match decode(line) {
+            // The writer numbers the next version after the highest: a
+            // record that leaves no number after it is damage (or forged).
+            Ok(LogRecord::Version(v)) if v.version == u64::MAX => {
+                warn(format!("version {} out of range; skipped", v.version));
+            }
             Ok(LogRecord::Version(v)) if v.version <= log.max_version => {
                 warn(format!("version {} out of order (after {}); skipped", v.version, log.max_version));
             }
@@ -379,11 +413,28 @@ mod tests {
     fn content_is_deterministic_and_keeps_non_utf8_bytes() {
         let a = Document::new("/w/config/a.toml", Format::Toml, &b"x = 1\n"[..]);
         let b = Document::new("/w/config/a.prod.toml", Format::Toml, &[0xff, 0x00, 0x41][..]);
-        let docs = [(PathBuf::from("config/a.toml"), &a), (PathBuf::from("config/a.prod.toml"), &b)];
+        let docs = [
+            Stored { origin: PathBuf::from("config/a.toml"), doc: &a, withheld: None },
+            Stored { origin: PathBuf::from("config/a.prod.toml"), doc: &b, withheld: None },
+        ];
         let (bytes, hash) = content(&docs);
         assert_eq!(content(&docs).1, hash);
         let parsed: Content = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(parsed.documents[1].bytes().unwrap(), [0xff, 0x00, 0x41]);
         assert_eq!(parsed.documents[0].bytes().unwrap(), b"x = 1\n");
+        let withheld = [Stored { origin: PathBuf::from("config/a.toml"), doc: &a, withheld: Some("why".into()) }];
+        let (bytes, _) = content(&withheld);
+        assert!(!String::from_utf8(bytes.clone()).unwrap().contains("x = 1"));
+        let parsed: Content = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((parsed.documents[0].bytes(), parsed.documents[0].withheld.as_deref()), (None, Some("why")));
+    }
+
+    #[test]
+    fn the_highest_version_number_is_damage_not_a_version() {
+        let mut log = encode(&version(1));
+        log.extend(encode(&version(u64::MAX)));
+        let read = parse(Path::new("log"), &log);
+        assert_eq!(read.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+        assert_eq!((read.max_version, read.warnings.len()), (1, 1));
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
@@ -16,13 +17,16 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::log::{
-    self, DiffRecord, DocumentRecord, ErrorRecord, LogRecord, PruneRecord, ReadLog, Status, VersionRecord,
+    self, DiffRecord, DocumentRecord, ErrorRecord, LogRecord, PruneRecord, ReadLog, Status, Stored, VersionRecord,
 };
 use super::{
     Attempt, Diff, DiffEntry, HistoryConfig, LOCK, LOG, MARKER, Marker, VERSIONS, VersionStatus, config_dir, retention,
-    rfc3339, sync_dir, write_atomic,
+    rfc3339, write_atomic,
 };
-use crate::pipeline::{Document, Parsed, Sources};
+use crate::config::Limits;
+use crate::document::{Document, Parsed, Sources};
+use crate::error::ConfigError;
+use crate::private::{self, sync_dir};
 use crate::redact::Redactor;
 
 /// How long a new engine waits for the previous holder of the history lock
@@ -129,7 +133,7 @@ impl Writer {
     fn locked(&mut self) -> bool {
         if let Lock::Unknown = self.lock {
             let dir = self.data_dir().join("history");
-            self.lock = match take_lock(&dir) {
+            self.lock = match take_lock(&self.data_dir(), &dir) {
                 Ok(Some(file)) => Lock::Held { _file: file },
                 Ok(None) => {
                     tracing::warn!(dir = %dir.display(), "another engine records history for this workspace; this one does not");
@@ -176,15 +180,25 @@ impl Writer {
     }
 }
 
-fn take_lock(dir: &Path) -> io::Result<Option<File>> {
+/// Takes the lock in `dir` (`data/history`), making `data/` and `dir`
+/// private first: whoever can open the lock file can take it, and so stop
+/// all recording.
+fn take_lock(data_dir: &Path, dir: &Path) -> io::Result<Option<File>> {
+    private::narrow_dir(data_dir)?;
     if !dir.is_dir() {
-        fs::create_dir_all(dir)?;
+        private::create_private_dir(dir)?;
         // Make `data/history` itself survive a power loss.
         for d in dir.ancestors().skip(1).take(2) {
             sync_dir(d)?;
         }
     }
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+    private::narrow_dir(dir)?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).mode(private::FILE_MODE).open(dir.join(LOCK))?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        // Made by an older relive.
+        file.set_permissions(fs::Permissions::from_mode(private::FILE_MODE))?;
+    }
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -205,10 +219,11 @@ struct Ctx<'a> {
     redactor: &'a Redactor,
 }
 
-/// What the writer knows of one config's history.
+/// What the writer knows of one config's history. The log is opened for
+/// each append, not held: a workspace of many configs must not hold a
+/// descriptor for each.
 struct Store {
     dir: PathBuf,
-    log: File,
     /// Versions not pruned, oldest first.
     live: Vec<(u64, VersionStatus, SystemTime)>,
     max_version: u64,
@@ -219,6 +234,9 @@ struct Store {
     /// The newest applied version's value: the base of diffs, and how a
     /// no-op is recognised.
     applied: Option<Arc<Value>>,
+    /// The newest applied version's content was withheld: the next diff
+    /// is from nothing, so that its values do not show through.
+    applied_withheld: bool,
 }
 
 impl Store {
@@ -228,7 +246,7 @@ impl Store {
         let dir = config_dir(data_dir, name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let versions = dir.join(VERSIONS);
         if !versions.is_dir() {
-            fs::create_dir_all(&versions)?;
+            private::create_private_dir(&versions)?;
             sync_dir(&dir)?;
             sync_dir(dir.parent().expect("under data/history"))?;
         }
@@ -237,8 +255,8 @@ impl Store {
         for warning in &read.warnings {
             tracing::warn!(config = name, %warning, "history record skipped");
         }
-        let log = OpenOptions::new().create(true).append(true).open(&path)?;
         if let Some(end) = read.torn_at {
+            let log = private::append_private(&path)?;
             log.set_len(end)?;
             log.sync_all()?;
         }
@@ -258,7 +276,10 @@ impl Store {
             read.versions.last().map(|v| (v.status, v.hash.clone(), v.error.as_ref().map(|e| e.display.clone())));
         let applied = read.versions.iter().rev().find(|v| v.status == Status::Applied).and_then(|v| {
             let value = load_value(root, &versions, v);
-            if value.is_none() {
+            // A version whose content was withheld has no value to read:
+            // the next diff is from nothing, as it should be.
+            let withheld = v.documents.iter().any(|d| d.withheld.is_some());
+            if value.is_none() && !withheld {
                 tracing::warn!(
                     config = name,
                     version = v.version,
@@ -267,22 +288,37 @@ impl Store {
             }
             value.map(Arc::new)
         });
-        Ok(Store { dir, log, live, max_version: read.max_version, lines: read.lines, last, applied })
+        Ok(Store {
+            dir,
+            live,
+            max_version: read.max_version,
+            lines: read.lines,
+            last,
+            applied,
+            applied_withheld: false,
+        })
     }
 
     fn record(&mut self, a: Attempt, ctx: &Ctx<'_>) -> io::Result<()> {
-        let origins: Vec<(PathBuf, &Document)> = a
+        let real_root = fs::canonicalize(ctx.root);
+        let stored: Vec<Stored<'_>> = a
             .documents
             .iter()
             .map(|d| {
                 let origin =
                     if a.published { d.origin() } else { d.origin().strip_prefix(ctx.root).unwrap_or(d.origin()) };
-                (origin.to_path_buf(), d)
+                let withheld = match (&real_root, a.published) {
+                    (_, true) => None,
+                    (Ok(real_root), false) => outside(real_root, d.origin(), origin),
+                    (Err(e), false) => Some(format!("the workspace cannot be resolved ({e}); content not stored")),
+                };
+                Stored { origin: origin.to_path_buf(), doc: d, withheld }
             })
             .collect();
-        let (content, hash) = log::content(&origins);
+        let withheld = stored.iter().any(|s| s.withheld.is_some());
+        let (content, hash) = log::content(&stored);
         let status = if a.error.is_some() { Status::Rejected } else { Status::Applied };
-        let error = a.error.as_ref().map(ErrorRecord::of);
+        let error = a.error.as_ref().map(|e| if withheld { ErrorRecord::of(&withhold(e)) } else { ErrorRecord::of(e) });
         let marker_path = self.dir.join(MARKER);
         let marker = fs::read(&marker_path).ok().and_then(|bytes| serde_json::from_slice::<Marker>(&bytes).ok());
         let rollback_of = marker.filter(|m| m.hash == hash).map(|m| m.to);
@@ -306,12 +342,20 @@ impl Store {
             }
             _ => {}
         }
-        let version = self.max_version + 1;
+        // The reader skips a record numbered u64::MAX, so this cannot
+        // overflow; checked all the same, for a log that says otherwise.
+        let version = self
+            .max_version
+            .checked_add(1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "version numbers exhausted"))?;
         write_atomic(&self.dir.join(VERSIONS).join(format!("{version}.json")), &content)?;
         let diff = match &a.value {
+            // A diff shows values: none of content that is not stored.
+            Some(_) if withheld => Diff::default(),
             Some(value) => {
                 let empty = Value::Object(Default::default());
-                Diff::between(self.applied.as_deref().unwrap_or(&empty), value, ctx.redactor)
+                let base = self.applied.as_deref().filter(|_| !self.applied_withheld);
+                Diff::between(base.unwrap_or(&empty), value, ctx.redactor)
             }
             None => Diff::default(),
         };
@@ -321,13 +365,18 @@ impl Store {
             time: rfc3339(a.time),
             env: ctx.env.clone(),
             hash: hash.clone(),
-            documents: origins
+            documents: stored
                 .iter()
-                .map(|(origin, d)| DocumentRecord {
+                .map(|Stored { origin, doc, withheld }| DocumentRecord {
                     origin: origin.clone(),
-                    format: d.format().name().to_string(),
-                    len: d.bytes().len() as u64,
-                    sha256: log::sha256_hex(d.bytes()),
+                    format: doc.format().name().to_string(),
+                    len: doc.bytes().len() as u64,
+                    sha256: if withheld.is_some() { String::new() } else { log::sha256_hex(doc.bytes()) },
+                    mode: (!a.published && withheld.is_none())
+                        .then(|| fs::metadata(doc.origin()).ok())
+                        .flatten()
+                        .map(|m| m.permissions().mode() & 0o7777),
+                    withheld: withheld.clone(),
                 })
                 .collect(),
             diff: diff
@@ -353,14 +402,16 @@ impl Store {
         self.last = Some((status, hash, record.error.map(|e| e.display)));
         if status == Status::Applied {
             self.applied = a.value;
+            self.applied_withheld = withheld;
         }
         tracing::debug!(version, status = ?status, "version recorded");
         self.retain(ctx)
     }
 
     fn append(&mut self, record: &LogRecord) -> io::Result<()> {
-        self.log.write_all(&log::encode(record))?;
-        self.log.sync_data()?;
+        let mut log = private::append_private(&self.dir.join(LOG))?;
+        log.write_all(&log::encode(record))?;
+        log.sync_data()?;
         self.lines += 1;
         Ok(())
     }
@@ -400,10 +451,37 @@ impl Store {
             }
         }
         write_atomic(&path, &out)?;
-        self.log = OpenOptions::new().append(true).open(&path)?;
         self.lines = lines;
         Ok(())
     }
+}
+
+/// Why the content of `path` (`origin` in the record) is not stored, if it
+/// is not: a file that resolves (through symlinks) outside the workspace
+/// was read with relive's rights, and a copy in history would hand it to
+/// whoever reads the history. Checked when the version is recorded, so a
+/// link swapped between the engine's read and this check can slip
+/// through; the history is private (0600 in 0700 directories) all the same.
+fn outside(real_root: &Path, path: &Path, origin: &Path) -> Option<String> {
+    match fs::canonicalize(path) {
+        Ok(real) if real.starts_with(real_root) => None,
+        Ok(_) => Some(format!("{} resolves outside the workspace; its content is not stored", origin.display())),
+        Err(e) => Some(format!("{} cannot be resolved ({e}); its content is not stored", origin.display())),
+    }
+}
+
+/// An error about a version whose content is withheld, without what it
+/// quotes (a parser's message can quote the file's text): its kind and
+/// position only.
+fn withhold(error: &ConfigError) -> ConfigError {
+    let mut out = ConfigError::new(error.kind(), "the file resolves outside the workspace; the message is not stored");
+    if let Some(file) = error.file() {
+        out = out.with_file(file);
+    }
+    if let (Some(line), Some(column)) = (error.line(), error.column()) {
+        out = out.with_position(line, column);
+    }
+    out
 }
 
 fn public_status(status: Status) -> VersionStatus {
@@ -442,7 +520,7 @@ fn load_value(root: &Path, versions: &Path, v: &VersionRecord) -> Option<Value> 
         .iter()
         .map(|d| {
             let format = log::format_from_name(&d.format)?;
-            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?)).ok()
+            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?), &Limits::default()).ok()
         })
         .collect::<Option<Vec<_>>>()?;
     Some(Sources { docs }.merge())

@@ -1,8 +1,10 @@
 //! Shared helpers: temp-dir workspaces and bounded waits.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,24 +107,48 @@ pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Set in a child process started by [`child`] or [`rerun_as`]: the name of
+/// the test it runs.
+const CHILD: &str = "RELIVE_TEST_CHILD";
+/// The argument [`child`] hands to the child.
+const CHILD_ARG: &str = "RELIVE_TEST_CHILD_ARG";
+
+/// In a process that [`child`] started for test `name`: the argument it was
+/// given. `None` in the parent, which runs the scenario (and starts the
+/// child). So a test that needs a second process is one `#[test]` whose two
+/// halves both check something; none passes without running its check.
+pub fn child_arg(name: &str) -> Option<PathBuf> {
+    if std::env::var_os(CHILD)? != name {
+        return None;
+    }
+    Some(std::env::var_os(CHILD_ARG).unwrap_or_default().into())
+}
+
+/// A command that runs test `name` of this test binary again, alone, in a
+/// child process where [`child_arg`]`(name)` is `arg`.
+pub fn child(name: &str, arg: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", name, "--nocapture", "--test-threads=1"]).env(CHILD, name).env(CHILD_ARG, arg);
+    command
+}
+
+/// Checks that a child started by [`child`] ran its one test and passed.
+pub fn assert_child_passed(out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "the child did not run its test:\n{stdout}\n{stderr}");
+}
+
 /// Runs test `name` of this test binary again, in a child process as user
 /// `uid`, when we are root, and checks that it passed there. Returns true
 /// if it did so; false in the child, or when not root, where the caller
 /// runs the test's body itself.
 pub fn rerun_as(name: &str, uid: u32) -> bool {
-    if std::env::var_os("RELIVE_TEST_CHILD").is_some() || !rustix::process::geteuid().is_root() {
+    if std::env::var_os(CHILD).is_some() || !rustix::process::geteuid().is_root() {
         return false;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("RELIVE_TEST_CHILD", "1")
-        .env("TMPDIR", "/tmp")
-        .uid(uid)
-        .gid(uid)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+    let out = child(name, "").env("TMPDIR", "/tmp").uid(uid).gid(uid).output().unwrap();
+    assert_child_passed(&out);
     true
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::config::Limits;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::format::{self, Format};
 use crate::locate;
@@ -57,8 +58,8 @@ pub(crate) struct Parsed {
 }
 
 impl Parsed {
-    pub(crate) fn parse(doc: Document) -> Result<Parsed, ConfigError> {
-        let value = format::parse(doc.format, &doc.bytes, &doc.origin)?;
+    pub(crate) fn parse(doc: Document, limits: &Limits) -> Result<Parsed, ConfigError> {
+        let value = format::parse(doc.format, &doc.bytes, &doc.origin, limits)?;
         Ok(Parsed { doc, value: Arc::new(value) })
     }
 }

@@ -1,0 +1,772 @@
+//! The engine: one thread per workspace that watches, coalesces, reads,
+//! parses, validates, swaps and notifies.
+//!
+//! ```text
+//! intake ──signals──▶ Coalescer ──ready──▶ read (lease) ─▶ fence ─▶ store (hash)
+//!        ─▶ reload: sources ─▶ merge ─▶ prepare (all sinks) ─▶ fence ─▶ commit ─▶ notify, record
+//! ```
+//!
+//! Each stage is a room of its own and returns what happened:
+//! - `intake.rs`: the backend (inotify or polling); turns kernel events and
+//!   scans into [`Seen`](intake::Seen) values for the coalescer.
+//! - `read.rs`: reads ready files under a lease ([`read::Read`]), keeps
+//!   what is known of each file, and stores new content as a
+//!   [`read::Stored`].
+//! - `apply.rs`: one config's subscribers; prepares a value with all of
+//!   them and commits it to all of them, as an [`apply::Outcome`].
+//! - `notify.rs`: events out, to the broadcast channel and handlers.
+//! - `sink.rs`: the prepare → commit contract that subscribers implement.
+//!
+//! This module holds the handle ([`Engine`]), the commands, and the loop
+//! that runs the stages in order. Everything here runs on the engine's own
+//! thread and owns its state; the rest of the crate talks to it through
+//! [`Command`]s. Nothing on this thread awaits or takes a lock that user
+//! code holds, and user code (handlers, validators aside) never runs here.
+
+mod apply;
+mod intake;
+mod notify;
+mod read;
+pub(crate) mod sink;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use globset::GlobMatcher;
+use rustix::event::{PollFd, PollFlags};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::coalesce::{Backoff, Coalescer, Ready, Signal, Timing};
+use crate::config::EngineSettings;
+use crate::document::{Document, Parsed, Sources};
+use crate::error::{ConfigError, ConfigErrorKind, Error};
+use crate::event::{ChangeEvent, ChangeType};
+use crate::handler::{self, DynHandler, HANDLER_QUEUE};
+use crate::history::Recorder;
+use crate::paths;
+
+use apply::{ConfigState, Outcome, Prepared};
+use intake::{Intake, Seen};
+use notify::Notifier;
+use read::{Files, Stored};
+use sink::SinkFactory;
+
+/// How long a deleted file waits before it is reported, so that a
+/// delete-then-write (vim's backup-and-rename) is one change.
+const DELETE_GRACE: Duration = Duration::from_millis(50);
+
+/// The shortest time between two reads of one file in a burst of writes:
+/// the first change is read at once, the ones after it at most this often.
+/// A burst's last value thus arrives within this time of the last write.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How the engine learns about changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatcherMode {
+    /// Kernel events (inotify): changes are seen as they happen.
+    Events {
+        /// How many directories are watched.
+        watches: usize,
+    },
+    /// Periodic scans, because events are unavailable or were turned off.
+    Polling {
+        /// Why relive polls.
+        reason: String,
+        /// Time between scans.
+        interval: Duration,
+    },
+}
+
+/// A handler's identity, to remove it later.
+pub(crate) type HandlerKey = u64;
+
+enum Command {
+    Subscribe { name: String, factory: SinkFactory, reply: oneshot::Sender<Result<(), ConfigError>> },
+    AddHandler { key: HandlerKey, name: String, glob: Option<GlobMatcher>, tx: mpsc::Sender<ChangeEvent> },
+    RemoveHandler { key: HandlerKey },
+    Publish { name: String, docs: Vec<Document>, reply: oneshot::Sender<Result<bool, ConfigError>> },
+    Pause { paused: std::sync::mpsc::SyncSender<()>, resume: std::sync::mpsc::Receiver<()> },
+    FlushHistory { reply: oneshot::Sender<()> },
+    Shutdown,
+}
+
+/// The handle side of the engine, shared by the workspace and managers.
+pub(crate) struct Engine {
+    tx: std::sync::mpsc::Sender<Command>,
+    wake: OwnedFd,
+    events: broadcast::Sender<ChangeEvent>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks: Mutex<HashMap<HandlerKey, tokio::task::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+    mode: Arc<Mutex<WatcherMode>>,
+    root: PathBuf,
+}
+
+/// Keeps the engine paused until dropped. For tests that need the kernel's
+/// event queue to overflow.
+#[doc(hidden)]
+pub struct PauseGuard {
+    _resume: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Engine {
+    /// Starts the engine thread; returns once the first scan is done and
+    /// every change from now on will be seen.
+    pub(crate) async fn start(settings: EngineSettings) -> Result<Arc<Engine>, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_rx, wake) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+                .map_err(|e| Error::Watch(format!("cannot create wake pipe: {e}")))?;
+        let (events, _) = broadcast::channel(1024);
+        let mode = Arc::new(Mutex::new(WatcherMode::Events { watches: 0 }));
+        let (started_tx, started_rx) = oneshot::channel();
+        let root = settings.root.clone();
+        let worker_events = events.clone();
+        let worker_mode = Arc::clone(&mode);
+        let thread = std::thread::Builder::new()
+            .name("relive-engine".into())
+            .spawn(move || match Worker::new(settings, rx, wake_rx, worker_events, worker_mode) {
+                Ok(mut worker) => {
+                    let _ = started_tx.send(Ok(()));
+                    worker.run();
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Watch(format!("cannot start engine thread: {e}")))?;
+        started_rx.await.map_err(|_| Error::Stopped)??;
+        Ok(Arc::new(Engine {
+            tx,
+            wake,
+            events,
+            thread: Mutex::new(Some(thread)),
+            tasks: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            mode,
+            root,
+        }))
+    }
+
+    fn send(&self, command: Command) -> Result<(), Error> {
+        self.tx.send(command).map_err(|_| Error::Stopped)?;
+        // A full pipe already wakes the engine; any other error means it is
+        // gone, which the next send reports.
+        let _ = rustix::io::write(&self.wake, &[1]);
+        Ok(())
+    }
+
+    pub(crate) async fn subscribe(&self, name: &str, factory: SinkFactory) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Subscribe { name: name.to_string(), factory, reply })?;
+        rx.await
+            .map_err(|_| Error::Stopped)?
+            .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
+    }
+
+    pub(crate) async fn publish(&self, name: &str, docs: Vec<Document>) -> Result<bool, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish { name: name.to_string(), docs, reply })?;
+        rx.await
+            .map_err(|_| Error::Stopped)?
+            .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
+    }
+
+    /// Waits until every version the engine has applied or rejected so far
+    /// is in the history on disk.
+    pub(crate) async fn flush_history(&self) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::FlushHistory { reply })?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Starts a handler's task and routes events to it from now on.
+    pub(crate) fn add_handler(
+        &self,
+        key: HandlerKey,
+        name: String,
+        pattern: Option<&str>,
+        handler: Arc<dyn DynHandler>,
+    ) -> Result<(), Error> {
+        let glob = pattern.map(compile_glob).transpose()?;
+        let (tx, rx) = mpsc::channel(HANDLER_QUEUE);
+        let task = self.runtime.spawn(handler::run(name.clone(), handler, rx, self.events.clone()));
+        self.tasks.lock().expect("tasks lock").insert(key, task);
+        self.send(Command::AddHandler { key, name, glob, tx })
+    }
+
+    /// Stops routing events to a handler. Its task finishes the events it
+    /// has, then ends. Returns false if no such handler is registered.
+    pub(crate) fn remove_handler(&self, key: HandlerKey) -> bool {
+        let known = self.tasks.lock().expect("tasks lock").remove(&key).is_some();
+        // Dropping the queue's sender (on the engine thread) ends the task.
+        known && self.send(Command::RemoveHandler { key }).is_ok()
+    }
+
+    pub(crate) fn events(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn mode(&self) -> WatcherMode {
+        self.mode.lock().expect("mode lock").clone()
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn pause(&self) -> PauseGuard {
+        let (paused_tx, paused_rx) = std::sync::mpsc::sync_channel(1);
+        let (resume_tx, resume_rx) = std::sync::mpsc::sync_channel(1);
+        if self.send(Command::Pause { paused: paused_tx, resume: resume_rx }).is_ok() {
+            let _ = paused_rx.recv_timeout(Duration::from_secs(10));
+        }
+        PauseGuard { _resume: resume_tx }
+    }
+
+    /// Stops the thread and every handler task; waits for them.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.send(Command::Shutdown);
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The thread dropped the handlers' queues: each task finishes what
+        // it has, then ends. A handler stuck forever is cut off.
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for (_, mut task) in tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Shutdown);
+    }
+}
+
+/// A handler glob: relative to the root, `*` not crossing `/`.
+pub(crate) fn compile_glob(pattern: &str) -> Result<GlobMatcher, Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| Error::Pattern { pattern: pattern.to_string(), message: e.to_string() })
+}
+
+/// The engine thread's state: one field per stage, and the loop that runs
+/// them in order.
+struct Worker {
+    s: EngineSettings,
+    rx: std::sync::mpsc::Receiver<Command>,
+    wake_rx: OwnedFd,
+    intake: Intake,
+    coalescer: Coalescer,
+    files: Files,
+    configs: HashMap<String, ConfigState>,
+    /// Configs whose commit the pre-commit fence deferred, with when their
+    /// change was first seen: re-evaluated once their files settle, because
+    /// their new content is already recorded as known and a re-read of an
+    /// unchanged file would not mark them again.
+    deferred: BTreeMap<String, Instant>,
+    notifier: Notifier,
+    /// The history's writer thread, when history is on.
+    history: Option<Recorder>,
+    stop: bool,
+}
+
+/// What the reads of one batch had in common, for the commits that follow.
+#[derive(Debug, Clone, Copy, Default)]
+struct Batch {
+    /// Some file was read without a lease, so commits need the second
+    /// fence (see [`Worker::reload`]).
+    unleased: bool,
+}
+
+impl Worker {
+    fn new(
+        s: EngineSettings,
+        rx: std::sync::mpsc::Receiver<Command>,
+        wake_rx: OwnedFd,
+        events: broadcast::Sender<ChangeEvent>,
+        mode: Arc<Mutex<WatcherMode>>,
+    ) -> Result<Worker, Error> {
+        if !s.root.is_dir() {
+            return Err(Error::io(
+                &s.root,
+                io::Error::new(io::ErrorKind::NotFound, "workspace root is not a directory"),
+            ));
+        }
+        let history = match &s.history {
+            Some(config) => Some(
+                Recorder::start(s.root.clone(), s.env.clone(), config.clone(), s.redactor.clone())
+                    .map_err(|e| Error::Watch(format!("cannot start the history thread: {e}")))?,
+            ),
+            None => None,
+        };
+        // Watches are set up before the first scan, so that nothing written
+        // during the scan is missed.
+        let intake = Intake::start(&s, mode)?;
+        let coalescer = Coalescer::new(timing(&s, intake.is_polling()));
+        let notifier = Notifier::new(s.root.clone(), events);
+        let mut worker = Worker {
+            s,
+            rx,
+            wake_rx,
+            intake,
+            coalescer,
+            files: Files::default(),
+            configs: HashMap::new(),
+            deferred: BTreeMap::new(),
+            notifier,
+            history,
+            stop: false,
+        };
+        worker.initial_scan();
+        Ok(worker)
+    }
+
+    fn initial_scan(&mut self) {
+        for (path, _) in self.intake.scan(&self.s) {
+            match read::read_at_start(&path, self.keep(&path)) {
+                Ok(Some(read)) => {
+                    // Nothing is reported for the files found at start.
+                    let _ = self.files.store(&path, read, None, &self.s.config_dir);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read file"),
+            }
+        }
+        let now = Instant::now();
+        for name in self.files.config_names() {
+            // Nobody listens yet: the outcome is recorded, not reported.
+            let _ = self.reload(&name, now, Batch::default());
+        }
+    }
+
+    fn run(&mut self) {
+        while !self.stop {
+            let now = Instant::now();
+            let deadline = match (self.coalescer.next_deadline(), self.intake.next_scan()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.wait(deadline.map(|d| d.saturating_duration_since(now)));
+            self.drain_wake();
+            while let Ok(command) = self.rx.try_recv() {
+                self.command(command);
+                if self.stop {
+                    return;
+                }
+            }
+            let seen = self.intake.read(&self.s);
+            self.take_in(seen);
+            let seen = self.intake.poll(&self.s, Instant::now());
+            self.take_in(seen);
+            let ready = self.coalescer.take_ready(Instant::now());
+            if !ready.is_empty() {
+                self.process(ready);
+            }
+        }
+    }
+
+    /// Sleeps until an event, a command or `timeout`. With nothing pending
+    /// and no polling, that is until an event or command: an idle engine
+    /// uses no CPU.
+    fn wait(&self, timeout: Option<Duration>) {
+        let timespec = timeout.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 })
+        });
+        let mut fds = Vec::with_capacity(2);
+        fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
+        if let Some(fd) = self.intake.fd() {
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+        }
+        // EINTR and friends just mean "look again".
+        let _ = rustix::event::poll(&mut fds, timespec.as_ref());
+    }
+
+    fn drain_wake(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(rustix::io::read(self.wake_rx.as_fd(), &mut buf), Ok(n) if n > 0) {}
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Subscribe { name, factory, reply } => {
+                let result = self.subscribe(&name, factory);
+                let _ = reply.send(result);
+            }
+            Command::AddHandler { key, name, glob, tx } => self.notifier.add(key, name, glob, tx),
+            Command::RemoveHandler { key } => self.notifier.remove(key),
+            Command::Publish { name, docs, reply } => {
+                let result = self.publish(&name, docs);
+                let _ = reply.send(result);
+            }
+            Command::Pause { paused, resume } => {
+                let _ = paused.send(());
+                // Returns when the guard is dropped.
+                let _ = resume.recv();
+            }
+            Command::FlushHistory { reply } => match &self.history {
+                Some(history) => history.flush(reply),
+                None => {
+                    let _ = reply.send(());
+                }
+            },
+            Command::Shutdown => self.stop = true,
+        }
+    }
+
+    /// Feeds what intake saw to the coalescer.
+    fn take_in(&mut self, seen: Vec<Seen>) {
+        if seen.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for seen in seen {
+            match seen {
+                Seen::Signal(path, signal) => self.coalescer.observe(&path, signal, now),
+                Seen::DirGone(dir) => {
+                    for path in self.files.under(&dir) {
+                        self.coalescer.observe(&path, Signal::Removed, now);
+                    }
+                }
+                Seen::Lost => self.rescan("overflow"),
+                Seen::NowPolling => self.coalescer = Coalescer::new(timing(&self.s, true)),
+            }
+        }
+    }
+
+    /// After lost events: compare the whole tree with what we know.
+    fn rescan(&mut self, reason: &'static str) {
+        tracing::warn!(root = %self.s.root.display(), reason, "rescanning the workspace");
+        metrics::counter!("relive_rescans_total", "reason" => reason).increment(1);
+        let now = Instant::now();
+        let switched = self.intake.rewatch(&self.s);
+        self.take_in(switched);
+        let found = self.intake.scan(&self.s);
+        for path in self.files.gone(&found) {
+            self.coalescer.observe(&path, Signal::Removed, now);
+        }
+        for (path, meta) in &found {
+            if !self.files.same_meta(path, meta) {
+                self.coalescer.observe(path, Signal::Touched, now);
+            }
+        }
+    }
+
+    /// Drains the kernel queue after reading files. Events are queued by the
+    /// kernel inside the writer's system call, so a write that overlapped a
+    /// read is in the queue by now; its path then has a pending entry and
+    /// the read is discarded.
+    fn fence(&mut self) {
+        let seen = self.intake.read(&self.s);
+        self.take_in(seen);
+    }
+
+    /// Reads the ready paths, stores what changed, reloads the configs it
+    /// touched, and reports it all.
+    fn process(&mut self, ready: Vec<Ready>) {
+        let (config_dir, max_len) = (&self.s.config_dir, self.s.limits.max_file_size);
+        let keep = |path: &Path| read::keep(config_dir, path, max_len);
+        let reads = read::read_ready(ready, &mut self.coalescer, keep);
+        self.fence();
+        let batch = Batch { unleased: reads.iter().any(|r| r.result.is_ok() && !r.leased) };
+        let now = Instant::now();
+        let mut file_events = Vec::new();
+        let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
+        for read in reads {
+            let path = &read.ready.path;
+            if self.coalescer.is_pending(path) {
+                continue;
+            }
+            let first_seen = read.ready.first_seen;
+            match read.result {
+                Ok(content) if !read.leased && self.suspicious(&read.ready, &content, now) => {}
+                Ok(content) => {
+                    let moved_from = read.ready.moved_from.as_deref();
+                    match self.files.store(path, content, moved_from, &self.s.config_dir) {
+                        Stored::Unchanged => {}
+                        Stored::Changed { change, hash, configs, replaced } => {
+                            if let Some(old) = replaced {
+                                self.backup(path, &old);
+                            }
+                            for name in configs {
+                                dirty.entry(name).or_insert(first_seen);
+                            }
+                            file_events.push(ChangeEvent::FileChanged {
+                                path: path.clone(),
+                                change_type: change,
+                                hash: Some(hash),
+                            });
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(removed) = self.files.remove(path) {
+                        if let Some(name) = removed.config {
+                            dirty.entry(name).or_insert(first_seen);
+                        }
+                        if let Some(old) = removed.content {
+                            self.backup(path, &old);
+                        }
+                        file_events.push(ChangeEvent::FileChanged {
+                            path: path.clone(),
+                            change_type: ChangeType::Deleted,
+                            hash: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    // A FIFO, socket or device is refused for good: no retry.
+                    let retry = e.kind() != io::ErrorKind::InvalidInput;
+                    if !(retry && self.coalescer.retry(path, read.ready.attempt, first_seen, now)) {
+                        tracing::warn!(path = %path.display(), error = %e, attempts = read.ready.attempt + 1, "giving up reading file");
+                        file_events.push(ChangeEvent::ReadFailed { path: path.clone(), error: e.to_string() });
+                        if let Some(cf) = paths::config_file(&self.s.config_dir, path) {
+                            let error =
+                                ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}")).with_file(path);
+                            file_events.push(notify::rejected(&cf.name, error));
+                        }
+                    }
+                }
+            }
+        }
+        for name in self.settled() {
+            if let Some(first_seen) = self.deferred.remove(&name) {
+                dirty.entry(name).or_insert(first_seen);
+            }
+        }
+        let mut config_events = Vec::new();
+        for (name, first_seen) in dirty {
+            let outcome = self.reload(&name, first_seen, batch);
+            config_events.extend(self.report(&name, outcome));
+        }
+        for event in file_events.into_iter().chain(config_events) {
+            self.emit(event);
+        }
+    }
+
+    /// The deferred configs none of whose files is pending any more.
+    fn settled(&self) -> Vec<String> {
+        self.deferred
+            .keys()
+            .filter(|name| !self.files.of_config(name).any(|f| self.coalescer.is_pending(f)))
+            .cloned()
+            .collect()
+    }
+
+    /// True if the read must be confirmed before it is believed; a re-read
+    /// is then scheduled (see [`Files::suspicious`]).
+    fn suspicious(&mut self, ready: &Ready, content: &read::FileRead, now: Instant) -> bool {
+        if !self.intake.has_events() {
+            return false;
+        }
+        self.files.suspicious(ready, content) && self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
+    }
+
+    /// What to keep of a file read at `path`.
+    fn keep(&self, path: &Path) -> read::Keep {
+        read::keep(&self.s.config_dir, path, self.s.limits.max_file_size)
+    }
+
+    /// `backup_on_change`: keeps the previous content of a config file as
+    /// `data/backups/configs/<timestamp>_<file name>`.
+    fn backup(&self, path: &Path, content: &[u8]) {
+        let (true, Some(name)) = (self.s.backup, path.file_name()) else { return };
+        let dir = self.s.data_dir.join("backups").join("configs");
+        let stamp: String = humantime::format_rfc3339_micros(SystemTime::now())
+            .to_string()
+            .chars()
+            .filter_map(|c| match c {
+                '0'..='9' => Some(c),
+                'T' | '.' => Some('_'),
+                _ => None,
+            })
+            .collect();
+        let target = dir.join(format!("{stamp}_{}", name.to_string_lossy()));
+        // A backup holds a config's secrets as they were: private, like
+        // everything under `data/`.
+        let written = crate::private::narrow_dir(&self.s.data_dir)
+            .and_then(|()| crate::private::create_private_dir(&dir))
+            .and_then(|()| crate::private::write_private(&target, content));
+        if let Err(e) = written {
+            tracing::warn!(path = %target.display(), error = %e, "cannot write config backup");
+        }
+    }
+
+    /// Loads config `name` from its files and applies it. Records the
+    /// outcome in the history; reporting it is the caller's.
+    fn reload(&mut self, name: &str, first_seen: Instant, batch: Batch) -> Outcome {
+        if self.configs.get(name).is_some_and(|c| c.external) {
+            return Outcome::Unchanged;
+        }
+        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits) {
+            Ok(sources) => {
+                let merged = sources.merge();
+                self.apply(name, merged, &sources, first_seen, batch)
+            }
+            Err(error) => {
+                let had_value = self.configs.get(name).is_some_and(|c| c.value.is_some());
+                // A config that never existed is not an error; one whose
+                // files went away keeps its last good value, and says so.
+                if error.kind() == ConfigErrorKind::Missing && !had_value {
+                    return Outcome::Absent;
+                }
+                self.record(name, self.files.documents(name, self.s.env.as_deref()), None, Some(&error), false);
+                Outcome::Rejected(error)
+            }
+        }
+    }
+
+    /// Validates `merged` with every subscriber, then makes it live for all
+    /// of them, or for none.
+    fn apply(&mut self, name: &str, merged: Value, sources: &Sources, first_seen: Instant, batch: Batch) -> Outcome {
+        let state = self.configs.entry(name.to_string()).or_default();
+        let external = state.external;
+        let docs = || sources.docs.iter().map(|p| p.doc.clone()).collect::<Vec<_>>();
+        let commits = match state.prepare(&merged, sources, self.s.validate) {
+            Prepared::Unchanged => {
+                // Same data (whitespace, comments, key order): nothing to
+                // do. The history is told all the same: a rollback to the
+                // live value is done when its content comes back.
+                self.record(name, docs(), Some(Arc::new(merged)), None, external);
+                return Outcome::Unchanged;
+            }
+            Prepared::Rejected(error) => {
+                self.record(name, docs(), Some(Arc::new(merged)), Some(&error), external);
+                return Outcome::Rejected(error);
+            }
+            Prepared::Ready(commits) => commits,
+        };
+        // Parsing and validating took time: look at the kernel queue once
+        // more, so that a write which raced with the read (a multi-page
+        // write caught mid-copy, a truncation queued late) defers the value
+        // instead of delivering it. The path is pending again and will be
+        // re-read when its writer is done. Reads under a lease cannot be
+        // torn, so only a batch with a read that had none needs this.
+        if self.intake.has_events() && batch.unleased {
+            self.fence();
+            if sources.docs.iter().any(|d| self.coalescer.is_pending(d.doc.origin())) {
+                self.deferred.entry(name.to_string()).or_insert(first_seen);
+                return Outcome::Deferred;
+            }
+        }
+        let merged = Arc::new(merged);
+        let state = self.configs.get_mut(name).expect("prepared above");
+        let old = state.commit(commits, Arc::clone(&merged));
+        // Off the reload path: the writer thread hashes, diffs and syncs.
+        self.record(name, docs(), Some(Arc::clone(&merged)), None, external);
+        let duration = first_seen.elapsed();
+        metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
+        metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
+            .record(duration.as_secs_f64());
+        tracing::info!(config = name, duration_us = duration.as_micros() as u64, "config applied");
+        Outcome::Applied { old, new: merged, files: sources.files(), duration }
+    }
+
+    /// Hands a version to the history's writer thread, if history is on.
+    fn record(
+        &self,
+        name: &str,
+        docs: Vec<Document>,
+        merged: Option<Arc<Value>>,
+        error: Option<&ConfigError>,
+        published: bool,
+    ) {
+        if let Some(history) = &self.history {
+            history.record(name, docs, merged, error.cloned(), published);
+        }
+    }
+
+    /// The events that say what a reload did.
+    fn report(&self, name: &str, outcome: Outcome) -> Vec<ChangeEvent> {
+        match outcome {
+            Outcome::Applied { old, new, files, duration } if self.notifier.has_listeners() => {
+                let redact = |v: Option<&Arc<Value>>| Arc::new(v.map_or(Value::Null, |v| self.s.redactor.redact(v)));
+                vec![
+                    ChangeEvent::ConfigChanged {
+                        config_name: name.to_string(),
+                        old_value: redact(old.as_ref()),
+                        new_value: redact(Some(&new)),
+                        files,
+                    },
+                    ChangeEvent::ReloadCompleted { config_name: name.to_string(), duration },
+                ]
+            }
+            Outcome::Rejected(error) => vec![notify::rejected(name, error)],
+            Outcome::Applied { .. } | Outcome::Unchanged | Outcome::Deferred | Outcome::Absent => Vec::new(),
+        }
+    }
+
+    fn emit(&self, event: ChangeEvent) {
+        self.notifier.emit(event, &self.files);
+    }
+
+    fn subscribe(&mut self, name: &str, factory: SinkFactory) -> Result<(), ConfigError> {
+        let external = self.configs.get(name).is_some_and(|c| c.external);
+        let sources = if external {
+            Ok(self.configs.get(name).and_then(|c| c.published.clone()).unwrap_or_default())
+        } else {
+            self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits)
+        };
+        let state = self.configs.entry(name.to_string()).or_default();
+        let warning = state.subscribe(sources, factory, self.s.validate)?;
+        if let Some(error) = warning {
+            self.emit(notify::rejected(name, error));
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
+        let raw = self.history.as_ref().map(|_| docs.clone());
+        let parsed = docs.into_iter().map(|d| Parsed::parse(d, &self.s.limits)).collect::<Result<Vec<_>, _>>();
+        let sources = match parsed {
+            Ok(docs) => Sources { docs },
+            Err(error) => {
+                if let Some(raw) = raw {
+                    self.record(name, raw, None, Some(&error), true);
+                }
+                self.emit(notify::rejected(name, error.clone()));
+                return Err(error);
+            }
+        };
+        self.configs.entry(name.to_string()).or_default().external = true;
+        let outcome = self.apply(name, sources.merge(), &sources, Instant::now(), Batch::default());
+        let result = match &outcome {
+            Outcome::Rejected(error) => Err(error.clone()),
+            Outcome::Applied { .. } | Outcome::Unchanged | Outcome::Deferred | Outcome::Absent => {
+                self.configs.get_mut(name).expect("state exists").published = Some(sources);
+                // `apply` accepts an unchanged value without swapping it;
+                // tell the caller whether the live value changed.
+                Ok(matches!(outcome, Outcome::Applied { .. }))
+            }
+        };
+        for event in self.report(name, outcome) {
+            self.emit(event);
+        }
+        result
+    }
+}
+
+/// The coalescer's timing for these settings, with or without polling's
+/// quiet period.
+fn timing(s: &EngineSettings, polling: bool) -> Timing {
+    Timing {
+        write_timeout: s.write_timeout,
+        delete_grace: DELETE_GRACE,
+        quiet: polling.then_some(s.quiet),
+        backoff: Backoff::default(),
+        min_interval: MIN_INTERVAL,
+    }
+}

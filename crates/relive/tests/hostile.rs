@@ -1,0 +1,244 @@
+//! Hostile input is normal input: no file, however large, deep, aliased,
+//! or however unlike a file, stops the engine. Each gets a located
+//! rejection (or is skipped with a warning), the last good value stays, and
+//! the other configs keep reloading.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+
+use common::*;
+use relive::{ChangeEvent, ConfigErrorKind, HotReloadConfig, Limits};
+use serde::Deserialize;
+
+/// A config that must keep reloading while another one is hostile.
+#[derive(Debug, Deserialize)]
+struct Other {
+    value: i64,
+}
+
+/// Writes `hostile` as config `evil`, waits for its rejection, and checks
+/// that the engine carries on: `evil` keeps its last good value and config
+/// `other` still reloads. Returns the rejection.
+async fn rejected_and_engine_goes_on(t: &TestWs, rel: &str, hostile: &[u8]) -> relive::ConfigError {
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let mut evil = t.ws.watch_config_changes::<serde_json::Value>("evil").await.unwrap();
+    let mut other = t.ws.watch_config_changes::<Other>("other").await.unwrap();
+    let before = evil.current_arc();
+
+    std::fs::write(t.path(rel), hostile).unwrap();
+    let (event, _) = event_until(
+        &mut events,
+        |e| matches!(e, ChangeEvent::ValidationFailed { config_name, .. } if config_name == "evil"),
+    )
+    .await;
+    let ChangeEvent::ValidationFailed { error, .. } = event else { unreachable!() };
+
+    t.write("config/other.toml", "value = 2\n");
+    assert_eq!(next(&mut other).await.value, 2, "an unrelated config still reloads");
+    assert_eq!(*evil.current_arc(), *before, "the last good value stays");
+    t.write(rel, "ok = true\n");
+    let _ = &mut evil;
+    relive::ConfigError::clone(&error)
+}
+
+/// The error of a `ValidationFailed` event, as text.
+fn failure(event: &ChangeEvent) -> String {
+    match event {
+        ChangeEvent::ValidationFailed { error, .. } => error.to_string(),
+        other => panic!("not a rejection: {other:?}"),
+    }
+}
+
+fn ws_with_evil(ext: &str) -> (TestWs, String) {
+    let rel = format!("config/evil.{ext}");
+    let good = match ext {
+        "toml" => "ok = true\n",
+        "yaml" => "ok: true\n",
+        _ => "{\"ok\": true}\n",
+    };
+    let t = TestWs::new(&[(rel.as_str(), good), ("config/other.toml", "value = 1\n")]);
+    (t, rel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_yaml_alias_bomb_is_rejected_within_the_node_limit() {
+    // 60 KB: one anchor of 6,000 items referenced 6,000 times expands to
+    // 36 million values. On main this allocated gigabytes.
+    let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+    let refs = vec!["*a"; 6000];
+    let bomb = format!("base: &a [{}]\nrefs: [{}]\n", items.join(","), refs.join(","));
+    let (t, rel) = ws_with_evil("yaml");
+    let error = rejected_and_engine_goes_on(&t, &rel, bomb.as_bytes()).await;
+    assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+    assert!(error.to_string().contains("max_nodes"), "{error}");
+    assert_eq!(error.file(), Some(t.path(&rel).as_path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_deeply_nested_yaml_is_rejected_before_the_parser_sees_it() {
+    // 100 KB of `[`: on main, 5 s in release (quadratic in libyaml's
+    // scanner) while every other config waited.
+    let deep = format!("a: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+    let (t, rel) = ws_with_evil("yaml");
+    let error = rejected_and_engine_goes_on(&t, &rel, deep.as_bytes()).await;
+    assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+    assert!(error.to_string().contains("max_depth"), "{error}");
+    // Located at the first bracket too deep: line 1, after `a: ` and 64.
+    assert_eq!((error.line(), error.column()), (Some(1), Some(4 + 64)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_nesting_is_rejected_in_every_format() {
+    for (ext, deep) in [
+        ("json", format!("{}{}", "[".repeat(200), "]".repeat(200))),
+        ("toml", format!("a = {}{}\n", "[".repeat(200), "]".repeat(200))),
+        ("yaml", format!("{}x\n", "- ".repeat(200))),
+    ] {
+        let (t, rel) = ws_with_evil(ext);
+        let error = rejected_and_engine_goes_on(&t, &rel, deep.as_bytes()).await;
+        assert!(
+            matches!(error.kind(), ConfigErrorKind::Limit | ConfigErrorKind::Syntax),
+            "{ext}: {:?} {error}",
+            error.kind()
+        );
+        assert!(error.line().is_some(), "{ext}: located: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_config_over_the_size_limit_is_refused_unparsed() {
+    // 9 MiB of valid JSON, over the 8 MiB default.
+    let mut big = String::from("{\"items\": [");
+    while big.len() < 9 << 20 {
+        big.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
+    }
+    big.push_str("\"end\"]}");
+    let (t, rel) = ws_with_evil("json");
+    let error = rejected_and_engine_goes_on(&t, &rel, big.as_bytes()).await;
+    assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+    assert!(error.to_string().contains("max_file_size"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_settable() {
+    let t = TestWs::new(&[("config/evil.toml", "a = 1\n"), ("config/other.toml", "value = 1\n")]);
+    let limits = Limits { max_depth: 3, max_nodes: 50, ..Limits::default() };
+    let ws = t.ws.clone().with_config(HotReloadConfig { limits, ..Default::default() });
+    let manager = ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let _evil = ws.watch_config_changes::<serde_json::Value>("evil").await.unwrap();
+
+    t.write("config/evil.toml", "a = [[[[1]]]]\n");
+    let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ValidationFailed { .. })).await;
+    assert!(failure(&event).contains("max_depth"), "{event:?}");
+
+    let many: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    t.write("config/evil.toml", &format!("a = [{}]\n", many.join(",")));
+    let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ValidationFailed { .. })).await;
+    assert!(failure(&event).contains("max_nodes"), "{event:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_fifo_never_blocks_the_engine() {
+    for (rel, how) in [
+        ("config/evil.toml", "fifo"),
+        ("config/evil.toml", "symlink to fifo"),
+        ("static/evil.css", "fifo"),
+        ("templates/evil.html", "fifo"),
+        ("config/evil.toml", "symlink to /dev/zero"),
+    ] {
+        let t = TestWs::new(&[("config/other.toml", "value = 1\n")]);
+        let manager = t.ws.start_hot_reload().await.unwrap();
+        let mut events = manager.subscribe();
+        let mut other = t.ws.watch_config_changes::<Other>("other").await.unwrap();
+        let path = t.path(rel);
+        match how {
+            "fifo" => rustix::fs::mkfifoat(rustix::fs::CWD, &path, rustix::fs::Mode::from(0o644)).unwrap(),
+            "symlink to fifo" => {
+                let fifo = t.path("fifo");
+                rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from(0o644)).unwrap();
+                symlink(&fifo, &path).unwrap();
+            }
+            _ => symlink("/dev/zero", &path).unwrap(),
+        }
+        // Refused as soon as it is read (a symlink is whole at once; a new
+        // FIFO after the write timeout): a located ReadFailed, no hang.
+        let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ReadFailed { .. })).await;
+        let ChangeEvent::ReadFailed { path: failed, error } = event else { unreachable!() };
+        assert_eq!(failed, path, "{how}");
+        assert!(error.contains("only regular files"), "{how}: {error}");
+        t.write("config/other.toml", "value = 2\n");
+        assert_eq!(next(&mut other).await.value, 2, "{rel} ({how}): the engine goes on");
+        manager.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_validator_is_a_rejection_and_the_engine_goes_on() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1)), ("config/other.toml", "value = 1\n")]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let mut app =
+        t.ws.config::<App>("app")
+            .validate(|a: &App| {
+                if a.value == 13 {
+                    panic!("unlucky");
+                }
+                Ok::<(), String>(())
+            })
+            .watch()
+            .await
+            .unwrap();
+    let mut other = t.ws.watch_config_changes::<Other>("other").await.unwrap();
+
+    t.write("config/app.toml", &app_toml("a", 13));
+    let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ValidationFailed { .. })).await;
+    assert!(failure(&event).contains("panicked: unlucky"), "{event:?}");
+    assert_eq!(app.current().value, 1, "the last good value stays");
+
+    t.write("config/other.toml", "value = 2\n");
+    assert_eq!(next(&mut other).await.value, 2);
+    t.write("config/app.toml", &app_toml("a", 14));
+    assert_eq!(next(&mut app).await.value, 14, "the config itself reloads again");
+}
+
+/// A `Deserialize` impl that panics on one value.
+#[derive(Debug)]
+struct Fragile(i64);
+
+impl<'de> Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fragile, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            value: i64,
+        }
+        let raw = Raw::deserialize(d)?;
+        assert_ne!(raw.value, 13, "cannot take 13");
+        Ok(Fragile(raw.value))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_deserialize_impl_is_a_rejection() {
+    let t = TestWs::new(&[("config/app.toml", "value = 1\n")]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let mut app = t.ws.watch_config_changes::<Fragile>("app").await.unwrap();
+    t.write("config/app.toml", "value = 13\n");
+    let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ValidationFailed { .. })).await;
+    assert!(failure(&event).contains("cannot take 13"), "{event:?}");
+    t.write("config/app.toml", "value = 2\n");
+    assert_eq!(next(&mut app).await.0, 2);
+}
+
+#[test]
+fn a_one_shot_load_applies_the_limits_too() {
+    let t = TestWs::new(&[(
+        "config/evil.yaml",
+        "a: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+    )]);
+    let error = t.ws.load("evil").unwrap_err().to_string();
+    assert!(error.contains("max_depth"), "{error}");
+}
