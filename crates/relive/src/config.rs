@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use crate::document::Decode;
 use crate::error::Error;
-use crate::sops::Identities;
 use crate::history::HistoryConfig;
 use crate::paths::PathFilter;
 use crate::redact::Redactor;
+use crate::sops::Identities;
 
 /// Whether to poll instead of using kernel events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -147,6 +147,90 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits { max_file_size: 8 << 20, max_depth: 64, max_nodes: 1_000_000 }
+    }
+}
+
+/// The workspace's settings file, `relive.toml` at its root: settings that
+/// the library, `relive watch`, `show`, `diff` and `history` all honour.
+///
+/// ```toml
+/// [redact]
+/// patterns = ["*iban*", "ssn"]   # added to the default patterns
+///
+/// [limits]
+/// max_file_size = 1048576
+/// max_depth = 32
+/// max_nodes = 100000
+///
+/// [secrets]
+/// age_key_files = ["/etc/relive/age.txt"]   # relative to the workspace
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    #[serde(default)]
+    redact: RedactSection,
+    limits: Option<LimitsSection>,
+    #[serde(default)]
+    secrets: SecretsSection,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedactSection {
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_file_size: Option<u64>,
+    max_depth: Option<usize>,
+    max_nodes: Option<usize>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSection {
+    #[serde(default)]
+    age_key_files: Vec<PathBuf>,
+}
+
+impl HotReloadConfig {
+    /// The defaults, with what `root/relive.toml` says, if it exists.
+    pub(crate) fn for_workspace(root: &Path) -> Result<HotReloadConfig, Error> {
+        let path = root.join("relive.toml");
+        let mut config = HotReloadConfig::default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(config),
+            Err(e) => return Err(Error::Settings { path, message: format!("cannot read: {e}") }),
+        };
+        let file: SettingsFile = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| crate::format::line_col(&text, s.start));
+            let message = match at {
+                Some((line, column)) => format!("{line}:{column}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            Error::Settings { path: path.clone(), message }
+        })?;
+        for pattern in file.redact.patterns {
+            if !config.redact_patterns.contains(&pattern) {
+                config.redact_patterns.push(pattern);
+            }
+        }
+        // Checked now, so that a bad pattern names the file.
+        Redactor::new(&config.redact_patterns)
+            .map_err(|e| Error::Settings { path: path.clone(), message: e.to_string() })?;
+        if let Some(limits) = file.limits {
+            let l = &mut config.limits;
+            l.max_file_size = limits.max_file_size.unwrap_or(l.max_file_size);
+            l.max_depth = limits.max_depth.unwrap_or(l.max_depth);
+            l.max_nodes = limits.max_nodes.unwrap_or(l.max_nodes);
+        }
+        config.age_key_files = file.secrets.age_key_files.into_iter().map(|p| root.join(p)).collect();
+        Ok(config)
     }
 }
 

@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use crate::config::Limits;
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::redact::Redactor;
-use crate::sops::{self, Identities};
 use crate::format::{self, Format};
 use crate::locate;
+use crate::redact::Redactor;
+use crate::sops::{self, Identities};
 
 /// One document of a config: its bytes, its format and where it came from.
 ///
@@ -189,6 +189,8 @@ impl Sources {
     pub(crate) fn error_at(&self, kind: ConfigErrorKind, key: &str, message: impl Into<String>) -> ConfigError {
         let message = message.into();
         let message = if self.is_secret_key(key) { crate::redact::scrub_message(&message) } else { message };
+        // A URL's password is a secret whatever key holds the URL.
+        let message = crate::redact::url_password_redacted(&message).unwrap_or(message);
         let mut error = ConfigError::new(kind, message);
         if !key.is_empty() {
             error = error.with_key(key);

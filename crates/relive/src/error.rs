@@ -46,6 +46,14 @@ pub enum Error {
         /// Where the search started.
         start: PathBuf,
     },
+    /// The workspace's settings file (`relive.toml`) is invalid.
+    #[error("{}: {message}", path.display())]
+    Settings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column where known.
+        message: String,
+    },
     /// Hot reload is already running for this workspace, with its own
     /// settings.
     #[error("hot reload is already running for this workspace; use Workspace::manager to reach it")]

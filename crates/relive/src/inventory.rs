@@ -1,6 +1,6 @@
 //! What configs a workspace has, and loading one without watching.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,20 @@ pub struct ConfigFiles {
     pub overlays: BTreeMap<String, Vec<PathBuf>>,
     /// `config/<name>.schema.json`, if there is one.
     pub schema: Option<PathBuf>,
+}
+
+/// Where one value of a config came from (see [`LoadedConfig::layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Layer {
+    /// The value's JSON pointer (`/server/port`).
+    pub pointer: String,
+    /// The document that set it: a file, or another origin (`etcd:…`).
+    pub origin: PathBuf,
+    /// The line in it, where known.
+    pub line: Option<usize>,
+    /// Whether the value was encrypted there (SOPS).
+    pub encrypted: bool,
 }
 
 /// A config loaded once, without watching: from [`Workspace::load`].
@@ -88,6 +102,63 @@ impl LoadedConfig {
     /// to show.
     pub fn redacted_value(&self) -> Value {
         self.sources.redactor.redact_secrets(&self.value, &self.sources.secrets())
+    }
+
+    /// Where each value came from: for every leaf of the merged value (a
+    /// scalar or an empty collection), its JSON pointer, the document that
+    /// set it (the last one that has it: an overlay wins over the base), and
+    /// the line there. Secret values are marked, never shown.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        let secrets = self.sources.secrets();
+        self.walk_layers(&self.value, &mut path, &mut String::new(), &secrets, &mut out);
+        out
+    }
+
+    fn walk_layers(
+        &self,
+        value: &Value,
+        path: &mut Vec<locate::Segment>,
+        pointer: &mut String,
+        secrets: &BTreeSet<String>,
+        out: &mut Vec<Layer>,
+    ) {
+        let mut descend = |segment: locate::Segment, name: &str, child: &Value, path: &mut Vec<locate::Segment>| {
+            let len = pointer.len();
+            crate::redact::push_pointer_segment(pointer, name);
+            path.push(segment);
+            self.walk_layers(child, path, pointer, secrets, out);
+            path.pop();
+            pointer.truncate(len);
+        };
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    descend(locate::Segment::Key(key.clone()), key, child, path);
+                }
+                return;
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    descend(locate::Segment::Index(i), &i.to_string(), child, path);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let owner = self.sources.docs.iter().rev().find(|d| locate::has_path(&d.value, path));
+        let (origin, line) = match owner {
+            Some(doc) => {
+                let text = String::from_utf8_lossy(doc.doc.bytes());
+                let line = locate::locate(doc.doc.format(), &text, path).map(|(line, _)| line);
+                (doc.doc.origin().to_path_buf(), line)
+            }
+            None => (PathBuf::new(), None),
+        };
+        let secret = secrets.contains(pointer.as_str())
+            || secrets.iter().any(|s| pointer.strip_prefix(s.as_str()).is_some_and(|rest| rest.starts_with('/')));
+        out.push(Layer { pointer: pointer.clone(), origin, line, encrypted: secret });
     }
 
     /// JSON pointers (`/db/password`) of the values that came from
@@ -190,7 +261,7 @@ impl Workspace {
         }
         let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
             .map_err(wrap)?;
-        let decode = self.settings().decode()?;
+        let decode = self.settings()?.decode()?;
         let mut docs = Vec::with_capacity(chosen.len());
         for path in chosen {
             let format = paths::config_file(&config_dir, &path).expect("selected files are config files").format;

@@ -155,7 +155,7 @@ pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
-pub use inventory::{ConfigFiles, LoadedConfig};
+pub use inventory::{ConfigFiles, Layer, LoadedConfig};
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
 pub use workspace::{HandlerId, HotReloadManager, Workspace};

@@ -13,10 +13,14 @@ pub const REDACTED: &str = "[redacted]";
 
 /// Replaces values under secret-looking keys with `"[redacted]"`.
 ///
-/// Keys are matched case-insensitively against glob patterns; the default
-/// patterns are `*password*`, `*secret*`, `*token*` and `*key*`. A matching
-/// key's whole value is replaced, whatever its type, so nested secrets under
-/// a `credentials_key` table are hidden too. Stored data is never redacted:
+/// Keys are matched case-insensitively against glob patterns
+/// ([`DEFAULT_PATTERNS`](Redactor::DEFAULT_PATTERNS): passwords, secrets,
+/// tokens, keys, credentials, auth headers, cookies, private keys and PEM
+/// blocks, DSNs). A matching key's whole value is replaced, whatever its
+/// type, so nested secrets under a `credentials` table are hidden too.
+/// Whatever the key, a URL's password (`postgres://user:pw@host/db`) is
+/// replaced in any string value. Values that came from an encrypted
+/// document are redacted by their path. Stored data is never redacted:
 /// only what relive shows (events, logs, diffs).
 #[derive(Debug, Clone)]
 pub struct Redactor {
@@ -26,7 +30,29 @@ pub struct Redactor {
 
 impl Redactor {
     /// The default patterns.
-    pub const DEFAULT_PATTERNS: [&'static str; 4] = ["*password*", "*secret*", "*token*", "*key*"];
+    pub const DEFAULT_PATTERNS: [&'static str; 21] = [
+        "*password*",
+        "*passwd*",
+        "*passphrase*",
+        "pass",
+        "*_pass",
+        "pass_*",
+        "*pwd*",
+        "*secret*",
+        "*token*",
+        "*key*",
+        "*credential*",
+        "auth",
+        "*_auth",
+        "auth_*",
+        "*authorization*",
+        "*cookie*",
+        "*private*",
+        "*pem",
+        "*_pem_*",
+        "dsn",
+        "*_dsn",
+    ];
 
     /// A redactor for `patterns` (globs over key names).
     pub fn new<I, S>(patterns: I) -> Result<Redactor, Error>
@@ -101,9 +127,41 @@ impl Redactor {
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in_place(v)),
+            Value::String(text) => {
+                if let Some(hidden) = url_password_redacted(text) {
+                    *text = hidden;
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// `text` with the password of a URL in it replaced, if it holds one
+/// (`scheme://user:password@host`, anywhere in the text).
+pub(crate) fn url_password_redacted(text: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    let mut rest = text;
+    let mut done = 0;
+    while let Some(at) = rest.find("://") {
+        let start = done + at + 3;
+        let authority_end = text[start..].find(['/', '?', '#', ' ', '"', '\'']).map_or(text.len(), |i| start + i);
+        let authority = &text[start..authority_end];
+        if let Some(userinfo_end) = authority.rfind('@') {
+            if let Some(colon) = authority[..userinfo_end].find(':') {
+                let buf = out.get_or_insert_with(|| text.to_string());
+                // Offsets into `text` hold in `buf` only up to the first
+                // replacement; later ones are found again on `buf`.
+                let (from, to) = (start + colon + 1, start + userinfo_end);
+                let shift = buf.len() as isize - text.len() as isize;
+                let (from, to) = ((from as isize + shift) as usize, (to as isize + shift) as usize);
+                buf.replace_range(from..to, REDACTED);
+            }
+        }
+        done = authority_end;
+        rest = &text[authority_end..];
+    }
+    out
 }
 
 /// Appends one JSON pointer segment (`~` → `~0`, `/` → `~1`).
@@ -205,7 +263,10 @@ mod tests {
             assert!(!scrubbed.contains(leaked), "{leaked} in {scrubbed}");
             assert!(scrubbed.contains(REDACTED), "{scrubbed}");
         }
-        assert_eq!(scrub_message("invalid type: string \"x\", expected u16"), "invalid type: string [redacted], expected u16");
+        assert_eq!(
+            scrub_message("invalid type: string \"x\", expected u16"),
+            "invalid type: string [redacted], expected u16"
+        );
         assert_eq!(scrub_message("missing field `port`"), "missing field [redacted]");
     }
 
@@ -215,6 +276,53 @@ mod tests {
         let secrets: BTreeSet<String> = ["/db/pass".to_string(), "/list/1".to_string()].into();
         let out = Redactor::none().redact_secrets(&v, &secrets);
         assert_eq!(out, json!({"db": {"host": "h", "pass": REDACTED}, "list": ["a", REDACTED]}));
+    }
+
+    #[test]
+    fn common_secret_names_are_redacted_by_default() {
+        let r = Redactor::default();
+        for key in [
+            "passwd",
+            "db_pwd",
+            "pass",
+            "smtp_pass",
+            "pass_phrase",
+            "credentials",
+            "aws_credentials",
+            "auth",
+            "basic_auth",
+            "Authorization",
+            "cookie",
+            "session_cookie",
+            "private_key",
+            "tls_key_pem",
+            "cert_pem",
+            "dsn",
+            "sentry_dsn",
+            "api_key",
+            "PASSWORD",
+        ] {
+            assert!(r.is_secret(key), "{key} is a secret");
+        }
+        for key in ["port", "host", "name", "compass_heading", "url", "pool_size", "author"] {
+            assert!(!r.is_secret(key), "{key} is not");
+        }
+    }
+
+    #[test]
+    fn a_url_s_password_is_redacted_in_any_value() {
+        let r = Redactor::default();
+        let v = json!({
+            "database_url": "postgres://app:hunter2@db:5432/main",
+            "mirrors": ["https://u:p4ss@a.example/x", "https://b.example/y", "redis://:onlypw@cache"],
+            "note": "see http://x:y@h and ftp://anon@h",
+        });
+        let out = r.redact(&v).to_string();
+        for leaked in ["hunter2", "p4ss", "onlypw", ":y@"] {
+            assert!(!out.contains(leaked), "{leaked} in {out}");
+        }
+        assert!(out.contains("postgres://app:[redacted]@db:5432/main"), "{out}");
+        assert!(out.contains("https://b.example/y") && out.contains("ftp://anon@h"), "{out}");
     }
 
     #[test]
