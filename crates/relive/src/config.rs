@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::document::Decode;
+use crate::envlayer::{EnvLayer, EnvOverrides};
 use crate::error::Error;
 use crate::history::HistoryConfig;
 use crate::paths::PathFilter;
@@ -78,6 +79,11 @@ pub struct HotReloadConfig {
     /// `SOPS_AGE_KEY_FILE` and the default `sops/age/keys.txt` under the
     /// user's config directory. Default none.
     pub age_key_files: Vec<PathBuf>,
+    /// The environment layer: variables such as `RELIVE__SERVER__PORT=8080`
+    /// that override file values, above the environment's overlay. `None`
+    /// turns it off. Default prefix `RELIVE`, separator `__`. Variables are
+    /// read when the engine starts (and at each one-shot load).
+    pub env_layer: Option<EnvLayer>,
     /// Bounds on what a config file may be, checked before its text reaches
     /// a parser. See [`Limits`].
     pub limits: Limits,
@@ -112,6 +118,7 @@ impl Default for HotReloadConfig {
             history: HistoryConfig::default(),
             limits: Limits::default(),
             age_key_files: Vec::new(),
+            env_layer: Some(EnvLayer::default()),
         }
     }
 }
@@ -164,6 +171,10 @@ impl Default for Limits {
 ///
 /// [secrets]
 /// age_key_files = ["/etc/relive/age.txt"]   # relative to the workspace
+///
+/// [env]
+/// prefix = "MYAPP"      # MYAPP__SERVER__PORT=8080; `enabled = false` turns it off
+/// separator = "__"
 /// ```
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +184,16 @@ struct SettingsFile {
     limits: Option<LimitsSection>,
     #[serde(default)]
     secrets: SecretsSection,
+    env: Option<EnvSection>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvSection {
+    /// `false` turns the layer off.
+    enabled: Option<bool>,
+    prefix: Option<String>,
+    separator: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -230,6 +251,18 @@ impl HotReloadConfig {
             l.max_nodes = limits.max_nodes.unwrap_or(l.max_nodes);
         }
         config.age_key_files = file.secrets.age_key_files.into_iter().map(|p| root.join(p)).collect();
+        if let Some(env) = file.env {
+            config.env_layer = match env.enabled {
+                Some(false) => None,
+                _ => {
+                    let d = EnvLayer::default();
+                    Some(EnvLayer {
+                        prefix: env.prefix.unwrap_or(d.prefix),
+                        separator: env.separator.unwrap_or(d.separator),
+                    })
+                }
+            };
+        }
         Ok(config)
     }
 }
@@ -298,6 +331,13 @@ impl HotReloadConfig {
         for path in &self.age_key_files {
             identities.add_key_file(path).map_err(|e| Error::Watch(format!("cannot use age key file: {e}")))?;
         }
-        Ok(Decode { limits: self.limits, identities, redactor: Redactor::new(&self.redact_patterns)? })
+        let env = match &self.env_layer {
+            Some(layer) => EnvOverrides::read(
+                layer,
+                std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            ),
+            None => EnvOverrides::default(),
+        };
+        Ok(Decode { limits: self.limits, identities, redactor: Redactor::new(&self.redact_patterns)?, env })
     }
 }

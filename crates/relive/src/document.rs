@@ -65,6 +65,8 @@ pub(crate) struct Decode {
     pub identities: Identities,
     /// Secret key names, for errors about them.
     pub redactor: Redactor,
+    /// The environment layer's variables, read once.
+    pub env: crate::envlayer::EnvOverrides,
 }
 
 /// JSON pointers (`/db/password`, `/hosts/0`) of the values that are
@@ -80,6 +82,9 @@ pub(crate) struct Parsed {
     pub value: Arc<Value>,
     /// The values that were encrypted.
     pub secrets: SecretPaths,
+    /// A document of the environment layer (a variable), not a file: it
+    /// is merged last and never recorded in the history.
+    pub env: bool,
 }
 
 impl Parsed {
@@ -89,12 +94,12 @@ impl Parsed {
     pub(crate) fn parse(doc: Document, decode: &Decode) -> Result<Parsed, ConfigError> {
         let value = format::parse(doc.format, &doc.bytes, &doc.origin, &decode.limits)?;
         if !sops::is_sops(&value) {
-            return Ok(Parsed { doc, value: Arc::new(value), secrets: SecretPaths::default() });
+            return Ok(Parsed { doc, value: Arc::new(value), secrets: SecretPaths::default(), env: false });
         }
         match sops::decrypt(doc.format, &doc.bytes, &decode.identities) {
             Ok(decrypted) => {
                 let (value, secrets) = decrypted.into_parts();
-                Ok(Parsed { doc, value: Arc::new(value), secrets: Arc::new(secrets) })
+                Ok(Parsed { doc, value: Arc::new(value), secrets: Arc::new(secrets), env: false })
             }
             Err(error) => Err(sops_error(&doc, &error)),
         }
@@ -174,7 +179,7 @@ impl Sources {
 
     /// The documents' origins, base first.
     pub(crate) fn files(&self) -> Arc<[PathBuf]> {
-        self.docs.iter().map(|p| p.doc.origin.clone()).collect()
+        self.docs.iter().filter(|p| !p.env).map(|p| p.doc.origin.clone()).collect()
     }
 
     /// An error about `key` (`a.b[2]`; empty for the whole value), located in

@@ -92,7 +92,8 @@ impl LoadedConfig {
     }
 
     pub(crate) fn decoded(name: &str, documents: Vec<Document>, decode: &Decode) -> Result<LoadedConfig, ConfigError> {
-        let docs = documents.into_iter().map(|d| Parsed::parse(d, decode)).collect::<Result<Vec<_>, _>>()?;
+        let mut docs = documents.into_iter().map(|d| Parsed::parse(d, decode)).collect::<Result<Vec<_>, _>>()?;
+        docs.extend(decode.env.documents(name));
         let sources = Sources { docs, redactor: decode.redactor.clone() };
         Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
     }

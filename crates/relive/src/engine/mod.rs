@@ -634,7 +634,8 @@ impl Worker {
     fn apply(&mut self, name: &str, merged: Value, sources: &Sources, first_seen: Instant, batch: Batch) -> Outcome {
         let state = self.configs.entry(name.to_string()).or_default();
         let external = state.external;
-        let docs = || sources.docs.iter().map(|p| p.doc.clone()).collect::<Vec<_>>();
+        // What history records: the files, not the environment layer.
+        let docs = || sources.docs.iter().filter(|p| !p.env).map(|p| p.doc.clone()).collect::<Vec<_>>();
         let commits = match state.prepare(&merged, sources, self.s.validate) {
             Prepared::Unchanged => {
                 // Same data (whitespace, comments, key order): nothing to

@@ -395,6 +395,8 @@ impl Files {
             });
             docs.push(parsed.clone()?);
         }
+        // The environment layer, above the files.
+        docs.extend(decode.env.documents(name));
         Ok(Sources { docs, redactor: decode.redactor.clone() })
     }
 
