@@ -85,6 +85,8 @@ pub(crate) struct Parsed {
     /// A document of the environment layer (a variable), not a file: it
     /// is merged last and never recorded in the history.
     pub env: bool,
+    /// The files its secret references (`${file:PATH}`) read.
+    pub references: Arc<[PathBuf]>,
 }
 
 impl Parsed {
@@ -93,17 +95,131 @@ impl Parsed {
     /// only the value is clear.
     pub(crate) fn parse(doc: Document, decode: &Decode) -> Result<Parsed, ConfigError> {
         let value = format::parse(doc.format, &doc.bytes, &doc.origin, &decode.limits)?;
-        if !sops::is_sops(&value) {
-            return Ok(Parsed { doc, value: Arc::new(value), secrets: SecretPaths::default(), env: false });
-        }
-        match sops::decrypt(doc.format, &doc.bytes, &decode.identities) {
-            Ok(decrypted) => {
-                let (value, secrets) = decrypted.into_parts();
-                Ok(Parsed { doc, value: Arc::new(value), secrets: Arc::new(secrets), env: false })
+        let (mut value, mut secrets) = if sops::is_sops(&value) {
+            match sops::decrypt(doc.format, &doc.bytes, &decode.identities) {
+                Ok(decrypted) => decrypted.into_parts(),
+                Err(error) => return Err(sops_error(&doc, &error)),
             }
-            Err(error) => Err(sops_error(&doc, &error)),
+        } else {
+            (value, BTreeSet::new())
+        };
+        let mut references = Vec::new();
+        let base = doc.origin.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut resolve = Resolve {
+            doc: &doc,
+            base: &base,
+            limits: &decode.limits,
+            secrets: &mut secrets,
+            references: &mut references,
+        };
+        resolve.walk(&mut value, &mut String::new(), &mut Vec::new())?;
+        let secrets = if secrets.is_empty() { SecretPaths::default() } else { Arc::new(secrets) };
+        Ok(Parsed { doc, value: Arc::new(value), secrets, env: false, references: references.into() })
+    }
+}
+
+/// Resolves secret references in a document's value: a string that is
+/// exactly `${file:PATH}` becomes the content of PATH (relative to the
+/// document's directory; one trailing newline trimmed), `${env:NAME}` the
+/// variable NAME. Each resolved value is a secret; each file is recorded,
+/// so that its changes reload the config.
+struct Resolve<'a> {
+    doc: &'a Document,
+    base: &'a Path,
+    limits: &'a Limits,
+    secrets: &'a mut BTreeSet<String>,
+    references: &'a mut Vec<PathBuf>,
+}
+
+impl Resolve<'_> {
+    fn walk(
+        &mut self,
+        value: &mut Value,
+        pointer: &mut String,
+        path: &mut Vec<locate::Segment>,
+    ) -> Result<(), ConfigError> {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    let len = pointer.len();
+                    crate::redact::push_pointer_segment(pointer, key);
+                    path.push(locate::Segment::Key(key.clone()));
+                    self.walk(child, pointer, path)?;
+                    path.pop();
+                    pointer.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter_mut().enumerate() {
+                    let len = pointer.len();
+                    crate::redact::push_pointer_segment(pointer, &i.to_string());
+                    path.push(locate::Segment::Index(i));
+                    self.walk(child, pointer, path)?;
+                    path.pop();
+                    pointer.truncate(len);
+                }
+            }
+            Value::String(text) => {
+                let Some(inner) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else { return Ok(()) };
+                let resolved = if let Some(file) = inner.strip_prefix("file:") {
+                    let file = self.base.join(file);
+                    self.references.push(file.clone());
+                    read_reference(&file, self.limits)
+                        .map_err(|why| self.error(path, format!("{}: {why}", file.display())))?
+                } else if let Some(name) = inner.strip_prefix("env:") {
+                    std::env::var(name)
+                        .map_err(|_| self.error(path, format!("environment variable {name} is not set")))?
+                } else {
+                    return Ok(());
+                };
+                *text = resolved;
+                self.secrets.insert(pointer.clone());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An unresolvable reference, located at its key.
+    fn error(&self, path: &[locate::Segment], message: String) -> ConfigError {
+        let key = locate::render_segments(path);
+        let mut error = ConfigError::new(ConfigErrorKind::Missing, format!("secret reference: {message}"))
+            .with_file(&self.doc.origin)
+            .with_key(key);
+        let text = String::from_utf8_lossy(&self.doc.bytes);
+        if let Some((line, column)) = locate::locate(self.doc.format, &text, path) {
+            error = error.with_position(line, column);
+        }
+        error
+    }
+}
+
+/// A referenced file's content: a regular file (a FIFO would block), within
+/// the size limit, one trailing newline trimmed.
+fn read_reference(path: &Path, limits: &Limits) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > limits.max_file_size {
+        return Err(format!("larger than the limit of {} bytes (max_file_size)", limits.max_file_size));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let mut text = String::new();
+    file.take(limits.max_file_size).read_to_string(&mut text).map_err(|e| format!("cannot read it: {e}"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
         }
     }
+    Ok(text)
 }
 
 /// A SOPS failure as a config error, located at the key it names.
@@ -145,6 +261,11 @@ impl Sources {
             format::merge(&mut merged, Value::clone(&overlay.value));
         }
         merged
+    }
+
+    /// Every file the documents' secret references read.
+    pub(crate) fn references(&self) -> Vec<PathBuf> {
+        self.docs.iter().flat_map(|d| d.references.iter().cloned()).collect()
     }
 
     /// The pointers of every value any document says is secret.

@@ -86,7 +86,13 @@ impl EnvOverrides {
                 // No bytes: the value does not come from a text, and an
                 // error about it names the variable without a position.
                 let doc = Document::new(PathBuf::from(format!("env {}", var.name)), Format::Json, Vec::new());
-                Parsed { doc, value: Arc::new(value), secrets: SecretPaths::default(), env: true }
+                Parsed {
+                    doc,
+                    value: Arc::new(value),
+                    secrets: SecretPaths::default(),
+                    env: true,
+                    references: Arc::from([]),
+                }
             })
             .collect()
     }

@@ -27,6 +27,7 @@ mod apply;
 mod intake;
 mod notify;
 mod read;
+mod refs;
 pub(crate) mod sink;
 
 use std::collections::{BTreeMap, HashMap};
@@ -279,6 +280,8 @@ struct Worker {
     /// unchanged file would not mark them again.
     deferred: BTreeMap<String, Instant>,
     notifier: Notifier,
+    /// Files that secret references read, and the configs reading them.
+    references: refs::References,
     /// The history's writer thread, when history is on.
     history: Option<Recorder>,
     stop: bool,
@@ -328,6 +331,7 @@ impl Worker {
             configs: HashMap::new(),
             deferred: BTreeMap::new(),
             notifier,
+            references: refs::References::default(),
             history,
             stop: false,
         };
@@ -356,10 +360,10 @@ impl Worker {
     fn run(&mut self) {
         while !self.stop {
             let now = Instant::now();
-            let deadline = match (self.coalescer.next_deadline(), self.intake.next_scan()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check()]
+                .into_iter()
+                .flatten()
+                .min();
             self.wait(deadline.map(|d| d.saturating_duration_since(now)));
             self.drain_wake();
             while let Ok(command) = self.rx.try_recv() {
@@ -376,6 +380,26 @@ impl Worker {
             if !ready.is_empty() {
                 self.process(ready);
             }
+            self.check_references();
+        }
+    }
+
+    /// Reloads the configs whose referenced files changed, if a look is due.
+    fn check_references(&mut self) {
+        let now = Instant::now();
+        let changed = self.references.check(now);
+        if changed.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        for name in changed {
+            // The documents' parses hold the old content: parse again.
+            self.files.invalidate(&name);
+            let outcome = self.reload(&name, now, Batch::default());
+            events.extend(self.report(&name, outcome));
+        }
+        for event in events {
+            self.emit(event);
         }
     }
 
@@ -613,10 +637,12 @@ impl Worker {
         }
         match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.decode) {
             Ok(sources) => {
+                self.references.set(name, &sources.references(), Instant::now());
                 let merged = sources.merge();
                 self.apply(name, merged, &sources, first_seen, batch)
             }
             Err(error) => {
+                self.references.set(name, &self.files.referenced(name), Instant::now());
                 let had_value = self.configs.get(name).is_some_and(|c| c.value.is_some());
                 // A config that never existed is not an error; one whose
                 // files went away keeps its last good value, and says so.

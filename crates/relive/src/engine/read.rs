@@ -345,6 +345,37 @@ impl Files {
         true
     }
 
+    /// Forgets the parses of config `name`'s files, so that they are parsed
+    /// again (a file their secret references read changed).
+    pub fn invalidate(&mut self, name: &str) {
+        let Some(files) = self.by_config.get(name) else { return };
+        for path in files {
+            if let Some(known) = self.known.get_mut(path) {
+                known.parsed = None;
+            }
+        }
+    }
+
+    /// The files that config `name`'s documents reference (`${file:PATH}`),
+    /// found in their text: for a config that failed to load, whose
+    /// references must still be watched so that their arrival reloads it.
+    pub fn referenced(&self, name: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for path in self.of_config(name) {
+            let Some(content) = self.known.get(path).and_then(|k| k.content.as_deref()) else { continue };
+            let text = String::from_utf8_lossy(content);
+            let base = path.parent().unwrap_or(Path::new("."));
+            let mut rest = text.as_ref();
+            while let Some(at) = rest.find("${file:") {
+                let after = &rest[at + 7..];
+                let Some(end) = after.find('}') else { break };
+                out.push(base.join(&after[..end]));
+                rest = &after[end..];
+            }
+        }
+        out
+    }
+
     /// Every config that has files.
     pub fn config_names(&self) -> Vec<String> {
         self.by_config.keys().cloned().collect()
