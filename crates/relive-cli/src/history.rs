@@ -232,7 +232,7 @@ pub async fn show(args: ShowArgs) -> Result<Exit> {
     }
     // The workspace's patterns: the defaults and those of relive.toml.
     let redactor = ws.redactor()?;
-    let value = version.value.as_ref().map(|v| redactor.redact(v));
+    let value = version.redacted_value(&redactor);
     if args.ws.json {
         let mut record = entry_json(&version.entry);
         record["value"] = value.unwrap_or(Value::Null);

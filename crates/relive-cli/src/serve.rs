@@ -125,9 +125,11 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
     let context = Context::default();
     let (values, failed) = load_all(&ws, &Map::new());
     context.store(Arc::new(values));
+    // The workspace's settings (relive.toml), with the command line's.
+    let base = ws.settings()?;
     let config = relive::HotReloadConfig {
-        history: relive::HistoryConfig { enabled: !args.no_history, ..Default::default() },
-        ..Default::default()
+        history: relive::HistoryConfig { enabled: !args.no_history, ..base.history.clone() },
+        ..base
     };
     let manager = ws.start_hot_reload_with_config(config).await?;
 

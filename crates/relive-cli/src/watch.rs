@@ -103,14 +103,16 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
     let configs = ws.configs()?;
     let files = inventory::files(&configs);
     let spinner = progress::spinner(files, format!("loading {files} config files"));
+    // The workspace's settings (relive.toml), with the command line's.
+    let base = ws.settings()?;
     let config = HotReloadConfig {
         polling: match args.polling {
             PollingArg::Auto => Polling::Auto,
             PollingArg::Always => Polling::Always,
             PollingArg::Never => Polling::Never,
         },
-        history: relive::HistoryConfig { enabled: !args.no_history, ..Default::default() },
-        ..Default::default()
+        history: relive::HistoryConfig { enabled: !args.no_history, ..base.history.clone() },
+        ..base
     };
     let manager = ws.start_hot_reload_with_config(config).await?;
     let mut events = manager.subscribe();

@@ -225,8 +225,21 @@ pub struct Version {
     /// The documents, bytes exactly as they were, base first.
     pub documents: Vec<Document>,
     /// The merged value, or `None` if a document does not parse (a
-    /// rejected version can be broken).
+    /// rejected version can be broken) or is encrypted with no key at hand.
+    /// Decrypted secrets included: show it with
+    /// [`redacted_value`](Version::redacted_value).
     pub value: Option<Value>,
+    /// The paths of the values that were encrypted or referenced.
+    secrets: crate::document::SecretPaths,
+}
+
+impl Version {
+    /// The merged value with every secret redacted: under `redactor`'s key
+    /// names, and every value that was encrypted or referenced. What to
+    /// show.
+    pub fn redacted_value(&self, redactor: &Redactor) -> Option<Value> {
+        self.value.as_ref().map(|v| redactor.redact_secrets(v, &self.secrets))
+    }
 }
 
 /// A problem found while reading a history: a record skipped.
@@ -262,6 +275,9 @@ pub struct History {
     dir: PathBuf,
     entries: Vec<HistoryEntry>,
     warnings: Vec<HistoryWarning>,
+    /// How stored documents are parsed again: the workspace's limits and
+    /// age identities, so that a SOPS version has a value.
+    decode: Decode,
 }
 
 impl History {
@@ -276,7 +292,20 @@ impl History {
             tracing::warn!(config = name, %warning, "history record skipped");
         }
         let entries = read.versions.iter().map(|r| entry(root, r)).collect();
-        Ok(History { name: name.to_string(), root: root.to_path_buf(), dir, entries, warnings: read.warnings })
+        Ok(History {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            dir,
+            entries,
+            warnings: read.warnings,
+            decode: Decode::default(),
+        })
+    }
+
+    /// The same history, parsing stored documents with `decode`.
+    pub(crate) fn with_decode(mut self, decode: Decode) -> History {
+        self.decode = decode;
+        self
     }
 
     /// The config's name.
@@ -350,22 +379,37 @@ impl History {
         }
         // A version rejected because its files were gone has no value.
         let gone = documents.is_empty() && !entry.is_applied();
-        let value = documents
+        let sources = documents
             .iter()
-            .map(|d| Parsed::parse(d.clone(), &Decode::default()))
+            .map(|d| Parsed::parse(d.clone(), &self.decode))
             .collect::<std::result::Result<Vec<_>, _>>()
             .ok()
             .filter(|_| !gone)
-            .map(|docs| Sources { docs, ..Sources::default() }.merge());
-        Ok((Version { entry: entry.clone(), documents, value }, origins))
+            .map(|docs| Sources { docs, ..Sources::default() });
+        let value = sources.as_ref().map(Sources::merge);
+        let secrets = sources.map(|s| s.secrets()).unwrap_or_default();
+        Ok((Version { entry: entry.clone(), documents, value, secrets }, origins))
     }
 
     /// The diff from version `a` to version `b`, redacted by `redactor`.
     pub fn diff(&self, a: u64, b: u64, redactor: &Redactor) -> Result<Diff> {
-        let value = |n: u64| {
-            self.version(n)?.value.ok_or_else(|| self.error(format!("version {n} has no value: it does not parse")))
+        let version = |n: u64| {
+            let version = self.version(n)?;
+            match &version.value {
+                Some(_) => Ok(version),
+                None => {
+                    Err(self.error(format!("version {n} has no value: it does not parse, or cannot be decrypted here")))
+                }
+            }
         };
-        Ok(Diff::between(&value(a)?, &value(b)?, redactor))
+        let (a, b) = (version(a)?, version(b)?);
+        let secrets = a.secrets.iter().chain(b.secrets.iter()).cloned().collect();
+        Ok(Diff::between_secrets(
+            a.value.as_ref().expect("checked"),
+            b.value.as_ref().expect("checked"),
+            redactor,
+            &secrets,
+        ))
     }
 
     fn error(&self, message: String) -> Error {

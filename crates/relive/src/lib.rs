@@ -147,6 +147,9 @@
 //!   seen within that time. A reference inside a SOPS-encrypted value is
 //!   found only once the file decrypts; while it does not, a missing
 //!   referenced file it names is not looked at.
+//! - History keeps config files as they are on disk: a secret written in
+//!   clear in a file (not encrypted, not referenced) is in its history copy,
+//!   which is private (0600) but not redacted.
 //! - The environment layer is read when the engine starts (and at each
 //!   one-shot load): variables set later in the process are not seen.
 //! - Age identities are read when the engine starts: a key added to

@@ -154,9 +154,12 @@ impl Workspace {
         self
     }
 
-    /// The settings the engine starts (or started) with, which one-shot
-    /// loads use too.
-    pub(crate) fn settings(&self) -> Result<HotReloadConfig> {
+    /// The settings hot reload starts (or started) with, which one-shot
+    /// loads use too: the defaults with what `relive.toml` says, or those
+    /// given to [`with_config`](Workspace::with_config). Build on them to
+    /// change a few: `HotReloadConfig { polling, ..ws.settings()? }`.
+    /// Fails if `relive.toml` is invalid.
+    pub fn settings(&self) -> Result<HotReloadConfig> {
         if let Some((path, message)) = self.inner.settings_error.lock().expect("settings lock").clone() {
             return Err(Error::Settings { path, message });
         }
@@ -237,7 +240,13 @@ impl Workspace {
     /// records that were skipped as corrupt or truncated
     /// ([`History::warnings`]). Needs no running engine.
     pub fn open_history(&self, name: &str) -> Result<History> {
-        History::open(&self.inner.root, name)
+        let history = History::open(&self.inner.root, name)?;
+        // The workspace's age identities, so that SOPS versions have
+        // values (shown redacted); without settings, none.
+        Ok(match self.settings().and_then(|s| s.decode()) {
+            Ok(decode) => history.with_decode(decode),
+            Err(_) => history,
+        })
     }
 
     /// Every version of config `name` that was applied or rejected, oldest

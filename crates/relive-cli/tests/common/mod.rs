@@ -90,7 +90,7 @@ impl Ws {
             .expect("spawn relive watch");
         let stdout = lines(child.stdout.take().expect("stdout"));
         let stderr = lines(child.stderr.take().expect("stderr"));
-        let mut watch = Watch { child: Some(child), stdout, stderr, stderr_seen: Vec::new() };
+        let mut watch = Watch { child: Some(child), stdout, stderr, stderr_seen: Vec::new(), stdout_seen: Vec::new() };
         watch.wait_stderr(|line| line.starts_with("relive: watching "));
         watch
     }
@@ -130,6 +130,8 @@ pub struct Watch {
     stdout: Receiver<String>,
     stderr: Receiver<String>,
     pub stderr_seen: Vec<String>,
+    /// Every stdout line read so far.
+    pub stdout_seen: Vec<String>,
 }
 
 impl Watch {
@@ -144,6 +146,7 @@ impl Watch {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
                 Ok(line) => {
+                    self.stdout_seen.push(line.clone());
                     let event: Value =
                         serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
                     if pred(&event) {
@@ -178,6 +181,16 @@ impl Watch {
                 Err(_) => panic!("no matching stderr line within {TIMEOUT:?}; saw {:?}", self.stderr_seen),
             }
         }
+    }
+
+    /// Everything it printed, stdout then stderr (after it exited: all of
+    /// it; the reader threads end with the pipes).
+    pub fn all_output(&mut self) -> String {
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(200)) {
+            self.stdout_seen.push(line);
+        }
+        self.drain_stderr();
+        format!("{}\n{}", self.stdout_seen.join("\n"), self.stderr_seen.join("\n"))
     }
 
     fn drain_stderr(&mut self) -> Vec<String> {
