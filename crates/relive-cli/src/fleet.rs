@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anstyle::{AnsiColor, Style};
-use relive_fleet::{Admin, Agent, Canaries, Draft, EtcdSource, Expect, Fleet, FleetStatus, SourceEvent, SyncState};
+use relive_fleet::{
+    Canaries, Draft, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSourceBuilder, FleetStatus, SourceEvent,
+    SyncState,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
@@ -68,11 +71,11 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
 
 async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Fleet> {
     let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
-    let mut admin = Admin::new(first.clone(), prefix).map_err(failure)?.request_timeout(timeout);
+    let mut builder = FleetBuilder::new(first.clone(), prefix).map_err(failure)?.request_timeout(timeout);
     for endpoint in rest {
-        admin = admin.endpoint(endpoint.clone());
+        builder = builder.endpoint(endpoint.clone());
     }
-    admin.connect().await.map_err(failure)
+    builder.connect().await.map_err(failure)
 }
 
 /// The exit code an error of the fleet library ends a command with.
@@ -99,9 +102,55 @@ fn failure(error: relive_fleet::Error) -> Failure {
     let message = match &error {
         E::Invalid(e) => output::config_error(None, e),
         E::Etcd { .. } => format!("{error}; is etcd running there? (--endpoints or RELIVE_ETCD_ENDPOINTS)"),
-        _ => error.to_string(),
+        _ => with_hint(&error).unwrap_or_else(|| error.to_string()),
     };
     Failure { exit, message }
+}
+
+/// The message of an error whose remedy is a `relive fleet` command or
+/// flag: the library says what happened in its own terms, the CLI says
+/// what to type.
+fn with_hint(error: &relive_fleet::Error) -> Option<String> {
+    use relive_fleet::Error as E;
+    let is_at = |version: Option<u64>| match version {
+        Some(0) | None => "does not exist".to_string(),
+        Some(v) => format!("is at version {v}"),
+    };
+    Some(match error {
+        E::Conflict { config, key, current, expected } => format!(
+            "conflict: {key} {}, but this push expected {}; nothing was written: someone else changed it \
+             since it was read; review the current value (`relive fleet versions {config}`), then push again \
+             with --expect {}",
+            is_at(*current),
+            if *expected == 0 { "it not to exist".to_string() } else { format!("version {expected}") },
+            current.unwrap_or(0)
+        ),
+        E::CanaryInProgress { config, version, instances } => format!(
+            "a canary of {config} is in progress (version {version}, on {}): promote it (`relive fleet promote \
+             {config}`) or abort it (`relive fleet abort {config}`) first",
+            instances.join(", ")
+        ),
+        E::CanaryStale { config, base, now } => format!(
+            "{config} changed since its canary started (its key {}, the canary was based on version {base}): \
+             abort the canary (`relive fleet abort {config}`) and start it again",
+            is_at(*now)
+        ),
+        E::CanaryChanged { config } => format!(
+            "the canary of {config} changed while this command ran; nothing was written: check `relive fleet \
+             status {config}` and try again"
+        ),
+        E::NotAVersion { config, .. } => format!("{error} (`relive fleet versions {config}` lists them)"),
+        E::Compacted { config, version, compacted } => format!(
+            "version {version} of {config} is gone: etcd compacted its history up to revision {compacted} \
+             (its --auto-compaction-mode and --auto-compaction-retention decide how long versions are kept); \
+             pick a newer one from `relive fleet versions {config}`"
+        ),
+        E::NoConfig { config, key, .. } => format!(
+            "{config} does not exist (no key {key}): a canary needs a version to compare with: push a first \
+             version without --canary"
+        ),
+        _ => return None,
+    })
 }
 
 /// The version a write must find. `--expect N` is exact; without it a
@@ -392,7 +441,7 @@ fn status_table(status: &FleetStatus) -> String {
 /// `relive fleet agent DIR --instance ID`: until SIGINT or SIGTERM.
 async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: FleetAgentArgs) -> Result<Exit> {
     let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
-    let mut source = EtcdSource::new(first.clone(), prefix)
+    let mut source = FleetSourceBuilder::new(first.clone(), prefix)
         .and_then(|s| s.instance(args.instance.clone()))
         .map_err(failure)?
         .request_timeout(timeout)
@@ -408,7 +457,7 @@ async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: 
     }
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
-    let agent = Agent::new(source, &args.dir).start().await.map_err(failure)?;
+    let agent = FleetAgentBuilder::new(source, &args.dir).start().await.map_err(failure)?;
     let mut events = agent.subscribe();
     let boot = match agent.boot() {
         relive_fleet::Boot::Etcd { revision } => format!("from etcd at revision {revision}"),

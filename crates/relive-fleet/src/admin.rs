@@ -16,35 +16,35 @@ use tokio::time::timeout;
 
 use crate::Error;
 use crate::draft::Draft;
-use crate::layout::{Canary, Layout, Status, check_instance_id, decode_config};
+use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, decode_config};
 use crate::status::FleetStatus;
 
 /// Settings of an operator's connection to a fleet;
-/// [`connect`](Admin::connect) makes a [`Fleet`].
+/// [`connect`](FleetBuilder::connect) makes a [`Fleet`].
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), relive_fleet::Error> {
-/// use relive_fleet::{Admin, Draft, Expect};
-/// let fleet = Admin::new("http://127.0.0.1:2379", "shop")?.operator("alice").connect().await?;
+/// use relive_fleet::{FleetBuilder, Draft, Expect};
+/// let fleet = FleetBuilder::new("http://127.0.0.1:2379", "shop")?.operator("alice").connect().await?;
 /// let draft = Draft::read("server.toml")?;
 /// let pushed = fleet.push("server", &draft, Expect::Current).await?;
 /// println!("server is at version {}", pushed.version);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Admin {
+pub struct FleetBuilder {
     endpoints: Vec<String>,
     layout: Layout,
     operator: String,
     request_timeout: Duration,
 }
 
-impl Admin {
+impl FleetBuilder {
     /// The fleet under `prefix` in the etcd at `endpoint`. The operator
     /// recorded in canaries defaults to `$USER@<host>`.
-    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<Admin, Error> {
+    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetBuilder, Error> {
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
-        Ok(Admin {
+        Ok(FleetBuilder {
             endpoints: vec![endpoint.into()],
             layout: Layout::new(prefix)?,
             operator: format!("{user}@{}", crate::source::hostname()),
@@ -53,19 +53,19 @@ impl Admin {
     }
 
     /// More endpoints of the same cluster.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Admin {
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetBuilder {
         self.endpoints.push(endpoint.into());
         self
     }
 
     /// Who is operating, as recorded in canaries (`alice@laptop`).
-    pub fn operator(mut self, operator: impl Into<String>) -> Admin {
+    pub fn operator(mut self, operator: impl Into<String>) -> FleetBuilder {
         self.operator = operator.into();
         self
     }
 
     /// How long one call to etcd may take. Default 5 s.
-    pub fn request_timeout(mut self, timeout: Duration) -> Admin {
+    pub fn request_timeout(mut self, timeout: Duration) -> FleetBuilder {
         self.request_timeout = timeout;
         self
     }
@@ -201,7 +201,7 @@ pub struct Versions {
 #[derive(Clone)]
 pub struct Fleet {
     client: Client,
-    opts: Admin,
+    opts: FleetBuilder,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -317,7 +317,7 @@ impl Fleet {
             return Err(Error::NoConfig {
                 config: name.to_string(),
                 key: snap.key.clone(),
-                hint: "a canary needs a version to compare with: push a first version without --canary",
+                hint: "a canary needs a version to compare with: publish a first version to every instance",
             });
         };
         let base = self.expected(name, &snap, expect)?;
@@ -532,7 +532,7 @@ impl Fleet {
         });
         let statuses = statuses.iter().filter_map(|kv| {
             layout.parse_status_key(kv.key())?;
-            Status::from_json(kv.value()).ok()
+            StatusRecord::from_json(kv.value()).ok()
         });
         Ok(FleetStatus::build(revision(resp.header()), configs.collect(), canaries.collect(), statuses.collect()))
     }

@@ -6,7 +6,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
-//! | `/<prefix>/instances/<id>/<name>` | the instance's [`Status`] for that config, as JSON, attached to the instance's lease |
+//! | `/<prefix>/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, as JSON, attached to the instance's lease |
 //! | `/<prefix>/canary/<name>` | a [`Canary`] of that config in progress, as JSON: the canary document and the instances it goes to |
 //!
 //! A config's version is the `mod_revision` of its key: etcd numbers every
@@ -234,7 +234,7 @@ pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
 /// What an instance did with a version of a config: the value of its
 /// status key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
+pub struct StatusRecord {
     /// The instance's id.
     pub instance: String,
     /// The host it runs on.
@@ -246,7 +246,7 @@ pub struct Status {
     /// The version the instance serves now (its last good one), if any.
     pub applied_version: Option<u64>,
     /// Whether `version` was applied or rejected.
-    pub state: State,
+    pub state: AckState,
     /// Why `version` was rejected (`etcd:/shop/configs/server:3:11: ...`).
     pub error: Option<String>,
     /// When, in RFC 3339 (UTC).
@@ -256,21 +256,29 @@ pub struct Status {
 /// Whether an instance applied or rejected a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub enum AckState {
     /// The version is live on the instance.
     Applied,
     /// The instance refused it and serves its last good version.
     Rejected,
 }
 
-impl Status {
+/// The value of a status key.
+#[deprecated(note = "renamed `StatusRecord`")]
+pub type Status = StatusRecord;
+
+/// Whether an instance applied or rejected a version.
+#[deprecated(note = "renamed `AckState`")]
+pub type State = AckState;
+
+impl StatusRecord {
     /// The status as stored in etcd.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a status always serializes")
     }
 
     /// A status read from etcd.
-    pub fn from_json(bytes: &[u8]) -> Result<Status, serde_json::Error> {
+    pub fn from_json(bytes: &[u8]) -> Result<StatusRecord, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 }
@@ -418,13 +426,13 @@ mod tests {
 
     #[test]
     fn status_json_has_the_documented_fields() {
-        let status = Status {
+        let status = StatusRecord {
             instance: "web-1".into(),
             host: "h".into(),
             config: "server".into(),
             version: 7,
             applied_version: Some(5),
-            state: State::Rejected,
+            state: AckState::Rejected,
             error: Some("bad".into()),
             at: "2026-01-01T00:00:00.000Z".into(),
         };
@@ -433,6 +441,6 @@ mod tests {
         assert_eq!(json["applied_version"], 5);
         assert_eq!(json["version"], 7);
         assert_eq!(json["error"], "bad");
-        assert_eq!(Status::from_json(&status.to_json()).unwrap(), status);
+        assert_eq!(StatusRecord::from_json(&status.to_json()).unwrap(), status);
     }
 }

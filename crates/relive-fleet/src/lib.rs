@@ -1,27 +1,34 @@
 //! relive-fleet: many instances of a service, one configuration, through
 //! etcd.
 //!
-//! An [`EtcdSource`] feeds a relive [`Workspace`](relive::Workspace) from
-//! etcd instead of files: the same parse, merge, validation by every
-//! subscriber, swap, events and history. A service reads its configs
-//! through `ConfigStream<T>` and `Live<T>` either way, so it changes source
-//! without changing its code. Each instance acknowledges or rejects every
-//! version in a status key of its own, with the validation error when it
-//! rejects one (like Envoy's NACK), so an operator sees which instances run
-//! what.
+//! A [`FleetSourceBuilder`] starts a [`FleetSource`], which feeds a relive
+//! [`Workspace`](relive::Workspace) from etcd instead of files: the same
+//! parse, merge, validation by every subscriber, swap, events and history.
+//! A service reads its configs through `ConfigStream<T>` and `Live<T>`
+//! either way, so it changes source without changing its code. Each
+//! instance acknowledges or rejects every version in a status key of its
+//! own (a [`StatusRecord`]), with the validation error when it rejects one
+//! (like Envoy's NACK), so an operator sees which instances run what.
 //!
-//! Operators publish through a [`Fleet`] ([`Admin::connect`]): pushes with
-//! compare-and-set, canaries to a subset of the instances, promote, abort,
-//! rollback, the versions etcd still holds and the fleet's [`FleetStatus`].
-//! An [`Agent`] is an instance for programs that read files: it writes each
-//! version into a local workspace (sidecar mode). `relive fleet` is the
-//! command line over all of it.
+//! Operators publish through a [`Fleet`] ([`FleetBuilder::connect`]):
+//! pushes with compare-and-set, canaries to a subset of the instances,
+//! promote, abort, rollback, the versions etcd still holds and the fleet's
+//! [`FleetStatus`]. A [`FleetAgent`] ([`FleetAgentBuilder::start`]) is an
+//! instance for programs that read files: it writes each version into a
+//! local workspace (sidecar mode). `relive fleet` is the command line over
+//! all of it.
+//!
+//! Every builder is named after what it makes: [`FleetBuilder`] →
+//! [`Fleet`], [`FleetSourceBuilder`] → [`FleetSource`],
+//! [`FleetAgentBuilder`] → [`FleetAgent`]. The names before (`Admin`,
+//! `EtcdSource`, `Agent`, `RunningAgent`, and `Status`, `State`,
+//! `ConfigState`) remain as deprecated aliases.
 //!
 //! ```no_run
 //! # #[derive(serde::Deserialize)] struct Server { port: u16 }
 //! # async fn f() -> Result<(), relive_fleet::Error> {
 //! let ws = relive::Workspace::new("/srv/shop");
-//! let fleet = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?
+//! let fleet = relive_fleet::FleetSourceBuilder::new("http://127.0.0.1:2379", "shop")?
 //!     .instance("web-1")?
 //!     .start(&ws)
 //!     .await?;
@@ -40,7 +47,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, then the document |
-//! | `/shop/instances/<id>/<name>` | the instance's [`Status`] for that config, JSON, on the instance's lease |
+//! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //!
 //! A config's version is its key's `mod_revision`. A status is
@@ -59,8 +66,8 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), relive_fleet::Error> {
-//! use relive_fleet::{Admin, Canaries, Draft, Expect};
-//! let fleet = Admin::new("http://127.0.0.1:2379", "shop")?.connect().await?;
+//! use relive_fleet::{FleetBuilder, Canaries, Draft, Expect};
+//! let fleet = FleetBuilder::new("http://127.0.0.1:2379", "shop")?.connect().await?;
 //! let draft = Draft::read("server.toml")?;
 //! // To 10% of the instances first, if server is still at version 41.
 //! let canary = fleet.canary("server", &draft, Expect::Version(41), &Canaries::Percent(10)).await?;
@@ -105,7 +112,7 @@
 //!   config key's) and [`SyncState`]: `SYNCED`, `STALE` (behind, not
 //!   rejected), `REJECTED` (with the reason) or `REMOVED` (the key was
 //!   deleted).
-//! - **Agent** ([`Agent`]): an instance on a private workspace under
+//! - **Agent** ([`FleetAgent`]): an instance on a private workspace under
 //!   `DIR/data/fleet-agent/` that writes every version it accepts to
 //!   `DIR/config/<name>.<ext>` atomically (temp file in the same
 //!   directory, fsync, rename, directory fsync) before acknowledging it;
@@ -117,7 +124,7 @@
 //!   from the next revision. Every version is applied or rejected, and the
 //!   instance's status key says which.
 //! - After a disconnect it reconnects with bounded exponential backoff
-//!   ([`EtcdSource::backoff`], with jitter) and resumes the watch from the
+//!   ([`FleetSourceBuilder::backoff`], with jitter) and resumes the watch from the
 //!   last revision it handled, so no version is skipped.
 //! - If etcd compacted that revision, it re-reads every config and goes on
 //!   from the newest values (versions in between are never seen, by
@@ -131,7 +138,7 @@
 //!   starts from it ([`Boot::Cache`]), and catches up when etcd answers.
 //! - Status keys are attached to a lease kept alive while the source runs:
 //!   [`FleetSource::shutdown`] revokes it, and an instance that dies loses
-//!   them when the lease expires ([`EtcdSource::lease_ttl`]).
+//!   them when the lease expires ([`FleetSourceBuilder::lease_ttl`]).
 //! - Deleting a config key does not unload the config: instances keep its
 //!   last value (and their cache of it).
 //!
@@ -237,13 +244,41 @@ fn watcher(client: &etcd_client::Client) -> etcd_client::WatchClient {
 use std::path::PathBuf;
 
 pub use admin::{
-    Aborted, Admin, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, Promoted, Pushed, Versions, choose_canaries,
+    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, Promoted, Pushed, Versions,
+    choose_canaries,
 };
-pub use agent::{Agent, RunningAgent};
+pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
-pub use layout::{Canary, Layout, State, Status};
-pub use source::{Boot, EtcdSource, FleetSource, SourceEvent};
-pub use status::{CanaryState, ConfigState, FleetStatus, InstanceState, SyncState};
+pub use layout::{AckState, Canary, Layout, StatusRecord};
+pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
+pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};
+
+// The names before each builder was named after what it builds
+// (`FleetBuilder` → `Fleet`, `FleetSourceBuilder` → `FleetSource`,
+// `FleetAgentBuilder` → `FleetAgent`) and the wire records after what they
+// are: kept so that code written against them still compiles.
+
+/// The builder of a [`Fleet`].
+#[deprecated(note = "renamed `FleetBuilder`")]
+pub type Admin = FleetBuilder;
+/// The builder of a [`FleetSource`].
+#[deprecated(note = "renamed `FleetSourceBuilder`")]
+pub type EtcdSource = FleetSourceBuilder;
+/// The builder of a [`FleetAgent`].
+#[deprecated(note = "renamed `FleetAgentBuilder`")]
+pub type Agent = FleetAgentBuilder;
+/// A running agent.
+#[deprecated(note = "renamed `FleetAgent`")]
+pub type RunningAgent = FleetAgent;
+/// A config's versions in a [`FleetStatus`].
+#[deprecated(note = "renamed `ConfigStatus`")]
+pub type ConfigState = ConfigStatus;
+/// The value of a status key.
+#[deprecated(note = "renamed `StatusRecord`")]
+pub type Status = StatusRecord;
+/// Whether an instance applied or rejected a version.
+#[deprecated(note = "renamed `AckState`")]
+pub type State = AckState;
 
 /// An error from the fleet source, the agent or an operator's command.
 #[derive(Debug, thiserror::Error)]
@@ -286,8 +321,8 @@ pub enum Error {
     /// written.
     #[error(
         "conflict: {key} {}, but this push expected {}; nothing was written: someone else changed it \
-         since it was read; review the current value (`relive fleet versions {config}`), then push again \
-         with --expect {}",
+         since it was read; review the current version ({config}'s versions), then write again \
+         expecting version {}",
         is_at(*current), if *expected == 0 { "it not to exist".to_string() } else { format!("version {expected}") },
         current.unwrap_or(0)
     )]
@@ -304,8 +339,7 @@ pub enum Error {
     /// A canary of the config is in progress: it must be promoted or
     /// aborted before anything else is published.
     #[error(
-        "a canary of {config} is in progress (version {version}, on {}): promote it (`relive fleet promote {config}`) \
-         or abort it (`relive fleet abort {config}`) first",
+        "a canary of {config} is in progress (version {version}, on {}): promote it or abort it first",
         instances.join(", ")
     )]
     CanaryInProgress {
@@ -334,7 +368,7 @@ pub enum Error {
     /// overwrite that change.
     #[error(
         "{config} changed since its canary started (its key {}, the canary was based on version {base}): \
-         abort the canary (`relive fleet abort {config}`) and start it again",
+         abort the canary and start it again",
         is_at(*now)
     )]
     CanaryStale {
@@ -347,7 +381,7 @@ pub enum Error {
     },
     /// The canary changed while this command ran: nothing was written.
     #[error(
-        "the canary of {config} changed while this command ran; nothing was written: check `relive fleet status {config}` and try again"
+        "the canary of {config} changed while this command ran; nothing was written: read the fleet's status and try again"
     )]
     CanaryChanged {
         /// The config.
@@ -399,8 +433,7 @@ pub enum Error {
     },
     /// The revision is not one at which the config's key was written.
     #[error(
-        "revision {version} is not a version of {config}: the nearest versions are {} and {} \
-         (`relive fleet versions {config}` lists them)",
+        "revision {version} is not a version of {config}: the nearest versions are {} and {}",
         older.map_or("none older".to_string(), |v| v.to_string()),
         newer.map_or("none newer".to_string(), |v| v.to_string())
     )]
@@ -418,7 +451,7 @@ pub enum Error {
     #[error(
         "version {version} of {config} is gone: etcd compacted its history up to revision {compacted} \
          (its --auto-compaction-mode and --auto-compaction-retention decide how long versions are kept); \
-         pick a newer one from `relive fleet versions {config}`"
+         pick a newer one from {config}'s versions"
     )]
     Compacted {
         /// The config.
@@ -443,5 +476,31 @@ fn is_at(version: Option<u64>) -> String {
     match version {
         Some(0) | None => "does not exist".to_string(),
         Some(v) => format!("is at version {v}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    /// Code written against the names before the renaming still compiles,
+    /// and each old name is the type it was.
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_names_still_name_the_same_types() {
+        fn same<T: 'static, U: 'static>() -> bool {
+            TypeId::of::<T>() == TypeId::of::<U>()
+        }
+        assert!(same::<crate::Admin, crate::FleetBuilder>());
+        assert!(same::<crate::EtcdSource, crate::FleetSourceBuilder>());
+        assert!(same::<crate::Agent, crate::FleetAgentBuilder>());
+        assert!(same::<crate::RunningAgent, crate::FleetAgent>());
+        assert!(same::<crate::ConfigState, crate::ConfigStatus>());
+        assert!(same::<crate::Status, crate::StatusRecord>());
+        assert!(same::<crate::State, crate::AckState>());
+        assert!(same::<crate::layout::Status, crate::StatusRecord>());
+        let source = crate::EtcdSource::new("http://127.0.0.1:2379", "shop").unwrap().instance("web-1").unwrap();
+        let _agent: crate::Agent = crate::Agent::new(source, "/srv/shop");
+        let _admin: crate::Admin = crate::Admin::new("http://127.0.0.1:2379", "shop").unwrap();
     }
 }

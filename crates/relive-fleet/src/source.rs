@@ -22,7 +22,7 @@ use tokio::time::timeout;
 use crate::Error;
 use crate::backoff::{Backoff, jitter};
 use crate::cache::{Cache, CacheWriter};
-use crate::layout::{Canary, Layout, State, Status, check_instance_id, decode_config};
+use crate::layout::{AckState, Canary, Layout, StatusRecord, check_instance_id, decode_config};
 
 /// Called with each version an instance applies, before it acknowledges
 /// it: the agent writes the document to a file here. An error rejects the
@@ -39,12 +39,12 @@ impl std::fmt::Debug for Mirror {
     }
 }
 
-/// Settings of an etcd config source; [`start`](EtcdSource::start) runs it.
+/// Settings of an etcd config source; [`start`](FleetSourceBuilder::start) runs it.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), relive_fleet::Error> {
 /// let ws = relive::Workspace::new("/srv/shop");
-/// let source = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?
+/// let source = relive_fleet::FleetSourceBuilder::new("http://127.0.0.1:2379", "shop")?
 ///     .instance("web-1")?
 ///     .start(&ws)
 ///     .await?;
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Mirror {
 /// # drop((source, server)); Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct EtcdSource {
+pub struct FleetSourceBuilder {
     endpoints: Vec<String>,
     layout: Layout,
     instance: String,
@@ -65,13 +65,13 @@ pub struct EtcdSource {
     mirror: Option<Mirror>,
 }
 
-impl EtcdSource {
+impl FleetSourceBuilder {
     /// A source reading the configs under `prefix` from the etcd at
     /// `endpoint` (`http://127.0.0.1:2379`). The instance id defaults to
     /// `<host>-<pid>`.
-    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<EtcdSource, Error> {
+    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetSourceBuilder, Error> {
         let host = hostname();
-        Ok(EtcdSource {
+        Ok(FleetSourceBuilder {
             endpoints: vec![endpoint.into()],
             layout: Layout::new(prefix)?,
             instance: format!("{host}-{}", std::process::id()).replace('/', "_"),
@@ -85,14 +85,14 @@ impl EtcdSource {
     }
 
     /// More endpoints of the same cluster; the client balances over all.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> EtcdSource {
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetSourceBuilder {
         self.endpoints.push(endpoint.into());
         self
     }
 
     /// This instance's id, unique in the fleet: the name of its status keys.
     /// No `/`, not empty.
-    pub fn instance(mut self, id: impl Into<String>) -> Result<EtcdSource, Error> {
+    pub fn instance(mut self, id: impl Into<String>) -> Result<FleetSourceBuilder, Error> {
         let id = id.into();
         check_instance_id(&id)?;
         self.instance = id;
@@ -100,7 +100,7 @@ impl EtcdSource {
     }
 
     /// The host reported in status keys. Default: the machine's host name.
-    pub fn host(mut self, host: impl Into<String>) -> EtcdSource {
+    pub fn host(mut self, host: impl Into<String>) -> FleetSourceBuilder {
         self.host = host.into();
         self
     }
@@ -108,7 +108,7 @@ impl EtcdSource {
     /// The TTL of the instance's lease: how long its status keys outlive it
     /// when it dies without shutting down. Default 10 s. etcd raises TTLs
     /// below its minimum (about 2 s with default settings).
-    pub fn lease_ttl(mut self, ttl: Duration) -> EtcdSource {
+    pub fn lease_ttl(mut self, ttl: Duration) -> FleetSourceBuilder {
         self.lease_ttl = ttl.max(Duration::from_secs(1));
         self
     }
@@ -116,7 +116,7 @@ impl EtcdSource {
     /// How long one call to etcd may take before the connection counts as
     /// lost; also how long a boot waits for etcd before starting from the
     /// cache. Default 5 s.
-    pub fn request_timeout(mut self, timeout: Duration) -> EtcdSource {
+    pub fn request_timeout(mut self, timeout: Duration) -> FleetSourceBuilder {
         self.request_timeout = timeout;
         self
     }
@@ -124,7 +124,7 @@ impl EtcdSource {
     /// The delays between reconnection attempts: from `min`, doubling on
     /// each failure, up to `max`, each drawn in `[d/2, d]`. Default 100 ms
     /// to 10 s.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> EtcdSource {
+    pub fn backoff(mut self, min: Duration, max: Duration) -> FleetSourceBuilder {
         self.backoff_min = min;
         self.backoff_max = max;
         self
@@ -147,7 +147,7 @@ impl EtcdSource {
 
     /// Runs `mirror` (on a blocking thread) for each version applied,
     /// before acknowledging it.
-    pub(crate) fn mirror(mut self, mirror: Mirror) -> EtcdSource {
+    pub(crate) fn mirror(mut self, mirror: Mirror) -> FleetSourceBuilder {
         self.mirror = Some(mirror);
         self
     }
@@ -316,7 +316,7 @@ struct Session {
 }
 
 struct Worker {
-    opts: EtcdSource,
+    opts: FleetSourceBuilder,
     manager: HotReloadManager,
     cache: Cache,
     /// Stores applied values in `cache` off the path of the next version.
@@ -336,7 +336,7 @@ struct Worker {
     /// The last version applied per config.
     applied: BTreeMap<String, u64>,
     /// The status of each config, written again on every reconnect.
-    statuses: BTreeMap<String, Status>,
+    statuses: BTreeMap<String, StatusRecord>,
 }
 
 impl Worker {
@@ -630,16 +630,16 @@ impl Worker {
             Ok(()) => {
                 self.applied.insert(name.to_string(), version);
                 let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
-                (State::Applied, None)
+                (AckState::Applied, None)
             }
             Err(error) => {
                 tracing::warn!(config = name, version, %error, "rejected a version from etcd");
                 let _ =
                     self.events.send(SourceEvent::Rejected { config: name.to_string(), version, error: error.clone() });
-                (State::Rejected, Some(error.clone()))
+                (AckState::Rejected, Some(error.clone()))
             }
         };
-        let status = Status {
+        let status = StatusRecord {
             instance: self.opts.instance.clone(),
             host: self.opts.host.clone(),
             config: name.to_string(),

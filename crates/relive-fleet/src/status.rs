@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::layout::{Canary, State, Status};
+use crate::layout::{AckState, Canary, StatusRecord};
 
 /// Where an instance stands with a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -64,7 +64,7 @@ pub struct InstanceState {
 
 /// A config's versions: the stable one and its canary's, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConfigState {
+pub struct ConfigStatus {
     /// The config.
     pub config: String,
     /// The config key's version (`None`: deleted).
@@ -96,7 +96,7 @@ pub struct FleetStatus {
     /// The store's revision it was read at.
     pub revision: u64,
     /// Every config, by name.
-    pub configs: Vec<ConfigState>,
+    pub configs: Vec<ConfigStatus>,
     /// Every live instance × config, by config then instance.
     pub instances: Vec<InstanceState>,
 }
@@ -112,12 +112,12 @@ impl FleetStatus {
         revision: u64,
         configs: Vec<(String, u64)>,
         canaries: Vec<(String, u64, Canary)>,
-        statuses: Vec<Status>,
+        statuses: Vec<StatusRecord>,
     ) -> FleetStatus {
         let stable: BTreeMap<String, u64> = configs.into_iter().collect();
         let canaries: BTreeMap<String, (u64, Canary)> = canaries.into_iter().map(|(n, v, c)| (n, (v, c))).collect();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
-        let mut reported: BTreeMap<(String, String), Status> = BTreeMap::new();
+        let mut reported: BTreeMap<(String, String), StatusRecord> = BTreeMap::new();
         for status in statuses {
             hosts.insert(status.instance.clone(), status.host.clone());
             reported.insert((status.config.clone(), status.instance.clone()), status);
@@ -139,7 +139,7 @@ impl FleetStatus {
                     _ => stable.get(name).copied(),
                 };
                 let version = status.and_then(|s| s.applied_version);
-                let rejected = status.filter(|s| s.state == State::Rejected && Some(s.version) == target);
+                let rejected = status.filter(|s| s.state == AckState::Rejected && Some(s.version) == target);
                 let state = match target {
                     None => SyncState::Removed,
                     Some(_) if rejected.is_some() => SyncState::Rejected,
@@ -161,7 +161,7 @@ impl FleetStatus {
         }
         let configs = names
             .iter()
-            .map(|&name| ConfigState {
+            .map(|&name| ConfigStatus {
                 config: name.clone(),
                 version: stable.get(name).copied(),
                 canary: canaries.get(name).map(|(version, c)| CanaryState {
@@ -194,15 +194,15 @@ impl FleetStatus {
 mod tests {
     use super::*;
 
-    fn status(instance: &str, config: &str, version: u64, applied: Option<u64>, state: State) -> Status {
-        Status {
+    fn status(instance: &str, config: &str, version: u64, applied: Option<u64>, state: AckState) -> StatusRecord {
+        StatusRecord {
             instance: instance.into(),
             host: format!("{instance}.host"),
             config: config.into(),
             version,
             applied_version: applied,
             state,
-            error: (state == State::Rejected).then(|| format!("{instance} says no")),
+            error: (state == AckState::Rejected).then(|| format!("{instance} says no")),
             at: "2026-01-01T00:00:00.000Z".into(),
         }
     }
@@ -225,11 +225,11 @@ mod tests {
             vec![("server".into(), 10)],
             vec![],
             vec![
-                status("a", "server", 10, Some(10), State::Applied),
-                status("b", "server", 7, Some(7), State::Applied),
-                status("c", "server", 10, Some(7), State::Rejected),
+                status("a", "server", 10, Some(10), AckState::Applied),
+                status("b", "server", 7, Some(7), AckState::Applied),
+                status("c", "server", 10, Some(7), AckState::Rejected),
                 // Rejected an older version, has not answered the newest.
-                status("d", "server", 8, Some(7), State::Rejected),
+                status("d", "server", 8, Some(7), AckState::Rejected),
             ],
         );
         let row = |i| s.get(i, "server").unwrap();
@@ -248,8 +248,8 @@ mod tests {
             vec![("server".into(), 10)],
             vec![("server".into(), 15, canary(&["a"], 10))],
             vec![
-                status("a", "server", 15, Some(15), State::Applied),
-                status("b", "server", 10, Some(10), State::Applied),
+                status("a", "server", 15, Some(15), AckState::Applied),
+                status("b", "server", 10, Some(10), AckState::Applied),
             ],
         );
         let a = s.get("a", "server").unwrap();
@@ -263,7 +263,7 @@ mod tests {
             21,
             vec![("server".into(), 10)],
             vec![],
-            vec![status("a", "server", 15, Some(15), State::Applied)],
+            vec![status("a", "server", 15, Some(15), AckState::Applied)],
         );
         assert_eq!(s.get("a", "server").unwrap().state, SyncState::Stale);
     }
@@ -274,7 +274,10 @@ mod tests {
             30,
             vec![("server".into(), 10), ("db".into(), 29)],
             vec![],
-            vec![status("a", "server", 10, Some(10), State::Applied), status("a", "old", 3, Some(3), State::Applied)],
+            vec![
+                status("a", "server", 10, Some(10), AckState::Applied),
+                status("a", "old", 3, Some(3), AckState::Applied),
+            ],
         );
         let db = s.get("a", "db").unwrap();
         assert_eq!((db.state, db.version, db.target, db.at.as_deref()), (SyncState::Stale, None, Some(29), None));

@@ -243,8 +243,8 @@ where
 
 /// An etcd source for tests: fast reconnects, a short request timeout,
 /// host `test-host`.
-pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::EtcdSource {
-    relive_fleet::EtcdSource::new(endpoint, prefix)
+pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::FleetSourceBuilder {
+    relive_fleet::FleetSourceBuilder::new(endpoint, prefix)
         .unwrap()
         .instance(instance)
         .unwrap()
