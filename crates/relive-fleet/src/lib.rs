@@ -503,4 +503,28 @@ mod tests {
         let _agent: crate::Agent = crate::Agent::new(source, "/srv/shop");
         let _admin: crate::Admin = crate::Admin::new("http://127.0.0.1:2379", "shop").unwrap();
     }
+
+    /// The library speaks its own language: the CLI, not the library,
+    /// names `relive fleet` commands and flags.
+    #[test]
+    fn errors_name_no_command_and_no_flag() {
+        use crate::Error as E;
+        let c = || "server".to_string();
+        let errors = [
+            E::Conflict { config: c(), key: "/shop/configs/server".into(), current: Some(9), expected: 7 },
+            E::CanaryInProgress { config: c(), version: 9, instances: vec!["web-1".into()] },
+            E::CanaryStale { config: c(), base: 7, now: Some(9) },
+            E::CanaryChanged { config: c() },
+            E::NotAVersion { config: c(), version: 8, older: Some(7), newer: Some(9) },
+            E::Compacted { config: c(), version: 3, compacted: 5 },
+            E::NoCanary { config: c() },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(
+                !text.contains("relive fleet") && !text.contains("--expect") && !text.contains("--force"),
+                "{text}"
+            );
+        }
+    }
 }
