@@ -5,16 +5,16 @@
 //! read with what is there: two operators never overwrite each other
 //! silently, and a canary's document and its instances change together.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use relive::{ConfigError, ConfigErrorKind};
 use serde::Serialize;
 use tokio::time::timeout;
 
 use crate::Error;
+use crate::connect::Connection;
 use crate::draft::Draft;
 use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, decode_config};
 use crate::status::FleetStatus;
@@ -33,34 +33,65 @@ use crate::status::FleetStatus;
 /// ```
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
-    endpoints: Vec<String>,
+    conn: Connection,
     layout: Layout,
-    operator: String,
+    operator: Option<String>,
     request_timeout: Duration,
 }
 
 impl FleetBuilder {
-    /// The fleet under `prefix` in the etcd at `endpoint`. The operator
-    /// recorded in canaries defaults to `$USER@<host>`.
+    /// The fleet under `prefix` in the etcd at `endpoint`
+    /// (`http://127.0.0.1:2379`, `https://etcd-1:2379`).
     pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetBuilder, Error> {
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
         Ok(FleetBuilder {
-            endpoints: vec![endpoint.into()],
+            conn: Connection::new(endpoint.into()),
             layout: Layout::new(prefix)?,
-            operator: format!("{user}@{}", crate::source::hostname()),
+            operator: None,
             request_timeout: Duration::from_secs(5),
         })
     }
 
     /// More endpoints of the same cluster.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetBuilder {
-        self.endpoints.push(endpoint.into());
+        self.conn.endpoints.push(endpoint.into());
         self
     }
 
-    /// Who is operating, as recorded in canaries (`alice@laptop`).
+    /// The CA certificates (PEM) that sign etcd's server certificate, for
+    /// `https://` endpoints.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> FleetBuilder {
+        self.conn.ca(path.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for etcd's
+    /// `--client-cert-auth`. With authentication on and no user, etcd
+    /// takes the certificate's common name as the user.
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> FleetBuilder {
+        self.conn.identity(cert.into(), key.into());
+        self
+    }
+
+    /// An etcd user and its password. The password is sent only over
+    /// `https://`, or in clear to a loopback address, unless
+    /// [`insecure_plaintext`](FleetBuilder::insecure_plaintext).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> FleetBuilder {
+        self.conn.user(name.into(), password.into());
+        self
+    }
+
+    /// Allows sending a password in clear to an `http://` endpoint that is
+    /// not on this machine. Default: refused ([`Error::Plaintext`]).
+    pub fn insecure_plaintext(mut self, allow: bool) -> FleetBuilder {
+        self.conn.insecure_plaintext(allow);
+        self
+    }
+
+    /// Who is operating, as recorded with every write (`alice@laptop`).
+    /// Default: the etcd user, else the client certificate's subject, at
+    /// this host; without either, `$USER@<host> (unauthenticated)`.
     pub fn operator(mut self, operator: impl Into<String>) -> FleetBuilder {
-        self.operator = operator.into();
+        self.operator = Some(operator.into());
         self
     }
 
@@ -70,18 +101,37 @@ impl FleetBuilder {
         self
     }
 
-    /// Connects to etcd.
-    pub async fn connect(self) -> Result<Fleet, Error> {
-        let options = ConnectOptions::new().with_connect_timeout(self.request_timeout);
-        let client = bounded(self.request_timeout, Client::connect(&self.endpoints, Some(options)))
+    /// Connects to etcd (and authenticates, with a user).
+    pub async fn connect(mut self) -> Result<Fleet, Error> {
+        let options = self
+            .conn
+            .options()?
+            .with_connect_timeout(self.request_timeout)
+            .with_auto_token_refresh(self.conn.user_name().is_some());
+        let host = crate::source::hostname();
+        let operator = match (self.operator.take(), self.conn.principal()?) {
+            (Some(operator), _) => operator,
+            (None, Some(principal)) => format!("{principal}@{host}"),
+            (None, None) => {
+                let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
+                format!("{user}@{host} (unauthenticated)")
+            }
+        };
+        let client = bounded(self.request_timeout, Client::connect(&self.conn.endpoints, Some(options)))
             .await
             .map_err(|e| self.etcd("connect", e))?;
-        Ok(Fleet { client, opts: self })
+        Ok(Fleet { client, operator: clean(&operator), opts: self })
     }
 
     fn etcd(&self, action: impl Into<String>, error: Failed) -> Error {
-        Error::Etcd { endpoints: self.endpoints.join(","), action: action.into(), message: error.to_string() }
+        let message = self.conn.explain(error.to_string());
+        Error::Etcd { endpoints: self.conn.endpoints_text(), action: action.into(), message }
     }
+}
+
+/// `text` without control characters: it goes on one line of a header.
+fn clean(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// The version a write expects a config to be at.
@@ -201,6 +251,8 @@ pub struct Versions {
 #[derive(Clone)]
 pub struct Fleet {
     client: Client,
+    /// Who writes, as recorded with every write.
+    operator: String,
     opts: FleetBuilder,
 }
 
@@ -229,6 +281,12 @@ impl Fleet {
     /// The layout of the fleet's keys.
     pub fn layout(&self) -> &Layout {
         &self.opts.layout
+    }
+
+    /// Who this connection writes as (`alice@laptop`), as recorded with
+    /// every write.
+    pub fn operator(&self) -> &str {
+        &self.operator
     }
 
     /// Publishes `draft` as the next version of config `name`, for every
@@ -357,7 +415,7 @@ impl Fleet {
                 Canaries::Percent(p) => Some(*p),
                 Canaries::Instances(_) => None,
             },
-            by: self.opts.operator.clone(),
+            by: self.operator.clone(),
             at: now(),
         };
         let key = snap.canary_key.clone();
@@ -514,7 +572,7 @@ impl Fleet {
             })
             .collect();
         let [configs, canaries, statuses] = <[Vec<KeyValue>; 3]>::try_from(gets).map_err(|_| Error::Etcd {
-            endpoints: self.opts.endpoints.join(","),
+            endpoints: self.opts.conn.endpoints_text(),
             action: "read the fleet's status".into(),
             message: "unexpected transaction response".into(),
         })?;
@@ -560,7 +618,8 @@ impl Fleet {
     /// The store's revision now.
     async fn revision(&self) -> Result<u64, Error> {
         let mut client = self.client.clone();
-        let resp = bounded(self.opts.request_timeout, client.get(self.opts.layout.prefix(), None))
+        // A key inside the configs' range: an operator's role may read it.
+        let resp = bounded(self.opts.request_timeout, client.get(self.opts.layout.configs_prefix(), None))
             .await
             .map_err(|e| self.opts.etcd("read the store's revision", e))?;
         Ok(revision(resp.header()))
@@ -585,6 +644,23 @@ impl Fleet {
                 _ => return Ok(0),
             }
         }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A call to etcd bounded by the request timeout, its error in words.
+    pub(crate) async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, String> {
+        bounded(self.opts.request_timeout, f).await.map_err(|e| e.to_string())
+    }
+
+    /// An [`Error::Etcd`] for `action`.
+    pub(crate) fn failed(&self, action: String, message: String) -> Error {
+        Error::Etcd { endpoints: self.opts.conn.endpoints_text(), action, message: self.opts.conn.explain(message) }
     }
 
     async fn get(&self, key: &str, options: Option<GetOptions>) -> Result<Option<KeyValue>, Failed> {
@@ -693,7 +769,7 @@ enum Failed {
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failed::Etcd(e) => write!(f, "{e}"),
+            Failed::Etcd(e) => write!(f, "{}", crate::connect::describe(e)),
             Failed::Timeout(limit) => write!(f, "no answer within {limit:?}; is etcd running there?"),
         }
     }

@@ -217,8 +217,10 @@ mod admin;
 mod agent;
 mod backoff;
 mod cache;
+mod connect;
 mod draft;
 pub mod layout;
+mod roles;
 mod source;
 mod status;
 
@@ -250,6 +252,7 @@ pub use admin::{
 pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
 pub use layout::{AckState, Canary, Layout, StatusRecord};
+pub use roles::RolesCreated;
 pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
 pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};
 
@@ -307,6 +310,34 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// A CA certificate, client certificate or key file that cannot be
+    /// used.
+    #[error("{}: {message}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its contents).
+        message: String,
+    },
+    /// TLS settings for an endpoint that is not `https://`: the
+    /// connection would be in clear.
+    #[error("{endpoint}: a CA or client certificate was given, but the endpoint is not https://")]
+    NotHttps {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// A password would cross the network in clear: the endpoint is
+    /// `http://` and not on this machine.
+    #[error(
+        "refusing to send the password of etcd user {user} in clear to {endpoint}: use an https:// endpoint, \
+         or allow plaintext credentials explicitly"
+    )]
+    Plaintext {
+        /// The endpoint.
+        endpoint: String,
+        /// The etcd user.
+        user: String,
     },
     /// A document's format cannot be told from its file name.
     #[error("cannot tell the format of {}: name it .toml, .yaml, .yml or .json", path.display())]

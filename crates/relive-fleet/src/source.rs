@@ -11,6 +11,7 @@
 //! step, not two.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,7 @@ use tokio::time::timeout;
 use crate::Error;
 use crate::backoff::{Backoff, jitter};
 use crate::cache::{Cache, CacheWriter};
+use crate::connect::Connection;
 use crate::layout::{AckState, Canary, Layout, StatusRecord, check_instance_id, decode_config};
 
 /// Called with each version an instance applies, before it acknowledges
@@ -54,7 +56,7 @@ impl std::fmt::Debug for Mirror {
 /// ```
 #[derive(Debug, Clone)]
 pub struct FleetSourceBuilder {
-    endpoints: Vec<String>,
+    conn: Connection,
     layout: Layout,
     instance: String,
     host: String,
@@ -72,7 +74,7 @@ impl FleetSourceBuilder {
     pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetSourceBuilder, Error> {
         let host = hostname();
         Ok(FleetSourceBuilder {
-            endpoints: vec![endpoint.into()],
+            conn: Connection::new(endpoint.into()),
             layout: Layout::new(prefix)?,
             instance: format!("{host}-{}", std::process::id()).replace('/', "_"),
             host,
@@ -86,7 +88,38 @@ impl FleetSourceBuilder {
 
     /// More endpoints of the same cluster; the client balances over all.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetSourceBuilder {
-        self.endpoints.push(endpoint.into());
+        self.conn.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// The CA certificates (PEM) that sign etcd's server certificate, for
+    /// `https://` endpoints.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> FleetSourceBuilder {
+        self.conn.ca(path.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for etcd's
+    /// `--client-cert-auth`. With authentication on and no user, etcd
+    /// takes the certificate's common name as the user.
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> FleetSourceBuilder {
+        self.conn.identity(cert.into(), key.into());
+        self
+    }
+
+    /// An etcd user and its password (etcd-client refreshes its token).
+    /// The password is sent only over `https://`, or in clear to a
+    /// loopback address, unless
+    /// [`insecure_plaintext`](FleetSourceBuilder::insecure_plaintext).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> FleetSourceBuilder {
+        self.conn.user(name.into(), password.into());
+        self
+    }
+
+    /// Allows sending a password in clear to an `http://` endpoint that is
+    /// not on this machine. Default: refused ([`Error::Plaintext`]).
+    pub fn insecure_plaintext(mut self, allow: bool) -> FleetSourceBuilder {
+        self.conn.insecure_plaintext(allow);
         self
     }
 
@@ -142,7 +175,7 @@ impl FleetSourceBuilder {
 
     /// The endpoints.
     pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+        &self.conn.endpoints
     }
 
     /// Runs `mirror` (on a blocking thread) for each version applied,
@@ -161,12 +194,16 @@ impl FleetSourceBuilder {
     /// that they start from those values. The source then runs on the
     /// current Tokio runtime until [`FleetSource::shutdown`] or drop.
     pub async fn start(self, ws: &Workspace) -> Result<FleetSource, Error> {
+        // Settings that cannot work (a password in clear, an unreadable
+        // certificate) fail here, not in a reconnection loop.
+        let connect_options = self.conn.options()?.with_auto_token_refresh(self.conn.user_name().is_some());
         let manager = ws.start_hot_reload().await?;
         let cache_dir = ws.data_dir().join("fleet").join(self.layout.prefix().trim_start_matches('/')).join("configs");
         let (events, _) = broadcast::channel(1024);
         let mut worker = Worker {
             backoff: Backoff::new(self.backoff_min, self.backoff_max),
             opts: self,
+            connect_options,
             manager,
             cache: Cache::new(cache_dir.clone()),
             cache_writer: CacheWriter::start(Cache::new(cache_dir.clone()))
@@ -317,6 +354,8 @@ struct Session {
 
 struct Worker {
     opts: FleetSourceBuilder,
+    /// TLS and credentials, loaded at start.
+    connect_options: ConnectOptions,
     manager: HotReloadManager,
     cache: Cache,
     /// Stores applied values in `cache` off the path of the next version.
@@ -417,15 +456,18 @@ impl Worker {
     /// new lease and watches from the next revision.
     async fn connect(&mut self) -> Result<Session, Stop> {
         let limit = self.opts.request_timeout;
-        let lost = |e: String| Stop::Lost(e);
-        let options = ConnectOptions::new()
+        let conn = self.opts.conn.clone();
+        let lost = |e: String| Stop::Lost(conn.explain(e));
+        let options = self
+            .connect_options
+            .clone()
             .with_connect_timeout(limit)
             // etcd answers pings more frequent than its
             // --grpc-keepalive-min-time (5 s by default) with GOAWAY
             // (too_many_pings) once no data flowed between three of them.
             .with_keep_alive(Duration::from_secs(6), limit)
             .with_keep_alive_while_idle(true);
-        let mut client = call(limit, Client::connect(&self.opts.endpoints, Some(options))).await.map_err(lost)?;
+        let mut client = call(limit, Client::connect(&self.opts.conn.endpoints, Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
         let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
@@ -682,7 +724,7 @@ where
 {
     match timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(crate::connect::describe(&e)),
         Err(_) => Err(format!("etcd did not answer within {limit:?}")),
     }
 }
