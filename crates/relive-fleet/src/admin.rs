@@ -16,7 +16,7 @@ use tokio::time::timeout;
 use crate::Error;
 use crate::connect::Connection;
 use crate::draft::Draft;
-use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, decode_config};
+use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, with_author};
 use crate::status::FleetStatus;
 
 /// Settings of an operator's connection to a fleet;
@@ -216,6 +216,9 @@ pub struct ConfigVersion {
     pub format: Option<String>,
     /// The document's size in bytes.
     pub size: usize,
+    /// Who wrote it (`alice@laptop`), as its author line says; `None` for
+    /// a value written without one (with `etcdctl`).
+    pub by: Option<String>,
     /// The value as stored: header and document.
     #[serde(skip)]
     pub value: Vec<u8>,
@@ -228,6 +231,7 @@ impl ConfigVersion {
             version: kv.mod_revision() as u64,
             format: decoded.map(|(f, _)| f.name().to_string()),
             size: decoded.map_or(kv.value().len(), |(_, d)| d.len()),
+            by: config_author(kv.value()),
             value: kv.value().to_vec(),
         }
     }
@@ -308,7 +312,8 @@ impl Fleet {
         self.refuse_during_canary(name, &snap)?;
         let previous = snap.version();
         let expected = self.expected(name, &snap, expect)?;
-        if snap.config.as_ref().is_some_and(|kv| kv.value() == value.as_slice()) {
+        let value = with_author(&value, &self.operator);
+        if snap.config.as_ref().is_some_and(|kv| same_document(kv.value(), &value)) {
             return Ok(Pushed { config: name.to_string(), version: expected, previous, unchanged: true });
         }
         let version = self.put_if(name, &snap, expected, snap.key.clone(), value, "publish").await?;
@@ -379,8 +384,8 @@ impl Fleet {
             });
         };
         let base = self.expected(name, &snap, expect)?;
-        let value = draft.encoded();
-        if current.value() == value.as_slice() {
+        let value = with_author(&draft.encoded(), &self.operator);
+        if same_document(current.value(), &value) {
             return Err(Error::CanaryUnchanged { config: name.to_string(), version: base });
         }
         let alive = self.serving(name).await?;
@@ -442,7 +447,8 @@ impl Fleet {
                 Compare::mod_revision(snap.key.clone(), CompareOp::Equal, canary.base_version as i64),
             ])
             .and_then(vec![
-                TxnOp::put(snap.key.clone(), canary.value.into_bytes(), None),
+                // Recorded as written by whoever promotes it.
+                TxnOp::put(snap.key.clone(), with_author(canary.value.as_bytes(), &self.operator), None),
                 TxnOp::delete(snap.canary_key.clone(), None),
             ]);
         let resp = self.txn("promote the canary", txn).await?;
@@ -558,7 +564,8 @@ impl Fleet {
         };
         // One transaction: configs, canaries and statuses at one revision.
         let txn = Txn::new().and_then(vec![
-            prefix(layout.configs_prefix(), true),
+            // Values too: their author lines.
+            prefix(layout.configs_prefix(), false),
             prefix(layout.canary_prefix(), false),
             prefix(layout.instances_prefix(), false),
         ]);
@@ -576,8 +583,10 @@ impl Fleet {
             action: "read the fleet's status".into(),
             message: "unexpected transaction response".into(),
         })?;
-        let configs =
-            configs.iter().filter_map(|kv| Some((layout.config_name(kv.key())?.to_string(), kv.mod_revision() as u64)));
+        let configs = configs.iter().filter_map(|kv| {
+            let name = layout.config_name(kv.key())?.to_string();
+            Some((name, kv.mod_revision() as u64, config_author(kv.value())))
+        });
         let canaries = canaries.iter().filter_map(|kv| {
             let name = layout.canary_name(kv.key())?;
             match Canary::from_json(kv.value()) {
@@ -750,6 +759,15 @@ fn fnv1a(config: &str, id: &str) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// Whether two stored values hold the same format and document, whoever
+/// wrote them.
+fn same_document(a: &[u8], b: &[u8]) -> bool {
+    match (decode_config(a), decode_config(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {

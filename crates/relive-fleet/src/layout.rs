@@ -210,9 +210,42 @@ pub fn encode_config(format: Format, document: &[u8]) -> Vec<u8> {
     value
 }
 
-/// Splits a stored config value into its format and its document's bytes.
-/// Fails with a message (for the instance's rejection) when the header is
-/// missing or names an unknown format.
+/// The first bytes of the optional second header line: who wrote the
+/// version (`# relive-by: alice@laptop`).
+pub const AUTHOR_HEADER: &str = "# relive-by: ";
+
+/// `value` (a stored config value) with its author line set to `by`
+/// (control characters dropped): the format line, `# relive-by: <by>`,
+/// then the document. A value without a format header is returned as it
+/// is.
+pub fn with_author(value: &[u8], by: &str) -> Vec<u8> {
+    let Ok((format, document)) = decode_config(value) else { return value.to_vec() };
+    let by: String = by.chars().filter(|c| !c.is_control()).collect();
+    let mut out = Vec::with_capacity(value.len() + AUTHOR_HEADER.len() + by.len() + 1);
+    out.extend_from_slice(FORMAT_HEADER.as_bytes());
+    out.extend_from_slice(format.name().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(AUTHOR_HEADER.as_bytes());
+    out.extend_from_slice(by.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(document);
+    out
+}
+
+/// Who wrote a stored config value, from its author line, if it has one
+/// (a value put with `etcdctl` has none).
+pub fn config_author(value: &[u8]) -> Option<String> {
+    let rest = value.strip_prefix(FORMAT_HEADER.as_bytes())?;
+    let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
+    let line = rest.strip_prefix(AUTHOR_HEADER.as_bytes())?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    Some(String::from_utf8_lossy(line).trim().to_string())
+}
+
+/// Splits a stored config value into its format and its document's bytes
+/// (after the author line, if any). Fails with a message (for the
+/// instance's rejection) when the header is missing or names an unknown
+/// format.
 pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
     let Some(rest) = value.strip_prefix(FORMAT_HEADER.as_bytes()) else {
         return Err(format!("missing format header: the value must start with `{FORMAT_HEADER}toml` (or yaml, json)"));
@@ -227,6 +260,11 @@ pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
         "yaml" | "yml" => Format::Yaml,
         "json" => Format::Json,
         other => return Err(format!("unknown format `{other}` in header (expected toml, yaml or json)")),
+    };
+    // The author line is part of the header: the document starts after it.
+    let document = match document.strip_prefix(AUTHOR_HEADER.as_bytes()) {
+        Some(line) => line.iter().position(|&b| b == b'\n').map_or(&[][..], |end| &line[end + 1..]),
+        None => document,
     };
     Ok((format, document))
 }
@@ -414,6 +452,19 @@ mod tests {
         assert_eq!(decode_config(&value).unwrap(), (Format::Json, &b"{}"[..]));
         assert_eq!(decode_config(b"# relive-format: yml").unwrap(), (Format::Yaml, &b""[..]));
         assert_eq!(decode_config(b"# relive-format: yaml \r\na: 1").unwrap(), (Format::Yaml, &b"a: 1"[..]));
+    }
+
+    #[test]
+    fn the_author_line_is_part_of_the_header() {
+        let value = with_author(&encode_config(Format::Toml, b"port = 1\n"), "alice@laptop");
+        assert_eq!(value, b"# relive-format: toml\n# relive-by: alice@laptop\nport = 1\n");
+        assert_eq!(decode_config(&value).unwrap(), (Format::Toml, &b"port = 1\n"[..]));
+        assert_eq!(config_author(&value).as_deref(), Some("alice@laptop"));
+        // Set again, it replaces the line; a newline cannot forge another.
+        let again = with_author(&value, "bob@h\n# relive-by: mallory");
+        assert_eq!(config_author(&again).as_deref(), Some("bob@h# relive-by: mallory"));
+        assert_eq!(decode_config(&again).unwrap().1, b"port = 1\n");
+        assert_eq!(config_author(&encode_config(Format::Json, b"{}")), None);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct ConfigStatus {
     pub config: String,
     /// The config key's version (`None`: deleted).
     pub version: Option<u64>,
+    /// Who wrote that version (`alice@laptop`), if its value says so.
+    pub by: Option<String>,
     /// The canary in progress, if any.
     pub canary: Option<CanaryState>,
 }
@@ -102,7 +104,7 @@ pub struct FleetStatus {
 }
 
 impl FleetStatus {
-    /// The status from what etcd holds: each config's version, each
+    /// The status from what etcd holds: each config's version and author, each
     /// canary (its key's version and record), and every status key.
     ///
     /// Every live instance (one with any status key) gets a row for every
@@ -110,11 +112,13 @@ impl FleetStatus {
     /// that has not answered a new config yet is [`SyncState::Stale`].
     pub fn build(
         revision: u64,
-        configs: Vec<(String, u64)>,
+        configs: Vec<(String, u64, Option<String>)>,
         canaries: Vec<(String, u64, Canary)>,
         statuses: Vec<StatusRecord>,
     ) -> FleetStatus {
-        let stable: BTreeMap<String, u64> = configs.into_iter().collect();
+        let authors: BTreeMap<String, Option<String>> =
+            configs.iter().map(|(name, _, by)| (name.clone(), by.clone())).collect();
+        let stable: BTreeMap<String, u64> = configs.into_iter().map(|(name, version, _)| (name, version)).collect();
         let canaries: BTreeMap<String, (u64, Canary)> = canaries.into_iter().map(|(n, v, c)| (n, (v, c))).collect();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
         let mut reported: BTreeMap<(String, String), StatusRecord> = BTreeMap::new();
@@ -164,6 +168,7 @@ impl FleetStatus {
             .map(|&name| ConfigStatus {
                 config: name.clone(),
                 version: stable.get(name).copied(),
+                by: authors.get(name).cloned().flatten(),
                 canary: canaries.get(name).map(|(version, c)| CanaryState {
                     version: *version,
                     base_version: c.base_version,
@@ -222,7 +227,7 @@ mod tests {
     fn synced_stale_and_rejected_against_the_stable_version() {
         let s = FleetStatus::build(
             12,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![],
             vec![
                 status("a", "server", 10, Some(10), AckState::Applied),
@@ -245,7 +250,7 @@ mod tests {
     fn canary_members_target_the_canary_version_and_others_the_stable_one() {
         let s = FleetStatus::build(
             20,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![("server".into(), 15, canary(&["a"], 10))],
             vec![
                 status("a", "server", 15, Some(15), AckState::Applied),
@@ -261,7 +266,7 @@ mod tests {
         // After an abort, until `a` answers the stable version again.
         let s = FleetStatus::build(
             21,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![],
             vec![status("a", "server", 15, Some(15), AckState::Applied)],
         );
@@ -272,7 +277,7 @@ mod tests {
     fn a_new_config_not_yet_answered_is_stale_and_a_deleted_one_removed() {
         let s = FleetStatus::build(
             30,
-            vec![("server".into(), 10), ("db".into(), 29)],
+            vec![("server".into(), 10, None), ("db".into(), 29, Some("alice@h".into()))],
             vec![],
             vec![
                 status("a", "server", 10, Some(10), AckState::Applied),
@@ -284,6 +289,11 @@ mod tests {
         assert_eq!(db.host, "a.host");
         let old = s.get("a", "old").unwrap();
         assert_eq!((old.state, old.target), (SyncState::Removed, None));
+        assert_eq!(
+            s.configs.iter().map(|c| c.by.as_deref()).collect::<Vec<_>>(),
+            [Some("alice@h"), None, None],
+            "db, old, server"
+        );
         let only = s.clone().only("db");
         assert_eq!((only.configs.len(), only.instances.len()), (1, 1));
         let json = serde_json::to_value(&s).unwrap();

@@ -132,6 +132,12 @@ async fn an_operator_can_push_and_an_instance_can_neither_push_nor_write_another
     let alice = fleet_as(&etcd, &pki, "alice").await;
     let v1 = alice.push("server", &toml(1), Expect::Version(0)).await.unwrap().version;
 
+    // Recorded as written by alice's certificate, at this host.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let by = format!("O=relive tests,CN=alice@{host}");
+    assert_eq!(alice.versions("server", 1).await.unwrap().versions[0].by.as_deref(), Some(by.as_str()));
+    assert_eq!(alice.status().await.unwrap().configs[0].by.as_deref(), Some(by.as_str()));
+
     // The instance serves it and acknowledges it under its own key.
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::new(dir.path());
@@ -256,7 +262,9 @@ async fn users_and_passwords_work_and_a_wrong_password_is_a_clear_error() {
         .request_timeout(Duration::from_secs(3));
     let fleet = bob.clone().connect().await.unwrap();
     assert!(fleet.operator().starts_with("bob@"), "{}", fleet.operator());
-    fleet.push("server", &toml(1), Expect::Version(0)).await.unwrap();
+    let v1 = fleet.push("server", &toml(1), Expect::Version(0)).await.unwrap().version;
+    let by = fleet.version("server", v1).await.unwrap().by.unwrap();
+    assert!(by.starts_with("bob@"), "the etcd user, not the certificate's subject: {by}");
     let e = first_error(bob.user("bob", "wrong")).await.to_string();
     assert!(e.contains("authentication failed") && e.contains(&etcd.endpoint()), "{e}");
 }
