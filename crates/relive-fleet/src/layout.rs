@@ -239,7 +239,9 @@ pub fn config_author(value: &[u8]) -> Option<String> {
     let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
     let line = rest.strip_prefix(AUTHOR_HEADER.as_bytes())?;
     let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
-    Some(String::from_utf8_lossy(line).trim().to_string())
+    // Anyone who may write the key may write this line: no control
+    // characters reach a terminal from it.
+    Some(String::from_utf8_lossy(line).chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
 }
 
 /// Splits a stored config value into its format and its document's bytes
