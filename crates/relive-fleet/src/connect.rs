@@ -73,6 +73,13 @@ impl Connection {
                  closes such connections)"
             );
         }
+        if message.contains("UnknownIssuer") {
+            let ca = match &self.ca {
+                Some(ca) => format!("the CA certificates of {}", ca.display()),
+                None => "no CA certificate given".to_string(),
+            };
+            return format!("{message} (etcd's server certificate is not signed by a CA trusted here: {ca})");
+        }
         message
     }
 

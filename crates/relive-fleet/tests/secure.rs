@@ -99,6 +99,10 @@ async fn a_wrong_ca_fails_naming_the_endpoint_and_the_certificate_problem() {
     let e = first_error(wrong).await.to_string();
     assert!(e.contains(&etcd.endpoint()), "{e}");
     assert!(e.contains("invalid peer certificate") && e.contains("UnknownIssuer"), "{e}");
+    assert!(
+        e.contains(&format!("not signed by a CA trusted here: the CA certificates of {}", pki.other_ca().display())),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,6 +243,12 @@ impl Pki {
         pki
     }
 
+    /// The certificates already in `dir` (`ca.crt`, `ca.key`,
+    /// `server.crt`, `server.key`, and clients' `<user>.crt`, `<user>.key`).
+    pub fn at(dir: tempfile::TempDir) -> Pki {
+        Pki { dir: Arc::new(dir) }
+    }
+
     fn ca_named(&self, name: &str, cn: &str) {
         self.openssl(&[
             "req",
