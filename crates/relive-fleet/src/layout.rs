@@ -17,7 +17,14 @@
 //! and the document exactly as its author wrote it. The header is a comment
 //! in TOML and YAML, and one key holds both, so a format and its bytes
 //! always change together, in one revision. relive strips the header before
-//! parsing, so errors point at the document's own lines.
+//! parsing, so errors point at the document's own lines. A second header
+//! line, `# relive-by: alice@laptop` ([`AUTHOR_HEADER`]), says who wrote the
+//! version; operators' writes add it, a value put by hand may lack it.
+//!
+//! The etcd roles of a fleet ([`Layout::role_name`]) follow this layout:
+//! operators read and write `configs/`, `canary/` and `rollout/` and read
+//! `instances/`; an instance reads [`Layout::source_range`] and writes its
+//! own `instances/<id>/`.
 //!
 //! An instance keeps one status key per config it serves, rather than one
 //! key for all: each key is written only when that config's version is

@@ -46,7 +46,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, then the document |
+//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, then the document |
 //! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //!
@@ -61,6 +61,30 @@
 //! ```
 //!
 //! See [`layout`] for the details and the reserved names.
+//!
+//! # A secured etcd
+//!
+//! Every builder takes `https://` endpoints with a CA bundle
+//! ([`FleetBuilder::ca_certificate`]), a client certificate for etcd's
+//! `--client-cert-auth` ([`FleetBuilder::client_certificate`]) and an etcd
+//! user ([`FleetBuilder::user`]); [`FleetSourceBuilder`] has the same, and
+//! a [`FleetAgentBuilder`] uses its source's. The transport is
+//! etcd-client's (rustls); etcd-client renews a user's token. A password
+//! is sent in clear only to a loopback address, unless
+//! [`FleetBuilder::insecure_plaintext`] ([`Error::Plaintext`]).
+//!
+//! [`Fleet::create_roles`] creates least-privilege roles for the prefix:
+//! `<prefix>-operator` (read and write `configs/`, `canary/`, `rollout/`;
+//! read `instances/`) and `<prefix>-instance` (read `canary/` and
+//! `configs/`; write `instances/`). [`Fleet::add_instance`] creates the
+//! role and user `<prefix>-instance-<id>`, which may write only
+//! `instances/<id>/`: an instance can then neither push nor write another
+//! instance's status. [`Fleet::add_operator`] grants the operator role.
+//!
+//! Every write of a [`Fleet`] records who made it in the config value's
+//! `# relive-by:` line: the etcd user, else the client certificate's
+//! subject (`O=shop,CN=alice`), at the host ([`Fleet::operator`]).
+//! [`ConfigVersion::by`] and [`ConfigStatus::by`] show it.
 //!
 //! # Rollout
 //!
@@ -201,8 +225,19 @@
 //! - [`Fleet::versions`] walks back one read per version, and only through
 //!   versions since the key was last created: a config deleted and
 //!   created again lists the new generation only.
-//! - [`Draft::check`] parses in a scratch workspace on disk (a temp dir),
-//!   because relive has no public function that parses a document alone.
+//! - The `# relive-by:` line is what the writer's client says: etcd checks
+//!   that the writer may write the key, not what it puts in that line.
+//!   Instances of a version before this line existed read it as part of
+//!   the document (a comment in TOML and YAML; JSON fails to parse).
+//! - `https://` endpoints trust only the CA certificates given: there are
+//!   no system trust roots.
+//! - A revoked credential stops an instance at its next reconnection (etcd
+//!   may keep a watch it already granted open): it keeps its last good
+//!   values and retries with backoff, each attempt's error in a
+//!   [`SourceEvent::Disconnected`].
+//! - An etcd with `--client-cert-auth` closes a TLS connection without a
+//!   client certificate without saying why: the error says "connection
+//!   closed", with that explanation added when no certificate was given.
 //! - The agent rejects config names it cannot write as files: a dot in
 //!   the last segment (`app.v2.toml` is config `app` for environment
 //!   `v2`) or a segment that starts with `.`. When a config's format
