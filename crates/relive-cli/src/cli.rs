@@ -144,6 +144,11 @@ Examples:
   relive fleet rollback server --to 38                   version 38's document as a new version
   relive fleet agent /srv/shop --instance web-1          write the configs to /srv/shop/config/
 
+A secured etcd (TLS, client certificates, users):
+  export RELIVE_ETCD_ENDPOINTS=https://etcd-1:2379 RELIVE_ETCD_CACERT=ca.crt
+  relive fleet roles --cert root.crt --key root.key --operator alice --instance web-1
+  export RELIVE_ETCD_CERT=alice.crt RELIVE_ETCD_KEY=alice.key     (or --user, --password-file)
+
 A config's version is its key's etcd revision. Every write compares the
 version it read (or --expect) with etcd's in the same transaction; when they
 differ nothing is written and relive exits with 4.";
