@@ -235,6 +235,10 @@
 //!   may keep a watch it already granted open): it keeps its last good
 //!   values and retries with backoff, each attempt's error in a
 //!   [`SourceEvent::Disconnected`].
+//! - Certificates, keys and the password are read when a source starts
+//!   (a [`Fleet`] when it connects): a renewed certificate takes effect at
+//!   the next start. etcd-client renews an expired auth token by signing
+//!   in again; that renewal is not covered by a test here.
 //! - An etcd with `--client-cert-auth` closes a TLS connection without a
 //!   client certificate without saying why: the error says "connection
 //!   closed", with that explanation added when no certificate was given.
