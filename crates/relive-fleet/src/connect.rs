@@ -67,11 +67,25 @@ impl Connection {
     /// connection that brings no client certificate without saying why.
     pub(crate) fn explain(&self, message: String) -> String {
         let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
-        if tls && self.identity.is_none() && message.contains("connection closed") {
-            return format!(
-                "{message} (no client certificate was given: an etcd that runs with --client-cert-auth \
-                 closes such connections)"
-            );
+        // The same refusal shows as whichever of these the client meets
+        // first, depending on timing: etcd's alert, or the closed
+        // connection.
+        let closed = ["connection closed", "broken pipe", "connection reset", "BadCertificate", "CertificateRequired"]
+            .iter()
+            .any(|m| message.contains(m));
+        if tls && closed {
+            return match &self.identity {
+                None => format!(
+                    "{message} (no client certificate was given: an etcd that runs with --client-cert-auth \
+                     closes such connections)"
+                ),
+                Some((cert, _)) => format!(
+                    "{message} (etcd closes the connection of a client certificate it does not accept: \
+                     signed by a CA it does not trust, expired, or not for client authentication; \
+                     the certificate is {})",
+                    cert.display()
+                ),
+            };
         }
         if message.contains("UnknownIssuer") {
             let ca = match &self.ca {
@@ -116,7 +130,9 @@ impl Connection {
                 tls = tls.ca_certificate(Certificate::from_pem(read_certificates(ca)?));
             }
             if let Some((cert, key)) = &self.identity {
-                tls = tls.identity(Identity::from_pem(read_certificates(cert)?, read_key(key)?));
+                let pem = read_certificates(cert)?;
+                check_validity(cert, &pem)?;
+                tls = tls.identity(Identity::from_pem(pem, read_key(key)?));
             }
             options = options.with_tls(tls);
         }
@@ -173,6 +189,24 @@ fn read_certificates(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(pem)
 }
 
+/// Refuses a client certificate outside its validity period: etcd would
+/// close the connection without saying why.
+fn check_validity(path: &Path, pem: &[u8]) -> Result<(), Error> {
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem).next() else { return Ok(()) };
+    let Some((not_before, not_after)) = validity(&der) else { return Ok(()) };
+    let now = std::time::SystemTime::now();
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    if now > not_after {
+        let message = format!("the client certificate expired at {}", at(not_after));
+        return Err(Error::Certificate { path: path.to_path_buf(), message });
+    }
+    if now < not_before {
+        let message = format!("the client certificate is not valid before {}", at(not_before));
+        return Err(Error::Certificate { path: path.to_path_buf(), message });
+    }
+    Ok(())
+}
+
 /// The PEM private key of `path`, checked to be one. Its bytes are never
 /// part of a message.
 fn read_key(path: &Path) -> Result<Vec<u8>, Error> {
@@ -222,6 +256,55 @@ fn subject(der: &[u8]) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// The validity period of a DER certificate: not before, not after.
+fn validity(der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let (cert, _) = tlv(der, 0x30)?;
+    let (tbs, _) = tlv(cert, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = tlv(rest, 0xa0)?.1;
+    }
+    let (_serial, rest) = tlv(rest, 0x02)?;
+    let (_algorithm, rest) = tlv(rest, 0x30)?;
+    let (_issuer, rest) = tlv(rest, 0x30)?;
+    let (validity, _) = tlv(rest, 0x30)?;
+    let (not_before, rest) = time(validity)?;
+    let (not_after, _) = time(rest)?;
+    Some((not_before, not_after))
+}
+
+/// An X.509 time (UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime
+/// `YYYYMMDDHHMMSSZ`) at the start of `der`, and what follows it.
+fn time(der: &[u8]) -> Option<(std::time::SystemTime, &[u8])> {
+    let tag = *der.first()?;
+    let (text, rest) = tlv(der, tag)?;
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, digits) = match tag {
+        0x17 if text.len() == 12 => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        0x18 if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| digits.get(i..i + 2)?.parse::<i64>().ok();
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    let time = if secs >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
+    };
+    Some((time, rest))
 }
 
 /// One DER element of tag `tag` at the start of `der`: its contents and
@@ -311,6 +394,15 @@ mod tests {
         local.user("alice".into(), "s3cret".into());
         assert!(local.options().is_ok());
         assert!(!format!("{local:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn x509_times_are_read() {
+        let at = |der: &[u8]| time(der).unwrap().0.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(at(b"\x17\x0d261201031200Z"), 1_796_094_720);
+        assert_eq!(at(b"\x18\x0f20000229235959Z"), 951_868_799);
+        assert_eq!(at(b"\x17\x0d700101000000Z"), 0);
+        assert!(time(b"\x17\x0c26120103120Z").is_none());
     }
 
     #[test]

@@ -83,7 +83,7 @@ async fn a_client_with_a_certificate_is_served_and_one_without_is_refused() {
         .request_timeout(Duration::from_secs(3));
     let e = first_error(bare).await.to_string();
     assert!(e.contains(&etcd.endpoint()), "{e}");
-    assert!(e.to_lowercase().contains("certificate"), "the message names the certificate problem: {e}");
+    assert!(e.contains("no client certificate was given"), "the message names the certificate problem: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,4 +271,29 @@ async fn users_and_passwords_work_and_a_wrong_password_is_a_clear_error() {
     assert!(by.starts_with("bob@"), "the etcd user, not the certificate's subject: {by}");
     let e = first_error(bob.user("bob", "wrong")).await.to_string();
     assert!(e.contains("authentication failed") && e.contains(&etcd.endpoint()), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_a_clear_error() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&pki, &[]);
+    let (cert, key) = pki.expired_client("root");
+    // Valid until the second it was made: wait for that second to pass.
+    let mut check = std::process::Command::new("openssl");
+    check.args(["x509", "-noout", "-checkend", "0", "-in"]).arg(&cert);
+    eventually("the certificate to expire", WAIT, || {
+        let expired = !check.status().unwrap().success();
+        async move { expired.then_some(()) }
+    })
+    .await;
+    let builder = FleetBuilder::new(etcd.endpoint(), PREFIX)
+        .unwrap()
+        .ca_certificate(pki.ca())
+        .client_certificate(cert, key)
+        .request_timeout(Duration::from_secs(3));
+    let e = first_error(builder).await.to_string();
+    assert!(
+        e.starts_with(&format!("{}: the client certificate expired at ", pki.dir().join("expired-root.crt").display())),
+        "{e}"
+    );
 }

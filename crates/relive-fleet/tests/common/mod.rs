@@ -316,6 +316,47 @@ impl Pki {
         (crt, key)
     }
 
+    /// A client certificate for `user` signed by the CA that expires at
+    /// once (`-days 0`: valid until the second it was made), as
+    /// `expired-<user>.crt` and `.key`.
+    pub fn expired_client(&self, user: &str) -> (PathBuf, PathBuf) {
+        let name = format!("expired-{user}");
+        self.openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={user}"),
+        ]);
+        std::fs::write(self.dir().join(format!("{name}.ext")), "extendedKeyUsage=clientAuth\n").unwrap();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "0",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+        (self.dir().join(format!("{name}.crt")), self.dir().join(format!("{name}.key")))
+    }
+
     /// Another CA, which signed nothing etcd trusts: `other-ca.crt`.
     pub fn other_ca(&self) -> PathBuf {
         let path = self.dir().join("other-ca.crt");
