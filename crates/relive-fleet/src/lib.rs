@@ -237,8 +237,9 @@
 //!   [`SourceEvent::Disconnected`].
 //! - Certificates, keys and the password are read when a source starts
 //!   (a [`Fleet`] when it connects): a renewed certificate takes effect at
-//!   the next start. etcd-client renews an expired auth token by signing
-//!   in again; that renewal is not covered by a test here.
+//!   the next start. An expired auth token is renewed by signing in again
+//!   (etcd-client's, tested through a [`Fleet`]); a password changed or a
+//!   user deleted meanwhile makes that fail with "authentication failed".
 //! - An etcd with `--client-cert-auth` closes a TLS connection without a
 //!   client certificate without saying why: the error says "connection
 //!   closed", with that explanation added when no certificate was given.
