@@ -98,9 +98,38 @@ pub struct FleetArgs {
     /// How long one call to etcd may take, in milliseconds.
     #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub access: EtcdAccessArgs,
     /// The fleet command.
     #[command(subcommand)]
     pub command: FleetCommand,
+}
+
+/// How `relive fleet` proves who it is to etcd. The password is never an
+/// argument: a file, or RELIVE_ETCD_PASSWORD.
+#[derive(Debug, Args)]
+pub struct EtcdAccessArgs {
+    /// The CA certificates (PEM) that sign etcd's server certificate, for
+    /// https:// endpoints.
+    #[arg(long, global = true, env = "RELIVE_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM), for etcd's --client-cert-auth.
+    #[arg(long, global = true, env = "RELIVE_ETCD_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "RELIVE_ETCD_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The etcd user; its password comes from --password-file or
+    /// RELIVE_ETCD_PASSWORD.
+    #[arg(long, global = true, env = "RELIVE_ETCD_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// A file holding the etcd user's password (one line).
+    #[arg(long, global = true, env = "RELIVE_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Send the password in clear to an http:// endpoint that is not on
+    /// this machine (refused otherwise).
+    #[arg(long, global = true)]
+    pub insecure_plaintext: bool,
 }
 
 const FLEET_EXAMPLES: &str = "\
@@ -114,6 +143,11 @@ Examples:
   relive fleet versions server                           the versions etcd still holds
   relive fleet rollback server --to 38                   version 38's document as a new version
   relive fleet agent /srv/shop --instance web-1          write the configs to /srv/shop/config/
+
+A secured etcd (TLS, client certificates, users):
+  export RELIVE_ETCD_ENDPOINTS=https://etcd-1:2379 RELIVE_ETCD_CACERT=ca.crt
+  relive fleet roles --cert root.crt --key root.key --operator alice --instance web-1
+  export RELIVE_ETCD_CERT=alice.crt RELIVE_ETCD_KEY=alice.key     (or --user, --password-file)
 
 A config's version is its key's etcd revision. Every write compares the
 version it read (or --expect) with etcd's in the same transaction; when they
@@ -146,6 +180,10 @@ pub enum FleetCommand {
     /// REJECTED (with the reason).
     #[command(after_help = EXIT_CODES)]
     Status(FleetStatusArgs),
+    /// Create etcd roles for the prefix: an operator role and an instance
+    /// role, and users for operators and instances.
+    #[command(after_help = EXIT_CODES)]
+    Roles(FleetRolesArgs),
     /// Run an instance that writes every version it accepts to
     /// DIR/config/<name>.<ext> (atomically), until SIGINT or SIGTERM.
     #[command(after_help = EXIT_CODES)]
@@ -260,6 +298,22 @@ pub struct FleetStatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `relive fleet roles`.
+#[derive(Debug, Args)]
+pub struct FleetRolesArgs {
+    /// Also create user USER with the operator role (comma separated).
+    #[arg(long, value_name = "USER", value_delimiter = ',')]
+    pub operator: Vec<String>,
+    /// Also create the role and user PREFIX-instance-ID, which may write
+    /// only instance ID's status (comma separated).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub instance: Vec<String>,
+    /// The password of the users created (one line). Without it they sign
+    /// in with a client certificate whose common name is their name.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }
 
 /// `relive fleet agent`.

@@ -17,12 +17,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anstyle::{AnsiColor, Style};
-use relive_fleet::{Admin, Agent, Canaries, Draft, EtcdSource, Expect, Fleet, FleetStatus, SourceEvent, SyncState};
+use relive_fleet::{
+    Canaries, Draft, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSourceBuilder, FleetStatus, SourceEvent,
+    SyncState,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
-    FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRollbackArgs, FleetShowArgs, FleetStatusArgs,
-    FleetVersionsArgs, WaitArgs,
+    EtcdAccessArgs, FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRolesArgs, FleetRollbackArgs,
+    FleetShowArgs, FleetStatusArgs, FleetVersionsArgs, WaitArgs,
 };
 use crate::exit::{Exit, Failure, Result};
 use crate::output::{self, escape_controls as esc};
@@ -41,10 +44,11 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
         message: "which application? give --prefix (or set RELIVE_FLEET_PREFIX), e.g. --prefix shop".into(),
     })?;
     let timeout = Duration::from_millis(args.timeout_ms);
+    let access = Access::from_args(&args.access)?;
     if let FleetCommand::Agent(agent) = args.command {
-        return run_agent(&args.endpoints, &prefix, timeout, agent).await;
+        return run_agent(&args.endpoints, &prefix, timeout, &access, agent).await;
     }
-    let fleet = connect(&args.endpoints, &prefix, timeout).await?;
+    let fleet = connect(&args.endpoints, &prefix, timeout, &access).await?;
     match args.command {
         FleetCommand::Push(push) => run_push(&fleet, push).await,
         FleetCommand::Promote(a) => {
@@ -67,17 +71,76 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
         FleetCommand::Versions(versions) => run_versions(&fleet, versions).await,
         FleetCommand::Show(show) => run_show(&fleet, show).await,
         FleetCommand::Status(status) => run_status(&fleet, status).await,
+        FleetCommand::Roles(roles) => run_roles(&fleet, roles).await,
         FleetCommand::Agent(_) => unreachable!("handled above"),
     }
 }
 
-async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Fleet> {
+async fn connect(endpoints: &[String], prefix: &str, timeout: Duration, access: &Access) -> Result<Fleet> {
     let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
-    let mut admin = Admin::new(first.clone(), prefix).map_err(failure)?.request_timeout(timeout);
+    let mut builder = FleetBuilder::new(first.clone(), prefix).map_err(failure)?.request_timeout(timeout);
     for endpoint in rest {
-        admin = admin.endpoint(endpoint.clone());
+        builder = builder.endpoint(endpoint.clone());
     }
-    admin.connect().await.map_err(failure)
+    if let Some(ca) = &access.cacert {
+        builder = builder.ca_certificate(ca);
+    }
+    if let Some((cert, key)) = &access.identity {
+        builder = builder.client_certificate(cert, key);
+    }
+    if let Some((user, password)) = &access.user {
+        builder = builder.user(user, password);
+    }
+    builder.insecure_plaintext(access.insecure_plaintext).connect().await.map_err(failure)
+}
+
+/// The TLS files and the etcd user of `--cacert`, `--cert`/`--key`,
+/// `--user` with `--password-file` or RELIVE_ETCD_PASSWORD.
+struct Access {
+    cacert: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    user: Option<(String, String)>,
+    insecure_plaintext: bool,
+}
+
+impl Access {
+    fn from_args(args: &EtcdAccessArgs) -> Result<Access> {
+        let user = match (&args.user, &args.password_file) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(usage("--password-file without --user: whose password is it?")),
+            (Some(user), Some(file)) => Some((user.clone(), read_password(file)?)),
+            (Some(user), None) => match std::env::var("RELIVE_ETCD_PASSWORD") {
+                Ok(password) if !password.is_empty() => Some((user.clone(), password)),
+                _ => {
+                    return Err(usage(format!(
+                        "etcd user {user} needs a password: give --password-file FILE or set RELIVE_ETCD_PASSWORD \
+                         (never an argument: others can read a process's arguments)"
+                    )));
+                }
+            },
+        };
+        Ok(Access {
+            cacert: args.cacert.clone(),
+            identity: args.cert.clone().zip(args.key.clone()),
+            user,
+            insecure_plaintext: args.insecure_plaintext,
+        })
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { exit: Exit::Usage, message: message.into() }
+}
+
+/// The first line of a password file.
+fn read_password(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| usage(format!("cannot read the password file {}: {e}", file.display())))?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err(usage(format!("the password file {} is empty", file.display())));
+    }
+    Ok(password)
 }
 
 /// The exit code an error of the fleet library ends a command with.
@@ -98,16 +161,75 @@ fn failure(error: relive_fleet::Error) -> Failure {
         | E::NoLiveInstances { .. }
         | E::UnknownInstances { .. }
         | E::UnknownFormat { .. } => Exit::Invalid,
-        E::InvalidName(_) | E::InvalidPercent { .. } => Exit::Usage,
+        E::InvalidName(_)
+        | E::InvalidPercent { .. }
+        | E::Certificate { .. }
+        | E::NotHttps { .. }
+        | E::Plaintext { .. } => Exit::Usage,
         _ => Exit::Runtime,
     };
     let message = match &error {
         E::Invalid(e) => output::config_error(None, e),
+        E::Etcd { message, .. } if message.contains("permission denied") => {
+            format!(
+                "{error}; the etcd user (--user, or the common name of --cert) lacks a role for this (relive fleet roles)"
+            )
+        }
+        E::Etcd { message, .. } if message.contains("certificate") || message.contains("credentials") => {
+            format!("{error} (--cacert, --cert, --key, --user, --password-file)")
+        }
         E::Etcd { .. } => format!("{error}; is etcd running there? (--endpoints or RELIVE_ETCD_ENDPOINTS)"),
-        _ => error.to_string(),
+        E::Plaintext { .. } => format!("{error} (--insecure-plaintext)"),
+        _ => with_hint(&error).unwrap_or_else(|| error.to_string()),
     };
     // Errors quote what they found in etcd.
     Failure { exit, message: esc(&message).into_owned() }
+}
+
+/// The message of an error whose remedy is a `relive fleet` command or
+/// flag: the library says what happened in its own terms, the CLI says
+/// what to type.
+fn with_hint(error: &relive_fleet::Error) -> Option<String> {
+    use relive_fleet::Error as E;
+    let is_at = |version: Option<u64>| match version {
+        Some(0) | None => "does not exist".to_string(),
+        Some(v) => format!("is at version {v}"),
+    };
+    Some(match error {
+        E::Conflict { config, key, current, expected } => format!(
+            "conflict: {key} {}, but this push expected {}; nothing was written: someone else changed it \
+             since it was read; review the current value (`relive fleet versions {config}`), then push again \
+             with --expect {}",
+            is_at(*current),
+            if *expected == 0 { "it not to exist".to_string() } else { format!("version {expected}") },
+            current.unwrap_or(0)
+        ),
+        E::CanaryInProgress { config, version, instances } => format!(
+            "a canary of {config} is in progress (version {version}, on {}): promote it (`relive fleet promote \
+             {config}`) or abort it (`relive fleet abort {config}`) first",
+            instances.join(", ")
+        ),
+        E::CanaryStale { config, base, now } => format!(
+            "{config} changed since its canary started (its key {}, the canary was based on version {base}): \
+             abort the canary (`relive fleet abort {config}`) and start it again",
+            is_at(*now)
+        ),
+        E::CanaryChanged { config } => format!(
+            "the canary of {config} changed while this command ran; nothing was written: check `relive fleet \
+             status {config}` and try again"
+        ),
+        E::NotAVersion { config, .. } => format!("{error} (`relive fleet versions {config}` lists them)"),
+        E::Compacted { config, version, compacted } => format!(
+            "version {version} of {config} is gone: etcd compacted its history up to revision {compacted} \
+             (its --auto-compaction-mode and --auto-compaction-retention decide how long versions are kept); \
+             pick a newer one from `relive fleet versions {config}`"
+        ),
+        E::NoConfig { config, key, .. } => format!(
+            "{config} does not exist (no key {key}): a canary needs a version to compare with: push a first \
+             version without --canary"
+        ),
+        _ => return None,
+    })
 }
 
 /// The version a write must find. `--expect N` is exact; without it a
@@ -296,11 +418,13 @@ async fn run_versions(fleet: &Fleet, args: FleetVersionsArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let mut out = anstream::stdout().lock();
-    let _ = writeln!(out, "{BOLD}{:<10} {:<7} {:>8}{BOLD:#}", "VERSION", "FORMAT", "BYTES");
+    let by = |v: &relive_fleet::ConfigVersion| v.by.clone().unwrap_or_else(|| "-".to_string());
+    let width = versions.versions.iter().map(|v| esc(&by(v)).chars().count()).max().unwrap_or(0).max(2);
+    let _ = writeln!(out, "{BOLD}{:<10} {:<7} {:>8}  {:<width$}{BOLD:#}", "VERSION", "FORMAT", "BYTES", "BY");
     for (i, v) in versions.versions.iter().enumerate() {
         let current = if i == 0 { format!("  {GOOD}current{GOOD:#}") } else { String::new() };
         let format = esc(v.format.as_deref().unwrap_or("?"));
-        let _ = writeln!(out, "{:<10} {:<7} {:>8}{current}", v.version, format, v.size);
+        let _ = writeln!(out, "{:<10} {format:<7} {:>8}  {:<width$}{current}", v.version, v.size, esc(&by(v)));
     }
     if versions.truncated {
         let _ = writeln!(out, "{DIM}(more: --limit){DIM:#}");
@@ -309,6 +433,48 @@ async fn run_versions(fleet: &Fleet, args: FleetVersionsArgs) -> Result<Exit> {
         let _ = writeln!(out, "{DIM}(older versions compacted: etcd keeps revisions from {compacted} on){DIM:#}");
     }
     let _ = out.flush();
+    Ok(Exit::Ok)
+}
+
+/// `relive fleet roles`: the prefix's roles, and users for operators and
+/// instances.
+async fn run_roles(fleet: &Fleet, args: FleetRolesArgs) -> Result<Exit> {
+    let password = args.new_password_file.as_deref().map(read_password).transpose()?;
+    let mut done = vec![fleet.create_roles().await.map_err(failure)?];
+    for user in &args.operator {
+        done.push(fleet.add_operator(user, password.as_deref()).await.map_err(failure)?);
+    }
+    for id in &args.instance {
+        done.push(fleet.add_instance(id, password.as_deref()).await.map_err(failure)?);
+    }
+    let layout = fleet.layout();
+    let mut roles: Vec<&String> = done.iter().flat_map(|d| &d.roles).collect();
+    roles.sort();
+    roles.dedup();
+    for role in roles {
+        let what = if *role == layout.role_name("operator") {
+            "reads and writes configs/, canary/ and rollout/; reads instances/".to_string()
+        } else if *role == layout.role_name("instance") {
+            "reads canary/ and configs/; writes instances/ (any instance's status)".to_string()
+        } else {
+            let id = role.strip_prefix(&layout.role_name("instance-")).unwrap_or(role);
+            format!("reads canary/ and configs/; writes instances/{id}/ only")
+        };
+        println!("role {role}: {what}");
+    }
+    let how = if password.is_some() {
+        "with the password given"
+    } else {
+        "signs in with a client certificate whose common name is its name"
+    };
+    for d in &done {
+        for user in &d.users {
+            println!("user {user}: created ({how}), roles {}", d.roles.join(", "));
+        }
+        for user in &d.existing_users {
+            println!("user {user}: exists (password unchanged), granted {}", d.roles.join(", "));
+        }
+    }
     Ok(Exit::Ok)
 }
 
@@ -383,6 +549,9 @@ fn status_table(status: &FleetStatus) -> String {
         ));
     }
     for c in &status.configs {
+        if let (Some(version), Some(by)) = (c.version, &c.by) {
+            out.push_str(&format!("{} version {version} by {by}\n", c.config));
+        }
         if let Some(canary) = &c.canary {
             out.push_str(&format!(
                 "canary {}: version {} on {} (others at {}), by {} at {}\n",
@@ -399,9 +568,15 @@ fn status_table(status: &FleetStatus) -> String {
 }
 
 /// `relive fleet agent DIR --instance ID`: until SIGINT or SIGTERM.
-async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: FleetAgentArgs) -> Result<Exit> {
+async fn run_agent(
+    endpoints: &[String],
+    prefix: &str,
+    timeout: Duration,
+    access: &Access,
+    args: FleetAgentArgs,
+) -> Result<Exit> {
     let (first, rest) = endpoints.split_first().ok_or_else(|| Failure::runtime("no etcd endpoint given"))?;
-    let mut source = EtcdSource::new(first.clone(), prefix)
+    let mut source = FleetSourceBuilder::new(first.clone(), prefix)
         .and_then(|s| s.instance(args.instance.clone()))
         .map_err(failure)?
         .request_timeout(timeout)
@@ -412,12 +587,22 @@ async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: 
     if let Some(host) = args.host {
         source = source.host(host);
     }
+    if let Some(ca) = &access.cacert {
+        source = source.ca_certificate(ca);
+    }
+    if let Some((cert, key)) = &access.identity {
+        source = source.client_certificate(cert, key);
+    }
+    if let Some((user, password)) = &access.user {
+        source = source.user(user, password);
+    }
+    source = source.insecure_plaintext(access.insecure_plaintext);
     if !args.dir.is_dir() {
         return Err(Failure::runtime(format!("{}: not a directory", args.dir.display())));
     }
     let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
-    let agent = Agent::new(source, &args.dir).start().await.map_err(failure)?;
+    let agent = FleetAgentBuilder::new(source, &args.dir).start().await.map_err(failure)?;
     let mut events = agent.subscribe();
     let boot = match agent.boot() {
         relive_fleet::Boot::Etcd { revision } => format!("from etcd at revision {revision}"),

@@ -488,3 +488,130 @@ fn fleet_status_escapes_control_characters_written_to_etcd() {
     let versions = ok(&ws, &etcd, &["versions", "server"]);
     assert!(!has_terminal_control(&versions), "{versions:?}");
 }
+
+/// `relive ARGS` in `ws` with `env`, to completion (bounded).
+fn run_env(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = ws.relive(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn relive");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    Run(rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| panic!("relive {args:?} did not finish")).expect("output"))
+}
+
+/// The README's "A secured cluster", step by step: its certificate script
+/// run as written, etcd with TLS and client certificates, authentication
+/// on, `relive fleet roles`, a push as the operator, an agent as its
+/// instance, and who wrote what in `status` and `versions`.
+#[test]
+fn a_secured_cluster_as_the_readme_sets_it_up() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme.split("### A secured cluster").nth(1).expect("the README's section");
+    let script = section.split("```sh\n").nth(1).unwrap().split("\netcd ").next().unwrap();
+    assert!(script.contains("openssl x509 -req"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh").arg("-ec").arg(script).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "the README's certificates: {}", String::from_utf8_lossy(&out.stderr));
+    let pki = etcd::Pki::at(dir);
+    let etcd = Etcd::start_tls(&pki, &[]);
+    // etcdctl user add root, grant-role root root, auth enable.
+    tokio::runtime::Runtime::new().unwrap().block_on(etcd.enable_auth());
+
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let file = |name: &str| pki.dir().join(name).to_str().unwrap().to_string();
+    let (ca, endpoint) = (file("ca.crt"), etcd.endpoint());
+    let common =
+        [("RELIVE_FLEET_PREFIX", "shop"), ("RELIVE_ETCD_ENDPOINTS", endpoint.as_str()), ("RELIVE_ETCD_CACERT", &ca)];
+    let (root_crt, root_key) = (file("root.crt"), file("root.key"));
+    let roles = run_env(
+        &ws,
+        &["fleet", "roles", "--cert", &root_crt, "--key", &root_key, "--operator", "alice", "--instance", "web-1"],
+        &common,
+    );
+    assert_eq!(roles.code(), 0, "{}{}", roles.stdout(), roles.stderr());
+    let out = roles.stdout();
+    assert!(out.contains("role shop-operator: reads and writes configs/, canary/ and rollout/"), "{out}");
+    assert!(
+        out.contains("role shop-instance-web-1: reads canary/ and configs/; writes instances/web-1/ only"),
+        "{out}"
+    );
+    assert!(out.contains("user alice: created") && out.contains("user shop-instance-web-1: created"), "{out}");
+
+    let (alice_crt, alice_key) = (file("alice.crt"), file("alice.key"));
+    let mut as_alice = common.to_vec();
+    as_alice.extend([("RELIVE_ETCD_CERT", alice_crt.as_str()), ("RELIVE_ETCD_KEY", alice_key.as_str())]);
+    let pushed = run_env(&ws, &["fleet", "push", "server", "server.toml", "--expect", "0"], &as_alice);
+    assert_eq!(pushed.code(), 0, "{}{}", pushed.stdout(), pushed.stderr());
+    let v1 = version_in(&pushed.stdout());
+
+    // The agent, as its instance's user.
+    let agent_dir = tempfile::tempdir().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (web_crt, web_key) = (file("shop-instance-web-1.crt"), file("shop-instance-web-1.key"));
+    let mut cmd = ws.relive(&[
+        "fleet",
+        "agent",
+        agent_dir.path().to_str().unwrap(),
+        "--instance",
+        "web-1",
+        "--cert",
+        &web_crt,
+        "--key",
+        &web_key,
+    ]);
+    for (k, v) in &as_alice {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdin(Stdio::null()).stdout(log.reopen().unwrap()).stderr(log.reopen().unwrap()).spawn().unwrap();
+    let mut agent = AgentProc { child: Some(child), log };
+    let written = agent_dir.path().join("config/server.toml");
+    wait_until("the agent writes server.toml", || std::fs::read_to_string(&written).is_ok_and(|t| t == "port = 1\n"));
+
+    let status = run_env(&ws, &["fleet", "status"], &as_alice);
+    assert_eq!(status.code(), 0, "{}", status.stderr());
+    assert!(status.stdout().contains(&format!("server version {v1} by O=shop,CN=alice@")), "{}", status.stdout());
+    let versions = run_env(&ws, &["fleet", "versions", "server"], &as_alice);
+    let text = versions.stdout();
+    assert!(text.lines().next().unwrap().contains("BY") && text.contains("O=shop,CN=alice@"), "{text}");
+
+    // The instance's certificate cannot push.
+    let mut as_web = common.to_vec();
+    as_web.extend([("RELIVE_ETCD_CERT", web_crt.as_str()), ("RELIVE_ETCD_KEY", web_key.as_str())]);
+    ws.write("server2.toml", "port = 2\n");
+    let refused = run_env(&ws, &["fleet", "push", "server", "server2.toml", "--force"], &as_web);
+    assert_eq!(refused.code(), 3, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("permission denied") && refused.stderr().contains("relive fleet roles"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(agent.terminate(), 0, "{}", agent.log());
+}
+
+/// A password goes in clear to another machine only with
+/// --insecure-plaintext, and never comes from an argument.
+#[test]
+fn a_password_in_clear_to_another_machine_needs_insecure_plaintext() {
+    let ws = Ws::new();
+    let args = ["fleet", "--endpoints", "http://192.0.2.1:2379", "--prefix", "shop", "--user", "bob", "status"];
+    let run = run_env(&ws, &args, &[("RELIVE_ETCD_PASSWORD", "s3cret")]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("in clear to http://192.0.2.1:2379") && run.stderr().contains("--insecure-plaintext"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!run.stderr().contains("s3cret"));
+    let run = run_env(&ws, &args, &[]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("--password-file FILE or set RELIVE_ETCD_PASSWORD"), "{}", run.stderr());
+    let mut insist = args.to_vec();
+    insist.splice(1..1, ["--insecure-plaintext", "--timeout-ms", "300"]);
+    let run = run_env(&ws, &insist, &[("RELIVE_ETCD_PASSWORD", "s3cret")]);
+    assert_eq!(run.code(), 3, "tried, and nobody answered: {}", run.stderr());
+}

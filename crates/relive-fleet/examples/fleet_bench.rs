@@ -18,7 +18,7 @@
 //! # What runs
 //!
 //! N instances in this process, each as a service would run one: its own
-//! [`Workspace`] in a temporary directory, an [`EtcdSource`] with its own
+//! [`Workspace`] in a temporary directory, an [`FleetSourceBuilder`] with its own
 //! etcd connection, lease and watch, and a `ConfigStream<Bench>` with a
 //! validator, so every version is deserialized and validated by every
 //! instance before it is applied. The engines poll their (empty) config
@@ -68,7 +68,7 @@ use common::Etcd;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
 use relive::{Format, HotReloadConfig, Polling, Workspace};
 use relive_fleet::layout::encode_config;
-use relive_fleet::{Boot, EtcdSource, FleetSource, Layout, SourceEvent, State, Status};
+use relive_fleet::{AckState, Boot, FleetSource, FleetSourceBuilder, Layout, SourceEvent, StatusRecord};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
@@ -471,7 +471,7 @@ async fn boot_instance(
         ""
     };
     ws.start_hot_reload_with_config(engine).await.map_err(|e| failed(&format!("start the engine{hint}"), &e))?;
-    let source = EtcdSource::new(endpoint, prefix)
+    let source = FleetSourceBuilder::new(endpoint, prefix)
         .and_then(|s| s.instance(id.clone()))
         .map_err(|e| failed("settings", &e))?
         .host("fleet-bench")
@@ -513,13 +513,13 @@ enum Ack {
 
 fn relive_ack(layout: &Layout, key: &[u8], value: &[u8]) -> Ack {
     let Some((who, config)) = layout.parse_status_key(key) else { return Ack::Other };
-    let Ok(status) = Status::from_json(value) else { return Ack::Other };
+    let Ok(status) = StatusRecord::from_json(value) else { return Ack::Other };
     if config != CONFIG {
         return Ack::Other;
     }
     match status.state {
-        State::Applied => Ack::Applied { who: who.to_string(), version: status.version },
-        State::Rejected => {
+        AckState::Applied => Ack::Applied { who: who.to_string(), version: status.version },
+        AckState::Rejected => {
             Ack::Rejected { who: who.to_string(), version: status.version, error: status.error.unwrap_or_default() }
         }
     }

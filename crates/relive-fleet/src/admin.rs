@@ -5,83 +5,133 @@
 //! read with what is there: two operators never overwrite each other
 //! silently, and a canary's document and its instances change together.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use relive::{ConfigError, ConfigErrorKind};
 use serde::Serialize;
 use tokio::time::timeout;
 
 use crate::Error;
+use crate::connect::Connection;
 use crate::draft::Draft;
-use crate::layout::{Canary, Layout, Status, check_instance_id, decode_config};
+use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, with_author};
 use crate::status::FleetStatus;
 
 /// Settings of an operator's connection to a fleet;
-/// [`connect`](Admin::connect) makes a [`Fleet`].
+/// [`connect`](FleetBuilder::connect) makes a [`Fleet`].
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), relive_fleet::Error> {
-/// use relive_fleet::{Admin, Draft, Expect};
-/// let fleet = Admin::new("http://127.0.0.1:2379", "shop")?.operator("alice").connect().await?;
+/// use relive_fleet::{FleetBuilder, Draft, Expect};
+/// let fleet = FleetBuilder::new("http://127.0.0.1:2379", "shop")?.operator("alice").connect().await?;
 /// let draft = Draft::read("server.toml")?;
 /// let pushed = fleet.push("server", &draft, Expect::Current).await?;
 /// println!("server is at version {}", pushed.version);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Admin {
-    endpoints: Vec<String>,
+pub struct FleetBuilder {
+    conn: Connection,
     layout: Layout,
-    operator: String,
+    operator: Option<String>,
     request_timeout: Duration,
 }
 
-impl Admin {
-    /// The fleet under `prefix` in the etcd at `endpoint`. The operator
-    /// recorded in canaries defaults to `$USER@<host>`.
-    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<Admin, Error> {
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
-        Ok(Admin {
-            endpoints: vec![endpoint.into()],
+impl FleetBuilder {
+    /// The fleet under `prefix` in the etcd at `endpoint`
+    /// (`http://127.0.0.1:2379`, `https://etcd-1:2379`).
+    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetBuilder, Error> {
+        Ok(FleetBuilder {
+            conn: Connection::new(endpoint.into()),
             layout: Layout::new(prefix)?,
-            operator: format!("{user}@{}", crate::source::hostname()),
+            operator: None,
             request_timeout: Duration::from_secs(5),
         })
     }
 
     /// More endpoints of the same cluster.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Admin {
-        self.endpoints.push(endpoint.into());
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetBuilder {
+        self.conn.endpoints.push(endpoint.into());
         self
     }
 
-    /// Who is operating, as recorded in canaries (`alice@laptop`).
-    pub fn operator(mut self, operator: impl Into<String>) -> Admin {
-        self.operator = operator.into();
+    /// The CA certificates (PEM) that sign etcd's server certificate, for
+    /// `https://` endpoints.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> FleetBuilder {
+        self.conn.ca(path.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for etcd's
+    /// `--client-cert-auth`. With authentication on and no user, etcd
+    /// takes the certificate's common name as the user.
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> FleetBuilder {
+        self.conn.identity(cert.into(), key.into());
+        self
+    }
+
+    /// An etcd user and its password. The password is sent only over
+    /// `https://`, or in clear to a loopback address, unless
+    /// [`insecure_plaintext`](FleetBuilder::insecure_plaintext).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> FleetBuilder {
+        self.conn.user(name.into(), password.into());
+        self
+    }
+
+    /// Allows sending a password in clear to an `http://` endpoint that is
+    /// not on this machine. Default: refused ([`Error::Plaintext`]).
+    pub fn insecure_plaintext(mut self, allow: bool) -> FleetBuilder {
+        self.conn.insecure_plaintext(allow);
+        self
+    }
+
+    /// Who is operating, as recorded with every write (`alice@laptop`).
+    /// Default: the etcd user, else the client certificate's subject, at
+    /// this host; without either, `$USER@<host> (unauthenticated)`.
+    pub fn operator(mut self, operator: impl Into<String>) -> FleetBuilder {
+        self.operator = Some(operator.into());
         self
     }
 
     /// How long one call to etcd may take. Default 5 s.
-    pub fn request_timeout(mut self, timeout: Duration) -> Admin {
+    pub fn request_timeout(mut self, timeout: Duration) -> FleetBuilder {
         self.request_timeout = timeout;
         self
     }
 
-    /// Connects to etcd.
-    pub async fn connect(self) -> Result<Fleet, Error> {
-        let options = ConnectOptions::new().with_connect_timeout(self.request_timeout);
-        let client = bounded(self.request_timeout, Client::connect(&self.endpoints, Some(options)))
+    /// Connects to etcd (and authenticates, with a user).
+    pub async fn connect(mut self) -> Result<Fleet, Error> {
+        let options = self
+            .conn
+            .options()?
+            .with_connect_timeout(self.request_timeout)
+            .with_auto_token_refresh(self.conn.user_name().is_some());
+        let host = crate::source::hostname();
+        let operator = match (self.operator.take(), self.conn.principal()?) {
+            (Some(operator), _) => operator,
+            (None, Some(principal)) => format!("{principal}@{host}"),
+            (None, None) => {
+                let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
+                format!("{user}@{host} (unauthenticated)")
+            }
+        };
+        let client = bounded(self.request_timeout, Client::connect(&self.conn.endpoints, Some(options)))
             .await
             .map_err(|e| self.etcd("connect", e))?;
-        Ok(Fleet { client, opts: self })
+        Ok(Fleet { client, operator: clean(&operator), opts: self })
     }
 
     fn etcd(&self, action: impl Into<String>, error: Failed) -> Error {
-        Error::Etcd { endpoints: self.endpoints.join(","), action: action.into(), message: error.to_string() }
+        let message = self.conn.explain(error.to_string());
+        Error::Etcd { endpoints: self.conn.endpoints_text(), action: action.into(), message }
     }
+}
+
+/// `text` without control characters: it goes on one line of a header.
+fn clean(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// The version a write expects a config to be at.
@@ -166,6 +216,9 @@ pub struct ConfigVersion {
     pub format: Option<String>,
     /// The document's size in bytes.
     pub size: usize,
+    /// Who wrote it (`alice@laptop`), as its author line says; `None` for
+    /// a value written without one (with `etcdctl`).
+    pub by: Option<String>,
     /// The value as stored: header and document.
     #[serde(skip)]
     pub value: Vec<u8>,
@@ -178,6 +231,7 @@ impl ConfigVersion {
             version: kv.mod_revision() as u64,
             format: decoded.map(|(f, _)| f.name().to_string()),
             size: decoded.map_or(kv.value().len(), |(_, d)| d.len()),
+            by: config_author(kv.value()),
             value: kv.value().to_vec(),
         }
     }
@@ -201,7 +255,9 @@ pub struct Versions {
 #[derive(Clone)]
 pub struct Fleet {
     client: Client,
-    opts: Admin,
+    /// Who writes, as recorded with every write.
+    operator: String,
+    opts: FleetBuilder,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -231,6 +287,12 @@ impl Fleet {
         &self.opts.layout
     }
 
+    /// Who this connection writes as (`alice@laptop`), as recorded with
+    /// every write.
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
     /// Publishes `draft` as the next version of config `name`, for every
     /// instance.
     ///
@@ -250,7 +312,8 @@ impl Fleet {
         self.refuse_during_canary(name, &snap)?;
         let previous = snap.version();
         let expected = self.expected(name, &snap, expect)?;
-        if snap.config.as_ref().is_some_and(|kv| kv.value() == value.as_slice()) {
+        let value = with_author(&value, &self.operator);
+        if snap.config.as_ref().is_some_and(|kv| same_document(kv.value(), &value)) {
             return Ok(Pushed { config: name.to_string(), version: expected, previous, unchanged: true });
         }
         let version = self.put_if(name, &snap, expected, snap.key.clone(), value, "publish").await?;
@@ -317,12 +380,12 @@ impl Fleet {
             return Err(Error::NoConfig {
                 config: name.to_string(),
                 key: snap.key.clone(),
-                hint: "a canary needs a version to compare with: push a first version without --canary",
+                hint: "a canary needs a version to compare with: publish a first version to every instance",
             });
         };
         let base = self.expected(name, &snap, expect)?;
-        let value = draft.encoded();
-        if current.value() == value.as_slice() {
+        let value = with_author(&draft.encoded(), &self.operator);
+        if same_document(current.value(), &value) {
             return Err(Error::CanaryUnchanged { config: name.to_string(), version: base });
         }
         let alive = self.serving(name).await?;
@@ -357,7 +420,7 @@ impl Fleet {
                 Canaries::Percent(p) => Some(*p),
                 Canaries::Instances(_) => None,
             },
-            by: self.opts.operator.clone(),
+            by: self.operator.clone(),
             at: now(),
         };
         let key = snap.canary_key.clone();
@@ -384,7 +447,8 @@ impl Fleet {
                 Compare::mod_revision(snap.key.clone(), CompareOp::Equal, canary.base_version as i64),
             ])
             .and_then(vec![
-                TxnOp::put(snap.key.clone(), canary.value.into_bytes(), None),
+                // Recorded as written by whoever promotes it.
+                TxnOp::put(snap.key.clone(), with_author(canary.value.as_bytes(), &self.operator), None),
                 TxnOp::delete(snap.canary_key.clone(), None),
             ]);
         let resp = self.txn("promote the canary", txn).await?;
@@ -500,7 +564,8 @@ impl Fleet {
         };
         // One transaction: configs, canaries and statuses at one revision.
         let txn = Txn::new().and_then(vec![
-            prefix(layout.configs_prefix(), true),
+            // Values too: their author lines.
+            prefix(layout.configs_prefix(), false),
             prefix(layout.canary_prefix(), false),
             prefix(layout.instances_prefix(), false),
         ]);
@@ -514,12 +579,14 @@ impl Fleet {
             })
             .collect();
         let [configs, canaries, statuses] = <[Vec<KeyValue>; 3]>::try_from(gets).map_err(|_| Error::Etcd {
-            endpoints: self.opts.endpoints.join(","),
+            endpoints: self.opts.conn.endpoints_text(),
             action: "read the fleet's status".into(),
             message: "unexpected transaction response".into(),
         })?;
-        let configs =
-            configs.iter().filter_map(|kv| Some((layout.config_name(kv.key())?.to_string(), kv.mod_revision() as u64)));
+        let configs = configs.iter().filter_map(|kv| {
+            let name = layout.config_name(kv.key())?.to_string();
+            Some((name, kv.mod_revision() as u64, config_author(kv.value())))
+        });
         let canaries = canaries.iter().filter_map(|kv| {
             let name = layout.canary_name(kv.key())?;
             match Canary::from_json(kv.value()) {
@@ -532,7 +599,7 @@ impl Fleet {
         });
         let statuses = statuses.iter().filter_map(|kv| {
             layout.parse_status_key(kv.key())?;
-            Status::from_json(kv.value()).ok()
+            StatusRecord::from_json(kv.value()).ok()
         });
         Ok(FleetStatus::build(revision(resp.header()), configs.collect(), canaries.collect(), statuses.collect()))
     }
@@ -560,7 +627,8 @@ impl Fleet {
     /// The store's revision now.
     async fn revision(&self) -> Result<u64, Error> {
         let mut client = self.client.clone();
-        let resp = bounded(self.opts.request_timeout, client.get(self.opts.layout.prefix(), None))
+        // A key inside the configs' range: an operator's role may read it.
+        let resp = bounded(self.opts.request_timeout, client.get(self.opts.layout.configs_prefix(), None))
             .await
             .map_err(|e| self.opts.etcd("read the store's revision", e))?;
         Ok(revision(resp.header()))
@@ -585,6 +653,23 @@ impl Fleet {
                 _ => return Ok(0),
             }
         }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A call to etcd bounded by the request timeout, its error in words.
+    pub(crate) async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, String> {
+        bounded(self.opts.request_timeout, f).await.map_err(|e| e.to_string())
+    }
+
+    /// An [`Error::Etcd`] for `action`.
+    pub(crate) fn failed(&self, action: String, message: String) -> Error {
+        Error::Etcd { endpoints: self.opts.conn.endpoints_text(), action, message: self.opts.conn.explain(message) }
     }
 
     async fn get(&self, key: &str, options: Option<GetOptions>) -> Result<Option<KeyValue>, Failed> {
@@ -676,6 +761,15 @@ fn fnv1a(config: &str, id: &str) -> u64 {
     hash
 }
 
+/// Whether two stored values hold the same format and document, whoever
+/// wrote them.
+fn same_document(a: &[u8], b: &[u8]) -> bool {
+    match (decode_config(a), decode_config(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
     header.map_or(0, |h| h.revision() as u64)
 }
@@ -693,7 +787,7 @@ enum Failed {
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failed::Etcd(e) => write!(f, "{e}"),
+            Failed::Etcd(e) => write!(f, "{}", crate::connect::describe(e)),
             Failed::Timeout(limit) => write!(f, "no answer within {limit:?}; is etcd running there?"),
         }
     }

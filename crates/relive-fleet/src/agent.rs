@@ -1,7 +1,7 @@
 //! Sidecar mode: an instance that writes the fleet's configs into a local
 //! workspace, for programs that read files.
 //!
-//! The agent is an [`EtcdSource`] on a private workspace under
+//! The agent is an [`FleetSourceBuilder`] on a private workspace under
 //! `DIR/data/fleet-agent/` (its engine parses every version, its cache lets
 //! it boot while etcd is down). Each version that parses is written to
 //! `DIR/config/<name>.<ext>` and only then acknowledged; a version that does
@@ -24,33 +24,33 @@ use tokio::sync::broadcast;
 
 use crate::Error;
 use crate::cache::{DIR_MODE, FILE_MODE, create_private_dir, create_temp};
-use crate::source::{Boot, EtcdSource, FleetSource, Mirror, SourceEvent};
+use crate::source::{Boot, FleetSource, FleetSourceBuilder, Mirror, SourceEvent};
 
 /// The extensions a config file can have; the agent removes a config's
 /// files of other formats when its format changes.
 const EXTENSIONS: [&str; 4] = ["toml", "yaml", "yml", "json"];
 
 /// An agent writing the fleet's configs under `DIR/config/`;
-/// [`start`](Agent::start) runs it.
+/// [`start`](FleetAgentBuilder::start) runs it.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), relive_fleet::Error> {
-/// let source = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?.instance("web-1")?;
-/// let agent = relive_fleet::Agent::new(source, "/srv/shop").start().await?;
+/// let source = relive_fleet::FleetSourceBuilder::new("http://127.0.0.1:2379", "shop")?.instance("web-1")?;
+/// let agent = relive_fleet::FleetAgentBuilder::new(source, "/srv/shop").start().await?;
 /// // ... /srv/shop/config/server.toml follows etcd ...
 /// agent.shutdown().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Agent {
-    source: EtcdSource,
+pub struct FleetAgentBuilder {
+    source: FleetSourceBuilder,
     dir: PathBuf,
 }
 
-impl Agent {
+impl FleetAgentBuilder {
     /// An agent for `source`, writing into the workspace at `dir`.
-    pub fn new(source: EtcdSource, dir: impl Into<PathBuf>) -> Agent {
-        Agent { source, dir: dir.into() }
+    pub fn new(source: FleetSourceBuilder, dir: impl Into<PathBuf>) -> FleetAgentBuilder {
+        FleetAgentBuilder { source, dir: dir.into() }
     }
 
     /// `DIR/data/fleet-agent`: the agent's private workspace (its engine's
@@ -61,13 +61,13 @@ impl Agent {
 
     /// Starts the agent: reads every config (from etcd, or from its cache
     /// when etcd is down), writes each file, then follows etcd until
-    /// [`RunningAgent::shutdown`].
-    pub async fn start(self) -> Result<RunningAgent, Error> {
+    /// [`FleetAgent::shutdown`].
+    pub async fn start(self) -> Result<FleetAgent, Error> {
         let config_dir = self.dir.join("config");
         create_private_dir(&config_dir).map_err(|source| Error::Io { path: config_dir.clone(), source })?;
         let data = self.dir.join("data");
         narrow_dir(&data).map_err(|source| Error::Io { path: data.clone(), source })?;
-        let private = Agent::private_root(&self.dir);
+        let private = FleetAgentBuilder::private_root(&self.dir);
         create_private_dir(&private).map_err(|source| Error::Io { path: private.clone(), source })?;
         // The private engine parses versions; its own history would only
         // repeat what etcd keeps.
@@ -80,19 +80,19 @@ impl Agent {
             write_config(&target, name, format, document)
         }));
         let source = self.source.mirror(mirror).start(&ws).await?;
-        Ok(RunningAgent { source, ws, config_dir })
+        Ok(FleetAgent { source, ws, config_dir })
     }
 }
 
 /// A running agent.
 #[derive(Debug)]
-pub struct RunningAgent {
+pub struct FleetAgent {
     source: FleetSource,
     ws: Workspace,
     config_dir: PathBuf,
 }
 
-impl RunningAgent {
+impl FleetAgent {
     /// Where the configs came from at start.
     pub fn boot(&self) -> Boot {
         self.source.boot()

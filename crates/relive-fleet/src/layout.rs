@@ -6,7 +6,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
-//! | `/<prefix>/instances/<id>/<name>` | the instance's [`Status`] for that config, as JSON, attached to the instance's lease |
+//! | `/<prefix>/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, as JSON, attached to the instance's lease |
 //! | `/<prefix>/canary/<name>` | a [`Canary`] of that config in progress, as JSON: the canary document and the instances it goes to |
 //!
 //! A config's version is the `mod_revision` of its key: etcd numbers every
@@ -17,7 +17,14 @@
 //! and the document exactly as its author wrote it. The header is a comment
 //! in TOML and YAML, and one key holds both, so a format and its bytes
 //! always change together, in one revision. relive strips the header before
-//! parsing, so errors point at the document's own lines.
+//! parsing, so errors point at the document's own lines. A second header
+//! line, `# relive-by: alice@laptop` ([`AUTHOR_HEADER`]), says who wrote the
+//! version; operators' writes add it, a value put by hand may lack it.
+//!
+//! The etcd roles of a fleet ([`Layout::role_name`]) follow this layout:
+//! operators read and write `configs/`, `canary/` and `rollout/` and read
+//! `instances/`; an instance reads [`Layout::source_range`] and writes its
+//! own `instances/<id>/`.
 //!
 //! An instance keeps one status key per config it serves, rather than one
 //! key for all: each key is written only when that config's version is
@@ -210,9 +217,44 @@ pub fn encode_config(format: Format, document: &[u8]) -> Vec<u8> {
     value
 }
 
-/// Splits a stored config value into its format and its document's bytes.
-/// Fails with a message (for the instance's rejection) when the header is
-/// missing or names an unknown format.
+/// The first bytes of the optional second header line: who wrote the
+/// version (`# relive-by: alice@laptop`).
+pub const AUTHOR_HEADER: &str = "# relive-by: ";
+
+/// `value` (a stored config value) with its author line set to `by`
+/// (control characters dropped): the format line, `# relive-by: <by>`,
+/// then the document. A value without a format header is returned as it
+/// is.
+pub fn with_author(value: &[u8], by: &str) -> Vec<u8> {
+    let Ok((format, document)) = decode_config(value) else { return value.to_vec() };
+    let by: String = by.chars().filter(|c| !c.is_control()).collect();
+    let mut out = Vec::with_capacity(value.len() + AUTHOR_HEADER.len() + by.len() + 1);
+    out.extend_from_slice(FORMAT_HEADER.as_bytes());
+    out.extend_from_slice(format.name().as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(AUTHOR_HEADER.as_bytes());
+    out.extend_from_slice(by.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(document);
+    out
+}
+
+/// Who wrote a stored config value, from its author line, if it has one
+/// (a value put with `etcdctl` has none).
+pub fn config_author(value: &[u8]) -> Option<String> {
+    let rest = value.strip_prefix(FORMAT_HEADER.as_bytes())?;
+    let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
+    let line = rest.strip_prefix(AUTHOR_HEADER.as_bytes())?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    // Anyone who may write the key may write this line: no control
+    // characters reach a terminal from it.
+    Some(String::from_utf8_lossy(line).chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
+}
+
+/// Splits a stored config value into its format and its document's bytes
+/// (after the author line, if any). Fails with a message (for the
+/// instance's rejection) when the header is missing or names an unknown
+/// format.
 pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
     let Some(rest) = value.strip_prefix(FORMAT_HEADER.as_bytes()) else {
         return Err(format!("missing format header: the value must start with `{FORMAT_HEADER}toml` (or yaml, json)"));
@@ -228,13 +270,18 @@ pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
         "json" => Format::Json,
         other => return Err(format!("unknown format `{other}` in header (expected toml, yaml or json)")),
     };
+    // The author line is part of the header: the document starts after it.
+    let document = match document.strip_prefix(AUTHOR_HEADER.as_bytes()) {
+        Some(line) => line.iter().position(|&b| b == b'\n').map_or(&[][..], |end| &line[end + 1..]),
+        None => document,
+    };
     Ok((format, document))
 }
 
 /// What an instance did with a version of a config: the value of its
 /// status key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
+pub struct StatusRecord {
     /// The instance's id.
     pub instance: String,
     /// The host it runs on.
@@ -246,7 +293,7 @@ pub struct Status {
     /// The version the instance serves now (its last good one), if any.
     pub applied_version: Option<u64>,
     /// Whether `version` was applied or rejected.
-    pub state: State,
+    pub state: AckState,
     /// Why `version` was rejected (`etcd:/shop/configs/server:3:11: ...`).
     pub error: Option<String>,
     /// When, in RFC 3339 (UTC).
@@ -256,21 +303,29 @@ pub struct Status {
 /// Whether an instance applied or rejected a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub enum AckState {
     /// The version is live on the instance.
     Applied,
     /// The instance refused it and serves its last good version.
     Rejected,
 }
 
-impl Status {
+/// The value of a status key.
+#[deprecated(note = "renamed `StatusRecord`")]
+pub type Status = StatusRecord;
+
+/// Whether an instance applied or rejected a version.
+#[deprecated(note = "renamed `AckState`")]
+pub type State = AckState;
+
+impl StatusRecord {
     /// The status as stored in etcd.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a status always serializes")
     }
 
     /// A status read from etcd.
-    pub fn from_json(bytes: &[u8]) -> Result<Status, serde_json::Error> {
+    pub fn from_json(bytes: &[u8]) -> Result<StatusRecord, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 }
@@ -409,6 +464,19 @@ mod tests {
     }
 
     #[test]
+    fn the_author_line_is_part_of_the_header() {
+        let value = with_author(&encode_config(Format::Toml, b"port = 1\n"), "alice@laptop");
+        assert_eq!(value, b"# relive-format: toml\n# relive-by: alice@laptop\nport = 1\n");
+        assert_eq!(decode_config(&value).unwrap(), (Format::Toml, &b"port = 1\n"[..]));
+        assert_eq!(config_author(&value).as_deref(), Some("alice@laptop"));
+        // Set again, it replaces the line; a newline cannot forge another.
+        let again = with_author(&value, "bob@h\n# relive-by: mallory");
+        assert_eq!(config_author(&again).as_deref(), Some("bob@h# relive-by: mallory"));
+        assert_eq!(decode_config(&again).unwrap().1, b"port = 1\n");
+        assert_eq!(config_author(&encode_config(Format::Json, b"{}")), None);
+    }
+
+    #[test]
     fn bad_headers_are_explained() {
         let e = decode_config(b"port = 1\n").unwrap_err();
         assert!(e.contains("missing format header"), "{e}");
@@ -418,13 +486,13 @@ mod tests {
 
     #[test]
     fn status_json_has_the_documented_fields() {
-        let status = Status {
+        let status = StatusRecord {
             instance: "web-1".into(),
             host: "h".into(),
             config: "server".into(),
             version: 7,
             applied_version: Some(5),
-            state: State::Rejected,
+            state: AckState::Rejected,
             error: Some("bad".into()),
             at: "2026-01-01T00:00:00.000Z".into(),
         };
@@ -433,6 +501,6 @@ mod tests {
         assert_eq!(json["applied_version"], 5);
         assert_eq!(json["version"], 7);
         assert_eq!(json["error"], "bad");
-        assert_eq!(Status::from_json(&status.to_json()).unwrap(), status);
+        assert_eq!(StatusRecord::from_json(&status.to_json()).unwrap(), status);
     }
 }

@@ -1,27 +1,34 @@
 //! relive-fleet: many instances of a service, one configuration, through
 //! etcd.
 //!
-//! An [`EtcdSource`] feeds a relive [`Workspace`](relive::Workspace) from
-//! etcd instead of files: the same parse, merge, validation by every
-//! subscriber, swap, events and history. A service reads its configs
-//! through `ConfigStream<T>` and `Live<T>` either way, so it changes source
-//! without changing its code. Each instance acknowledges or rejects every
-//! version in a status key of its own, with the validation error when it
-//! rejects one (like Envoy's NACK), so an operator sees which instances run
-//! what.
+//! A [`FleetSourceBuilder`] starts a [`FleetSource`], which feeds a relive
+//! [`Workspace`](relive::Workspace) from etcd instead of files: the same
+//! parse, merge, validation by every subscriber, swap, events and history.
+//! A service reads its configs through `ConfigStream<T>` and `Live<T>`
+//! either way, so it changes source without changing its code. Each
+//! instance acknowledges or rejects every version in a status key of its
+//! own (a [`StatusRecord`]), with the validation error when it rejects one
+//! (like Envoy's NACK), so an operator sees which instances run what.
 //!
-//! Operators publish through a [`Fleet`] ([`Admin::connect`]): pushes with
-//! compare-and-set, canaries to a subset of the instances, promote, abort,
-//! rollback, the versions etcd still holds and the fleet's [`FleetStatus`].
-//! An [`Agent`] is an instance for programs that read files: it writes each
-//! version into a local workspace (sidecar mode). `relive fleet` is the
-//! command line over all of it.
+//! Operators publish through a [`Fleet`] ([`FleetBuilder::connect`]):
+//! pushes with compare-and-set, canaries to a subset of the instances,
+//! promote, abort, rollback, the versions etcd still holds and the fleet's
+//! [`FleetStatus`]. A [`FleetAgent`] ([`FleetAgentBuilder::start`]) is an
+//! instance for programs that read files: it writes each version into a
+//! local workspace (sidecar mode). `relive fleet` is the command line over
+//! all of it.
+//!
+//! Every builder is named after what it makes: [`FleetBuilder`] →
+//! [`Fleet`], [`FleetSourceBuilder`] → [`FleetSource`],
+//! [`FleetAgentBuilder`] → [`FleetAgent`]. The names before (`Admin`,
+//! `EtcdSource`, `Agent`, `RunningAgent`, and `Status`, `State`,
+//! `ConfigState`) remain as deprecated aliases.
 //!
 //! ```no_run
 //! # #[derive(serde::Deserialize)] struct Server { port: u16 }
 //! # async fn f() -> Result<(), relive_fleet::Error> {
 //! let ws = relive::Workspace::new("/srv/shop");
-//! let fleet = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?
+//! let fleet = relive_fleet::FleetSourceBuilder::new("http://127.0.0.1:2379", "shop")?
 //!     .instance("web-1")?
 //!     .start(&ws)
 //!     .await?;
@@ -39,8 +46,8 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, then the document |
-//! | `/shop/instances/<id>/<name>` | the instance's [`Status`] for that config, JSON, on the instance's lease |
+//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, then the document |
+//! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //!
 //! A config's version is its key's `mod_revision`. A status is
@@ -55,12 +62,36 @@
 //!
 //! See [`layout`] for the details and the reserved names.
 //!
+//! # A secured etcd
+//!
+//! Every builder takes `https://` endpoints with a CA bundle
+//! ([`FleetBuilder::ca_certificate`]), a client certificate for etcd's
+//! `--client-cert-auth` ([`FleetBuilder::client_certificate`]) and an etcd
+//! user ([`FleetBuilder::user`]); [`FleetSourceBuilder`] has the same, and
+//! a [`FleetAgentBuilder`] uses its source's. The transport is
+//! etcd-client's (rustls); etcd-client renews a user's token. A password
+//! is sent in clear only to a loopback address, unless
+//! [`FleetBuilder::insecure_plaintext`] ([`Error::Plaintext`]).
+//!
+//! [`Fleet::create_roles`] creates least-privilege roles for the prefix:
+//! `<prefix>-operator` (read and write `configs/`, `canary/`, `rollout/`;
+//! read `instances/`) and `<prefix>-instance` (read `canary/` and
+//! `configs/`; write `instances/`). [`Fleet::add_instance`] creates the
+//! role and user `<prefix>-instance-<id>`, which may write only
+//! `instances/<id>/`: an instance can then neither push nor write another
+//! instance's status. [`Fleet::add_operator`] grants the operator role.
+//!
+//! Every write of a [`Fleet`] records who made it in the config value's
+//! `# relive-by:` line: the etcd user, else the client certificate's
+//! subject (`O=shop,CN=alice`), at the host ([`Fleet::operator`]).
+//! [`ConfigVersion::by`] and [`ConfigStatus::by`] show it.
+//!
 //! # Rollout
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), relive_fleet::Error> {
-//! use relive_fleet::{Admin, Canaries, Draft, Expect};
-//! let fleet = Admin::new("http://127.0.0.1:2379", "shop")?.connect().await?;
+//! use relive_fleet::{FleetBuilder, Canaries, Draft, Expect};
+//! let fleet = FleetBuilder::new("http://127.0.0.1:2379", "shop")?.connect().await?;
 //! let draft = Draft::read("server.toml")?;
 //! // To 10% of the instances first, if server is still at version 41.
 //! let canary = fleet.canary("server", &draft, Expect::Version(41), &Canaries::Percent(10)).await?;
@@ -105,7 +136,7 @@
 //!   config key's) and [`SyncState`]: `SYNCED`, `STALE` (behind, not
 //!   rejected), `REJECTED` (with the reason) or `REMOVED` (the key was
 //!   deleted).
-//! - **Agent** ([`Agent`]): an instance on a private workspace under
+//! - **Agent** ([`FleetAgent`]): an instance on a private workspace under
 //!   `DIR/data/fleet-agent/` that writes every version it accepts to
 //!   `DIR/config/<name>.<ext>` atomically (temp file in the same
 //!   directory, fsync, rename, directory fsync) before acknowledging it;
@@ -117,7 +148,7 @@
 //!   from the next revision. Every version is applied or rejected, and the
 //!   instance's status key says which.
 //! - After a disconnect it reconnects with bounded exponential backoff
-//!   ([`EtcdSource::backoff`], with jitter) and resumes the watch from the
+//!   ([`FleetSourceBuilder::backoff`], with jitter) and resumes the watch from the
 //!   last revision it handled, so no version is skipped.
 //! - If etcd compacted that revision, it re-reads every config and goes on
 //!   from the newest values (versions in between are never seen, by
@@ -131,7 +162,7 @@
 //!   starts from it ([`Boot::Cache`]), and catches up when etcd answers.
 //! - Status keys are attached to a lease kept alive while the source runs:
 //!   [`FleetSource::shutdown`] revokes it, and an instance that dies loses
-//!   them when the lease expires ([`EtcdSource::lease_ttl`]).
+//!   them when the lease expires ([`FleetSourceBuilder::lease_ttl`]).
 //! - Deleting a config key does not unload the config: instances keep its
 //!   last value (and their cache of it).
 //!
@@ -194,8 +225,24 @@
 //! - [`Fleet::versions`] walks back one read per version, and only through
 //!   versions since the key was last created: a config deleted and
 //!   created again lists the new generation only.
-//! - [`Draft::check`] parses in a scratch workspace on disk (a temp dir),
-//!   because relive has no public function that parses a document alone.
+//! - The `# relive-by:` line is what the writer's client says: etcd checks
+//!   that the writer may write the key, not what it puts in that line.
+//!   Instances of a version before this line existed read it as part of
+//!   the document (a comment in TOML and YAML; JSON fails to parse).
+//! - `https://` endpoints trust only the CA certificates given: there are
+//!   no system trust roots.
+//! - A revoked credential stops an instance at its next reconnection (etcd
+//!   may keep a watch it already granted open): it keeps its last good
+//!   values and retries with backoff, each attempt's error in a
+//!   [`SourceEvent::Disconnected`].
+//! - Certificates, keys and the password are read when a source starts
+//!   (a [`Fleet`] when it connects): a renewed certificate takes effect at
+//!   the next start. An expired auth token is renewed by signing in again
+//!   (etcd-client's, tested through a [`Fleet`]); a password changed or a
+//!   user deleted meanwhile makes that fail with "authentication failed".
+//! - An etcd with `--client-cert-auth` closes a TLS connection without a
+//!   client certificate without saying why: the error says "connection
+//!   closed", with that explanation added when no certificate was given.
 //! - The agent rejects config names it cannot write as files: a dot in
 //!   the last segment (`app.v2.toml` is config `app` for environment
 //!   `v2`) or a segment that starts with `.`. When a config's format
@@ -210,8 +257,10 @@ mod admin;
 mod agent;
 mod backoff;
 mod cache;
+mod connect;
 mod draft;
 pub mod layout;
+mod roles;
 mod source;
 mod status;
 
@@ -237,13 +286,42 @@ fn watcher(client: &etcd_client::Client) -> etcd_client::WatchClient {
 use std::path::PathBuf;
 
 pub use admin::{
-    Aborted, Admin, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, Promoted, Pushed, Versions, choose_canaries,
+    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, Promoted, Pushed, Versions,
+    choose_canaries,
 };
-pub use agent::{Agent, RunningAgent};
+pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
-pub use layout::{Canary, Layout, State, Status};
-pub use source::{Boot, EtcdSource, FleetSource, SourceEvent};
-pub use status::{CanaryState, ConfigState, FleetStatus, InstanceState, SyncState};
+pub use layout::{AckState, Canary, Layout, StatusRecord};
+pub use roles::RolesCreated;
+pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
+pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};
+
+// The names before each builder was named after what it builds
+// (`FleetBuilder` → `Fleet`, `FleetSourceBuilder` → `FleetSource`,
+// `FleetAgentBuilder` → `FleetAgent`) and the wire records after what they
+// are: kept so that code written against them still compiles.
+
+/// The builder of a [`Fleet`].
+#[deprecated(note = "renamed `FleetBuilder`")]
+pub type Admin = FleetBuilder;
+/// The builder of a [`FleetSource`].
+#[deprecated(note = "renamed `FleetSourceBuilder`")]
+pub type EtcdSource = FleetSourceBuilder;
+/// The builder of a [`FleetAgent`].
+#[deprecated(note = "renamed `FleetAgentBuilder`")]
+pub type Agent = FleetAgentBuilder;
+/// A running agent.
+#[deprecated(note = "renamed `FleetAgent`")]
+pub type RunningAgent = FleetAgent;
+/// A config's versions in a [`FleetStatus`].
+#[deprecated(note = "renamed `ConfigStatus`")]
+pub type ConfigState = ConfigStatus;
+/// The value of a status key.
+#[deprecated(note = "renamed `StatusRecord`")]
+pub type Status = StatusRecord;
+/// Whether an instance applied or rejected a version.
+#[deprecated(note = "renamed `AckState`")]
+pub type State = AckState;
 
 /// An error from the fleet source, the agent or an operator's command.
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +351,34 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A CA certificate, client certificate or key file that cannot be
+    /// used.
+    #[error("{}: {message}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its contents).
+        message: String,
+    },
+    /// TLS settings for an endpoint that is not `https://`: the
+    /// connection would be in clear.
+    #[error("{endpoint}: a CA or client certificate was given, but the endpoint is not https://")]
+    NotHttps {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// A password would cross the network in clear: the endpoint is
+    /// `http://` and not on this machine.
+    #[error(
+        "refusing to send the password of etcd user {user} in clear to {endpoint}: use an https:// endpoint, \
+         or allow plaintext credentials explicitly"
+    )]
+    Plaintext {
+        /// The endpoint.
+        endpoint: String,
+        /// The etcd user.
+        user: String,
+    },
     /// A document's format cannot be told from its file name.
     #[error("cannot tell the format of {}: name it .toml, .yaml, .yml or .json", path.display())]
     UnknownFormat {
@@ -286,8 +392,8 @@ pub enum Error {
     /// written.
     #[error(
         "conflict: {key} {}, but this push expected {}; nothing was written: someone else changed it \
-         since it was read; review the current value (`relive fleet versions {config}`), then push again \
-         with --expect {}",
+         since it was read; review the current version ({config}'s versions), then write again \
+         expecting version {}",
         is_at(*current), if *expected == 0 { "it not to exist".to_string() } else { format!("version {expected}") },
         current.unwrap_or(0)
     )]
@@ -304,8 +410,7 @@ pub enum Error {
     /// A canary of the config is in progress: it must be promoted or
     /// aborted before anything else is published.
     #[error(
-        "a canary of {config} is in progress (version {version}, on {}): promote it (`relive fleet promote {config}`) \
-         or abort it (`relive fleet abort {config}`) first",
+        "a canary of {config} is in progress (version {version}, on {}): promote it or abort it first",
         instances.join(", ")
     )]
     CanaryInProgress {
@@ -334,7 +439,7 @@ pub enum Error {
     /// overwrite that change.
     #[error(
         "{config} changed since its canary started (its key {}, the canary was based on version {base}): \
-         abort the canary (`relive fleet abort {config}`) and start it again",
+         abort the canary and start it again",
         is_at(*now)
     )]
     CanaryStale {
@@ -347,7 +452,7 @@ pub enum Error {
     },
     /// The canary changed while this command ran: nothing was written.
     #[error(
-        "the canary of {config} changed while this command ran; nothing was written: check `relive fleet status {config}` and try again"
+        "the canary of {config} changed while this command ran; nothing was written: read the fleet's status and try again"
     )]
     CanaryChanged {
         /// The config.
@@ -399,8 +504,7 @@ pub enum Error {
     },
     /// The revision is not one at which the config's key was written.
     #[error(
-        "revision {version} is not a version of {config}: the nearest versions are {} and {} \
-         (`relive fleet versions {config}` lists them)",
+        "revision {version} is not a version of {config}: the nearest versions are {} and {}",
         older.map_or("none older".to_string(), |v| v.to_string()),
         newer.map_or("none newer".to_string(), |v| v.to_string())
     )]
@@ -418,7 +522,7 @@ pub enum Error {
     #[error(
         "version {version} of {config} is gone: etcd compacted its history up to revision {compacted} \
          (its --auto-compaction-mode and --auto-compaction-retention decide how long versions are kept); \
-         pick a newer one from `relive fleet versions {config}`"
+         pick a newer one from {config}'s versions"
     )]
     Compacted {
         /// The config.
@@ -443,5 +547,55 @@ fn is_at(version: Option<u64>) -> String {
     match version {
         Some(0) | None => "does not exist".to_string(),
         Some(v) => format!("is at version {v}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    /// Code written against the names before the renaming still compiles,
+    /// and each old name is the type it was.
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_names_still_name_the_same_types() {
+        fn same<T: 'static, U: 'static>() -> bool {
+            TypeId::of::<T>() == TypeId::of::<U>()
+        }
+        assert!(same::<crate::Admin, crate::FleetBuilder>());
+        assert!(same::<crate::EtcdSource, crate::FleetSourceBuilder>());
+        assert!(same::<crate::Agent, crate::FleetAgentBuilder>());
+        assert!(same::<crate::RunningAgent, crate::FleetAgent>());
+        assert!(same::<crate::ConfigState, crate::ConfigStatus>());
+        assert!(same::<crate::Status, crate::StatusRecord>());
+        assert!(same::<crate::State, crate::AckState>());
+        assert!(same::<crate::layout::Status, crate::StatusRecord>());
+        let source = crate::EtcdSource::new("http://127.0.0.1:2379", "shop").unwrap().instance("web-1").unwrap();
+        let _agent: crate::Agent = crate::Agent::new(source, "/srv/shop");
+        let _admin: crate::Admin = crate::Admin::new("http://127.0.0.1:2379", "shop").unwrap();
+    }
+
+    /// The library speaks its own language: the CLI, not the library,
+    /// names `relive fleet` commands and flags.
+    #[test]
+    fn errors_name_no_command_and_no_flag() {
+        use crate::Error as E;
+        let c = || "server".to_string();
+        let errors = [
+            E::Conflict { config: c(), key: "/shop/configs/server".into(), current: Some(9), expected: 7 },
+            E::CanaryInProgress { config: c(), version: 9, instances: vec!["web-1".into()] },
+            E::CanaryStale { config: c(), base: 7, now: Some(9) },
+            E::CanaryChanged { config: c() },
+            E::NotAVersion { config: c(), version: 8, older: Some(7), newer: Some(9) },
+            E::Compacted { config: c(), version: 3, compacted: 5 },
+            E::NoCanary { config: c() },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(
+                !text.contains("relive fleet") && !text.contains("--expect") && !text.contains("--force"),
+                "{text}"
+            );
+        }
     }
 }

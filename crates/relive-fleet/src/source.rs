@@ -11,6 +11,7 @@
 //! step, not two.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +23,8 @@ use tokio::time::timeout;
 use crate::Error;
 use crate::backoff::{Backoff, jitter};
 use crate::cache::{Cache, CacheWriter};
-use crate::layout::{Canary, Layout, State, Status, check_instance_id, decode_config};
+use crate::connect::Connection;
+use crate::layout::{AckState, Canary, Layout, StatusRecord, check_instance_id, decode_config};
 
 /// Called with each version an instance applies, before it acknowledges
 /// it: the agent writes the document to a file here. An error rejects the
@@ -39,12 +41,12 @@ impl std::fmt::Debug for Mirror {
     }
 }
 
-/// Settings of an etcd config source; [`start`](EtcdSource::start) runs it.
+/// Settings of an etcd config source; [`start`](FleetSourceBuilder::start) runs it.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), relive_fleet::Error> {
 /// let ws = relive::Workspace::new("/srv/shop");
-/// let source = relive_fleet::EtcdSource::new("http://127.0.0.1:2379", "shop")?
+/// let source = relive_fleet::FleetSourceBuilder::new("http://127.0.0.1:2379", "shop")?
 ///     .instance("web-1")?
 ///     .start(&ws)
 ///     .await?;
@@ -53,8 +55,8 @@ impl std::fmt::Debug for Mirror {
 /// # drop((source, server)); Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct EtcdSource {
-    endpoints: Vec<String>,
+pub struct FleetSourceBuilder {
+    conn: Connection,
     layout: Layout,
     instance: String,
     host: String,
@@ -65,14 +67,14 @@ pub struct EtcdSource {
     mirror: Option<Mirror>,
 }
 
-impl EtcdSource {
+impl FleetSourceBuilder {
     /// A source reading the configs under `prefix` from the etcd at
     /// `endpoint` (`http://127.0.0.1:2379`). The instance id defaults to
     /// `<host>-<pid>`.
-    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<EtcdSource, Error> {
+    pub fn new(endpoint: impl Into<String>, prefix: &str) -> Result<FleetSourceBuilder, Error> {
         let host = hostname();
-        Ok(EtcdSource {
-            endpoints: vec![endpoint.into()],
+        Ok(FleetSourceBuilder {
+            conn: Connection::new(endpoint.into()),
             layout: Layout::new(prefix)?,
             instance: format!("{host}-{}", std::process::id()).replace('/', "_"),
             host,
@@ -85,14 +87,45 @@ impl EtcdSource {
     }
 
     /// More endpoints of the same cluster; the client balances over all.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> EtcdSource {
-        self.endpoints.push(endpoint.into());
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetSourceBuilder {
+        self.conn.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// The CA certificates (PEM) that sign etcd's server certificate, for
+    /// `https://` endpoints.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> FleetSourceBuilder {
+        self.conn.ca(path.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for etcd's
+    /// `--client-cert-auth`. With authentication on and no user, etcd
+    /// takes the certificate's common name as the user.
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> FleetSourceBuilder {
+        self.conn.identity(cert.into(), key.into());
+        self
+    }
+
+    /// An etcd user and its password (etcd-client refreshes its token).
+    /// The password is sent only over `https://`, or in clear to a
+    /// loopback address, unless
+    /// [`insecure_plaintext`](FleetSourceBuilder::insecure_plaintext).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> FleetSourceBuilder {
+        self.conn.user(name.into(), password.into());
+        self
+    }
+
+    /// Allows sending a password in clear to an `http://` endpoint that is
+    /// not on this machine. Default: refused ([`Error::Plaintext`]).
+    pub fn insecure_plaintext(mut self, allow: bool) -> FleetSourceBuilder {
+        self.conn.insecure_plaintext(allow);
         self
     }
 
     /// This instance's id, unique in the fleet: the name of its status keys.
     /// No `/`, not empty.
-    pub fn instance(mut self, id: impl Into<String>) -> Result<EtcdSource, Error> {
+    pub fn instance(mut self, id: impl Into<String>) -> Result<FleetSourceBuilder, Error> {
         let id = id.into();
         check_instance_id(&id)?;
         self.instance = id;
@@ -100,7 +133,7 @@ impl EtcdSource {
     }
 
     /// The host reported in status keys. Default: the machine's host name.
-    pub fn host(mut self, host: impl Into<String>) -> EtcdSource {
+    pub fn host(mut self, host: impl Into<String>) -> FleetSourceBuilder {
         self.host = host.into();
         self
     }
@@ -108,7 +141,7 @@ impl EtcdSource {
     /// The TTL of the instance's lease: how long its status keys outlive it
     /// when it dies without shutting down. Default 10 s. etcd raises TTLs
     /// below its minimum (about 2 s with default settings).
-    pub fn lease_ttl(mut self, ttl: Duration) -> EtcdSource {
+    pub fn lease_ttl(mut self, ttl: Duration) -> FleetSourceBuilder {
         self.lease_ttl = ttl.max(Duration::from_secs(1));
         self
     }
@@ -116,7 +149,7 @@ impl EtcdSource {
     /// How long one call to etcd may take before the connection counts as
     /// lost; also how long a boot waits for etcd before starting from the
     /// cache. Default 5 s.
-    pub fn request_timeout(mut self, timeout: Duration) -> EtcdSource {
+    pub fn request_timeout(mut self, timeout: Duration) -> FleetSourceBuilder {
         self.request_timeout = timeout;
         self
     }
@@ -124,7 +157,7 @@ impl EtcdSource {
     /// The delays between reconnection attempts: from `min`, doubling on
     /// each failure, up to `max`, each drawn in `[d/2, d]`. Default 100 ms
     /// to 10 s.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> EtcdSource {
+    pub fn backoff(mut self, min: Duration, max: Duration) -> FleetSourceBuilder {
         self.backoff_min = min;
         self.backoff_max = max;
         self
@@ -142,12 +175,12 @@ impl EtcdSource {
 
     /// The endpoints.
     pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+        &self.conn.endpoints
     }
 
     /// Runs `mirror` (on a blocking thread) for each version applied,
     /// before acknowledging it.
-    pub(crate) fn mirror(mut self, mirror: Mirror) -> EtcdSource {
+    pub(crate) fn mirror(mut self, mirror: Mirror) -> FleetSourceBuilder {
         self.mirror = Some(mirror);
         self
     }
@@ -161,12 +194,16 @@ impl EtcdSource {
     /// that they start from those values. The source then runs on the
     /// current Tokio runtime until [`FleetSource::shutdown`] or drop.
     pub async fn start(self, ws: &Workspace) -> Result<FleetSource, Error> {
+        // Settings that cannot work (a password in clear, an unreadable
+        // certificate) fail here, not in a reconnection loop.
+        let connect_options = self.conn.options()?.with_auto_token_refresh(self.conn.user_name().is_some());
         let manager = ws.start_hot_reload().await?;
         let cache_dir = ws.data_dir().join("fleet").join(self.layout.prefix().trim_start_matches('/')).join("configs");
         let (events, _) = broadcast::channel(1024);
         let mut worker = Worker {
             backoff: Backoff::new(self.backoff_min, self.backoff_max),
             opts: self,
+            connect_options,
             manager,
             cache: Cache::new(cache_dir.clone()),
             cache_writer: CacheWriter::start(Cache::new(cache_dir.clone()))
@@ -316,7 +353,9 @@ struct Session {
 }
 
 struct Worker {
-    opts: EtcdSource,
+    opts: FleetSourceBuilder,
+    /// TLS and credentials, loaded at start.
+    connect_options: ConnectOptions,
     manager: HotReloadManager,
     cache: Cache,
     /// Stores applied values in `cache` off the path of the next version.
@@ -336,7 +375,7 @@ struct Worker {
     /// The last version applied per config.
     applied: BTreeMap<String, u64>,
     /// The status of each config, written again on every reconnect.
-    statuses: BTreeMap<String, Status>,
+    statuses: BTreeMap<String, StatusRecord>,
 }
 
 impl Worker {
@@ -417,15 +456,18 @@ impl Worker {
     /// new lease and watches from the next revision.
     async fn connect(&mut self) -> Result<Session, Stop> {
         let limit = self.opts.request_timeout;
-        let lost = |e: String| Stop::Lost(e);
-        let options = ConnectOptions::new()
+        let conn = self.opts.conn.clone();
+        let lost = |e: String| Stop::Lost(conn.explain(e));
+        let options = self
+            .connect_options
+            .clone()
             .with_connect_timeout(limit)
             // etcd answers pings more frequent than its
             // --grpc-keepalive-min-time (5 s by default) with GOAWAY
             // (too_many_pings) once no data flowed between three of them.
             .with_keep_alive(Duration::from_secs(6), limit)
             .with_keep_alive_while_idle(true);
-        let mut client = call(limit, Client::connect(&self.opts.endpoints, Some(options))).await.map_err(lost)?;
+        let mut client = call(limit, Client::connect(&self.opts.conn.endpoints, Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
         let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
@@ -630,16 +672,16 @@ impl Worker {
             Ok(()) => {
                 self.applied.insert(name.to_string(), version);
                 let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
-                (State::Applied, None)
+                (AckState::Applied, None)
             }
             Err(error) => {
                 tracing::warn!(config = name, version, %error, "rejected a version from etcd");
                 let _ =
                     self.events.send(SourceEvent::Rejected { config: name.to_string(), version, error: error.clone() });
-                (State::Rejected, Some(error.clone()))
+                (AckState::Rejected, Some(error.clone()))
             }
         };
-        let status = Status {
+        let status = StatusRecord {
             instance: self.opts.instance.clone(),
             host: self.opts.host.clone(),
             config: name.to_string(),
@@ -682,7 +724,7 @@ where
 {
     match timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(crate::connect::describe(&e)),
         Err(_) => Err(format!("etcd did not answer within {limit:?}")),
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::layout::{Canary, State, Status};
+use crate::layout::{AckState, Canary, StatusRecord};
 
 /// Where an instance stands with a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -64,11 +64,13 @@ pub struct InstanceState {
 
 /// A config's versions: the stable one and its canary's, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConfigState {
+pub struct ConfigStatus {
     /// The config.
     pub config: String,
     /// The config key's version (`None`: deleted).
     pub version: Option<u64>,
+    /// Who wrote that version (`alice@laptop`), if its value says so.
+    pub by: Option<String>,
     /// The canary in progress, if any.
     pub canary: Option<CanaryState>,
 }
@@ -96,13 +98,13 @@ pub struct FleetStatus {
     /// The store's revision it was read at.
     pub revision: u64,
     /// Every config, by name.
-    pub configs: Vec<ConfigState>,
+    pub configs: Vec<ConfigStatus>,
     /// Every live instance × config, by config then instance.
     pub instances: Vec<InstanceState>,
 }
 
 impl FleetStatus {
-    /// The status from what etcd holds: each config's version, each
+    /// The status from what etcd holds: each config's version and author, each
     /// canary (its key's version and record), and every status key.
     ///
     /// Every live instance (one with any status key) gets a row for every
@@ -110,14 +112,16 @@ impl FleetStatus {
     /// that has not answered a new config yet is [`SyncState::Stale`].
     pub fn build(
         revision: u64,
-        configs: Vec<(String, u64)>,
+        configs: Vec<(String, u64, Option<String>)>,
         canaries: Vec<(String, u64, Canary)>,
-        statuses: Vec<Status>,
+        statuses: Vec<StatusRecord>,
     ) -> FleetStatus {
-        let stable: BTreeMap<String, u64> = configs.into_iter().collect();
+        let authors: BTreeMap<String, Option<String>> =
+            configs.iter().map(|(name, _, by)| (name.clone(), by.clone())).collect();
+        let stable: BTreeMap<String, u64> = configs.into_iter().map(|(name, version, _)| (name, version)).collect();
         let canaries: BTreeMap<String, (u64, Canary)> = canaries.into_iter().map(|(n, v, c)| (n, (v, c))).collect();
         let mut hosts: BTreeMap<String, String> = BTreeMap::new();
-        let mut reported: BTreeMap<(String, String), Status> = BTreeMap::new();
+        let mut reported: BTreeMap<(String, String), StatusRecord> = BTreeMap::new();
         for status in statuses {
             hosts.insert(status.instance.clone(), status.host.clone());
             reported.insert((status.config.clone(), status.instance.clone()), status);
@@ -139,7 +143,7 @@ impl FleetStatus {
                     _ => stable.get(name).copied(),
                 };
                 let version = status.and_then(|s| s.applied_version);
-                let rejected = status.filter(|s| s.state == State::Rejected && Some(s.version) == target);
+                let rejected = status.filter(|s| s.state == AckState::Rejected && Some(s.version) == target);
                 let state = match target {
                     None => SyncState::Removed,
                     Some(_) if rejected.is_some() => SyncState::Rejected,
@@ -161,9 +165,10 @@ impl FleetStatus {
         }
         let configs = names
             .iter()
-            .map(|&name| ConfigState {
+            .map(|&name| ConfigStatus {
                 config: name.clone(),
                 version: stable.get(name).copied(),
+                by: authors.get(name).cloned().flatten(),
                 canary: canaries.get(name).map(|(version, c)| CanaryState {
                     version: *version,
                     base_version: c.base_version,
@@ -194,15 +199,15 @@ impl FleetStatus {
 mod tests {
     use super::*;
 
-    fn status(instance: &str, config: &str, version: u64, applied: Option<u64>, state: State) -> Status {
-        Status {
+    fn status(instance: &str, config: &str, version: u64, applied: Option<u64>, state: AckState) -> StatusRecord {
+        StatusRecord {
             instance: instance.into(),
             host: format!("{instance}.host"),
             config: config.into(),
             version,
             applied_version: applied,
             state,
-            error: (state == State::Rejected).then(|| format!("{instance} says no")),
+            error: (state == AckState::Rejected).then(|| format!("{instance} says no")),
             at: "2026-01-01T00:00:00.000Z".into(),
         }
     }
@@ -222,14 +227,14 @@ mod tests {
     fn synced_stale_and_rejected_against_the_stable_version() {
         let s = FleetStatus::build(
             12,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![],
             vec![
-                status("a", "server", 10, Some(10), State::Applied),
-                status("b", "server", 7, Some(7), State::Applied),
-                status("c", "server", 10, Some(7), State::Rejected),
+                status("a", "server", 10, Some(10), AckState::Applied),
+                status("b", "server", 7, Some(7), AckState::Applied),
+                status("c", "server", 10, Some(7), AckState::Rejected),
                 // Rejected an older version, has not answered the newest.
-                status("d", "server", 8, Some(7), State::Rejected),
+                status("d", "server", 8, Some(7), AckState::Rejected),
             ],
         );
         let row = |i| s.get(i, "server").unwrap();
@@ -245,11 +250,11 @@ mod tests {
     fn canary_members_target_the_canary_version_and_others_the_stable_one() {
         let s = FleetStatus::build(
             20,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![("server".into(), 15, canary(&["a"], 10))],
             vec![
-                status("a", "server", 15, Some(15), State::Applied),
-                status("b", "server", 10, Some(10), State::Applied),
+                status("a", "server", 15, Some(15), AckState::Applied),
+                status("b", "server", 10, Some(10), AckState::Applied),
             ],
         );
         let a = s.get("a", "server").unwrap();
@@ -261,9 +266,9 @@ mod tests {
         // After an abort, until `a` answers the stable version again.
         let s = FleetStatus::build(
             21,
-            vec![("server".into(), 10)],
+            vec![("server".into(), 10, None)],
             vec![],
-            vec![status("a", "server", 15, Some(15), State::Applied)],
+            vec![status("a", "server", 15, Some(15), AckState::Applied)],
         );
         assert_eq!(s.get("a", "server").unwrap().state, SyncState::Stale);
     }
@@ -272,15 +277,23 @@ mod tests {
     fn a_new_config_not_yet_answered_is_stale_and_a_deleted_one_removed() {
         let s = FleetStatus::build(
             30,
-            vec![("server".into(), 10), ("db".into(), 29)],
+            vec![("server".into(), 10, None), ("db".into(), 29, Some("alice@h".into()))],
             vec![],
-            vec![status("a", "server", 10, Some(10), State::Applied), status("a", "old", 3, Some(3), State::Applied)],
+            vec![
+                status("a", "server", 10, Some(10), AckState::Applied),
+                status("a", "old", 3, Some(3), AckState::Applied),
+            ],
         );
         let db = s.get("a", "db").unwrap();
         assert_eq!((db.state, db.version, db.target, db.at.as_deref()), (SyncState::Stale, None, Some(29), None));
         assert_eq!(db.host, "a.host");
         let old = s.get("a", "old").unwrap();
         assert_eq!((old.state, old.target), (SyncState::Removed, None));
+        assert_eq!(
+            s.configs.iter().map(|c| c.by.as_deref()).collect::<Vec<_>>(),
+            [Some("alice@h"), None, None],
+            "db, old, server"
+        );
         let only = s.clone().only("db");
         assert_eq!((only.configs.len(), only.instances.len()), (1, 1));
         let json = serde_json::to_value(&s).unwrap();

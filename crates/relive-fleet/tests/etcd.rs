@@ -8,7 +8,7 @@ use common::{Etcd, Proxy, eventually};
 use etcd_client::{Client, CompactionOptions};
 use relive::{Format, Workspace};
 use relive_fleet::layout::encode_config;
-use relive_fleet::{Boot, EtcdSource, FleetSource, Layout, SourceEvent, State, Status};
+use relive_fleet::{AckState, Boot, FleetSource, FleetSourceBuilder, Layout, SourceEvent, StatusRecord};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
@@ -28,7 +28,7 @@ fn workspace() -> (tempfile::TempDir, Workspace) {
     (dir, ws)
 }
 
-fn source(endpoint: &str, instance: &str) -> EtcdSource {
+fn source(endpoint: &str, instance: &str) -> FleetSourceBuilder {
     common::source(endpoint, PREFIX, instance)
 }
 
@@ -49,14 +49,14 @@ async fn put(client: &mut Client, name: &str, toml: &str) -> u64 {
     resp.header().unwrap().revision() as u64
 }
 
-async fn status(client: &mut Client, instance: &str, name: &str) -> Option<Status> {
+async fn status(client: &mut Client, instance: &str, name: &str) -> Option<StatusRecord> {
     let key = Layout::new(PREFIX).unwrap().status_key(instance, name).unwrap();
     let resp = client.get(key, None).await.expect("get status");
-    resp.kvs().first().map(|kv| Status::from_json(kv.value()).expect("status json"))
+    resp.kvs().first().map(|kv| StatusRecord::from_json(kv.value()).expect("status json"))
 }
 
 /// Waits until `instance`'s status for `server` answers `version`.
-async fn status_for(client: &Client, instance: &str, version: u64) -> Status {
+async fn status_for(client: &Client, instance: &str, version: u64) -> StatusRecord {
     eventually(&format!("{instance}'s status for version {version}"), WAIT, || {
         let mut client = client.clone();
         async move { status(&mut client, instance, "server").await.filter(|s| s.version == version) }
@@ -119,14 +119,14 @@ async fn a_put_reaches_a_config_stream_and_is_acknowledged() {
     assert_eq!(*server.current(), Server { port: 1, workers: 1 });
     let live = server.live();
     let s = status_for(&client, "web-1", v1).await;
-    assert_eq!((s.state, s.applied_version, s.host.as_str()), (State::Applied, Some(v1), "test-host"));
+    assert_eq!((s.state, s.applied_version, s.host.as_str()), (AckState::Applied, Some(v1), "test-host"));
 
     let v2 = put(&mut client, "server", "port = 2\nworkers = 3\n").await;
     let next = tokio::time::timeout(WAIT, server.next()).await.expect("delivered").expect("stream open");
     assert_eq!(*next, Server { port: 2, workers: 3 });
     assert_eq!(live.load().port, 2);
     let s = status_for(&client, "web-1", v2).await;
-    assert_eq!((s.state, s.applied_version, s.error), (State::Applied, Some(v2), None));
+    assert_eq!((s.state, s.applied_version, s.error), (AckState::Applied, Some(v2), None));
     assert_eq!((s.instance.as_str(), s.config.as_str()), ("web-1", "server"));
     fleet.shutdown().await;
 }
@@ -143,20 +143,20 @@ async fn an_invalid_version_is_rejected_with_the_reason_and_the_last_good_value_
 
     let v2 = put(&mut client, "server", "port = 2\nworkers = 0\n").await;
     let s = status_for(&client, "web-1", v2).await;
-    assert_eq!((s.state, s.applied_version), (State::Rejected, Some(v1)));
+    assert_eq!((s.state, s.applied_version), (AckState::Rejected, Some(v1)));
     let error = s.error.expect("a rejection says why");
     assert!(error.contains("must be at least 1 (at `workers`)"), "{error}");
     assert!(error.starts_with("etcd:/app/configs/server:2:"), "located in the document: {error}");
 
     let v3 = put(&mut client, "server", "port = \n").await;
     let s = status_for(&client, "web-1", v3).await;
-    assert_eq!((s.state, s.applied_version), (State::Rejected, Some(v1)));
+    assert_eq!((s.state, s.applied_version), (AckState::Rejected, Some(v1)));
     assert!(s.error.as_deref().unwrap().starts_with("etcd:/app/configs/server:1:"), "{:?}", s.error);
 
     let key = Layout::new(PREFIX).unwrap().config_key("server").unwrap();
     let v4 = client.put(key, "port = 4\n", None).await.unwrap().header().unwrap().revision() as u64;
     let s = status_for(&client, "web-1", v4).await;
-    assert_eq!(s.state, State::Rejected);
+    assert_eq!(s.state, AckState::Rejected);
     assert!(s.error.as_deref().unwrap().contains("missing format header"), "{:?}", s.error);
 
     assert_eq!(*server.current(), Server { port: 1, workers: 1 });
@@ -166,7 +166,7 @@ async fn an_invalid_version_is_rejected_with_the_reason_and_the_last_good_value_
     let next = tokio::time::timeout(WAIT, server.next()).await.expect("delivered").expect("stream open");
     assert_eq!(*next, Server { port: 5, workers: 2 }, "the first value after the rejections is the next good one");
     let s = status_for(&client, "web-1", v5).await;
-    assert_eq!((s.state, s.applied_version, s.error), (State::Applied, Some(v5), None));
+    assert_eq!((s.state, s.applied_version, s.error), (AckState::Applied, Some(v5), None));
     fleet.shutdown().await;
 }
 
@@ -194,8 +194,8 @@ async fn one_instance_rejects_while_another_applies() {
     let v2 = put(&mut client, "server", "port = 80\nworkers = 2\n").await;
     let ok = status_for(&client, "lenient", v2).await;
     let nack = status_for(&client, "strict", v2).await;
-    assert_eq!(ok.state, State::Applied);
-    assert_eq!(nack.state, State::Rejected);
+    assert_eq!(ok.state, AckState::Applied);
+    assert_eq!(nack.state, AckState::Rejected);
     assert!(nack.error.as_deref().unwrap().contains("must be 1024 or more"), "{:?}", nack.error);
     a.shutdown().await;
     b.shutdown().await;
@@ -251,7 +251,7 @@ async fn killing_and_restarting_etcd_loses_no_version() {
     assert_eq!(ports, [2, 3, 4]);
     assert_eq!(server.live().load().port, 4);
     let s = status_for(&client, "web-1", v4).await;
-    assert_eq!((s.state, s.applied_version), (State::Applied, Some(v4)));
+    assert_eq!((s.state, s.applied_version), (AckState::Applied, Some(v4)));
     fleet.shutdown().await;
 }
 
@@ -302,7 +302,7 @@ async fn a_compacted_revision_is_re_read_after_a_partition() {
     applied(&mut events, v3).await;
     assert_eq!(server.live().load().port, 3, "the newest value, read again (v2 = {v2} was compacted away)");
     let s = status_for(&client, "web-1", v3).await;
-    assert_eq!(s.state, State::Applied);
+    assert_eq!(s.state, AckState::Applied);
     fleet.shutdown().await;
 }
 
@@ -329,7 +329,7 @@ async fn after_a_partition_the_watch_resumes_from_the_last_revision_seen() {
     }
     assert_eq!(seen, [v2, v3], "every missed version, each once, in order");
     assert_eq!(server.live().load().port, 3);
-    assert_eq!(status_for(&client, "web-1", v3).await.state, State::Applied);
+    assert_eq!(status_for(&client, "web-1", v3).await.state, AckState::Applied);
     fleet.shutdown().await;
 }
 
@@ -424,7 +424,7 @@ async fn deleting_a_config_keeps_its_last_value() {
     applied(&mut events, barrier).await;
     assert_eq!(server.live().load().port, 1);
     let s = status(&mut client, "web-1", "server").await.expect("status kept");
-    assert_eq!((s.state, s.version), (State::Applied, v1));
+    assert_eq!((s.state, s.version), (AckState::Applied, v1));
     fleet.shutdown().await;
 }
 

@@ -12,8 +12,8 @@ use etcd_client::CompactionOptions;
 use relive::{Format, Workspace};
 use relive_fleet::layout::encode_config;
 use relive_fleet::{
-    Admin, Agent, Canaries, Draft, Error, EtcdSource, Expect, Fleet, FleetSource, FleetStatus, Layout, SourceEvent,
-    SyncState, choose_canaries,
+    Canaries, Draft, Error, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSource, FleetSourceBuilder,
+    FleetStatus, Layout, SourceEvent, SyncState, choose_canaries,
 };
 use serde::Deserialize;
 
@@ -30,10 +30,10 @@ fn toml(port: u16) -> Draft {
 }
 
 async fn fleet(etcd: &Etcd) -> Fleet {
-    Admin::new(etcd.endpoint(), PREFIX).unwrap().operator("tester@test").connect().await.unwrap()
+    FleetBuilder::new(etcd.endpoint(), PREFIX).unwrap().operator("tester@test").connect().await.unwrap()
 }
 
-fn source(endpoint: &str, instance: &str) -> EtcdSource {
+fn source(endpoint: &str, instance: &str) -> FleetSourceBuilder {
     common::source(endpoint, PREFIX, instance)
 }
 
@@ -49,7 +49,7 @@ async fn instance(endpoint: &str, id: &str) -> Instance {
     instance_with(source(endpoint, id)).await
 }
 
-async fn instance_with(source: EtcdSource) -> Instance {
+async fn instance_with(source: FleetSourceBuilder) -> Instance {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
     let ws = Workspace::new(dir.path());
@@ -141,7 +141,7 @@ async fn a_canary_reaches_only_its_subset_until_promoted() {
     // Nothing else is published while the canary runs.
     let refused = fleet.push("server", &toml(3), Expect::Current).await.unwrap_err();
     assert!(matches!(refused, Error::CanaryInProgress { .. }), "{refused}");
-    assert!(refused.to_string().contains("relive fleet promote server"), "{refused}");
+    assert!(refused.to_string().contains("promote it or abort it first"), "{refused}");
 
     let promoted = fleet.promote("server").await.unwrap();
     assert_eq!(promoted.canary_version, canary.version);
@@ -260,7 +260,7 @@ async fn two_concurrent_pushes_with_the_same_expected_version_one_wins() {
         let message = lost.to_string();
         assert!(
             message.contains(&format!("is at version {winner}, but this push expected version {version}"))
-                && message.contains(&format!("--expect {winner}")),
+                && message.contains(&format!("write again expecting version {winner}")),
             "{message}"
         );
         version = winner;
@@ -297,7 +297,7 @@ async fn a_push_checks_the_document_and_the_expected_version_before_writing() {
     assert_eq!((v2.previous, v2.unchanged), (Some(v1), false));
 
     let e = fleet.canary("fresh", &toml(2), Expect::Current, &Canaries::Percent(50)).await.unwrap_err();
-    assert!(e.to_string().contains("push a first version without --canary"), "{e}");
+    assert!(e.to_string().contains("publish a first version to every instance"), "{e}");
     let e = fleet.canary("server", &toml(2), Expect::Current, &Canaries::Percent(50)).await.unwrap_err();
     assert!(matches!(e, Error::CanaryUnchanged { .. }), "{e}");
     let e = fleet.canary("server", &toml(3), Expect::Current, &Canaries::Percent(50)).await.unwrap_err();
@@ -432,10 +432,11 @@ async fn the_agent_writes_files_atomically_that_a_workspace_on_its_dir_follows()
     let fleet = fleet(&etcd).await;
     let v1 = fleet.push("server", &toml(1), Expect::Current).await.unwrap().version;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::new(source(&etcd.endpoint(), "sidecar").lease_ttl(Duration::from_secs(120)), dir.path())
-        .start()
-        .await
-        .unwrap();
+    let agent =
+        FleetAgentBuilder::new(source(&etcd.endpoint(), "sidecar").lease_ttl(Duration::from_secs(120)), dir.path())
+            .start()
+            .await
+            .unwrap();
     let file = dir.path().join("config/server.toml");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "port = 1\n", "written before start returns");
     converged(&fleet, &[("sidecar", v1, SyncState::Synced)]).await;
@@ -498,7 +499,7 @@ async fn the_agent_writes_files_atomically_that_a_workspace_on_its_dir_follows()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, ["server.toml"]);
-    assert!(Agent::private_root(dir.path()).join("data/fleet/app/configs/server.cached").is_file());
+    assert!(FleetAgentBuilder::private_root(dir.path()).join("data/fleet/app/configs/server.cached").is_file());
 
     // A clean shutdown removes its status at once, despite the long TTL.
     agent.shutdown().await.unwrap();
@@ -551,7 +552,7 @@ async fn the_agent_s_files_are_private_and_a_replaced_file_keeps_its_mode_and_ow
 
     let v1 = fleet.push("server", &toml(1), Expect::Current).await.unwrap().version;
     fleet.push("db", &Draft::new(Format::Toml, "password = \"hunter2\"\n"), Expect::Current).await.unwrap();
-    let agent = Agent::new(source(&etcd.endpoint(), "sidecar"), dir.path()).start().await.unwrap();
+    let agent = FleetAgentBuilder::new(source(&etcd.endpoint(), "sidecar"), dir.path()).start().await.unwrap();
     converged(&fleet, &[("sidecar", v1, SyncState::Synced)]).await;
     let v2 = fleet.push("server", &toml(2), Expect::Current).await.unwrap().version;
     converged(&fleet, &[("sidecar", v2, SyncState::Synced)]).await;

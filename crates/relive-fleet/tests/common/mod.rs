@@ -22,6 +22,11 @@ pub struct Etcd {
     starts: u32,
     /// Flags after the ones that place it (ports, data dir).
     extra: Vec<String>,
+    /// Serves clients over TLS with these certificates.
+    tls: Option<Pki>,
+    /// Where `/health` is served (over plain HTTP even when clients use
+    /// TLS).
+    metrics: SocketAddr,
 }
 
 impl Etcd {
@@ -35,14 +40,27 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
         let extra = extra.iter().map(|f| f.to_string()).collect();
-        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra };
+        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra, tls: None, metrics: free_port() };
+        etcd.restart();
+        etcd
+    }
+
+    /// Starts etcd serving clients over TLS with `pki`'s server certificate,
+    /// requiring client certificates signed by its CA
+    /// (`--client-cert-auth`), with `extra` flags.
+    pub fn start_tls(pki: &Pki, extra: &[&str]) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, peer) = (free_port(), free_port());
+        let extra = extra.iter().map(|f| f.to_string()).collect();
+        let tls = Some(pki.clone());
+        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra, tls, metrics: free_port() };
         etcd.restart();
         etcd
     }
 
     /// Every flag etcd runs with.
     pub fn flags(&self) -> Vec<String> {
-        let client = format!("http://{}", self.client);
+        let client = self.endpoint();
         let peer = format!("http://{}", self.peer);
         let mut flags = vec![
             "--name=test".to_string(),
@@ -52,7 +70,16 @@ impl Etcd {
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),
             format!("--initial-cluster=test={peer}"),
+            format!("--listen-metrics-urls=http://{}", self.metrics),
         ];
+        if let Some(pki) = &self.tls {
+            flags.extend([
+                "--client-cert-auth".to_string(),
+                format!("--trusted-ca-file={}", pki.ca().display()),
+                format!("--cert-file={}", pki.dir().join("server.crt").display()),
+                format!("--key-file={}", pki.dir().join("server.key").display()),
+            ]);
+        }
         flags.extend(self.extra.iter().cloned());
         flags
     }
@@ -62,9 +89,10 @@ impl Etcd {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `http://127.0.0.1:<port>`, for clients.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS), for clients.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// The client address.
@@ -98,7 +126,7 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("cannot run etcd ({e}): install etcd-server (scripts/test does)"));
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        while !healthy(self.client) {
+        while !healthy(self.metrics) {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("etcd exited with {status}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
@@ -116,9 +144,29 @@ impl Etcd {
         self.dir.path().join("data")
     }
 
-    /// A client.
+    /// A client (with the certificate of user `root` when etcd uses
+    /// TLS).
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect to etcd")
+        let options = self.tls.as_ref().map(|pki| etcd_client::ConnectOptions::new().with_tls(pki.tls_options("root")));
+        etcd_client::Client::connect([self.endpoint()], options).await.expect("connect to etcd")
+    }
+
+    /// A client authenticated as `user` with `password`.
+    pub async fn client_as(&self, user: &str, password: &str) -> etcd_client::Client {
+        let mut options = etcd_client::ConnectOptions::new().with_user(user, password);
+        if let Some(pki) = &self.tls {
+            options = options.with_tls(pki.tls_options(user));
+        }
+        etcd_client::Client::connect([self.endpoint()], Some(options)).await.expect("connect to etcd")
+    }
+
+    /// Adds user `root` (password `root-pw`) with the root role and enables
+    /// authentication, as `etcdctl user add root`, `etcdctl auth enable`.
+    pub async fn enable_auth(&self) {
+        let mut client = self.client().await;
+        client.user_add("root", "root-pw", None).await.expect("user add root");
+        client.user_grant_role("root", "root").await.expect("grant root");
+        client.auth_enable().await.expect("auth enable");
     }
 }
 
@@ -156,6 +204,191 @@ fn healthy(addr: SocketAddr) -> bool {
     let mut body = String::new();
     let _ = stream.read_to_string(&mut body);
     body.contains("\"health\":\"true\"")
+}
+
+/// Certificates made by the test with `openssl`: a CA, a server
+/// certificate for 127.0.0.1 and localhost, and client certificates whose
+/// common name is the etcd user they stand for.
+#[derive(Clone)]
+pub struct Pki {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Pki {
+    /// A new CA (`ca.crt`) and a server certificate (`server.crt`).
+    pub fn new() -> Pki {
+        let pki = Pki { dir: Arc::new(tempfile::tempdir().expect("tempdir")) };
+        pki.ca_named("ca", "relive test CA");
+        pki.openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=etcd",
+        ]);
+        std::fs::write(
+            pki.dir().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        pki.sign("server", "ca");
+        pki
+    }
+
+    /// The certificates already in `dir` (`ca.crt`, `ca.key`,
+    /// `server.crt`, `server.key`, and clients' `<user>.crt`, `<user>.key`).
+    pub fn at(dir: tempfile::TempDir) -> Pki {
+        Pki { dir: Arc::new(dir) }
+    }
+
+    fn ca_named(&self, name: &str, cn: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+    }
+
+    fn sign(&self, name: &str, ca: &str) {
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+
+    /// A client certificate and key for `user` (`<user>.crt`, `<user>.key`,
+    /// subject `CN=<user>, O=relive tests`), signed by the CA.
+    pub fn client(&self, user: &str) -> (PathBuf, PathBuf) {
+        let (crt, key) = (self.dir().join(format!("{user}.crt")), self.dir().join(format!("{user}.key")));
+        if !crt.exists() {
+            self.openssl(&[
+                "req",
+                "-new",
+                "-nodes",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-keyout",
+                &format!("{user}.key"),
+                "-out",
+                &format!("{user}.csr"),
+                "-subj",
+                &format!("/O=relive tests/CN={user}"),
+            ]);
+            std::fs::write(self.dir().join(format!("{user}.ext")), "extendedKeyUsage=clientAuth\n").unwrap();
+            self.sign(user, "ca");
+        }
+        (crt, key)
+    }
+
+    /// A client certificate for `user` signed by the CA that expires at
+    /// once (`-days 0`: valid until the second it was made), as
+    /// `expired-<user>.crt` and `.key`.
+    pub fn expired_client(&self, user: &str) -> (PathBuf, PathBuf) {
+        let name = format!("expired-{user}");
+        self.openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={user}"),
+        ]);
+        std::fs::write(self.dir().join(format!("{name}.ext")), "extendedKeyUsage=clientAuth\n").unwrap();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "0",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+        (self.dir().join(format!("{name}.crt")), self.dir().join(format!("{name}.key")))
+    }
+
+    /// Another CA, which signed nothing etcd trusts: `other-ca.crt`.
+    pub fn other_ca(&self) -> PathBuf {
+        let path = self.dir().join("other-ca.crt");
+        if !path.exists() {
+            self.ca_named("other-ca", "some other CA");
+        }
+        path
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir().join("ca.crt")
+    }
+
+    /// Where the files are.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// etcd-client's TLS options with the CA and `user`'s certificate.
+    pub fn tls_options(&self, user: &str) -> etcd_client::TlsOptions {
+        let (crt, key) = self.client(user);
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca())))
+            .identity(etcd_client::Identity::from_pem(read(&crt), read(&key)))
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl").args(args).current_dir(self.dir()).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// A TCP proxy in front of etcd that can cut every connection and refuse
@@ -243,8 +476,8 @@ where
 
 /// An etcd source for tests: fast reconnects, a short request timeout,
 /// host `test-host`.
-pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::EtcdSource {
-    relive_fleet::EtcdSource::new(endpoint, prefix)
+pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::FleetSourceBuilder {
+    relive_fleet::FleetSourceBuilder::new(endpoint, prefix)
         .unwrap()
         .instance(instance)
         .unwrap()
