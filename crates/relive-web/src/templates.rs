@@ -290,10 +290,9 @@ fn read_dir_sources(dir: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Names the core engine ignores too: hidden files, `*.tmp`, `*.swp`, and
-/// editors' backups (`name~`).
+/// Names the core engine ignores too: its default exclude rule.
 pub(crate) fn is_ignored(file_name: &str) -> bool {
-    file_name.starts_with('.') || file_name.ends_with(".tmp") || file_name.ends_with(".swp") || file_name.ends_with('~')
+    relive::HotReloadConfig::is_excluded_by_default(file_name)
 }
 
 fn sources_hash(sources: &[(String, String)]) -> u64 {

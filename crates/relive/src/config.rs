@@ -56,7 +56,8 @@ pub struct HotReloadConfig {
     /// `data/backups/configs/<timestamp>_<file>`. Default false.
     pub backup_on_change: bool,
     /// Globs of paths to ignore; a match on a directory ignores everything
-    /// in it. Default `**/*.tmp`, `**/*.swp`, `**/.*`. Ignoring `..data`
+    /// in it. Default [`DEFAULT_EXCLUDES`](HotReloadConfig::DEFAULT_EXCLUDES):
+    /// `**/*.tmp`, `**/*.swp`, `**/*~`, `**/.*`. Ignoring `..data`
     /// does not hide a Kubernetes ConfigMap update: relive re-reads the
     /// symlinks next to any directory or symlink that changes.
     pub exclude_patterns: Vec<String>,
@@ -109,7 +110,7 @@ impl Default for HotReloadConfig {
             debounce_ms: 500,
             validate_before_reload: true,
             backup_on_change: false,
-            exclude_patterns: ["**/*.tmp", "**/*.swp", "**/.*"].map(String::from).to_vec(),
+            exclude_patterns: HotReloadConfig::DEFAULT_EXCLUDES.map(String::from).to_vec(),
             write_timeout_ms: 2000,
             polling: Polling::Auto,
             poll_interval_ms: 500,
@@ -317,6 +318,21 @@ impl EngineSettings {
 }
 
 impl HotReloadConfig {
+    /// The default [`exclude_patterns`](HotReloadConfig::exclude_patterns):
+    /// editors' temporary files and backups, and hidden files (see
+    /// [`is_excluded_by_default`](HotReloadConfig::is_excluded_by_default)).
+    pub const DEFAULT_EXCLUDES: [&'static str; 4] = ["**/*.tmp", "**/*.swp", "**/*~", "**/.*"];
+
+    /// The default exclude rule as a test of one file name, for code that
+    /// lists files itself (relive-web's templates and assets): hidden
+    /// files, `*.tmp`, `*.swp` and editors' backups (`name~`).
+    pub fn is_excluded_by_default(file_name: &str) -> bool {
+        file_name.starts_with('.')
+            || file_name.ends_with(".tmp")
+            || file_name.ends_with(".swp")
+            || file_name.ends_with('~')
+    }
+
     /// What parsing needs: the limits, the age identities (from where
     /// `sops` looks and from [`age_key_files`](HotReloadConfig::age_key_files)),
     /// and the secret key names.

@@ -207,8 +207,17 @@ mod tests {
 
     fn filter() -> PathFilter {
         let watch = ["config/**/*.toml", "config/**/*.json", "templates/**/*", "static/**/*"].map(String::from);
-        let exclude = ["**/*.tmp", "**/*.swp", "**/.*"].map(String::from);
+        let exclude = crate::HotReloadConfig::DEFAULT_EXCLUDES.map(String::from);
         PathFilter::new(Path::new("/w"), &watch, &exclude).unwrap()
+    }
+
+    #[test]
+    fn the_default_exclude_rule_is_one_rule_as_globs_and_as_a_function() {
+        let f = filter();
+        for name in ["index.html", "a.tmp", "a.swp", "index.html~", ".hidden", "..data", "a.tmp.html", "x~y"] {
+            let tracked = f.is_tracked(&Path::new("/w/templates").join(name));
+            assert_eq!(tracked, !crate::HotReloadConfig::is_excluded_by_default(name), "{name}");
+        }
     }
 
     #[test]
