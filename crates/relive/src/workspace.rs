@@ -250,7 +250,7 @@ impl Workspace {
     }
 
     /// Every version of config `name` that was applied or rejected, oldest
-    /// first (see [`HistoryConfig`] for what is kept). A config with no
+    /// first (see [`HistoryConfig`](crate::HistoryConfig) for what is kept). A config with no
     /// history has none. Corrupt records are skipped with a warning in the
     /// log; [`open_history`](Workspace::open_history) lists them.
     ///
