@@ -15,7 +15,7 @@
 //!   symlinks that lead out).
 //! - [`ReloadHub`] decides what a change means for browsers: a stylesheet
 //!   is swapped in place, anything else reloads the page, and a burst is
-//!   one message ([`Coalescer`]). [`router`] serves the LiveReload protocol
+//!   one message ([`BurstCoalescer`]). [`router`] serves the LiveReload protocol
 //!   (`official-7`, WebSocket at `/livereload`, so the browser extensions
 //!   work), the same messages as Server-Sent Events at `/livereload/events`,
 //!   and the client script at `/livereload.js`, which [`inject`] adds to
@@ -94,6 +94,8 @@ pub use client::{CLIENT_JS, PAGE_ERROR_ID, SCRIPT_TAG, error_page, inject, injec
 pub use error::{Error, Result, TemplateError};
 #[cfg(feature = "axum")]
 pub use layer::{LiveReload, LiveReloadExt, LiveReloadLayer, NoInject, Snapshot};
-pub use reload::{Change, Coalescer, Message, PROTOCOL_OFFICIAL_7, ReloadHub, router};
+#[allow(deprecated)]
+pub use reload::Coalescer;
+pub use reload::{BurstCoalescer, Change, Message, PROTOCOL_OFFICIAL_7, ReloadHub, router};
 pub use static_files::static_router;
 pub use templates::{TemplateStatus, Templates};

@@ -22,7 +22,7 @@ use super::{Change, Message};
 /// stop. Every millisecond of that wait is latency for the common case, a
 /// single save, and the core engine already folds the events of one file
 /// into one change. So the wait is short and grows only when a burst shows
-/// itself (the defaults, [`Coalescer::default`]):
+/// itself (the defaults, [`BurstCoalescer::default`]):
 ///
 /// - A change with nothing pending opens a burst that closes 10 ms later.
 ///   Editors, `git` and build tools write the files of a burst back to back,
@@ -46,7 +46,7 @@ use super::{Change, Message};
 /// takes 23 ms: the rest is this 10 ms window and the engine). With a
 /// plain 30 ms window it was 35 ms for CSS and 56 ms for a template.
 #[derive(Debug, Clone)]
-pub struct Coalescer {
+pub struct BurstCoalescer {
     first_quiet: Duration,
     quiet: Duration,
     max: Duration,
@@ -65,35 +65,35 @@ struct Pending {
     full: Option<String>,
 }
 
-impl Default for Coalescer {
+impl Default for BurstCoalescer {
     /// A burst closes 10 ms after its first change if it stays alone, else
     /// after 30 ms of quiet, at most 200 ms after it opened; stylesheets are
     /// swapped on the leading edge.
-    fn default() -> Coalescer {
-        Coalescer::new(Duration::from_millis(30), Duration::from_millis(200))
+    fn default() -> BurstCoalescer {
+        BurstCoalescer::new(Duration::from_millis(30), Duration::from_millis(200))
             .with_first_quiet(Duration::from_millis(10))
     }
 }
 
-impl Coalescer {
+impl BurstCoalescer {
     /// A coalescer whose bursts close after `quiet` without a change, and at
     /// most `max` after they opened; stylesheets are swapped on the leading
     /// edge.
-    pub fn new(quiet: Duration, max: Duration) -> Coalescer {
-        Coalescer { first_quiet: quiet, quiet, max: max.max(quiet), leading_css: true, pending: None }
+    pub fn new(quiet: Duration, max: Duration) -> BurstCoalescer {
+        BurstCoalescer { first_quiet: quiet, quiet, max: max.max(quiet), leading_css: true, pending: None }
     }
 
     /// A burst that has had one change closes after `first_quiet` (at most
     /// `quiet`) rather than `quiet`: a lone save is sent sooner, and a burst
     /// that shows itself within `first_quiet` still gets the longer wait.
-    pub fn with_first_quiet(mut self, first_quiet: Duration) -> Coalescer {
+    pub fn with_first_quiet(mut self, first_quiet: Duration) -> BurstCoalescer {
         self.first_quiet = first_quiet.min(self.quiet);
         self
     }
 
     /// Whether a stylesheet change that opens a burst is sent at once, as
     /// well as being part of the burst (default: yes).
-    pub fn with_leading_css(mut self, leading_css: bool) -> Coalescer {
+    pub fn with_leading_css(mut self, leading_css: bool) -> BurstCoalescer {
         self.leading_css = leading_css;
         self
     }
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn a_lone_css_save_is_swapped_at_once_and_its_burst_closes_with_nothing_more() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.deadline(), None);
         assert_eq!(c.poll(t0), None);
         assert_eq!(c.push(&css("/static/app.css"), t0), Some(live_css("/static/app.css")));
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn without_leading_css_a_stylesheet_waits_for_its_burst() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(30), ms(200)).with_leading_css(false);
+        let mut c = BurstCoalescer::new(ms(30), ms(200)).with_leading_css(false);
         assert_eq!(c.push(&css("/static/app.css"), t0), None);
         assert_eq!(c.deadline(), Some(t0 + ms(30)));
         assert_eq!(c.poll(t0 + ms(29)), None);
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn a_lone_template_save_reloads_after_the_first_quiet() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.push(&template("index.html"), t0), None);
         assert_eq!(c.poll(t0 + ms(9)), None);
         assert_eq!(c.poll(t0 + ms(10)), Some(Message::full_reload("templates/index.html")));
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn a_burst_is_one_reload_and_waits_the_longer_quiet_once_it_shows() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.push(&template("index.html"), t0), None);
         assert_eq!(c.push(&css("/static/app.css"), t0 + ms(5)), None, "no leading edge inside a burst");
         assert_eq!(c.push(&Change::Config { name: "site".into() }, t0 + ms(14)), None);
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn a_burst_opened_by_css_swaps_it_at_once_then_reloads_once() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.push(&css("/static/app.css"), t0), Some(live_css("/static/app.css")));
         assert_eq!(c.push(&template("index.html"), t0 + ms(3)), None);
         assert_eq!(c.push(&css("/static/app.css"), t0 + ms(4)), None);
@@ -237,13 +237,13 @@ mod tests {
     #[test]
     fn several_stylesheets_are_one_swap_of_all() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(30), ms(200)).with_leading_css(false);
+        let mut c = BurstCoalescer::new(ms(30), ms(200)).with_leading_css(false);
         c.push(&css("/static/a.css"), t0);
         c.push(&css("/static/B.CSS"), t0 + ms(1));
         assert_eq!(c.poll(t0 + ms(31)), Some(live_css("*.css")));
 
         // With the leading edge: the first now, the rest when the burst closes.
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.push(&css("/static/a.css"), t0), Some(live_css("/static/a.css")));
         c.push(&css("/static/b.css"), t0 + ms(1));
         c.push(&css("/static/c.css"), t0 + ms(2));
@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn other_assets_reload_the_page() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = BurstCoalescer::default();
         assert_eq!(c.push(&css("/static/img/logo.png"), t0), None);
         c.push(&css("/static/app.css"), t0);
         assert_eq!(c.poll(t0 + ms(30)), Some(Message::full_reload("/static/img/logo.png")));
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_first_quiet_is_never_longer_than_the_quiet() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(5), ms(200)).with_first_quiet(ms(50));
+        let mut c = BurstCoalescer::new(ms(5), ms(200)).with_first_quiet(ms(50));
         c.push(&template("a.html"), t0);
         assert_eq!(c.deadline(), Some(t0 + ms(5)));
     }
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn a_steady_stream_still_gets_a_message_at_the_ceiling() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(30), ms(100));
+        let mut c = BurstCoalescer::new(ms(30), ms(100));
         let mut now = t0;
         let mut sent = Vec::new();
         for _ in 0..20 {

@@ -1,5 +1,5 @@
 //! The hub: takes changes in and counts them, times their bursts with a
-//! [`Coalescer`] on a task, keeps the standing alerts by source, and
+//! [`BurstCoalescer`] on a task, keeps the standing alerts by source, and
 //! broadcasts the messages to every connected browser.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{Change, Coalescer, Message};
+use super::{BurstCoalescer, Change, Message};
 use crate::access::Access;
 use crate::assets::Assets;
 use crate::templates::Templates;
@@ -43,13 +43,13 @@ impl Default for ReloadHub {
 }
 
 impl ReloadHub {
-    /// A hub with the default burst timing ([`Coalescer::default`]).
+    /// A hub with the default burst timing ([`BurstCoalescer::default`]).
     pub fn new() -> ReloadHub {
-        ReloadHub::with_coalescer(Coalescer::default())
+        ReloadHub::with_coalescer(BurstCoalescer::default())
     }
 
     /// A hub that times bursts with `coalescer`.
-    pub fn with_coalescer(mut coalescer: Coalescer) -> ReloadHub {
+    pub fn with_coalescer(mut coalescer: BurstCoalescer) -> ReloadHub {
         let (changes, mut rx) = mpsc::unbounded_channel::<Change>();
         let (messages, _) = broadcast::channel(64);
         let tx = messages.clone();

@@ -4,7 +4,7 @@
 //! Changes come in as [`Change`]s (from [`Templates`](crate::Templates),
 //! [`Assets`](crate::Assets) and the engine's config events, each *after*
 //! the new state is live, so a browser that reloads gets it). The
-//! [`Coalescer`] folds a burst of them into one [`Message`]: a change to CSS
+//! [`BurstCoalescer`] folds a burst of them into one [`Message`]: a change to CSS
 //! alone is swapped in place (`liveCSS`); any other change reloads the page.
 //! Template errors (and whatever else a server wants to show, see
 //! [`ReloadHub::alert`]) are pushed at once as an `alert`, and the reload
@@ -12,7 +12,7 @@
 //!
 //! Three rooms, each in its file:
 //!
-//! - `coalesce.rs`: the [`Coalescer`], a pure state machine with an
+//! - `coalesce.rs`: the [`BurstCoalescer`], a pure state machine with an
 //!   injected clock. How long a change waits for the rest of its burst, and
 //!   why, is on it.
 //! - `hub.rs`: the [`ReloadHub`], which takes changes in (counting them),
@@ -32,7 +32,11 @@ mod coalesce;
 mod hub;
 mod transport;
 
-pub use coalesce::Coalescer;
+pub use coalesce::BurstCoalescer;
+
+/// The old name of [`BurstCoalescer`].
+#[deprecated(note = "renamed BurstCoalescer: relive's core has a coalescer of its own (when a file is ready to read)")]
+pub type Coalescer = BurstCoalescer;
 pub use hub::ReloadHub;
 pub use transport::{PROTOCOL_OFFICIAL_7, router};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use relive_web::{Assets, Coalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates};
+use relive_web::{Assets, BurstCoalescer, PROTOCOL_OFFICIAL_7, ReloadHub, Templates};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -50,7 +50,7 @@ pub async fn watched(files: &[(&str, &str)]) -> Watched {
     let templates = Templates::new(&ws).unwrap();
     let assets = Assets::new(&ws).unwrap();
     let manager = ws.start_hot_reload().await.unwrap();
-    let hub = ReloadHub::with_coalescer(Coalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
+    let hub = ReloadHub::with_coalescer(BurstCoalescer::new(Duration::from_millis(150), Duration::from_secs(1)));
     hub.follow_templates(&templates);
     hub.follow_assets(&assets);
     hub.follow_configs(&manager);
