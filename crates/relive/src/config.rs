@@ -85,6 +85,14 @@ pub struct HotReloadConfig {
     /// turns it off. Default prefix `RELIVE`, separator `__`. Variables are
     /// read when the engine starts (and at each one-shot load).
     pub env_layer: Option<EnvLayer>,
+    /// How long a config made of several files (a base and the overlay for
+    /// the environment) waits, after a change to one of them, for the others
+    /// to change too, in milliseconds: a deploy, `git checkout` or a
+    /// rollback that rewrites both a moment apart is then one version, never
+    /// the mix in between. Each further change restarts the wait, up to ten
+    /// times it. A config of one file is applied at once. 0 turns it off.
+    /// Default 10.
+    pub change_set_window_ms: u64,
     /// Bounds on what a config file may be, checked before its text reaches
     /// a parser. See [`Limits`].
     pub limits: Limits,
@@ -120,6 +128,7 @@ impl Default for HotReloadConfig {
             limits: Limits::default(),
             age_key_files: Vec::new(),
             env_layer: Some(EnvLayer::default()),
+            change_set_window_ms: 10,
         }
     }
 }
@@ -285,6 +294,7 @@ pub(crate) struct EngineSettings {
     pub quiet: Duration,
     pub write_timeout: Duration,
     pub watch_limit: Option<usize>,
+    pub change_set_window: Duration,
     /// Limits, identities and secret names for parsing documents.
     pub decode: Decode,
 }
@@ -312,6 +322,7 @@ impl EngineSettings {
             quiet: Duration::from_millis(c.debounce_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             watch_limit: c.watch_limit,
+            change_set_window: Duration::from_millis(c.change_set_window_ms),
             decode: c.decode()?,
         })
     }

@@ -279,6 +279,12 @@ struct Worker {
     /// their new content is already recorded as known and a re-read of an
     /// unchanged file would not mark them again.
     deferred: BTreeMap<String, Instant>,
+    /// Configs made of several files (a base and its overlay) that changed
+    /// and wait for the rest of their change: name → (first seen, due).
+    /// A deploy, `git checkout` or a rollback rewrites both files a moment
+    /// apart; applying the first alone would deliver (or reject) a mix
+    /// nobody wrote.
+    settling: BTreeMap<String, (Instant, Instant)>,
     notifier: Notifier,
     /// Files that secret references read, and the configs reading them.
     references: refs::References,
@@ -330,6 +336,7 @@ impl Worker {
             files: Files::default(),
             configs: HashMap::new(),
             deferred: BTreeMap::new(),
+            settling: BTreeMap::new(),
             notifier,
             references: refs::References::default(),
             history,
@@ -360,10 +367,12 @@ impl Worker {
     fn run(&mut self) {
         while !self.stop {
             let now = Instant::now();
-            let deadline = [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check()]
-                .into_iter()
-                .flatten()
-                .min();
+            let settle = self.settling.values().map(|(_, due)| *due).min();
+            let deadline =
+                [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check(), settle]
+                    .into_iter()
+                    .flatten()
+                    .min();
             self.wait(deadline.map(|d| d.saturating_duration_since(now)));
             self.drain_wake();
             while let Ok(command) = self.rx.try_recv() {
@@ -381,6 +390,32 @@ impl Worker {
                 self.process(ready);
             }
             self.check_references();
+            self.settle();
+        }
+    }
+
+    /// Reloads the configs whose change has settled: no file of theirs
+    /// changed for the window.
+    fn settle(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, Instant)> = self
+            .settling
+            .iter()
+            .filter(|(_, (_, due))| *due <= now)
+            .map(|(name, (first_seen, _))| (name.clone(), *first_seen))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        for (name, first_seen) in due {
+            self.settling.remove(&name);
+            // The reads are behind us: fence again before the commit.
+            let outcome = self.reload(&name, first_seen, Batch { unleased: true });
+            events.extend(self.report(&name, outcome));
+        }
+        for event in events {
+            self.emit(event);
         }
     }
 
@@ -572,7 +607,16 @@ impl Worker {
             }
         }
         let mut config_events = Vec::new();
+        let window = self.s.change_set_window;
         for (name, first_seen) in dirty {
+            // A config of one file is applied at once; one of several files
+            // waits for the window after its last change (at most ten).
+            if !window.is_zero() && self.files.is_layered(&name, self.s.env.as_deref()) {
+                let cap = first_seen + window * 10;
+                let entry = self.settling.entry(name).or_insert((first_seen, now));
+                entry.1 = (now + window).min(cap.max(now));
+                continue;
+            }
             let outcome = self.reload(&name, first_seen, batch);
             config_events.extend(self.report(&name, outcome));
         }

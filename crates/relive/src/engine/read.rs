@@ -376,6 +376,18 @@ impl Files {
         out
     }
 
+    /// Whether config `name` is made of more than one file for `env` (a
+    /// base and its overlay, or a file that just went away beside one).
+    pub fn is_layered(&self, name: &str, env: Option<&str>) -> bool {
+        self.of_config(name)
+            .filter(|path| {
+                let cf = self.known.get(*path).and_then(|k| k.config.as_ref());
+                cf.is_some_and(|cf| cf.env.is_none() || cf.env.as_deref() == env)
+            })
+            .count()
+            > 1
+    }
+
     /// Every config that has files.
     pub fn config_names(&self) -> Vec<String> {
         self.by_config.keys().cloned().collect()

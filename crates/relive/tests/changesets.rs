@@ -1,0 +1,98 @@
+//! A config made of several files (a base and its environment's overlay)
+//! changes as one: a deploy that rewrites both a few milliseconds apart,
+//! and a rollback of both, are one version, never the mix in between.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use relive::ChangeEvent;
+use serde::Deserialize;
+
+/// The base sets `release`, the overlay `overlay_release`; a value where
+/// they differ is a mix that nobody wrote.
+#[derive(Debug, Deserialize)]
+struct Release {
+    release: u32,
+    overlay_release: u32,
+}
+
+fn base(n: u32) -> String {
+    format!("release = {n}\noverlay_release = 0\n")
+}
+
+fn overlay(n: u32) -> String {
+    format!("overlay_release = {n}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_and_overlay_written_milliseconds_apart_are_one_change() {
+    let t = TestWs::new(&[("config/app.toml", &base(1)), ("config/app.prod.toml", &overlay(1))]);
+    let ws = t.ws.clone().with_env("prod");
+    let manager = ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let mut app = ws
+        .config::<Release>("app")
+        .validate(|r: &Release| {
+            if r.release == r.overlay_release {
+                Ok(())
+            } else {
+                Err(format!("a mix: {} and {}", r.release, r.overlay_release))
+            }
+        })
+        .watch()
+        .await
+        .unwrap();
+    for n in 2..=21 {
+        // A deploy script: the base, then the overlay a moment later.
+        t.write("config/app.toml", &base(n));
+        std::thread::sleep(Duration::from_millis(3));
+        t.write("config/app.prod.toml", &overlay(n));
+        let (value, _) = next_until(&mut app, |r| r.release == n).await;
+        assert_eq!(value.overlay_release, n);
+    }
+    // Not one rejection of a mix along the way.
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, ChangeEvent::ValidationFailed { .. }), "{event:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_of_a_base_and_its_overlay_is_one_version() {
+    let t = TestWs::new(&[("config/app.toml", &base(1)), ("config/app.prod.toml", &overlay(1))]);
+    let ws = t.ws.clone().with_env("prod");
+    let manager = ws.start_hot_reload().await.unwrap();
+    let mut app = ws.watch_config_changes::<Release>("app").await.unwrap();
+    let live = app.live();
+    t.write("config/app.toml", &base(2));
+    t.write("config/app.prod.toml", &overlay(2));
+    next_until(&mut app, |r| r.release == 2 && r.overlay_release == 2).await;
+    manager.flush_history().await.unwrap();
+    let before = ws.history("app").unwrap().len();
+
+    for round in 0..5 {
+        let target = if round % 2 == 0 { 1 } else { 2 };
+        let version = ws
+            .history("app")
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e.rollback_of.is_none() && {
+                    let v = ws.version("app", e.version).unwrap();
+                    v.value.as_ref().is_some_and(|v| v["release"] == target && v["overlay_release"] == target)
+                }
+            })
+            .map(|e| e.version)
+            .unwrap();
+        ws.rollback("app", version).await.unwrap();
+        // The rollback returns once the engine applied it.
+        let now = live.load_full();
+        assert_eq!((now.release, now.overlay_release), (target, target), "round {round}");
+        manager.flush_history().await.unwrap();
+        let history = ws.history("app").unwrap();
+        assert_eq!(history.len(), before + round + 1, "round {round}: one version per rollback: {history:#?}");
+        let last = history.last().unwrap();
+        assert_eq!(last.rollback_of, Some(version), "round {round}");
+    }
+}
