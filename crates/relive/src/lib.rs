@@ -135,6 +135,7 @@ mod format;
 mod handler;
 mod history;
 mod inventory;
+#[cfg(target_os = "linux")]
 mod lease;
 mod locate;
 mod paths;
@@ -145,7 +146,7 @@ mod stream;
 mod watch;
 mod workspace;
 
-pub use config::{HotReloadConfig, Limits, Polling};
+pub use config::{Backend, HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
