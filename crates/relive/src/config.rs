@@ -267,3 +267,20 @@ impl EngineSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_are_read_and_a_wrong_one_is_a_clear_error() {
+        assert_eq!(Backend::parse("portable").unwrap(), Backend::Portable);
+        assert_eq!(Backend::parse("auto").unwrap(), Backend::native());
+        #[cfg(target_os = "linux")]
+        assert_eq!(Backend::parse("inotify").unwrap(), Backend::Inotify);
+        #[cfg(not(target_os = "linux"))]
+        assert!(Backend::parse("inotify").is_err());
+        let error = Backend::parse("fsevents").unwrap_err().to_string();
+        assert!(error.contains("RELIVE_BACKEND=\"fsevents\"") && error.contains("portable"), "{error}");
+    }
+}
