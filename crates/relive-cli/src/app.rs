@@ -14,6 +14,7 @@ pub fn run(cli: Cli) -> Exit {
         Color::Always => anstream::ColorChoice::Always.write_global(),
         Color::Never => anstream::ColorChoice::Never.write_global(),
     }
+    crate::telemetry::init_logs();
     match dispatch(cli.command) {
         Ok(exit) => exit,
         Err(Failure { exit, message }) => {
@@ -40,6 +41,11 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
+        // As PID 1 (in a container), every orphan is relive's to reap, and
+        // nobody else would.
+        if crate::reap::is_init() {
+            tokio::spawn(crate::reap::reap_forever());
+        }
         match command {
             Command::Watch(args) => crate::watch::run(args).await,
             Command::History(args) => crate::history::history(args).await,

@@ -375,13 +375,15 @@ pub struct WatchArgs {
     /// Print events as JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Run CMD (with `sh -c`) and restart it after each config change that
-    /// validated. It gets RELIVE_CONFIG (the configs that changed, comma
+    /// Run CMD and restart it after each config change that validated: a
+    /// simple command (words and quotes) directly, anything else with
+    /// `sh -c`. It gets RELIVE_CONFIG (the configs that changed, comma
     /// separated; unset at first start) and RELIVE_WORKSPACE.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// With --exec: send this signal (HUP, USR1, SIGHUP, ...) to the
-    /// program instead of restarting it.
+    /// program instead of restarting it (to its whole process group when
+    /// CMD needs a shell).
     #[arg(long, value_name = "SIGNAL", requires = "exec", value_parser = parse_signal)]
     pub signal: Option<Signal>,
     /// With --exec: how long the program has to exit after SIGTERM before
@@ -421,11 +423,19 @@ Examples:
   relive watch --exec 'nginx -g \"daemon off;\"' --signal HUP
   relive watch --webhook http://127.0.0.1:8080/-/reload --metrics-addr 127.0.0.1:9090
 
-The program run by --exec is in its own process group: SIGTERM and SIGKILL
-go to the whole group, --signal goes to the program itself (`sh -c` runs a
-single command in place of the shell; put `exec` before the program in a
-compound command). SIGINT and SIGTERM received by relive are passed on to
-the program, which then has --grace-ms to exit.";
+--exec runs a simple command (words and quotes: `./server --port 80`) as
+the program itself, and anything else (pipes, `&&`, `$VAR`, redirections)
+with `sh -c`. The program runs in a process group of its own, and relive
+keeps track of the group: a restart sends SIGTERM to the group, waits
+--grace-ms for every process in it to exit, SIGKILLs what is left, and
+starts the next copy only once the group is empty. --signal goes to the
+program when it runs directly, and to the whole group when a shell runs it
+(the shell would otherwise take the signal in its place). SIGINT and
+SIGTERM received by relive are passed on the same way, and relive exits
+once the group is gone. relive reaps the orphans its program leaves (it is
+their subreaper) and stops those outside the group after it; as PID 1 it
+reaps every orphan. If relive is killed with SIGKILL, the kernel kills the
+process it started, but not what that process started.";
 
 /// `--polling`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,11 @@
 //! Schemas located at their key), prints, and maps errors to exit codes: a
 //! conflict or a canary in progress is 4, an invalid document 1, anything
 //! that went wrong with etcd 3.
+//!
+//! Text from etcd (instance ids, hosts, reasons, who started a canary) is
+//! anyone's who can write to the store: it goes through
+//! [`output::escape_controls`] before it is printed as text, and JSON goes
+//! through [`output::escape_json_controls`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,7 @@ use crate::cli::{
     FleetVersionsArgs, WaitArgs,
 };
 use crate::exit::{Exit, Failure, Result};
-use crate::output;
+use crate::output::{self, escape_controls as esc};
 use crate::schema::Schema;
 
 const GOOD: Style = AnsiColor::Green.on_default();
@@ -101,7 +106,8 @@ fn failure(error: relive_fleet::Error) -> Failure {
         E::Etcd { .. } => format!("{error}; is etcd running there? (--endpoints or RELIVE_ETCD_ENDPOINTS)"),
         _ => error.to_string(),
     };
-    Failure { exit, message }
+    // Errors quote what they found in etcd.
+    Failure { exit, message: esc(&message).into_owned() }
 }
 
 /// The version a write must find. `--expect N` is exact; without it a
@@ -161,7 +167,7 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
                 "canary {}: version {} on {} (the others stay at version {}); then `relive fleet promote {}` or `relive fleet abort {}`",
                 args.name,
                 canary.version,
-                canary.instances.join(", "),
+                esc(&canary.instances.join(", ")),
                 canary.base_version,
                 args.name,
                 args.name
@@ -187,8 +193,8 @@ async fn wait_if_asked(fleet: &Fleet, name: &str, version: u64, wait: &WaitArgs)
             output::note(&format!("no instance is to run {name} version {version}: nothing to wait for"));
             return Ok(Exit::Ok);
         }
-        let pending: Vec<&str> =
-            targets.iter().filter(|i| i.state == SyncState::Stale).map(|i| i.instance.as_str()).collect();
+        let pending: Vec<String> =
+            targets.iter().filter(|i| i.state == SyncState::Stale).map(|i| esc(&i.instance).into_owned()).collect();
         if pending.is_empty() {
             let rejected: Vec<_> = targets.iter().filter(|i| i.state == SyncState::Rejected).collect();
             println!(
@@ -199,8 +205,8 @@ async fn wait_if_asked(fleet: &Fleet, name: &str, version: u64, wait: &WaitArgs)
             for r in &rejected {
                 output::error(&format!(
                     "{} rejected {name} version {version}: {}",
-                    r.instance,
-                    r.error.as_deref().unwrap_or("no reason given")
+                    esc(&r.instance),
+                    esc(r.error.as_deref().unwrap_or("no reason given"))
                 ));
             }
             return Ok(if rejected.is_empty() { Exit::Ok } else { Exit::Invalid });
@@ -281,7 +287,8 @@ async fn run_show(fleet: &Fleet, args: FleetShowArgs) -> Result<Exit> {
 async fn run_versions(fleet: &Fleet, args: FleetVersionsArgs) -> Result<Exit> {
     let versions = fleet.versions(&args.name, args.limit).await.map_err(failure)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&versions).expect("versions serialize"));
+        let json = serde_json::to_string_pretty(&versions).expect("versions serialize");
+        println!("{}", output::escape_json_controls(&json));
         return Ok(Exit::Ok);
     }
     if versions.versions.is_empty() {
@@ -292,8 +299,8 @@ async fn run_versions(fleet: &Fleet, args: FleetVersionsArgs) -> Result<Exit> {
     let _ = writeln!(out, "{BOLD}{:<10} {:<7} {:>8}{BOLD:#}", "VERSION", "FORMAT", "BYTES");
     for (i, v) in versions.versions.iter().enumerate() {
         let current = if i == 0 { format!("  {GOOD}current{GOOD:#}") } else { String::new() };
-        let format = v.format.as_deref().unwrap_or("?");
-        let _ = writeln!(out, "{:<10} {format:<7} {:>8}{current}", v.version, v.size);
+        let format = esc(v.format.as_deref().unwrap_or("?"));
+        let _ = writeln!(out, "{:<10} {:<7} {:>8}{current}", v.version, format, v.size);
     }
     if versions.truncated {
         let _ = writeln!(out, "{DIM}(more: --limit){DIM:#}");
@@ -312,7 +319,8 @@ async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
         status = status.only(name);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        let json = serde_json::to_string_pretty(&status).expect("status serializes");
+        println!("{}", output::escape_json_controls(&json));
         return Ok(Exit::Ok);
     }
     let mut out = anstream::stdout().lock();
@@ -333,7 +341,8 @@ fn status_table(status: &FleetStatus) -> String {
         .iter()
         .map(|r| {
             let target = if r.canary { format!("{} (canary)", version(r.target)) } else { version(r.target) };
-            [r.instance.clone(), r.host.clone(), r.config.clone(), version(r.version), target, r.state.as_str().into()]
+            let text = |s: &str| esc(s).into_owned();
+            [text(&r.instance), text(&r.host), text(&r.config), version(r.version), target, r.state.as_str().into()]
         })
         .collect();
     let header = ["INSTANCE", "HOST", "CONFIG", "VERSION", "TARGET", "STATE"];
@@ -365,11 +374,11 @@ fn status_table(status: &FleetStatus) -> String {
         out.push_str(&line(cells, format!("{style}{}{style:#}", row[5])));
     }
     for r in status.instances.iter().filter(|r| r.state == SyncState::Rejected) {
-        let reason = r.error.as_deref().unwrap_or("no reason given");
+        let reason = esc(r.error.as_deref().unwrap_or("no reason given"));
         out.push_str(&format!(
             "{BAD}rejected{BAD:#} {} {} version {}: {reason}\n",
-            r.instance,
-            r.config,
+            esc(&r.instance),
+            esc(&r.config),
             version(r.target)
         ));
     }
@@ -377,12 +386,12 @@ fn status_table(status: &FleetStatus) -> String {
         if let Some(canary) = &c.canary {
             out.push_str(&format!(
                 "canary {}: version {} on {} (others at {}), by {} at {}\n",
-                c.config,
+                esc(&c.config),
                 canary.version,
-                canary.instances.join(", "),
+                esc(&canary.instances.join(", ")),
                 canary.base_version,
-                canary.by,
-                canary.at
+                esc(&canary.by),
+                esc(&canary.at)
             ));
         }
     }
@@ -443,13 +452,13 @@ async fn run_agent(endpoints: &[String], prefix: &str, timeout: Duration, args: 
 
 fn print_agent_event(event: &SourceEvent) {
     let text = match event {
-        SourceEvent::Applied { config, version } => format!("{GOOD}applied{GOOD:#} {config} version {version}"),
+        SourceEvent::Applied { config, version } => format!("{GOOD}applied{GOOD:#} {} version {version}", esc(config)),
         SourceEvent::Rejected { config, version, error } => {
-            format!("{BAD}rejected{BAD:#} {config} version {version}: {error}")
+            format!("{BAD}rejected{BAD:#} {} version {version}: {}", esc(config), esc(&error.to_string()))
         }
         SourceEvent::Connected { revision } => format!("{DIM}connected at revision {revision}{DIM:#}"),
         SourceEvent::Disconnected { error, retry_in } => {
-            format!("{WARN}disconnected{WARN:#}: {error}; retrying in {} ms", retry_in.as_millis())
+            format!("{WARN}disconnected{WARN:#}: {}; retrying in {} ms", esc(&error.to_string()), retry_in.as_millis())
         }
         SourceEvent::Resync { compacted } => format!("{WARN}re-reading{WARN:#}: etcd compacted up to {compacted}"),
         _ => return,

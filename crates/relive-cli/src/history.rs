@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use anstyle::{AnsiColor, Style};
-use relive::{DiffEntry, HistoryEntry, Redactor, VersionStatus, Workspace};
+use relive::{DiffEntry, HistoryEntry, VersionStatus, Workspace};
 use serde_json::{Value, json};
 
 use crate::app;
@@ -149,17 +149,73 @@ fn diff_entry_json(entry: &DiffEntry) -> Value {
     }
 }
 
-/// `relive show NAME [VERSION]`: the merged value with secrets redacted,
-/// or with `--raw` the documents exactly as they were.
-pub async fn show(args: ShowArgs) -> Result<Exit> {
-    let (_, history) = open(&args.ws, &args.name)?;
-    let n = match args.number {
-        Some(n) => n,
-        None => history
-            .latest()
-            .map(|e| e.version)
-            .ok_or_else(|| Failure::invalid(format!("config `{}` has no recorded versions", args.name)))?,
+/// `relive show NAME`: the value the config has now (its files merged,
+/// decrypted, secrets redacted), with where each value came from; with
+/// `--raw`, its files as they are on disk (encrypted ones encrypted).
+async fn show_current(args: ShowArgs) -> Result<Exit> {
+    let ws = app::workspace(args.ws.workspace.as_deref(), None)?;
+    if args.raw {
+        let files = ws.configs()?.into_iter().find(|c| c.name == args.name);
+        let Some(files) = files else {
+            return Err(Failure::invalid(format!("no config `{}` in {}", args.name, ws.config_dir().display())));
+        };
+        let mut paths = files.base.clone();
+        if let Some(env) = ws.env() {
+            paths.extend(files.overlays.get(env).into_iter().flatten().cloned());
+        }
+        let many = paths.len() > 1;
+        let mut out = anstream::stdout().lock();
+        for (i, path) in paths.iter().enumerate() {
+            if many {
+                let gap = if i == 0 { "" } else { "\n" };
+                let _ = writeln!(out, "{gap}==> {} <==", output::display_path(path));
+            }
+            let bytes = std::fs::read(path).map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+            let _ = out.write_all(&bytes);
+        }
+        let _ = out.flush();
+        return Ok(Exit::Ok);
+    }
+    let loaded = match ws.load(&args.name) {
+        Ok(loaded) => loaded,
+        Err(relive::Error::Config { error, .. }) => {
+            output::error(&output::config_error(Some(&args.name), &error));
+            return Ok(Exit::Invalid);
+        }
+        Err(e) => return Err(e.into()),
     };
+    let value = loaded.redacted_value();
+    let layers = loaded.layers();
+    if args.ws.json {
+        let layers: serde_json::Map<String, Value> = layers
+            .iter()
+            .map(|l| {
+                let origin = output::display_path(&l.origin);
+                (l.pointer.clone(), json!({"origin": origin, "line": l.line, "encrypted": l.encrypted}))
+            })
+            .collect();
+        print(&format!("{}\n", json!({"config": args.name, "value": value, "layers": layers})));
+        return Ok(Exit::Ok);
+    }
+    print(&format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()));
+    // Where each value came from, on stderr so stdout stays the value.
+    for layer in &layers {
+        let at = match layer.line {
+            Some(line) => format!("{}:{line}", output::display_path(&layer.origin)),
+            None => output::display_path(&layer.origin),
+        };
+        let how = if layer.encrypted { " (encrypted)" } else { "" };
+        output::note(&format!("{}  ← {at}{how}", output::escape_controls(&layer.pointer)));
+    }
+    Ok(Exit::Ok)
+}
+
+/// `relive show NAME [VERSION]`: without a version, the value the config
+/// has now; with one, that version's merged value with secrets redacted,
+/// or with `--raw` its documents exactly as they were.
+pub async fn show(args: ShowArgs) -> Result<Exit> {
+    let Some(n) = args.number else { return show_current(args).await };
+    let (ws, history) = open(&args.ws, &args.name)?;
     let version = history.version(n)?;
     if args.raw {
         let many = version.documents.len() > 1;
@@ -174,9 +230,9 @@ pub async fn show(args: ShowArgs) -> Result<Exit> {
         let _ = out.flush();
         return Ok(Exit::Ok);
     }
-    // The library redacts what it shows with the patterns the engine was
-    // configured with; a separate process only knows the default ones.
-    let value = version.value.as_ref().map(|v| Redactor::default().redact(v));
+    // The workspace's patterns: the defaults and those of relive.toml.
+    let redactor = ws.redactor()?;
+    let value = version.value.as_ref().map(|v| redactor.redact(v));
     if args.ws.json {
         let mut record = entry_json(&version.entry);
         record["value"] = value.unwrap_or(Value::Null);

@@ -4,6 +4,25 @@
 //! This binary is a thin layer over the `relive` library: argument parsing
 //! is in [`cli`], each command in its own module, and the library does the
 //! watching, parsing, merging and locating of errors.
+//!
+//! # Known problems
+//!
+//! - `watch --exec`: a restart or exit stops the program's process group
+//!   and waits until it is empty, then the processes the program left
+//!   outside it that relive adopted as their subreaper ([`exec`]). A
+//!   process that left the group while its parent still runs is not
+//!   relive's child and is not found (until its parent dies). As PID 1,
+//!   relive does not end adopted processes at a restart, since every
+//!   orphan of the container is adopted. Finding them needs `/proc` of
+//!   relive's own PID namespace.
+//! - If relive is killed with SIGKILL (or dies of a signal it does not
+//!   handle, such as SIGHUP when its terminal closes), the kernel sends
+//!   SIGKILL to the process relive started (`PR_SET_PDEATHSIG`) and to
+//!   nothing else: a program run under `sh -c` and the program's own
+//!   children keep running.
+//! - relive reaps every child it has (it must, as a subreaper and as PID 1);
+//!   code in this process that started a child of its own without
+//!   [`reap::spawn`] would find it reaped already.
 
 #![deny(missing_docs)]
 
@@ -18,6 +37,7 @@ mod history;
 mod inventory;
 mod output;
 mod progress;
+mod reap;
 mod schema;
 mod serve;
 mod telemetry;

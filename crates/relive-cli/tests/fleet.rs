@@ -423,3 +423,68 @@ fn two_operators_pushing_at_once_with_default_flags_never_overwrite_each_other()
         assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "round {round}: one version: {versions}");
     }
 }
+
+/// Whether `text` holds a character that acts on a terminal: ESC (and the
+/// rest of C0 but newline), DEL, C1, or a bidirectional control.
+fn has_terminal_control(text: &str) -> bool {
+    text.chars().any(|c| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[test]
+fn fleet_status_escapes_control_characters_written_to_etcd() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"]));
+    // Anyone who can write to etcd writes an instance's status, and a
+    // canary, with escape sequences and a right-to-left override.
+    let layout = relive_fleet::Layout::new(PREFIX).unwrap();
+    let status = serde_json::json!({
+        "instance": "web-1\u{1b}[2J",
+        "host": "evil\u{1b}]0;pwned\u{7}\u{202e}txt.exe",
+        "config": "server",
+        "version": v1,
+        "applied_version": null,
+        "state": "rejected",
+        "error": "bad\u{1b}[2J\u{9b}31m\u{2066}",
+        "at": "2026-01-01T00:00:00Z",
+    });
+    let canary = serde_json::json!({
+        "value": "# relive-format: toml\nport = 2\n",
+        "instances": ["web-2\u{1b}[2J"],
+        "base_version": v1,
+        "percent": null,
+        "by": "\u{1b}[31meve\u{202e}",
+        "at": "2026-01-01T00:00:00Z\u{1b}[2J",
+    });
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = etcd.client().await;
+        client.put(layout.status_key("web-1", "server").unwrap(), status.to_string(), None).await.unwrap();
+        client.put(layout.canary_key("server").unwrap(), canary.to_string(), None).await.unwrap();
+    });
+
+    let table = ok(&ws, &etcd, &["status"]);
+    assert!(!has_terminal_control(&table), "raw controls in the status: {table:?}");
+    assert!(table.contains("web-1\\u{1b}[2J"), "escaped, still readable: {table}");
+    assert!(table.contains("evil\\u{1b}]0;pwned\\u{7}\\u{202e}txt.exe"), "{table}");
+    assert!(table.contains("bad\\u{1b}[2J\\u{9b}31m\\u{2066}"), "{table}");
+    assert!(table.contains("on web-2\\u{1b}[2J (others at"), "{table}");
+    assert!(table.contains("by \\u{1b}[31meve\\u{202e} at"), "{table}");
+    let header = table.lines().next().unwrap();
+    let row = table.lines().nth(1).unwrap();
+    assert_eq!(header.find("HOST"), row.find("evil"), "the columns still line up:\n{table}");
+
+    // JSON keeps the values, escaped as JSON.
+    let json = ok(&ws, &etcd, &["status", "--json"]);
+    assert!(!has_terminal_control(&json), "raw controls in the JSON: {json:?}");
+    let parsed: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["instances"][0]["host"], status["host"], "{parsed:#}");
+    assert_eq!(parsed["instances"][0]["error"], status["error"], "{parsed:#}");
+    let versions = ok(&ws, &etcd, &["versions", "server", "--json"]);
+    assert!(!has_terminal_control(&versions), "{versions:?}");
+    let versions = ok(&ws, &etcd, &["versions", "server"]);
+    assert!(!has_terminal_control(&versions), "{versions:?}");
+}

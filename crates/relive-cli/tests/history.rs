@@ -119,3 +119,41 @@ fn check_records_no_history() {
     assert_eq!(ws.run(&["check"]).code(), 0);
     assert!(!ws.path("data").exists(), "check must not write to data/");
 }
+
+#[test]
+fn show_without_a_version_is_the_value_now_with_its_layers_and_the_workspace_s_patterns() {
+    let ws = Ws::new();
+    // No watcher ever ran here: there is no history, and show still works.
+    ws.write(
+        "config/pay.toml",
+        "port = 1\niban = \"DE89-clear-iban\"\n[db]\nurl = \"postgres://app:pw-in-url@db/main\"\n",
+    );
+    ws.write("config/pay.prod.toml", "port = 2\n");
+    ws.write("relive.toml", "[redact]\npatterns = [\"*iban*\"]\n");
+    let run = ws.relive(&["show", "pay", "--json"]).env("RELIVE_ENV", "prod").output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stderr}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["value"]["port"], 2, "the overlay wins: {shown}");
+    assert_eq!(shown["value"]["iban"], "[redacted]", "relive.toml's pattern is honoured: {shown}");
+    assert_eq!(shown["value"]["db"]["url"], "postgres://app:[redacted]@db/main");
+    assert_eq!(shown["layers"]["/port"]["origin"], "config/pay.prod.toml", "{shown}");
+    assert_eq!(shown["layers"]["/port"]["line"], 1);
+    assert_eq!(shown["layers"]["/db/url"]["origin"], "config/pay.toml");
+    assert_eq!(shown["layers"]["/db/url"]["line"], 4);
+    for leaked in ["DE89-clear-iban", "pw-in-url"] {
+        assert!(!stdout.contains(leaked) && !stderr.contains(leaked), "{leaked}");
+    }
+
+    // In text: the value on stdout, where each value came from on stderr.
+    let run = ws.relive(&["show", "pay"]).env("RELIVE_ENV", "prod").output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("/port  ← config/pay.prod.toml:1"), "{stderr}");
+    assert!(stderr.contains("/iban  ← config/pay.toml:2"), "{stderr}");
+
+    // A broken relive.toml is an error naming it, not silently ignored.
+    ws.write("relive.toml", "[redact]\npaterns = [\"x\"]\n");
+    let run = ws.run(&["show", "pay"]);
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr().contains("relive.toml") && run.stderr().contains("paterns"), "{}", run.stderr());
+}

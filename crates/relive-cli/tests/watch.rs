@@ -200,3 +200,88 @@ fn scrape(addr: &str) -> String {
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Runs `relive watch --json` on `ws` with `env` (and neither RELIVE_LOG
+/// nor RUST_LOG otherwise) until it has seen `config/app.toml` become
+/// `text`, stops it, and returns its stderr. A clean stop joins the
+/// library's threads, so every log event is in it.
+fn watch_once(ws: &Ws, env: &[(&str, &str)], text: &str, kind: &str) -> String {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut command = ws.relive(&["watch", "--json"]);
+    command.env_remove("RELIVE_LOG").env_remove("RUST_LOG").envs(env.iter().copied());
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .expect("spawn relive watch");
+    let (tx, stdout) = mpsc::channel();
+    let pipe = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(std::result::Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let log = || std::fs::read_to_string(stderr.path()).unwrap_or_default();
+    wait_until("relive to watch", || log().contains("relive: watching "));
+    ws.write("config/app.toml", text);
+    loop {
+        let line = stdout.recv_timeout(TIMEOUT).unwrap_or_else(|_| panic!("no {kind} event; stderr: {}", log()));
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        if event["kind"] == kind {
+            break;
+        }
+    }
+    common::signal(child.id(), rustix::process::Signal::TERM);
+    let (tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = exited.recv_timeout(TIMEOUT).expect("relive to exit after SIGTERM").unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log());
+    // Everything on stdout was JSON (checked above), logs included.
+    while let Ok(line) = stdout.try_recv() {
+        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "not JSON on stdout: {line}");
+    }
+    log()
+}
+
+#[test]
+fn library_warnings_are_shown_on_stderr_unless_relive_log_hides_them() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    // This one holds the history lock once it has recorded a version.
+    let mut first = ws.watch(&[]);
+    ws.write("config/app.toml", "port = 2\n");
+    first.wait_kind("config_changed", "app");
+    wait_until("the first watcher to record", || ws.run(&["history", "app"]).stdout().contains("applied"));
+
+    let locked = "relive: warning: another engine records history for this workspace; this one does not (dir=";
+    let stderr = watch_once(&ws, &[], "port = 3\n", "config_changed");
+    assert!(stderr.contains(locked), "warnings are shown by default: {stderr}");
+    let stderr = watch_once(&ws, &[("RELIVE_LOG", "error")], "port = 4\n", "config_changed");
+    assert!(!stderr.contains("another engine"), "RELIVE_LOG=error hides warnings: {stderr}");
+    let stderr = watch_once(&ws, &[("RUST_LOG", "error")], "port = 5\n", "config_changed");
+    assert!(!stderr.contains("another engine"), "so does RUST_LOG: {stderr}");
+    let stderr = watch_once(&ws, &[("RELIVE_LOG", "warn"), ("RUST_LOG", "error")], "port = 6\n", "config_changed");
+    assert!(stderr.contains(locked), "RELIVE_LOG comes first: {stderr}");
+    let stderr = watch_once(&ws, &[("RELIVE_LOG", "no=such=filter")], "port = 7\n", "config_changed");
+    assert!(stderr.contains("relive: warning: RELIVE_LOG: `no=such=filter` is not a log filter"), "{stderr}");
+    assert!(stderr.contains(locked), "a bad filter falls back to warnings: {stderr}");
+    assert_eq!(first.terminate(), 0);
+}
+
+#[test]
+fn a_rejection_is_told_once_unless_the_library_log_is_asked_for() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    let rejected = "config rejected; keeping the last good value";
+    // The validation_failed event says it; the library's warning would say
+    // it again.
+    let stderr = watch_once(&ws, &[], "port = [\n", "validation_failed");
+    assert!(!stderr.contains(rejected), "{stderr}");
+    ws.write("config/app.toml", "port = 1\n");
+    let stderr = watch_once(&ws, &[("RELIVE_LOG", "warn")], "port = [\n", "validation_failed");
+    assert!(stderr.contains(&format!("relive: warning: {rejected} (config=app, error=")), "{stderr}");
+}

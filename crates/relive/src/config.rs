@@ -6,10 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::document::Decode;
+use crate::envlayer::{EnvLayer, EnvOverrides};
 use crate::error::Error;
 use crate::history::HistoryConfig;
 use crate::paths::PathFilter;
 use crate::redact::Redactor;
+use crate::sops::Identities;
 
 /// Whether to poll instead of using kernel events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,6 +148,16 @@ pub struct HotReloadConfig {
     /// history diffs (never in stored versions). Default
     /// [`Redactor::DEFAULT_PATTERNS`](crate::Redactor::DEFAULT_PATTERNS).
     pub redact_patterns: Vec<String>,
+    /// Age key files (as `age-keygen` writes them) that open SOPS-encrypted
+    /// configs, besides those `sops` itself would use: `SOPS_AGE_KEY`,
+    /// `SOPS_AGE_KEY_FILE` and the default `sops/age/keys.txt` under the
+    /// user's config directory. Default none.
+    pub age_key_files: Vec<PathBuf>,
+    /// The environment layer: variables such as `RELIVE__SERVER__PORT=8080`
+    /// that override file values, above the environment's overlay. `None`
+    /// turns it off. Default prefix `RELIVE`, separator `__`. Variables are
+    /// read when the engine starts (and at each one-shot load).
+    pub env_layer: Option<EnvLayer>,
     /// Bounds on what a config file may be, checked before its text reaches
     /// a parser. See [`Limits`].
     pub limits: Limits,
@@ -179,6 +192,8 @@ impl Default for HotReloadConfig {
             redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
             history: HistoryConfig::default(),
             limits: Limits::default(),
+            age_key_files: Vec::new(),
+            env_layer: Some(EnvLayer::default()),
         }
     }
 }
@@ -217,6 +232,116 @@ impl Default for Limits {
     }
 }
 
+/// The workspace's settings file, `relive.toml` at its root: settings that
+/// the library, `relive watch`, `show`, `diff` and `history` all honour.
+///
+/// ```toml
+/// [redact]
+/// patterns = ["*iban*", "ssn"]   # added to the default patterns
+///
+/// [limits]
+/// max_file_size = 1048576
+/// max_depth = 32
+/// max_nodes = 100000
+///
+/// [secrets]
+/// age_key_files = ["/etc/relive/age.txt"]   # relative to the workspace
+///
+/// [env]
+/// prefix = "MYAPP"      # MYAPP__SERVER__PORT=8080; `enabled = false` turns it off
+/// separator = "__"
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    #[serde(default)]
+    redact: RedactSection,
+    limits: Option<LimitsSection>,
+    #[serde(default)]
+    secrets: SecretsSection,
+    env: Option<EnvSection>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvSection {
+    /// `false` turns the layer off.
+    enabled: Option<bool>,
+    prefix: Option<String>,
+    separator: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedactSection {
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_file_size: Option<u64>,
+    max_depth: Option<usize>,
+    max_nodes: Option<usize>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSection {
+    #[serde(default)]
+    age_key_files: Vec<PathBuf>,
+}
+
+impl HotReloadConfig {
+    /// The defaults, with what `root/relive.toml` says, if it exists.
+    pub(crate) fn for_workspace(root: &Path) -> Result<HotReloadConfig, Error> {
+        let path = root.join("relive.toml");
+        let mut config = HotReloadConfig::default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(config),
+            Err(e) => return Err(Error::Settings { path, message: format!("cannot read: {e}") }),
+        };
+        let file: SettingsFile = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| crate::format::line_col(&text, s.start));
+            let message = match at {
+                Some((line, column)) => format!("{line}:{column}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            Error::Settings { path: path.clone(), message }
+        })?;
+        for pattern in file.redact.patterns {
+            if !config.redact_patterns.contains(&pattern) {
+                config.redact_patterns.push(pattern);
+            }
+        }
+        // Checked now, so that a bad pattern names the file.
+        Redactor::new(&config.redact_patterns)
+            .map_err(|e| Error::Settings { path: path.clone(), message: e.to_string() })?;
+        if let Some(limits) = file.limits {
+            let l = &mut config.limits;
+            l.max_file_size = limits.max_file_size.unwrap_or(l.max_file_size);
+            l.max_depth = limits.max_depth.unwrap_or(l.max_depth);
+            l.max_nodes = limits.max_nodes.unwrap_or(l.max_nodes);
+        }
+        config.age_key_files = file.secrets.age_key_files.into_iter().map(|p| root.join(p)).collect();
+        if let Some(env) = file.env {
+            config.env_layer = match env.enabled {
+                Some(false) => None,
+                _ => {
+                    let d = EnvLayer::default();
+                    Some(EnvLayer {
+                        prefix: env.prefix.unwrap_or(d.prefix),
+                        separator: env.separator.unwrap_or(d.separator),
+                    })
+                }
+            };
+        }
+        Ok(config)
+    }
+}
+
 /// Everything the engine needs, resolved from a [`HotReloadConfig`].
 pub(crate) struct EngineSettings {
     pub root: PathBuf,
@@ -236,7 +361,8 @@ pub(crate) struct EngineSettings {
     pub quiet: Duration,
     pub write_timeout: Duration,
     pub watch_limit: Option<usize>,
-    pub limits: Limits,
+    /// Limits, identities and secret names for parsing documents.
+    pub decode: Decode,
 }
 
 impl EngineSettings {
@@ -263,8 +389,34 @@ impl EngineSettings {
             quiet: Duration::from_millis(c.debounce_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             watch_limit: c.watch_limit,
-            limits: c.limits,
+            decode: c.decode()?,
         })
+    }
+}
+
+impl HotReloadConfig {
+    /// What parsing needs: the limits, the age identities (from where
+    /// `sops` looks and from [`age_key_files`](HotReloadConfig::age_key_files)),
+    /// and the secret key names.
+    pub(crate) fn decode(&self) -> Result<Decode, Error> {
+        // A key source that cannot be read is a warning, not a failure:
+        // plain configs load without keys, and a SOPS file that needed the
+        // key says so when it is loaded.
+        let mut identities = Identities::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the age identities sops would use");
+            Identities::new()
+        });
+        for path in &self.age_key_files {
+            identities.add_key_file(path).map_err(|e| Error::Watch(format!("cannot use age key file: {e}")))?;
+        }
+        let env = match &self.env_layer {
+            Some(layer) => EnvOverrides::read(
+                layer,
+                std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            ),
+            None => EnvOverrides::default(),
+        };
+        Ok(Decode { limits: self.limits, identities, redactor: Redactor::new(&self.redact_patterns)?, env })
     }
 }
 

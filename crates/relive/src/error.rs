@@ -46,6 +46,14 @@ pub enum Error {
         /// Where the search started.
         start: PathBuf,
     },
+    /// The workspace's settings file (`relive.toml`) is invalid.
+    #[error("{}: {message}", path.display())]
+    Settings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column where known.
+        message: String,
+    },
     /// Hot reload is already running for this workspace, with its own
     /// settings.
     #[error("hot reload is already running for this workspace; use Workspace::manager to reach it")]
@@ -98,6 +106,10 @@ pub enum ConfigErrorKind {
     Ambiguous,
     /// No file for the config exists.
     Missing,
+    /// A SOPS-encrypted document could not be decrypted or failed its
+    /// integrity check (no matching age identity, a tampered value or MAC,
+    /// a file half-encrypted by hand).
+    Decrypt,
     /// The document is over one of the [`Limits`](crate::Limits): too
     /// large, nested too deep, or too many values (YAML aliases expanded).
     Limit,

@@ -76,8 +76,7 @@ use serde_json::Value;
 pub use diff::{Diff, DiffEntry};
 pub(crate) use writer::Recorder;
 
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::{ConfigError, Error, Result};
 use crate::format::Format;
 use crate::private::{self, Keep};
@@ -352,11 +351,11 @@ impl History {
         let gone = documents.is_empty() && !entry.is_applied();
         let value = documents
             .iter()
-            .map(|d| Parsed::parse(d.clone(), &Limits::default()))
+            .map(|d| Parsed::parse(d.clone(), &Decode::default()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .ok()
             .filter(|_| !gone)
-            .map(|docs| Sources { docs }.merge());
+            .map(|docs| Sources { docs, ..Sources::default() }.merge());
         Ok((Version { entry: entry.clone(), documents, value }, origins))
     }
 
@@ -617,6 +616,9 @@ pub(crate) struct Attempt {
     pub name: String,
     pub documents: Vec<Document>,
     pub value: Option<Arc<Value>>,
+    /// Pointers of the values in `value` that are secret by where they
+    /// came from (SOPS): redacted in the diff whatever their keys.
+    pub secrets: crate::document::SecretPaths,
     pub error: Option<ConfigError>,
     pub published: bool,
     pub time: SystemTime,

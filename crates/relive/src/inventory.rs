@@ -1,14 +1,14 @@
 //! What configs a workspace has, and loading one without watching.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::config::{HotReloadConfig, Limits};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::{ConfigError, ConfigErrorKind, Error, Result};
 use crate::locate;
 use crate::paths::{self, ConfigFile};
@@ -29,6 +29,20 @@ pub struct ConfigFiles {
     pub schema: Option<PathBuf>,
 }
 
+/// Where one value of a config came from (see [`LoadedConfig::layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Layer {
+    /// The value's JSON pointer (`/server/port`).
+    pub pointer: String,
+    /// The document that set it: a file, or another origin (`etcd:…`).
+    pub origin: PathBuf,
+    /// The line in it, where known.
+    pub line: Option<usize>,
+    /// Whether the value was encrypted there (SOPS).
+    pub encrypted: bool,
+}
+
 /// A config loaded once, without watching: from [`Workspace::load`].
 ///
 /// Besides the merged value it keeps the documents it came from, so that
@@ -45,7 +59,8 @@ impl LoadedConfig {
     /// Loads a config from documents that are not (or not yet) files: a
     /// draft about to be published, a document from a remote store. They
     /// are parsed and merged in order (base first) exactly as the engine
-    /// does, within the default [`Limits`]; errors, now and from
+    /// does, with the default settings (limits, redaction, and the age
+    /// identities `sops` would use, to open SOPS documents); errors, now and from
     /// [`error_at`](LoadedConfig::error_at) later, name each document's
     /// origin, line and column.
     ///
@@ -60,18 +75,97 @@ impl LoadedConfig {
     /// # Ok::<(), relive::ConfigError>(())
     /// ```
     pub fn from_documents(name: &str, documents: Vec<Document>) -> Result<LoadedConfig, ConfigError> {
-        LoadedConfig::from_documents_with(name, documents, &Limits::default())
+        LoadedConfig::from_documents_with(name, documents, &HotReloadConfig::default())
     }
 
-    /// [`from_documents`](LoadedConfig::from_documents) within `limits`.
+    /// [`from_documents`](LoadedConfig::from_documents) with `settings`'
+    /// [`limits`](HotReloadConfig::limits),
+    /// [`age_key_files`](HotReloadConfig::age_key_files) and
+    /// [`redact_patterns`](HotReloadConfig::redact_patterns).
     pub fn from_documents_with(
         name: &str,
         documents: Vec<Document>,
-        limits: &Limits,
+        settings: &HotReloadConfig,
     ) -> Result<LoadedConfig, ConfigError> {
-        let docs = documents.into_iter().map(|d| Parsed::parse(d, limits)).collect::<Result<Vec<_>, _>>()?;
-        let sources = Sources { docs };
+        let decode = settings.decode().map_err(|e| ConfigError::new(ConfigErrorKind::Decrypt, e.to_string()))?;
+        LoadedConfig::decoded(name, documents, &decode)
+    }
+
+    pub(crate) fn decoded(name: &str, documents: Vec<Document>, decode: &Decode) -> Result<LoadedConfig, ConfigError> {
+        let mut docs = documents.into_iter().map(|d| Parsed::parse(d, decode)).collect::<Result<Vec<_>, _>>()?;
+        docs.extend(decode.env.documents(name));
+        let sources = Sources { docs, redactor: decode.redactor.clone() };
         Ok(LoadedConfig { name: name.to_string(), value: sources.merge(), sources })
+    }
+
+    /// The value with every secret redacted: values under secret key names
+    /// and every value that was encrypted (SOPS), whatever its key. What
+    /// to show.
+    pub fn redacted_value(&self) -> Value {
+        self.sources.redactor.redact_secrets(&self.value, &self.sources.secrets())
+    }
+
+    /// Where each value came from: for every leaf of the merged value (a
+    /// scalar or an empty collection), its JSON pointer, the document that
+    /// set it (the last one that has it: an overlay wins over the base), and
+    /// the line there. Secret values are marked, never shown.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        let secrets = self.sources.secrets();
+        self.walk_layers(&self.value, &mut path, &mut String::new(), &secrets, &mut out);
+        out
+    }
+
+    fn walk_layers(
+        &self,
+        value: &Value,
+        path: &mut Vec<locate::Segment>,
+        pointer: &mut String,
+        secrets: &BTreeSet<String>,
+        out: &mut Vec<Layer>,
+    ) {
+        let mut descend = |segment: locate::Segment, name: &str, child: &Value, path: &mut Vec<locate::Segment>| {
+            let len = pointer.len();
+            crate::redact::push_pointer_segment(pointer, name);
+            path.push(segment);
+            self.walk_layers(child, path, pointer, secrets, out);
+            path.pop();
+            pointer.truncate(len);
+        };
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    descend(locate::Segment::Key(key.clone()), key, child, path);
+                }
+                return;
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    descend(locate::Segment::Index(i), &i.to_string(), child, path);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let owner = self.sources.docs.iter().rev().find(|d| locate::has_path(&d.value, path));
+        let (origin, line) = match owner {
+            Some(doc) => {
+                let text = String::from_utf8_lossy(doc.doc.bytes());
+                let line = locate::locate(doc.doc.format(), &text, path).map(|(line, _)| line);
+                (doc.doc.origin().to_path_buf(), line)
+            }
+            None => (PathBuf::new(), None),
+        };
+        let secret = secrets.contains(pointer.as_str())
+            || secrets.iter().any(|s| pointer.strip_prefix(s.as_str()).is_some_and(|rest| rest.starts_with('/')));
+        out.push(Layer { pointer: pointer.clone(), origin, line, encrypted: secret });
+    }
+
+    /// JSON pointers (`/db/password`) of the values that came from
+    /// encrypted documents (SOPS): secrets whatever their keys are called.
+    pub fn secret_paths(&self) -> Vec<String> {
+        self.sources.secrets().iter().cloned().collect()
     }
 
     /// The config's name.
@@ -168,14 +262,14 @@ impl Workspace {
         }
         let chosen = paths::select(name, self.env(), &config_dir, files.iter().map(|(p, cf)| (p.as_path(), cf)))
             .map_err(wrap)?;
-        let limits = self.limits();
+        let decode = self.settings()?.decode()?;
         let mut docs = Vec::with_capacity(chosen.len());
         for path in chosen {
             let format = paths::config_file(&config_dir, &path).expect("selected files are config files").format;
-            let bytes = read_bounded(&path, &limits).map_err(wrap)?;
+            let bytes = read_bounded(&path, &decode.limits).map_err(wrap)?;
             docs.push(Document::new(path, format, bytes));
         }
-        LoadedConfig::from_documents_with(name, docs, &limits).map_err(wrap)
+        LoadedConfig::decoded(name, docs, &decode).map_err(wrap)
     }
 }
 

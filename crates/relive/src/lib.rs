@@ -96,6 +96,38 @@
 //! overlay `config/name.<env>.<ext>` for the environment (`RELIVE_ENV`, or
 //! [`Workspace::with_env`]). Subdirectories give names like `db/main`.
 //!
+//! # Secrets
+//!
+//! A config file that carries SOPS metadata (YAML or JSON as the `sops`
+//! command writes them) is decrypted with an age identity before it is
+//! merged ([`sops`], [`HotReloadConfig::age_key_files`]). A string value
+//! `"${file:PATH}"` is replaced by the file's content and `"${env:NAME}"` by
+//! the variable; referenced files are watched wherever they are. Encrypted
+//! and referenced values are secrets whatever their keys: they are redacted
+//! by path, besides the key names of [`Redactor`], in events, diffs and
+//! [`LoadedConfig::redacted_value`], and an error about a secret never
+//! quotes it. History stores files as they are on disk (encrypted, or the
+//! reference).
+//!
+//! # Layers
+//!
+//! A config is its base file, the overlay for the environment, and the
+//! environment layer above both: `RELIVE__SERVER__PORT=8080` sets `port` of
+//! config `server` ([`EnvLayer`], [`HotReloadConfig::env_layer`]).
+//! [`LoadedConfig::layers`] says which layer set each value. A
+//! `relive.toml` at the workspace's root sets redaction patterns, limits,
+//! age key files and the environment layer for the library and the CLI.
+//!
+//! # Hostile input
+//!
+//! A document is checked against [`Limits`] before and while it is parsed:
+//! its size before it is read, the nesting of YAML flow collections before
+//! the parser sees it, and a budget of values and depth while the value is
+//! built (YAML aliases counted at each expansion). A FIFO, socket or device
+//! in the tree is refused without a blocking open. A panic in a validator or
+//! `Deserialize` impl rejects that value. In each case the last good value
+//! stays and the other configs keep reloading.
+//!
 //! # History and rollback
 //!
 //! Every version of a config that is applied or rejected is recorded under
@@ -139,6 +171,15 @@
 //! - A rollback of a config made of several files (a base and an overlay)
 //!   replaces them one after the other: the engine may apply the mix in
 //!   between as a version of its own before the rollback's.
+//! - Files that secret references read are looked at every 250 ms (their
+//!   metadata, symlinks followed), not watched by events: a rotation is
+//!   seen within that time. A reference inside a SOPS-encrypted value is
+//!   found only once the file decrypts; while it does not, a missing
+//!   referenced file it names is not looked at.
+//! - The environment layer is read when the engine starts (and at each
+//!   one-shot load): variables set later in the process are not seen.
+//! - Age identities are read when the engine starts: a key added to
+//!   `keys.txt` later is used after a restart.
 //! - One engine per workspace records history (it holds a lock on
 //!   `data/history/.lock`); a second one, in another process or for another
 //!   environment of the same workspace, records nothing and says so.
@@ -181,6 +222,7 @@ mod coalesce;
 mod config;
 mod document;
 mod engine;
+mod envlayer;
 mod error;
 mod event;
 mod format;
@@ -201,6 +243,7 @@ mod workspace;
 pub use config::{Backend, HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
+pub use envlayer::EnvLayer;
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
@@ -208,7 +251,7 @@ pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
-pub use inventory::{ConfigFiles, LoadedConfig};
+pub use inventory::{ConfigFiles, Layer, LoadedConfig};
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
 pub use workspace::{HandlerId, HotReloadManager, Workspace};

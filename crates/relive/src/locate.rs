@@ -74,6 +74,25 @@ fn unquote(text: &str) -> &str {
 /// stops at an unknown segment (a map key that was not a string), since any
 /// segment after it would be attached to the wrong parent and could point at
 /// an unrelated key.
+/// Renders segments as a key path (`a.b[2]`), the form errors carry.
+pub(crate) fn render_segments(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Index(index) => {
+                let _ = write!(out, "[{index}]");
+            }
+            Segment::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn render_path(path: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for segment in path {

@@ -34,6 +34,9 @@ struct Inner {
     engine: Mutex<Option<Arc<Engine>>>,
     /// What the engine starts with, whoever starts it.
     config: Mutex<HotReloadConfig>,
+    /// Why `relive.toml` could not be used: reported by whatever needs
+    /// the settings (starting the engine, a one-shot load).
+    settings_error: Mutex<Option<(PathBuf, String)>>,
     /// Serializes engine start-up.
     starting: tokio::sync::Mutex<()>,
     /// Handlers registered before the engine started.
@@ -61,12 +64,18 @@ impl Workspace {
     }
 
     fn with_parts(root: PathBuf, env: Option<String>) -> Workspace {
+        let (config, settings_error) = match HotReloadConfig::for_workspace(&root) {
+            Ok(config) => (config, None),
+            Err(Error::Settings { path, message }) => (HotReloadConfig::default(), Some((path, message))),
+            Err(e) => (HotReloadConfig::default(), Some((root.join("relive.toml"), e.to_string()))),
+        };
         Workspace {
             inner: Arc::new(Inner {
                 root,
                 env,
                 engine: Mutex::new(None),
-                config: Mutex::new(HotReloadConfig::default()),
+                config: Mutex::new(config),
+                settings_error: Mutex::new(settings_error),
                 starting: tokio::sync::Mutex::new(()),
                 pending: Mutex::new(Vec::new()),
                 next_handler: std::sync::atomic::AtomicU64::new(1),
@@ -139,12 +148,25 @@ impl Workspace {
     /// running engine keeps the settings it started with.
     pub fn with_config(self, config: HotReloadConfig) -> Workspace {
         *self.inner.config.lock().expect("config lock") = config;
+        // Settings given in code replace those of `relive.toml`, and with
+        // them any error it had.
+        *self.inner.settings_error.lock().expect("settings lock") = None;
         self
     }
 
-    /// The limits documents are loaded within.
-    pub(crate) fn limits(&self) -> crate::config::Limits {
-        self.inner.config.lock().expect("config lock").limits
+    /// The settings the engine starts (or started) with, which one-shot
+    /// loads use too.
+    pub(crate) fn settings(&self) -> Result<HotReloadConfig> {
+        if let Some((path, message)) = self.inner.settings_error.lock().expect("settings lock").clone() {
+            return Err(Error::Settings { path, message });
+        }
+        Ok(self.inner.config.lock().expect("config lock").clone())
+    }
+
+    /// The redactor of the workspace's settings (default patterns and those
+    /// of `relive.toml`), for what is shown without an engine.
+    pub fn redactor(&self) -> Result<Redactor> {
+        Redactor::new(&self.settings()?.redact_patterns)
     }
 
     /// Starts hot reload with the workspace's settings (the defaults, or
@@ -195,7 +217,7 @@ impl Workspace {
         if let Some(engine) = self.inner.engine.lock().expect("engine lock").clone() {
             return Ok(engine);
         }
-        let config = self.inner.config.lock().expect("config lock").clone();
+        let config = self.settings()?;
         let settings =
             EngineSettings::new(&self.inner.root, self.config_dir(), self.data_dir(), self.inner.env.clone(), &config)?;
         *self.inner.redactor.lock().expect("redactor lock") = Some(settings.redactor.clone());
@@ -246,7 +268,11 @@ impl Workspace {
     /// [`redact_patterns`](HotReloadConfig::redact_patterns), or the
     /// default ones).
     pub fn diff(&self, name: &str, a: u64, b: u64) -> Result<Diff> {
-        let redactor = self.inner.redactor.lock().expect("redactor lock").clone().unwrap_or_default();
+        let running = self.inner.redactor.lock().expect("redactor lock").clone();
+        let redactor = match running {
+            Some(redactor) => redactor,
+            None => self.redactor()?,
+        };
         self.open_history(name)?.diff(a, b, &redactor)
     }
 

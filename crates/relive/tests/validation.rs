@@ -149,15 +149,15 @@ async fn two_base_files_in_different_formats_is_an_error_that_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_redacted_in_events() {
-    let t = TestWs::new(&[("config/db.toml", "host = \"h\"\npassword = \"hunter2\"\n[auth]\napi_token = \"t0\"\n")]);
+    let t = TestWs::new(&[("config/db.toml", "host = \"h\"\npassword = \"hunter2\"\n[service]\napi_token = \"t0\"\n")]);
     let manager = t.ws.start_hot_reload().await.unwrap();
     let mut events = manager.subscribe();
-    t.write("config/db.toml", "host = \"h2\"\npassword = \"hunter3\"\n[auth]\napi_token = \"t1\"\n");
+    t.write("config/db.toml", "host = \"h2\"\npassword = \"hunter3\"\n[service]\napi_token = \"t1\"\n");
     let (event, _) = event_until(&mut events, |e| matches!(e, ChangeEvent::ConfigChanged { .. })).await;
     let ChangeEvent::ConfigChanged { old_value, new_value, .. } = event else { unreachable!() };
     assert_eq!(new_value["host"], "h2");
     assert_eq!(new_value["password"], relive::REDACTED);
-    assert_eq!(new_value["auth"]["api_token"], relive::REDACTED);
+    assert_eq!(new_value["service"]["api_token"], relive::REDACTED);
     assert_eq!(old_value["password"], relive::REDACTED);
     let shown = format!("{old_value:?}{new_value:?}");
     assert!(!shown.contains("hunter") && !shown.contains("t0") && !shown.contains("\"t1\""), "{shown}");

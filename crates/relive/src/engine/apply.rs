@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::sink::{Commit, Sink, SinkFactory};
-use crate::document::Sources;
+use crate::document::{SecretPaths, Sources};
 use crate::error::{ConfigError, ConfigErrorKind};
 
 /// What happened to one config in one reload.
@@ -23,10 +23,12 @@ use crate::error::{ConfigError, ConfigErrorKind};
 pub(super) enum Outcome {
     /// Every subscriber took the new value; it is live.
     Applied {
-        /// The value before, `None` for the first.
-        old: Option<Arc<Value>>,
+        /// The value before, `None` for the first, with its secret paths.
+        old: Option<(Arc<Value>, SecretPaths)>,
         /// The value now live (unredacted).
         new: Arc<Value>,
+        /// The values in it that are secret by where they came from.
+        secrets: SecretPaths,
         /// The files it was merged from, base first.
         files: Arc<[PathBuf]>,
         /// From the first event of the change to the value being live.
@@ -58,6 +60,9 @@ pub(super) enum Prepared {
 pub(super) struct ConfigState {
     /// The last applied value (unredacted), `None` until one is.
     pub value: Option<Arc<Value>>,
+    /// The paths of the values in it that are secret by where they came
+    /// from (SOPS, references), for redacting it later.
+    pub secrets: SecretPaths,
     sinks: Vec<Box<dyn Sink>>,
     /// Fed by [`HotReloadManager::publish`](crate::HotReloadManager::publish),
     /// not by files.
@@ -88,11 +93,17 @@ impl ConfigState {
 
     /// Makes a prepared value live for every subscriber; returns the value
     /// it replaced. Commits cannot fail.
-    pub fn commit(&mut self, commits: Vec<Commit>, merged: Arc<Value>) -> Option<Arc<Value>> {
+    pub fn commit(
+        &mut self,
+        commits: Vec<Commit>,
+        merged: Arc<Value>,
+        secrets: SecretPaths,
+    ) -> Option<(Arc<Value>, SecretPaths)> {
         for commit in commits {
             commit();
         }
-        self.value.replace(merged)
+        let old_secrets = std::mem::replace(&mut self.secrets, secrets);
+        self.value.replace(merged).map(|old| (old, old_secrets))
     }
 
     /// Adds a subscriber, built by `factory` from the live value (or, before
@@ -122,6 +133,9 @@ impl ConfigState {
         let (sink, warning) = built.unwrap_or_else(|panic| Err(panicked(&*panic)))?;
         if self.value.is_none() && self.sinks.is_empty() && warning.is_none() {
             self.value = fresh.map(Arc::new);
+            if let Ok(sources) = &sources {
+                self.secrets = sources.secrets();
+            }
         }
         self.sinks.push(sink);
         Ok(warning)

@@ -28,6 +28,7 @@ mod intake;
 mod notify;
 mod portable;
 mod read;
+mod refs;
 pub(crate) mod sink;
 mod wake;
 
@@ -43,7 +44,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::coalesce::{Backoff, Coalescer, Ready, Signal, Timing};
 use crate::config::EngineSettings;
-use crate::document::{Document, Parsed, Sources};
+use crate::document::{Document, Parsed, SecretPaths, Sources};
 use crate::error::{ConfigError, ConfigErrorKind, Error};
 use crate::event::{ChangeEvent, ChangeType};
 use crate::handler::{self, DynHandler, HANDLER_QUEUE};
@@ -290,6 +291,8 @@ struct Worker {
     /// unchanged file would not mark them again.
     deferred: BTreeMap<String, Instant>,
     notifier: Notifier,
+    /// Files that secret references read, and the configs reading them.
+    references: refs::References,
     /// The history's writer thread, when history is on.
     history: Option<Recorder>,
     stop: bool,
@@ -340,6 +343,7 @@ impl Worker {
             configs: HashMap::new(),
             deferred: BTreeMap::new(),
             notifier,
+            references: refs::References::default(),
             history,
             stop: false,
         };
@@ -368,10 +372,10 @@ impl Worker {
     fn run(&mut self) {
         while !self.stop {
             let now = Instant::now();
-            let deadline = match (self.coalescer.next_deadline(), self.intake.next_scan()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check()]
+                .into_iter()
+                .flatten()
+                .min();
             self.wait(deadline.map(|d| d.saturating_duration_since(now)));
             self.drain_wake();
             while let Ok(command) = self.rx.try_recv() {
@@ -388,6 +392,26 @@ impl Worker {
             if !ready.is_empty() {
                 self.process(ready);
             }
+            self.check_references();
+        }
+    }
+
+    /// Reloads the configs whose referenced files changed, if a look is due.
+    fn check_references(&mut self) {
+        let now = Instant::now();
+        let changed = self.references.check(now);
+        if changed.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        for name in changed {
+            // The documents' parses hold the old content: parse again.
+            self.files.invalidate(&name);
+            let outcome = self.reload(&name, now, Batch::default());
+            events.extend(self.report(&name, outcome));
+        }
+        for event in events {
+            self.emit(event);
         }
     }
 
@@ -484,7 +508,7 @@ impl Worker {
     /// Reads the ready paths, stores what changed, reloads the configs it
     /// touched, and reports it all.
     fn process(&mut self, ready: Vec<Ready>) {
-        let (config_dir, max_len) = (&self.s.config_dir, self.s.limits.max_file_size);
+        let (config_dir, max_len) = (&self.s.config_dir, self.s.decode.limits.max_file_size);
         let keep = |path: &Path| read::keep(config_dir, path, max_len);
         let reads = read::read_ready(ready, &mut self.coalescer, keep, self.intake.leases());
         self.fence();
@@ -585,7 +609,7 @@ impl Worker {
 
     /// What to keep of a file read at `path`.
     fn keep(&self, path: &Path) -> read::Keep {
-        read::keep(&self.s.config_dir, path, self.s.limits.max_file_size)
+        read::keep(&self.s.config_dir, path, self.s.decode.limits.max_file_size)
     }
 
     /// `backup_on_change`: keeps the previous content of a config file as
@@ -619,12 +643,14 @@ impl Worker {
         if self.configs.get(name).is_some_and(|c| c.external) {
             return Outcome::Unchanged;
         }
-        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits) {
+        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.decode) {
             Ok(sources) => {
+                self.references.set(name, &sources.references(), Instant::now());
                 let merged = sources.merge();
                 self.apply(name, merged, &sources, first_seen, batch)
             }
             Err(error) => {
+                self.references.set(name, &self.files.referenced(name), Instant::now());
                 let had_value = self.configs.get(name).is_some_and(|c| c.value.is_some());
                 // A config that never existed is not an error; one whose
                 // files went away keeps its last good value, and says so.
@@ -642,17 +668,18 @@ impl Worker {
     fn apply(&mut self, name: &str, merged: Value, sources: &Sources, first_seen: Instant, batch: Batch) -> Outcome {
         let state = self.configs.entry(name.to_string()).or_default();
         let external = state.external;
-        let docs = || sources.docs.iter().map(|p| p.doc.clone()).collect::<Vec<_>>();
+        // What history records: the files, not the environment layer.
+        let docs = || sources.docs.iter().filter(|p| !p.env).map(|p| p.doc.clone()).collect::<Vec<_>>();
         let commits = match state.prepare(&merged, sources, self.s.validate) {
             Prepared::Unchanged => {
                 // Same data (whitespace, comments, key order): nothing to
                 // do. The history is told all the same: a rollback to the
                 // live value is done when its content comes back.
-                self.record(name, docs(), Some(Arc::new(merged)), None, external);
+                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), None, external);
                 return Outcome::Unchanged;
             }
             Prepared::Rejected(error) => {
-                self.record(name, docs(), Some(Arc::new(merged)), Some(&error), external);
+                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), Some(&error), external);
                 return Outcome::Rejected(error);
             }
             Prepared::Ready(commits) => commits,
@@ -671,16 +698,17 @@ impl Worker {
             }
         }
         let merged = Arc::new(merged);
+        let secrets = sources.secrets();
         let state = self.configs.get_mut(name).expect("prepared above");
-        let old = state.commit(commits, Arc::clone(&merged));
+        let old = state.commit(commits, Arc::clone(&merged), Arc::clone(&secrets));
         // Off the reload path: the writer thread hashes, diffs and syncs.
-        self.record(name, docs(), Some(Arc::clone(&merged)), None, external);
+        self.record(name, docs(), Some((Arc::clone(&merged), Arc::clone(&secrets))), None, external);
         let duration = first_seen.elapsed();
         metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
         metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
             .record(duration.as_secs_f64());
         tracing::info!(config = name, duration_us = duration.as_micros() as u64, "config applied");
-        Outcome::Applied { old, new: merged, files: sources.files(), duration }
+        Outcome::Applied { old, new: merged, secrets, files: sources.files(), duration }
     }
 
     /// Hands a version to the history's writer thread, if history is on.
@@ -688,25 +716,27 @@ impl Worker {
         &self,
         name: &str,
         docs: Vec<Document>,
-        merged: Option<Arc<Value>>,
+        merged: Option<(Arc<Value>, SecretPaths)>,
         error: Option<&ConfigError>,
         published: bool,
     ) {
         if let Some(history) = &self.history {
-            history.record(name, docs, merged, error.cloned(), published);
+            let (value, secrets) = merged.map_or((None, SecretPaths::default()), |(v, s)| (Some(v), s));
+            history.record(name, docs, value, secrets, error.cloned(), published);
         }
     }
 
     /// The events that say what a reload did.
     fn report(&self, name: &str, outcome: Outcome) -> Vec<ChangeEvent> {
         match outcome {
-            Outcome::Applied { old, new, files, duration } if self.notifier.has_listeners() => {
-                let redact = |v: Option<&Arc<Value>>| Arc::new(v.map_or(Value::Null, |v| self.s.redactor.redact(v)));
+            Outcome::Applied { old, new, secrets, files, duration } if self.notifier.has_listeners() => {
+                let redactor = &self.s.redactor;
+                let old_value = old.map_or(Value::Null, |(v, s)| redactor.redact_secrets(&v, &s));
                 vec![
                     ChangeEvent::ConfigChanged {
                         config_name: name.to_string(),
-                        old_value: redact(old.as_ref()),
-                        new_value: redact(Some(&new)),
+                        old_value: Arc::new(old_value),
+                        new_value: Arc::new(redactor.redact_secrets(&new, &secrets)),
                         files,
                     },
                     ChangeEvent::ReloadCompleted { config_name: name.to_string(), duration },
@@ -726,7 +756,7 @@ impl Worker {
         let sources = if external {
             Ok(self.configs.get(name).and_then(|c| c.published.clone()).unwrap_or_default())
         } else {
-            self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.limits)
+            self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.decode)
         };
         let state = self.configs.entry(name.to_string()).or_default();
         let warning = state.subscribe(sources, factory, self.s.validate)?;
@@ -738,9 +768,9 @@ impl Worker {
 
     fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
         let raw = self.history.as_ref().map(|_| docs.clone());
-        let parsed = docs.into_iter().map(|d| Parsed::parse(d, &self.s.limits)).collect::<Result<Vec<_>, _>>();
+        let parsed = docs.into_iter().map(|d| Parsed::parse(d, &self.s.decode)).collect::<Result<Vec<_>, _>>();
         let sources = match parsed {
-            Ok(docs) => Sources { docs },
+            Ok(docs) => Sources { docs, redactor: self.s.redactor.clone() },
             Err(error) => {
                 if let Some(raw) = raw {
                     self.record(name, raw, None, Some(&error), true);

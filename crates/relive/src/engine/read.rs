@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coalesce::{Coalescer, Ready};
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::ConfigError;
 use crate::event::ChangeType;
 #[cfg(target_os = "linux")]
@@ -400,6 +399,37 @@ impl Files {
         true
     }
 
+    /// Forgets the parses of config `name`'s files, so that they are parsed
+    /// again (a file their secret references read changed).
+    pub fn invalidate(&mut self, name: &str) {
+        let Some(files) = self.by_config.get(name) else { return };
+        for path in files {
+            if let Some(known) = self.known.get_mut(path) {
+                known.parsed = None;
+            }
+        }
+    }
+
+    /// The files that config `name`'s documents reference (`${file:PATH}`),
+    /// found in their text: for a config that failed to load, whose
+    /// references must still be watched so that their arrival reloads it.
+    pub fn referenced(&self, name: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for path in self.of_config(name) {
+            let Some(content) = self.known.get(path).and_then(|k| k.content.as_deref()) else { continue };
+            let text = String::from_utf8_lossy(content);
+            let base = path.parent().unwrap_or(Path::new("."));
+            let mut rest = text.as_ref();
+            while let Some(at) = rest.find("${file:") {
+                let after = &rest[at + 7..];
+                let Some(end) = after.find('}') else { break };
+                out.push(base.join(&after[..end]));
+                rest = &after[end..];
+            }
+        }
+        out
+    }
+
     /// Every config that has files.
     pub fn config_names(&self) -> Vec<String> {
         self.by_config.keys().cloned().collect()
@@ -433,7 +463,7 @@ impl Files {
         name: &str,
         env: Option<&str>,
         config_dir: &Path,
-        limits: &Limits,
+        decode: &Decode,
     ) -> Result<Sources, ConfigError> {
         let files = self.of_config(name).filter_map(|path| {
             let cf = self.known.get(path)?.config.as_ref()?;
@@ -446,11 +476,13 @@ impl Files {
             let parsed = known.parsed.get_or_insert_with(|| {
                 let cf = known.config.as_ref().expect("config file");
                 let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
-                Parsed::parse(Document::new(&path, cf.format, content), limits)
+                Parsed::parse(Document::new(&path, cf.format, content), decode)
             });
             docs.push(parsed.clone()?);
         }
-        Ok(Sources { docs })
+        // The environment layer, above the files.
+        docs.extend(decode.env.documents(name));
+        Ok(Sources { docs, redactor: decode.redactor.clone() })
     }
 
     /// The documents of config `name` as they are, parsed or not: for the

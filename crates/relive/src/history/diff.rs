@@ -1,6 +1,7 @@
 //! Structural diffs between two config values, addressed by JSON pointer
 //! (RFC 6901), with secrets redacted.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde_json::Value;
@@ -62,8 +63,15 @@ impl Diff {
     /// The diff from `old` to `new`, with values under keys that `redactor`
     /// calls secret replaced by `"[redacted]"`.
     pub fn between(old: &Value, new: &Value, redactor: &Redactor) -> Diff {
+        Diff::between_secrets(old, new, redactor, &BTreeSet::new())
+    }
+
+    /// [`between`](Diff::between), also redacting the values at `secrets`
+    /// (JSON pointers of values that were encrypted, whatever their keys).
+    pub(crate) fn between_secrets(old: &Value, new: &Value, redactor: &Redactor, secrets: &BTreeSet<String>) -> Diff {
         let mut entries = Vec::new();
-        walk(old, new, &mut String::new(), false, redactor, &mut entries);
+        let mask = Mask { redactor, secrets };
+        walk(old, new, &mut String::new(), false, &mask, &mut entries);
         Diff { entries }
     }
 
@@ -132,10 +140,37 @@ fn push_segment(path: &mut String, segment: &str) {
     }
 }
 
+/// What a diff hides: values under secret key names, and values at secret
+/// paths.
+struct Mask<'a> {
+    redactor: &'a Redactor,
+    secrets: &'a BTreeSet<String>,
+}
+
+impl Mask<'_> {
+    /// A value shown under `path`: the secrets at or under it redacted.
+    fn show(&self, v: &Value, path: &str) -> Value {
+        if self.secrets.is_empty() {
+            return self.redactor.redact(v);
+        }
+        let under: BTreeSet<String> = self
+            .secrets
+            .iter()
+            .filter_map(|p| p.strip_prefix(path).filter(|rest| rest.is_empty() || rest.starts_with('/')))
+            .map(str::to_string)
+            .collect();
+        self.redactor.redact_secrets(v, &under)
+    }
+}
+
 /// Appends the differences between `old` and `new` at `path`. `secret` is
-/// true under a key the redactor hides: every value there is redacted whole.
-fn walk(old: &Value, new: &Value, path: &mut String, secret: bool, redactor: &Redactor, out: &mut Vec<DiffEntry>) {
-    let shown = |v: &Value| if secret { Value::String(REDACTED.to_string()) } else { redactor.redact(v) };
+/// true under a key the redactor hides, or at a secret path: every value
+/// there is redacted whole.
+fn walk(old: &Value, new: &Value, path: &mut String, secret: bool, mask: &Mask<'_>, out: &mut Vec<DiffEntry>) {
+    let secret = secret || mask.secrets.contains(path.as_str());
+    let redactor = mask.redactor;
+    let at = path.clone();
+    let shown = |v: &Value| if secret { Value::String(REDACTED.to_string()) } else { mask.show(v, &at) };
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
@@ -143,10 +178,11 @@ fn walk(old: &Value, new: &Value, path: &mut String, secret: bool, redactor: &Re
             for key in keys {
                 let len = path.len();
                 push_segment(path, key);
-                let secret = secret || redactor.is_secret(key);
-                let shown = |v: &Value| if secret { Value::String(REDACTED.to_string()) } else { redactor.redact(v) };
+                let secret = secret || redactor.is_secret(key) || mask.secrets.contains(path.as_str());
+                let here = path.clone();
+                let shown = |v: &Value| if secret { Value::String(REDACTED.to_string()) } else { mask.show(v, &here) };
                 match (a.get(key), b.get(key)) {
-                    (Some(x), Some(y)) => walk(x, y, path, secret, redactor, out),
+                    (Some(x), Some(y)) => walk(x, y, path, secret, mask, out),
                     (Some(x), None) => out.push(DiffEntry::Removed { path: path.clone(), value: shown(x) }),
                     (None, Some(y)) => out.push(DiffEntry::Added { path: path.clone(), value: shown(y) }),
                     (None, None) => {}
@@ -158,8 +194,11 @@ fn walk(old: &Value, new: &Value, path: &mut String, secret: bool, redactor: &Re
             for i in 0..a.len().max(b.len()) {
                 let len = path.len();
                 push_segment(path, &i.to_string());
+                let secret = secret || mask.secrets.contains(path.as_str());
+                let here = path.clone();
+                let shown = |v: &Value| if secret { Value::String(REDACTED.to_string()) } else { mask.show(v, &here) };
                 match (a.get(i), b.get(i)) {
-                    (Some(x), Some(y)) => walk(x, y, path, secret, redactor, out),
+                    (Some(x), Some(y)) => walk(x, y, path, secret, mask, out),
                     (Some(x), None) => out.push(DiffEntry::Removed { path: path.clone(), value: shown(x) }),
                     (None, Some(y)) => out.push(DiffEntry::Added { path: path.clone(), value: shown(y) }),
                     (None, None) => {}

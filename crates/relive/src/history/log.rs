@@ -208,6 +208,7 @@ fn kind_name(kind: ConfigErrorKind) -> &'static str {
         ConfigErrorKind::Ambiguous => "ambiguous",
         ConfigErrorKind::Missing => "missing",
         ConfigErrorKind::Limit => "limit",
+        ConfigErrorKind::Decrypt => "decrypt",
     }
 }
 
@@ -219,6 +220,7 @@ fn kind_from_name(name: &str) -> ConfigErrorKind {
         "ambiguous" => ConfigErrorKind::Ambiguous,
         "missing" => ConfigErrorKind::Missing,
         "limit" => ConfigErrorKind::Limit,
+        "decrypt" => ConfigErrorKind::Decrypt,
         _ => ConfigErrorKind::Invalid,
     }
 }

@@ -22,8 +22,7 @@ use super::{
     Attempt, Diff, DiffEntry, HistoryConfig, LOCK, LOG, MARKER, Marker, VERSIONS, VersionStatus, config_dir, retention,
     rfc3339, write_atomic,
 };
-use crate::config::Limits;
-use crate::document::{Document, Parsed, Sources};
+use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::ConfigError;
 use crate::private::{self, sync_dir};
 use crate::redact::Redactor;
@@ -66,10 +65,12 @@ impl Recorder {
         name: &str,
         documents: Vec<Document>,
         value: Option<Arc<Value>>,
+        secrets: crate::document::SecretPaths,
         error: Option<crate::ConfigError>,
         published: bool,
     ) {
-        let attempt = Attempt { name: name.to_string(), documents, value, error, published, time: (self.clock)() };
+        let attempt =
+            Attempt { name: name.to_string(), documents, value, secrets, error, published, time: (self.clock)() };
         if let Some(tx) = &self.tx {
             let _ = tx.send(Job::Record(Box::new(attempt)));
         }
@@ -252,6 +253,8 @@ struct Store {
     /// The newest applied version's value: the base of diffs, and how a
     /// no-op is recognised.
     applied: Option<Arc<Value>>,
+    /// The secret paths of `applied`.
+    applied_secrets: crate::document::SecretPaths,
     /// The newest applied version's content was withheld: the next diff
     /// is from nothing, so that its values do not show through.
     applied_withheld: bool,
@@ -313,6 +316,7 @@ impl Store {
             lines: read.lines,
             last,
             applied,
+            applied_secrets: Default::default(),
             applied_withheld: false,
         })
     }
@@ -373,7 +377,9 @@ impl Store {
             Some(value) => {
                 let empty = Value::Object(Default::default());
                 let base = self.applied.as_deref().filter(|_| !self.applied_withheld);
-                Diff::between(base.unwrap_or(&empty), value, ctx.redactor)
+                // What was secret on either side is secret in the diff.
+                let secrets = self.applied_secrets.iter().chain(a.secrets.iter()).cloned().collect();
+                Diff::between_secrets(base.unwrap_or(&empty), value, ctx.redactor, &secrets)
             }
             None => Diff::default(),
         };
@@ -420,6 +426,7 @@ impl Store {
         self.last = Some((status, hash, record.error.map(|e| e.display)));
         if status == Status::Applied {
             self.applied = a.value;
+            self.applied_secrets = a.secrets;
             self.applied_withheld = withheld;
         }
         tracing::debug!(version, status = ?status, "version recorded");
@@ -538,8 +545,9 @@ fn load_value(root: &Path, versions: &Path, v: &VersionRecord) -> Option<Value> 
         .iter()
         .map(|d| {
             let format = log::format_from_name(&d.format)?;
-            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?), &Limits::default()).ok()
+            // Without identities: a SOPS version has no clear value here.
+            Parsed::parse(Document::new(root.join(&d.origin), format, d.bytes()?), &Decode::default()).ok()
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(Sources { docs }.merge())
+    Some(Sources { docs, ..Sources::default() }.merge())
 }
