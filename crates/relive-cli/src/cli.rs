@@ -45,6 +45,10 @@ pub enum Color {
 pub enum Command {
     /// Watch a workspace and print every event; optionally run a program
     /// and restart or signal it when its config changes.
+    ///
+    /// Changes come from inotify on Linux and from the portable backend
+    /// (FSEvents, ReadDirectoryChangesW, kqueue through notify) elsewhere;
+    /// RELIVE_BACKEND=portable selects the portable backend on Linux too.
     #[command(after_help = EXIT_CODES)]
     Watch(WatchArgs),
     /// Validate every config (syntax, overlays, JSON Schema) and print

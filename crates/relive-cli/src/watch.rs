@@ -127,6 +127,7 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
     spinner.finish_and_clear();
     let mode = match manager.watcher_mode() {
         WatcherMode::Events { watches } => format!("inotify, {watches} directories"),
+        WatcherMode::Portable { api, watches } => format!("{api} through notify, {watches} directory trees"),
         WatcherMode::Polling { reason, interval } => {
             format!("polling every {} ms: {reason}", interval.as_millis())
         }

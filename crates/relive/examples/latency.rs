@@ -6,7 +6,14 @@
 //! cargo run --release -p relive --example latency              # full run
 //! cargo run --release -p relive --example latency -- --quick   # CI smoke run
 //! cargo run --release -p relive --example latency -- --json    # machine-readable
+//! cargo run --release -p relive --example latency -- --backends  # inotify against the portable backend
 //! ```
+//!
+//! `--backends` runs, in one process and for each backend (inotify read
+//! directly, and the portable backend on `notify`), scenario 1 with the
+//! writer in another process and scenario 2, and prints them side by side
+//! with the torn values each delivered. Without it, the engine's backend is
+//! the default one (`RELIVE_BACKEND` applies).
 //!
 //! What it measures, each scenario in its own fresh temporary workspace:
 //!
@@ -44,7 +51,7 @@ use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use relive::{ChangeEvent, Workspace};
+use relive::{Backend, ChangeEvent, HotReloadConfig, Workspace};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -99,18 +106,21 @@ struct Opts {
     quick: bool,
     /// Print JSON instead of tables.
     json: bool,
+    /// Compare the inotify and portable backends (and nothing else).
+    backends: bool,
 }
 
 impl Opts {
     /// Parses `--quick`, `--json` and `--help`.
     fn parse() -> BoxResult<Opts> {
-        let mut opts = Opts { quick: false, json: false };
+        let mut opts = Opts { quick: false, json: false, backends: false };
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => opts.quick = true,
                 "--json" => opts.json = true,
+                "--backends" => opts.backends = true,
                 "-h" | "--help" => {
-                    println!("usage: latency [--quick] [--json]");
+                    println!("usage: latency [--quick] [--json] [--backends]");
                     std::process::exit(0);
                 }
                 other => return Err(format!("unknown argument `{other}` (try --help)").into()),
@@ -411,9 +421,9 @@ struct Watched {
 }
 
 /// Starts relive on `root` and spawns the task awaiting `next()`.
-async fn watch(root: &Path) -> BoxResult<Watched> {
+async fn watch(root: &Path, backend: Backend) -> BoxResult<Watched> {
     let ws = Workspace::new(root);
-    let manager = ws.start_hot_reload().await?;
+    let manager = ws.start_hot_reload_with_config(HotReloadConfig { backend, ..Default::default() }).await?;
     let mut stream = ws.config::<App>("app").watch().await?;
     if stream.current().counter != 0 {
         return Err(format!("initial counter is {}, expected 0", stream.current().counter).into());
@@ -449,6 +459,8 @@ struct LatencyResult {
     mismatched: u64,
     /// Updates not delivered within [`DELIVERY_TIMEOUT`].
     missing: u64,
+    /// Delivered values with `counter != check` or a damaged body.
+    torn: u64,
 }
 
 impl LatencyResult {
@@ -460,9 +472,9 @@ impl LatencyResult {
 
 /// Scenario 1 for one kind: `WARMUP` + `updates` updates, each awaited;
 /// written by this process, or by a writer process when `foreign`.
-async fn latency(kind: WriteKind, updates: u64, foreign: bool) -> BoxResult<LatencyResult> {
+async fn latency(kind: WriteKind, updates: u64, foreign: bool, backend: Backend) -> BoxResult<LatencyResult> {
     let fixture = Fixture::new(kind)?;
-    let Watched { manager, reader, deliveries } = watch(fixture.root()).await?;
+    let Watched { manager, reader, deliveries } = watch(fixture.root(), backend).await?;
     let result = tokio::task::spawn_blocking(move || -> BoxResult<LatencyResult> {
         let mut writer = if foreign { Some(ForeignWriter::spawn(kind, &fixture.config())?) } else { None };
         let mut r = LatencyResult {
@@ -473,6 +485,7 @@ async fn latency(kind: WriteKind, updates: u64, foreign: bool) -> BoxResult<Late
             after_visible: Vec::new(),
             mismatched: 0,
             missing: 0,
+            torn: 0,
         };
         let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
         for n in 1..=WARMUP + updates {
@@ -499,6 +512,9 @@ async fn latency(kind: WriteKind, updates: u64, foreign: bool) -> BoxResult<Late
                             d.whole
                         );
                         r.mismatched += 1;
+                        if d.counter != d.check || !d.whole {
+                            r.torn += 1;
+                        }
                     }
                     Err(RecvTimeoutError::Timeout) => break None,
                     Err(RecvTimeoutError::Disconnected) => return Err("the stream ended early".into()),
@@ -588,9 +604,9 @@ struct BurstRun {
 }
 
 /// Scenario 2: one burst of [`BURST_WRITES`] back-to-back in-place writes.
-async fn burst() -> BoxResult<BurstRun> {
+async fn burst(backend: Backend) -> BoxResult<BurstRun> {
     let fixture = Fixture::new(WriteKind::InPlace)?;
-    let Watched { manager, reader, deliveries } = watch(fixture.root()).await?;
+    let Watched { manager, reader, deliveries } = watch(fixture.root(), backend).await?;
     let mut events = manager.subscribe();
     let rejected = Arc::new(AtomicU64::new(0));
     let lagged = Arc::new(AtomicU64::new(0));
@@ -617,7 +633,7 @@ async fn burst() -> BoxResult<BurstRun> {
         }
     });
     let path = fixture.config().join("app.toml");
-    let (got, settle, writing) = tokio::task::spawn_blocking(move || -> BoxResult<_> {
+    let (got, settle, writing, fixture) = tokio::task::spawn_blocking(move || -> BoxResult<_> {
         let start = Instant::now();
         for n in 1..=BURST_WRITES {
             fs::write(&path, toml_doc(n))?;
@@ -640,13 +656,16 @@ async fn burst() -> BoxResult<BurstRun> {
         // Anything after the final value would be a bug too: collect it.
         std::thread::sleep(Duration::from_millis(50));
         got.extend(deliveries.try_iter());
-        drop(fixture);
-        Ok((got, settle, end - start))
+        Ok((got, settle, end - start, fixture))
     })
     .await??;
     manager.shutdown().await?;
     reader.await?;
     event_task.await?;
+    // Only now: removing the workspace while the engine runs is a change
+    // of its own (the config's files are gone), which the event task
+    // would count as a rejection.
+    drop(fixture);
     let torn = got.iter().filter(|d| d.counter != d.check || !d.whole).count();
     let out_of_order = got.windows(2).filter(|w| w[1].counter <= w[0].counter).count();
     Ok(BurstRun {
@@ -1165,12 +1184,15 @@ async fn main() -> BoxResult<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build; run with --release for meaningful numbers");
     }
+    if opts.backends {
+        return compare_backends(opts).await;
+    }
     let mut latency_results = Vec::new();
     for foreign in [false, true] {
         for kind in WriteKind::ALL {
             let whose = if foreign { "another process" } else { "this process" };
             eprintln!("1. {} by {whose}: {} updates…", kind.label(), WARMUP + opts.updates());
-            latency_results.push(latency(kind, opts.updates(), foreign).await?);
+            latency_results.push(latency(kind, opts.updates(), foreign, Backend::Auto).await?);
         }
     }
     eprintln!("1. tokio wake-up floor: {} samples…", WARMUP + opts.updates());
@@ -1178,7 +1200,7 @@ async fn main() -> BoxResult<()> {
     let mut bursts = Vec::new();
     for i in 0..opts.burst_runs() {
         eprintln!("2. burst run {}/{}…", i + 1, opts.burst_runs());
-        bursts.push(burst().await?);
+        bursts.push(burst(Backend::Auto).await?);
     }
     eprintln!("3. throughput…");
     let throughput = throughput(opts.throughput_for()).await?;
@@ -1195,6 +1217,95 @@ async fn main() -> BoxResult<()> {
     if !failures.is_empty() {
         eprintln!();
         eprintln!("FAILED: relive delivered wrong, missing or torn values, or read a half-written file:");
+        for f in &failures {
+            eprintln!("  - {f}");
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `--backends`: scenario 1 (writer in another process) and scenario 2 for
+/// the inotify backend and the portable one, in the same run; exits with
+/// status 1 if either delivered a wrong, missing or torn value.
+async fn compare_backends(opts: Opts) -> BoxResult<()> {
+    let backends = [("inotify", Backend::Inotify), ("portable", Backend::Portable)];
+    let mut rows = Vec::new();
+    let mut bursts = Vec::new();
+    for kind in WriteKind::ALL {
+        for (name, backend) in backends {
+            eprintln!("1. {} by another process, {name}: {} updates…", kind.label(), WARMUP + opts.updates());
+            rows.push((name, latency(kind, opts.updates(), true, backend).await?));
+        }
+    }
+    for (name, backend) in backends {
+        for i in 0..opts.burst_runs() {
+            eprintln!("2. burst run {}/{}, {name}…", i + 1, opts.burst_runs());
+            bursts.push((name, burst(backend).await?));
+        }
+    }
+    let (model, cpus) = machine();
+    println!("machine: {cpus} CPUs, {model}");
+    println!("1. write → delivered, writer in another process ({} updates each; µs p50 / p99)", opts.updates());
+    println!(
+        "   {:<16} {:<9} {:>15} {:>21} {:>21} {:>5} {:>8} {:>5}",
+        "kind", "backend", "write alone", "write → delivered", "visible → delivered", "torn", "mismatch", "miss"
+    );
+    let pair = |v: &[Duration]| {
+        let s = Stats::of(v);
+        format!("{:.0} / {:.0}", us(s.p50), us(s.p99))
+    };
+    let mut failures = Vec::new();
+    for (name, r) in &rows {
+        println!(
+            "   {:<16} {:<9} {:>15} {:>21} {:>21} {:>5} {:>8} {:>5}",
+            r.kind.label(),
+            name,
+            pair(&r.write),
+            pair(&r.delivered),
+            pair(&r.after_visible),
+            r.torn,
+            r.mismatched,
+            r.missing
+        );
+        if r.torn > 0 || r.mismatched > 0 || r.missing > 0 {
+            failures.push(format!(
+                "{} with {name}: {} torn, {} wrong, {} missing",
+                r.kind.label(),
+                r.torn,
+                r.mismatched,
+                r.missing
+            ));
+        }
+    }
+    println!();
+    println!("2. burst of {BURST_WRITES} in-place writes");
+    println!(
+        "   {:<9} {:>12} {:>14} {:>10} {:>5} {:>12} {:>9}",
+        "backend", "writes took", "settle", "delivered", "torn", "out of order", "rejected"
+    );
+    for (name, b) in &bursts {
+        let settle = b.settle.map_or("never".to_string(), |d| format!("{:.0} µs", us(d)));
+        println!(
+            "   {:<9} {:>9.0} ms {:>14} {:>10} {:>5} {:>12} {:>9}",
+            name,
+            b.writing.as_secs_f64() * 1e3,
+            settle,
+            b.delivered,
+            b.torn,
+            b.out_of_order,
+            b.rejected
+        );
+        if b.torn > 0 || b.out_of_order > 0 || b.rejected > 0 || b.settle.is_none() {
+            failures.push(format!(
+                "burst with {name}: {} torn, {} out of order, {} rejected",
+                b.torn, b.out_of_order, b.rejected
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        eprintln!();
+        eprintln!("FAILED:");
         for f in &failures {
             eprintln!("  - {f}");
         }

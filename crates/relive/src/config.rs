@@ -28,6 +28,76 @@ pub enum Polling {
     Never,
 }
 
+/// Which backend reports file changes, when relive does not poll.
+///
+/// | platform | [`Backend::Auto`] | also available |
+/// | --- | --- | --- |
+/// | Linux | inotify, read directly | [`Backend::Portable`] (inotify through `notify`) |
+/// | macOS | [`Backend::Portable`]: FSEvents | |
+/// | Windows | [`Backend::Portable`]: `ReadDirectoryChangesW` | |
+/// | BSDs | [`Backend::Portable`]: kqueue | |
+///
+/// The two backends differ in how they know that a write is complete. The
+/// inotify backend sees the writer's close (`IN_CLOSE_WRITE`) and reads
+/// under a read lease, which proves no writer has the file open. The
+/// portable backend sees only that something was written: it reads a file
+/// once no event came for it for a short quiet window (a few
+/// milliseconds), checks that the file's size and modification time did
+/// not move during the read, and confirms a read that came back shorter
+/// than the file was with a second read (see the crate's "Known
+/// problems").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// inotify on Linux, [`Backend::Portable`] elsewhere. On Linux the
+    /// environment variable `RELIVE_BACKEND` (`inotify` or `portable`)
+    /// overrides the choice: that is how the test suites run a second time
+    /// through the portable backend, and how the `relive` command is told.
+    #[default]
+    Auto,
+    /// inotify, read directly: close events and read leases. Linux only;
+    /// elsewhere starting the engine fails.
+    Inotify,
+    /// The platform's native events through the `notify` crate (FSEvents,
+    /// `ReadDirectoryChangesW`, kqueue, inotify), with a quiet window
+    /// instead of close events and leases.
+    Portable,
+}
+
+impl Backend {
+    /// The backend to run: `Auto` resolved for this platform and the
+    /// `RELIVE_BACKEND` variable.
+    pub(crate) fn resolve(self) -> Result<Backend, Error> {
+        match self {
+            Backend::Auto => match std::env::var("RELIVE_BACKEND").ok().filter(|v| !v.is_empty()) {
+                Some(value) => Backend::parse(&value),
+                None => Ok(Backend::native()),
+            },
+            Backend::Inotify if !cfg!(target_os = "linux") => {
+                Err(Error::Watch("the inotify backend exists only on Linux: use Backend::Portable".to_string()))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Reads a backend's name (`RELIVE_BACKEND`, the command line).
+    fn parse(value: &str) -> Result<Backend, Error> {
+        match value {
+            "auto" => Ok(Backend::native()),
+            "inotify" => Backend::Inotify.resolve(),
+            "portable" => Ok(Backend::Portable),
+            other => Err(Error::Watch(format!(
+                "RELIVE_BACKEND={other:?} is not a backend: expected auto, inotify or portable"
+            ))),
+        }
+    }
+
+    /// This platform's own choice.
+    fn native() -> Backend {
+        if cfg!(target_os = "linux") { Backend::Inotify } else { Backend::Portable }
+    }
+}
+
 /// Settings of the hot reload engine.
 ///
 /// Build it with struct update syntax:
@@ -68,6 +138,10 @@ pub struct HotReloadConfig {
     pub polling: Polling,
     /// Time between scans when polling, in milliseconds. Default 500.
     pub poll_interval_ms: u64,
+    /// Which backend reports changes when relive does not poll. Default
+    /// [`Backend::Auto`]: inotify on Linux (unless `RELIVE_BACKEND` says
+    /// otherwise), the portable backend elsewhere.
+    pub backend: Backend,
     /// The most directories relive may watch before it polls instead; the
     /// kernel's limit applies anyway. Default none.
     pub watch_limit: Option<usize>,
@@ -122,6 +196,7 @@ impl Default for HotReloadConfig {
             write_timeout_ms: 2000,
             polling: Polling::Auto,
             poll_interval_ms: 500,
+            backend: Backend::Auto,
             watch_limit: None,
             redact_patterns: Redactor::DEFAULT_PATTERNS.map(String::from).to_vec(),
             history: HistoryConfig::default(),
@@ -290,6 +365,8 @@ pub(crate) struct EngineSettings {
     /// `None` when history is off.
     pub history: Option<HistoryConfig>,
     pub polling: Polling,
+    /// Never `Auto`: resolved for the platform and `RELIVE_BACKEND`.
+    pub backend: Backend,
     pub poll_interval: Duration,
     pub quiet: Duration,
     pub write_timeout: Duration,
@@ -318,6 +395,7 @@ impl EngineSettings {
             backup: c.backup_on_change,
             history: c.history.enabled.then(|| c.history.clone()),
             polling: c.polling,
+            backend: c.backend.resolve()?,
             poll_interval: Duration::from_millis(c.poll_interval_ms.max(1)),
             quiet: Duration::from_millis(c.debounce_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
@@ -366,5 +444,22 @@ impl HotReloadConfig {
             None => EnvOverrides::default(),
         };
         Ok(Decode { limits: self.limits, identities, redactor: Redactor::new(&self.redact_patterns)?, env })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_are_read_and_a_wrong_one_is_a_clear_error() {
+        assert_eq!(Backend::parse("portable").unwrap(), Backend::Portable);
+        assert_eq!(Backend::parse("auto").unwrap(), Backend::native());
+        #[cfg(target_os = "linux")]
+        assert_eq!(Backend::parse("inotify").unwrap(), Backend::Inotify);
+        #[cfg(not(target_os = "linux"))]
+        assert!(Backend::parse("inotify").is_err());
+        let error = Backend::parse("fsevents").unwrap_err().to_string();
+        assert!(error.contains("RELIVE_BACKEND=\"fsevents\"") && error.contains("portable"), "{error}");
     }
 }

@@ -198,7 +198,6 @@ impl Resolve<'_> {
 /// the size limit, one trailing newline trimmed.
 fn read_reference(path: &Path, limits: &Limits) -> Result<String, String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file".to_string());
@@ -206,11 +205,7 @@ fn read_reference(path: &Path, limits: &Limits) -> Result<String, String> {
     if meta.len() > limits.max_file_size {
         return Err(format!("larger than the limit of {} bytes (max_file_size)", limits.max_file_size));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read it: {e}"))?;
+    let file = crate::engine::open_nonblocking(path).map_err(|e| format!("cannot read it: {e}"))?;
     let mut text = String::new();
     file.take(limits.max_file_size).read_to_string(&mut text).map_err(|e| format!("cannot read it: {e}"))?;
     if text.ends_with('\n') {

@@ -66,7 +66,6 @@ mod writer;
 
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -525,7 +524,14 @@ impl History {
             return Err(refuse("it is not a regular file"));
         }
         let current = fs::read(&real).map_err(|e| Error::io(&real, e))?;
-        let keep = Keep { mode: meta.permissions().mode() & 0o7777, owner: Some((meta.uid(), meta.gid())) };
+        #[cfg(unix)]
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.uid(), meta.gid()))
+        };
+        #[cfg(not(unix))]
+        let owner = None;
+        let keep = Keep { mode: private::mode_of(&meta), owner };
         Ok(Target { path: real, keep, current: Some(current) })
     }
 }

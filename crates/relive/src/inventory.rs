@@ -278,7 +278,6 @@ impl Workspace {
 /// would block), and none larger than the limit (checked before reading).
 fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let io =
         |e: std::io::Error| ConfigError::new(ConfigErrorKind::Io, format!("cannot read file: {e}")).with_file(path);
     let meta = fs::metadata(path).map_err(io)?;
@@ -288,7 +287,7 @@ fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, ConfigError> {
     if meta.len() > limits.max_file_size {
         return Err(crate::format::too_large(path, limits));
     }
-    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let file = crate::engine::open_nonblocking(path).map_err(io)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // A file that grows past the limit while it is read is cut off here and
     // refused by the parser's own size check.

@@ -47,19 +47,48 @@
 //!
 //! # How changes are seen
 //!
+//! relive builds and watches natively on Linux, macOS and Windows; which
+//! backend runs is [`HotReloadConfig::backend`] ([`Backend`]):
+//!
+//! | platform | backend | a file is read when |
+//! | --- | --- | --- |
+//! | Linux | inotify, read directly (default) | its writer closes it, or renames it into place; under a read lease |
+//! | macOS | portable: FSEvents through `notify` | no event came for it for 10 ms |
+//! | Windows | portable: `ReadDirectoryChangesW` through `notify` | no event came for it for 10 ms |
+//! | BSDs | portable: kqueue through `notify` | no event came for it for 10 ms |
+//!
 //! On Linux relive reads inotify itself. A file is read when its writer
 //! closes it (`IN_CLOSE_WRITE`) or renames it into place, not after a fixed
 //! delay, so changes arrive in well under a millisecond; and it reads under
 //! a read lease, which the kernel grants only while no writer has the file
-//! open, so a half-written file is never read. The
-//! changes editors and deploy tools really make all work: in-place writes,
-//! atomic saves (temp file + rename), vim's backup-and-rename, JetBrains'
-//! safe write, Kubernetes ConfigMap `..data` symlink swaps, deletes and
-//! re-creates, bursts (coalesced; the last value wins), and no-op saves
-//! (content hashes: nothing is delivered). A kernel queue overflow triggers
-//! a rescan. Where there are no events (NFS, SMB, 9P, FUSE, the watch limit
-//! or the limit on inotify instances reached, or [`Polling::Always`]) relive
-//! polls, with a warning.
+//! open, so a half-written file is never read.
+//!
+//! Elsewhere the portable backend runs ([`Backend::Portable`], also
+//! available on Linux, where `RELIVE_BACKEND=portable` selects it). It has
+//! neither close events nor leases, so it keeps the promise of whole reads
+//! another way: a path is read once it has been free of events for a short
+//! quiet window (10 ms); a read during which the file's size or
+//! modification time moved is thrown away and retried; a read that comes
+//! back shorter than the file was is believed only after a second read
+//! that no event interrupted, and only once the file has been unmodified
+//! for 50 ms (a writer that truncated it and stalled leaves it short); and
+//! the event queue is drained after the read and again before the commit,
+//! deferring the value if its file changed meanwhile. Close events that
+//! `notify` reports on Linux are ignored on purpose, so that the portable
+//! backend behaves the same on every platform: its tests on Linux (CI runs
+//! the engine's and the CLI's suites a second time with
+//! `RELIVE_BACKEND=portable`) test the code macOS and Windows users run.
+//! Where its guarantee is weaker, "Known problems" says so.
+//!
+//! With either backend, the changes editors and deploy tools really make
+//! all work: in-place writes, atomic saves (temp file + rename), vim's
+//! backup-and-rename, JetBrains' safe write, Kubernetes ConfigMap `..data`
+//! symlink swaps, deletes and re-creates, bursts (coalesced; the last
+//! value wins), and no-op saves (content hashes: nothing is delivered). A
+//! lost-events report (a kernel queue overflow) triggers a rescan. Where
+//! there are no events (on Linux: NFS, SMB, 9P, FUSE, the watch limit or
+//! the limit on inotify instances reached; anywhere: [`Polling::Always`])
+//! relive polls, with a warning.
 //!
 //! # Configs
 //!
@@ -157,7 +186,30 @@
 //! - One engine per workspace records history (it holds a lock on
 //!   `data/history/.lock`); a second one, in another process or for another
 //!   environment of the same workspace, records nothing and says so.
-//! - On platforms other than Linux relive polls.
+//! - The portable backend (macOS, Windows, the BSDs, and Linux with
+//!   `RELIVE_BACKEND=portable`) sees no closes: a writer that pauses for
+//!   longer than its 10 ms quiet window in the middle of a file can have
+//!   the part written so far read, and delivered if it parses and
+//!   validates (the whole file follows when the writer is done); with
+//!   inotify the writer's close is awaited. For the same reason a writer
+//!   that keeps a file open is read 10 ms after its last write, not after
+//!   [`HotReloadConfig::write_timeout_ms`], which only inotify uses. A
+//!   save that makes a file shorter is delivered about 50 ms later than
+//!   others. Its fences are weaker than inotify's: events reach relive
+//!   through `notify`'s own thread, so a write that raced with a read may
+//!   be noticed only after the value was committed (the next value then
+//!   follows at once). Editors, deploy tools and Kubernetes write whole
+//!   files quickly or rename them into place, and those are the cases it
+//!   is tested on.
+//! - [`HotReloadConfig::watch_limit`] counts inotify watches: the portable
+//!   backend watches each directory under the root recursively and ignores
+//!   it. Network filesystems are detected (and polled) on Linux only; on
+//!   macOS and Windows a share mounted from another machine reports only
+//!   this machine's changes: set [`Polling::Always`] for one.
+//! - macOS and Windows builds are not compiled or tested by this
+//!   repository's CI (it runs on Linux, and checks with `cargo tree` that
+//!   no Linux-only dependency is pulled there); the portable backend's code
+//!   is tested on Linux through `notify`'s inotify. See the README.
 //!
 //! # Metrics
 //!
@@ -180,6 +232,7 @@ mod format;
 mod handler;
 mod history;
 mod inventory;
+#[cfg(target_os = "linux")]
 mod lease;
 mod locate;
 mod paths;
@@ -190,7 +243,7 @@ mod stream;
 mod watch;
 mod workspace;
 
-pub use config::{HotReloadConfig, Limits, Polling};
+pub use config::{Backend, HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
 pub use envlayer::EnvLayer;

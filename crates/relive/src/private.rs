@@ -8,9 +8,15 @@
 //!
 //! Files written back into `config/` (a rollback) are not private: they
 //! keep the mode and owner of the file they replace ([`replace_file`]).
+//!
+//! Modes and owners are Unix's. On Windows relive sets no ACLs: what it
+//! creates inherits the ACL of `data/`'s parent (a user's profile is
+//! private to that user by default), and the helpers below leave modes
+//! alone.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +26,70 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 /// The mode of every file relive creates under `data/`.
 pub(crate) const FILE_MODE: u32 = 0o600;
 
+/// The permission bits of a file (none on Windows).
+pub(crate) fn mode_of(meta: &fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    return meta.permissions().mode() & 0o7777;
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// `options` creating a file with `mode` (Unix; nothing elsewhere).
+pub(crate) fn with_mode(options: &mut OpenOptions, mode: u32) -> &mut OpenOptions {
+    #[cfg(unix)]
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options
+}
+
+/// Sets a file's or directory's permission bits exactly (Unix; nothing
+/// elsewhere).
+pub(crate) fn set_mode(path_or_file: impl SetMode, mode: u32) -> io::Result<()> {
+    path_or_file.set_mode(mode)
+}
+
+/// What [`set_mode`] takes: a path or an open file.
+pub(crate) trait SetMode {
+    /// Sets the permission bits.
+    fn set_mode(self, mode: u32) -> io::Result<()>;
+}
+
+impl SetMode for &Path {
+    fn set_mode(self, mode: u32) -> io::Result<()> {
+        #[cfg(unix)]
+        return fs::set_permissions(self, Permissions::from_mode(mode));
+        #[cfg(not(unix))]
+        {
+            let _ = mode;
+            Ok(())
+        }
+    }
+}
+
+impl SetMode for &File {
+    fn set_mode(self, mode: u32) -> io::Result<()> {
+        #[cfg(unix)]
+        return self.set_permissions(Permissions::from_mode(mode));
+        #[cfg(not(unix))]
+        {
+            let _ = mode;
+            Ok(())
+        }
+    }
+}
+
 /// Creates `dir`, and its missing parents, with mode 0700. Directories that
 /// exist are left as they are (see [`narrow_dir`]).
 pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+    let mut builder = DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(DIR_MODE);
+    builder.create(dir)
 }
 
 /// Creates `dir` like [`create_private_dir`], and narrows it to 0700 if it
@@ -33,9 +99,9 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// a warning: what relive writes in it is private all the same.
 pub(crate) fn narrow_dir(dir: &Path) -> io::Result<()> {
     create_private_dir(dir)?;
-    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    let mode = mode_of(&fs::metadata(dir)?);
     if mode & 0o077 != 0 {
-        match fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)) {
+        match set_mode(dir, DIR_MODE) {
             Ok(()) => tracing::warn!(
                 dir = %dir.display(),
                 mode = format_args!("{mode:o}"),
@@ -56,16 +122,16 @@ pub(crate) fn narrow_dir(dir: &Path) -> io::Result<()> {
 /// content of an existing one, narrowing it to 0600). Not atomic; see
 /// [`replace_file`] for that. The engine's backups (`data/backups/`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(path)?;
-    if file.metadata()?.permissions().mode() & 0o077 != 0 {
-        file.set_permissions(Permissions::from_mode(FILE_MODE))?;
+    let mut file = with_mode(OpenOptions::new().write(true).create(true).truncate(true), FILE_MODE).open(path)?;
+    if mode_of(&file.metadata()?) & 0o077 != 0 {
+        set_mode(&file, FILE_MODE)?;
     }
     file.write_all(bytes)
 }
 
 /// Opens `path` to append, creating it with mode 0600.
 pub(crate) fn append_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(FILE_MODE).open(path)
+    with_mode(OpenOptions::new().create(true).append(true), FILE_MODE).open(path)
 }
 
 /// How [`replace_file`] sets up the new file.
@@ -91,11 +157,12 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let (tmp, mut file) = create_temp(dir, &name, keep.mode & 0o777)?;
     let written = (|| {
+        #[cfg(unix)]
         if let Some((uid, gid)) = keep.owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
         // After the owner: chown clears set-id bits.
-        file.set_permissions(Permissions::from_mode(keep.mode))?;
+        set_mode(&file, keep.mode)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -122,7 +189,7 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(std::path::Path
     for _ in 0..TEMP_TRIES {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.relive.{}.{n}.tmp", std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp) {
+        match with_mode(OpenOptions::new().write(true).create_new(true), mode).open(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
@@ -132,11 +199,19 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(std::path::Path
 }
 
 /// Makes a directory's entries (a rename, a new file) survive a power loss.
+/// On Windows a directory cannot be opened as a file to sync it; NTFS
+/// journals its entries.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    #[cfg(unix)]
+    return File::open(dir)?.sync_all();
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
-//! The filesystem side: an inotify backend that reports raw events, and the
-//! tree scans used at startup, after a queue overflow, and for polling.
+//! The filesystem side: an inotify backend that reports raw events (Linux),
+//! and the tree scans used at startup, after a queue overflow, and for
+//! polling (everywhere).
 //!
 //! relive drives inotify itself rather than through a cross-platform layer
 //! because it needs two things such layers hide: `IN_CLOSE_WRITE`, which
@@ -7,14 +8,18 @@
 //! queue, which lets the engine check, after reading a file, that no write
 //! raced with the read (see `Worker::fence` in `engine/mod.rs`).
 
+#[cfg(target_os = "linux")]
 use std::collections::HashMap;
+#[cfg(target_os = "linux")]
 use std::ffi::OsStr;
 use std::fs;
+#[cfg(target_os = "linux")]
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+#[cfg(target_os = "linux")]
 use inotify::{EventMask, WatchDescriptor, WatchMask};
 
 use crate::paths::PathFilter;
@@ -36,7 +41,18 @@ impl Meta {
         self.len
     }
 
+    /// How long ago the file was last modified (zero if its time is in the
+    /// future).
+    pub(crate) fn age(&self) -> std::time::Duration {
+        let (secs, nanos) = self.mtime;
+        let since_epoch = std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.saturating_sub(since_epoch)
+    }
+
+    #[cfg(unix)]
     pub(crate) fn of(m: &fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
         Meta {
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
@@ -45,8 +61,22 @@ impl Meta {
             dev: m.dev(),
         }
     }
+
+    /// Without Unix metadata: the size and the modification time (no
+    /// change time, no file identity), which a polling scan and the
+    /// portable backend's after-read check compare.
+    #[cfg(not(unix))]
+    pub(crate) fn of(m: &fs::Metadata) -> Meta {
+        let since = |t: std::io::Result<std::time::SystemTime>| {
+            t.ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or((0, 0), |d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
+        };
+        Meta { len: m.len(), mtime: since(m.modified()), ctime: (0, 0), ino: 0, dev: 0 }
+    }
 }
 
+#[cfg(target_os = "linux")]
 /// One inotify event, with its path resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Raw {
@@ -56,6 +86,7 @@ pub(crate) enum Raw {
     Overflow,
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RawKind {
     Modify,
@@ -69,6 +100,7 @@ pub(crate) enum RawKind {
     SelfGone,
 }
 
+#[cfg(target_os = "linux")]
 /// Why a watch could not be added.
 #[derive(Debug)]
 pub(crate) enum AddError {
@@ -78,6 +110,7 @@ pub(crate) enum AddError {
     Io(io::Error),
 }
 
+#[cfg(target_os = "linux")]
 const MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::CLOSE_WRITE)
     .union(WatchMask::CREATE)
@@ -90,6 +123,7 @@ const MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::DONT_FOLLOW);
 
+#[cfg(target_os = "linux")]
 /// An inotify instance with a watch on every wanted directory.
 pub(crate) struct Inotify {
     inotify: inotify::Inotify,
@@ -99,6 +133,7 @@ pub(crate) struct Inotify {
     buf: Vec<u8>,
 }
 
+#[cfg(target_os = "linux")]
 impl Inotify {
     pub(crate) fn new(limit: Option<usize>) -> io::Result<Inotify> {
         Ok(Inotify {
@@ -232,6 +267,7 @@ impl Inotify {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn classify(mask: EventMask, name: Option<&OsStr>) -> Option<(RawKind, Option<&OsStr>)> {
     let kind = if mask.contains(EventMask::CLOSE_WRITE) {
         RawKind::CloseWrite
@@ -286,7 +322,17 @@ pub(crate) fn scan(root: &Path, filter: &PathFilter) -> Vec<(PathBuf, Meta)> {
 }
 
 /// Why a filesystem gives no change events, if it is one of those: network
+/// and FUSE filesystems see only changes made through this machine. Known
+/// on Linux only (by `statfs`'s magic numbers); elsewhere `None`, a known
+/// problem.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn eventless_filesystem(_path: &Path) -> Option<&'static str> {
+    None
+}
+
+/// Why a filesystem gives no change events, if it is one of those: network
 /// and FUSE filesystems see only changes made through this machine.
+#[cfg(target_os = "linux")]
 pub(crate) fn eventless_filesystem(path: &Path) -> Option<&'static str> {
     let stat = rustix::fs::statfs(path).ok()?;
     // The magic numbers are from linux/magic.h and the filesystems' sources.
@@ -318,6 +364,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn configured_watch_limit_is_reported_as_a_limit() {
         let dir = tempfile::tempdir().unwrap();
         for sub in ["config/a", "config/b", "templates"] {

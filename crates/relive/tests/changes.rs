@@ -190,6 +190,14 @@ async fn torn_write(file_name: &str, first: &str, rest: &str, expected_extra: &s
     f.write_all(rest.as_bytes()).unwrap();
     drop(f);
 
+    if !inotify_backend(&manager, "a writer that pauses mid-file with the file open is waited for (its close)") {
+        // The portable backend sees no closes: the half file may be
+        // delivered during the pause (a known problem, in the crate docs),
+        // but the whole file must follow it.
+        let (v, _) = next_until(&mut stream, |v| v.extra.as_deref() == Some(expected_extra)).await;
+        assert_eq!(v.value, 2);
+        return;
+    }
     let v = next(&mut stream).await;
     assert_eq!(v.extra.as_deref(), Some(expected_extra), "the first value delivered must be the whole file");
     assert_eq!(v.value, 2);
@@ -212,7 +220,7 @@ async fn torn_yaml_write_is_never_delivered() {
 async fn a_writer_that_never_closes_is_read_after_the_write_timeout() {
     let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
     let config = HotReloadConfig { write_timeout_ms: 300, ..Default::default() };
-    let _manager = t.ws.start_hot_reload_with_config(config).await.unwrap();
+    let manager = t.ws.start_hot_reload_with_config(config).await.unwrap();
     let mut stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
 
     let mut f = OpenOptions::new().write(true).truncate(true).open(t.path("config/app.toml")).unwrap();
@@ -221,7 +229,11 @@ async fn a_writer_that_never_closes_is_read_after_the_write_timeout() {
     let started = std::time::Instant::now();
     let v = next(&mut stream).await;
     assert_eq!(v.value, 2);
-    assert!(started.elapsed() >= Duration::from_millis(250), "read before the timeout: {:?}", started.elapsed());
+    // The portable backend sees no closes, so it never waits for one: it
+    // reads after its quiet window, and the value above is all it promises.
+    if inotify_backend(&manager, "an open writer is waited for until write_timeout_ms") {
+        assert!(started.elapsed() >= Duration::from_millis(250), "read before the timeout: {:?}", started.elapsed());
+    }
     drop(f);
 }
 

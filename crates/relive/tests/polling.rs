@@ -35,6 +35,9 @@ async fn forced_polling_sees_writes_creates_and_deletes() {
 async fn reaching_the_watch_limit_falls_back_to_polling() {
     let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
     let config = HotReloadConfig { watch_limit: Some(2), ..polling_config() };
+    if !inotify_backend_configured("watch_limit counts inotify watches") {
+        return;
+    }
     let manager = t.ws.start_hot_reload_with_config(config).await.unwrap();
     match manager.watcher_mode() {
         WatcherMode::Polling { reason, .. } => assert!(reason.contains("limit of 2"), "{reason}"),
@@ -50,6 +53,9 @@ async fn a_new_directory_past_the_limit_switches_to_polling_without_losing_chang
     let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
     // The root, config, templates, static: four watches fit; a fifth does not.
     let config = HotReloadConfig { watch_limit: Some(4), ..polling_config() };
+    if !inotify_backend_configured("watch_limit counts inotify watches") {
+        return;
+    }
     let manager = t.ws.start_hot_reload_with_config(config).await.unwrap();
     assert!(matches!(manager.watcher_mode(), WatcherMode::Events { watches: 4 }), "{:?}", manager.watcher_mode());
     let mut stream = t.ws.watch_config_changes::<App>("app").await.unwrap();
@@ -64,6 +70,9 @@ async fn a_new_directory_past_the_limit_switches_to_polling_without_losing_chang
 async fn never_polling_makes_the_limit_an_error() {
     let t = TestWs::new(&[]);
     let config = HotReloadConfig { watch_limit: Some(1), polling: Polling::Never, ..Default::default() };
+    if !inotify_backend_configured("watch_limit counts inotify watches") {
+        return;
+    }
     let error = t.ws.start_hot_reload_with_config(config).await.unwrap_err();
     assert!(error.to_string().contains("limit of 1"), "{error}");
 }
@@ -77,6 +86,9 @@ async fn reaching_the_inotify_instance_limit_falls_back_to_polling() {
     const NAME: &str = "reaching_the_inotify_instance_limit_falls_back_to_polling";
     // fs.inotify.max_user_instances is per user and root's is shared with
     // every other test: run as a user of its own, in a child process.
+    if !inotify_backend_configured("the limit on inotify instances") {
+        return;
+    }
     if rerun_as(NAME, INSTANCE_LIMIT_UID) {
         return;
     }

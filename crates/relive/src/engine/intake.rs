@@ -1,21 +1,30 @@
-//! Intake: where changes come in. The backend is inotify (kernel events)
-//! or polling (periodic scans of file metadata); either way, what it saw is
-//! returned as [`Seen`] values for the coalescer, which decides when a path
-//! is ready.
+//! Intake: where changes come in. The backend is inotify (kernel events,
+//! Linux), the portable backend (the platform's events through `notify`,
+//! `portable.rs`) or polling (periodic scans of file metadata); whichever
+//! runs, what it saw is returned as [`Seen`] values for the coalescer,
+//! which decides when a path is ready.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+#[cfg(target_os = "linux")]
 use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
+#[cfg(target_os = "linux")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::WatcherMode;
+use super::portable::{self, Portable};
+use super::wake::Waker;
 use crate::coalesce::Signal;
-use crate::config::{EngineSettings, Polling};
+use crate::config::{Backend, EngineSettings, Polling};
 use crate::error::Error;
+#[cfg(target_os = "linux")]
 use crate::paths::PathFilter;
-use crate::watch::{self, AddError, Inotify, Meta, Raw, RawKind};
+use crate::watch::{self, Meta};
+#[cfg(target_os = "linux")]
+use crate::watch::{AddError, Inotify, Raw, RawKind};
 
 /// What intake saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,8 +40,10 @@ pub(super) enum Seen {
     NowPolling,
 }
 
-enum Backend {
+enum Source {
+    #[cfg(target_os = "linux")]
     Events(Inotify),
+    Portable(Portable),
     /// The next scan, and what each file looked like at the last one.
     Polling {
         next: Instant,
@@ -42,7 +53,8 @@ enum Backend {
 
 /// The backend, and what it needs between two reads.
 pub(super) struct Intake {
-    backend: Backend,
+    source: Source,
+    #[cfg(target_os = "linux")]
     raw: Vec<Raw>,
     /// Directories whose symlinks must be re-read (a directory or symlink
     /// next to them changed: Kubernetes swaps `..data` this way).
@@ -51,10 +63,12 @@ pub(super) struct Intake {
 }
 
 impl Intake {
-    /// Chooses inotify or polling, and sets up the watches.
-    pub fn start(s: &EngineSettings, mode: Arc<Mutex<WatcherMode>>) -> Result<Intake, Error> {
+    /// Chooses inotify, the portable backend or polling, and sets up the
+    /// watches. The portable backend wakes the engine through `waker`.
+    pub fn start(s: &EngineSettings, mode: Arc<Mutex<WatcherMode>>, waker: Waker) -> Result<Intake, Error> {
         let mut intake = Intake {
-            backend: Backend::Polling { next: Instant::now(), seen: HashMap::new() },
+            source: Source::Polling { next: Instant::now(), seen: HashMap::new() },
+            #[cfg(target_os = "linux")]
             raw: Vec::new(),
             recheck: BTreeSet::new(),
             mode,
@@ -76,6 +90,28 @@ impl Intake {
             }
             Polling::Never => {}
         }
+        if s.backend == Backend::Portable || !cfg!(target_os = "linux") {
+            match Portable::start(s, waker) {
+                Ok(portable) => {
+                    *intake.mode.lock().expect("mode lock") =
+                        WatcherMode::Portable { api: Portable::api(), watches: portable.watch_count() };
+                    intake.source = Source::Portable(portable);
+                }
+                Err(e) if s.polling == Polling::Never => {
+                    return Err(Error::Watch(format!("{}: {e}", Portable::api())));
+                }
+                Err(e) => intake.enter_polling(s, format!("{} cannot watch the workspace: {e}", Portable::api())),
+            }
+            return Ok(intake);
+        }
+        #[cfg(target_os = "linux")]
+        return Intake::start_inotify(intake, s);
+        #[cfg(not(target_os = "linux"))]
+        unreachable!("only Linux has the inotify backend")
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_inotify(mut intake: Intake, s: &EngineSettings) -> Result<Intake, Error> {
         let mut inotify = match Inotify::new(s.watch_limit) {
             Ok(inotify) => inotify,
             // EMFILE from inotify_init is the per-user limit on inotify
@@ -98,7 +134,7 @@ impl Intake {
         match inotify.watch_tree(&s.root, &s.filter) {
             Ok(_) => {
                 intake.set_watches(inotify.watch_count());
-                intake.backend = Backend::Events(inotify);
+                intake.source = Source::Events(inotify);
                 Ok(intake)
             }
             Err(AddError::Limit(reason)) if s.polling != Polling::Never => {
@@ -110,29 +146,53 @@ impl Intake {
         }
     }
 
-    /// Whether changes come from periodic scans.
-    pub fn is_polling(&self) -> bool {
-        matches!(self.backend, Backend::Polling { .. })
+    /// The coalescer's quiet window: how long a path must be free of
+    /// signals before it is read, for backends that cannot see a writer's
+    /// close. `None` for inotify.
+    pub fn quiet(&self, s: &EngineSettings) -> Option<Duration> {
+        match &self.source {
+            #[cfg(target_os = "linux")]
+            Source::Events(_) => None,
+            Source::Portable(_) => Some(portable::QUIET),
+            Source::Polling { .. } => Some(s.quiet),
+        }
     }
 
-    /// Whether changes come from kernel events, which can fence a read.
+    /// How long a file that came back shorter must have been unmodified
+    /// before the shorter read is believed: only without close events and
+    /// leases (see [`Files::suspicious`](super::read::Files::suspicious)).
+    pub fn settle(&self) -> Option<Duration> {
+        matches!(self.source, Source::Portable(_)).then_some(portable::SETTLE)
+    }
+
+    /// Whether changes come from events, which can fence a read.
     pub fn has_events(&self) -> bool {
-        matches!(self.backend, Backend::Events(_))
+        !matches!(self.source, Source::Polling { .. })
+    }
+
+    /// Whether reads take a read lease (`lease.rs`): only with inotify, so
+    /// that the portable backend runs the same code on Linux as elsewhere.
+    pub fn leases(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return matches!(self.source, Source::Events(_));
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// The descriptor to wait on for events, if any.
+    #[cfg(target_os = "linux")]
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.backend {
-            Backend::Events(inotify) => Some(inotify.fd()),
-            Backend::Polling { .. } => None,
+        match &self.source {
+            Source::Events(inotify) => Some(inotify.fd()),
+            Source::Portable(_) | Source::Polling { .. } => None,
         }
     }
 
     /// When polling: the time of the next scan.
     pub fn next_scan(&self) -> Option<Instant> {
-        match &self.backend {
-            Backend::Polling { next, .. } => Some(*next),
-            Backend::Events(_) => None,
+        match &self.source {
+            Source::Polling { next, .. } => Some(*next),
+            _ => None,
         }
     }
 
@@ -141,6 +201,7 @@ impl Intake {
         watch::scan(&s.root, &s.filter)
     }
 
+    #[cfg(target_os = "linux")]
     fn set_watches(&self, count: usize) {
         *self.mode.lock().expect("mode lock") = WatcherMode::Events { watches: count };
         metrics::gauge!("relive_watches").set(count as f64);
@@ -155,14 +216,28 @@ impl Intake {
         );
         metrics::counter!("relive_polling_fallbacks_total").increment(1);
         let seen = watch::scan(&s.root, &s.filter).into_iter().collect();
-        self.backend = Backend::Polling { next: Instant::now() + s.poll_interval, seen };
+        self.source = Source::Polling { next: Instant::now() + s.poll_interval, seen };
         *self.mode.lock().expect("mode lock") = WatcherMode::Polling { reason, interval: s.poll_interval };
     }
 
     /// Watches the whole tree again (after lost events). Directories made
     /// while events were lost are watched from now on.
     pub fn rewatch(&mut self, s: &EngineSettings) -> Vec<Seen> {
-        let Backend::Events(inotify) = &mut self.backend else { return Vec::new() };
+        if let Source::Portable(portable) = &mut self.source {
+            portable.rewatch(s);
+            let count = portable.watch_count();
+            *self.mode.lock().expect("mode lock") = WatcherMode::Portable { api: Portable::api(), watches: count };
+            return Vec::new();
+        }
+        #[cfg(target_os = "linux")]
+        return self.rewatch_inotify(s);
+        #[cfg(not(target_os = "linux"))]
+        Vec::new()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn rewatch_inotify(&mut self, s: &EngineSettings) -> Vec<Seen> {
+        let Source::Events(inotify) = &mut self.source else { return Vec::new() };
         match inotify.watch_tree(&s.root, &s.filter) {
             Err(AddError::Limit(reason)) => {
                 self.enter_polling(s, reason);
@@ -177,9 +252,22 @@ impl Intake {
         }
     }
 
-    /// Every pending kernel event, without blocking.
+    /// Every pending event, without blocking.
     pub fn read(&mut self, s: &EngineSettings) -> Vec<Seen> {
-        let Backend::Events(inotify) = &mut self.backend else { return Vec::new() };
+        if let Source::Portable(portable) = &mut self.source {
+            let mut seen = portable.read(s, &mut self.recheck);
+            self.flush_rechecks(s, &mut seen);
+            return seen;
+        }
+        #[cfg(target_os = "linux")]
+        return self.read_inotify(s);
+        #[cfg(not(target_os = "linux"))]
+        Vec::new()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn read_inotify(&mut self, s: &EngineSettings) -> Vec<Seen> {
+        let Source::Events(inotify) = &mut self.source else { return Vec::new() };
         self.raw.clear();
         if let Err(e) = inotify.read(&mut self.raw) {
             tracing::error!(error = %e, "reading inotify events failed");
@@ -213,7 +301,7 @@ impl Intake {
                     self.removed(s, path, *is_dir, &mut seen);
                 }
                 RawKind::SelfGone => {
-                    if let Backend::Events(inotify) = &mut self.backend {
+                    if let Source::Events(inotify) = &mut self.source {
                         inotify.forget_tree(path);
                     }
                 }
@@ -230,7 +318,7 @@ impl Intake {
 
     /// When polling and a scan is due: what changed since the last scan.
     pub fn poll(&mut self, s: &EngineSettings, now: Instant) -> Vec<Seen> {
-        let Backend::Polling { next, seen } = &mut self.backend else { return Vec::new() };
+        let Source::Polling { next, seen } = &mut self.source else { return Vec::new() };
         if *next > now {
             return Vec::new();
         }
@@ -257,6 +345,7 @@ impl Intake {
     // returns; nothing outside this function sees the vector.
 
     /// A new entry at `path`: created, or renamed into place.
+    #[cfg(target_os = "linux")]
     fn arrived(
         &mut self,
         s: &EngineSettings,
@@ -293,6 +382,7 @@ impl Intake {
         seen.push(Seen::Signal(path.to_path_buf(), signal));
     }
 
+    #[cfg(target_os = "linux")]
     fn removed(&mut self, s: &EngineSettings, path: &Path, is_dir: bool, seen: &mut Vec<Seen>) {
         if let Some(parent) = path.parent() {
             if is_dir || !s.filter.is_tracked(path) {
@@ -300,7 +390,7 @@ impl Intake {
             }
         }
         if is_dir {
-            if let Backend::Events(inotify) = &mut self.backend {
+            if let Source::Events(inotify) = &mut self.source {
                 inotify.forget_tree(path);
             }
             seen.push(Seen::DirGone(path.to_path_buf()));
@@ -311,9 +401,10 @@ impl Intake {
         }
     }
 
+    #[cfg(target_os = "linux")]
     fn watch_new_dir(&mut self, s: &EngineSettings, dir: &Path) -> Vec<Seen> {
         let mut seen = Vec::new();
-        if let Backend::Events(inotify) = &mut self.backend {
+        if let Source::Events(inotify) = &mut self.source {
             match inotify.watch_tree(dir, &s.filter) {
                 Ok(_) => {
                     let count = inotify.watch_count();

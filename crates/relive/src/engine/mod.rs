@@ -26,19 +26,19 @@
 mod apply;
 mod intake;
 mod notify;
+mod portable;
 mod read;
 mod refs;
 pub(crate) mod sink;
+mod wake;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use globset::GlobMatcher;
-use rustix::event::{PollFd, PollFlags};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -54,8 +54,10 @@ use crate::paths;
 use apply::{ConfigState, Outcome, Prepared};
 use intake::{Intake, Seen};
 use notify::Notifier;
+pub(crate) use read::open_nonblocking;
 use read::{Files, Stored};
 use sink::SinkFactory;
+use wake::{Waker, Wakeup};
 
 /// How long a deleted file waits before it is reported, so that a
 /// delete-then-write (vim's backup-and-rename) is one change.
@@ -70,9 +72,21 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WatcherMode {
-    /// Kernel events (inotify): changes are seen as they happen.
+    /// Kernel events (inotify, read directly; Linux): changes are seen as
+    /// they happen, and a file is read when its writer closes it.
     Events {
         /// How many directories are watched.
+        watches: usize,
+    },
+    /// The portable backend ([`Backend::Portable`](crate::Backend::Portable)):
+    /// the platform's own events through the `notify` crate; a file is read
+    /// once it has been free of events for a few milliseconds.
+    Portable {
+        /// The platform interface: `FSEvents`, `ReadDirectoryChangesW`,
+        /// `kqueue` or `inotify`.
+        api: &'static str,
+        /// How many directories are watched recursively (the root, watched
+        /// on its own, aside).
         watches: usize,
     },
     /// Periodic scans, because events are unavailable or were turned off.
@@ -100,7 +114,7 @@ enum Command {
 /// The handle side of the engine, shared by the workspace and managers.
 pub(crate) struct Engine {
     tx: std::sync::mpsc::Sender<Command>,
-    wake: OwnedFd,
+    wake: Waker,
     events: broadcast::Sender<ChangeEvent>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     tasks: Mutex<HashMap<HandlerKey, tokio::task::JoinHandle<()>>>,
@@ -121,9 +135,8 @@ impl Engine {
     /// every change from now on will be seen.
     pub(crate) async fn start(settings: EngineSettings) -> Result<Arc<Engine>, Error> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (wake_rx, wake) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
-                .map_err(|e| Error::Watch(format!("cannot create wake pipe: {e}")))?;
+        let (wake, wake_rx) = wake::pair().map_err(|e| Error::Watch(format!("cannot create wake pipe: {e}")))?;
+        let intake_wake = wake.clone();
         let (events, _) = broadcast::channel(1024);
         let mode = Arc::new(Mutex::new(WatcherMode::Events { watches: 0 }));
         let (started_tx, started_rx) = oneshot::channel();
@@ -132,7 +145,7 @@ impl Engine {
         let worker_mode = Arc::clone(&mode);
         let thread = std::thread::Builder::new()
             .name("relive-engine".into())
-            .spawn(move || match Worker::new(settings, rx, wake_rx, worker_events, worker_mode) {
+            .spawn(move || match Worker::new(settings, rx, wake_rx, intake_wake, worker_events, worker_mode) {
                 Ok(mut worker) => {
                     let _ = started_tx.send(Ok(()));
                     worker.run();
@@ -157,9 +170,7 @@ impl Engine {
 
     fn send(&self, command: Command) -> Result<(), Error> {
         self.tx.send(command).map_err(|_| Error::Stopped)?;
-        // A full pipe already wakes the engine; any other error means it is
-        // gone, which the next send reports.
-        let _ = rustix::io::write(&self.wake, &[1]);
+        self.wake.wake();
         Ok(())
     }
 
@@ -269,7 +280,7 @@ pub(crate) fn compile_glob(pattern: &str) -> Result<GlobMatcher, Error> {
 struct Worker {
     s: EngineSettings,
     rx: std::sync::mpsc::Receiver<Command>,
-    wake_rx: OwnedFd,
+    wake_rx: Wakeup,
     intake: Intake,
     coalescer: Coalescer,
     files: Files,
@@ -305,7 +316,8 @@ impl Worker {
     fn new(
         s: EngineSettings,
         rx: std::sync::mpsc::Receiver<Command>,
-        wake_rx: OwnedFd,
+        wake_rx: Wakeup,
+        waker: Waker,
         events: broadcast::Sender<ChangeEvent>,
         mode: Arc<Mutex<WatcherMode>>,
     ) -> Result<Worker, Error> {
@@ -324,8 +336,8 @@ impl Worker {
         };
         // Watches are set up before the first scan, so that nothing written
         // during the scan is missed.
-        let intake = Intake::start(&s, mode)?;
-        let coalescer = Coalescer::new(timing(&s, intake.is_polling()));
+        let intake = Intake::start(&s, mode, waker)?;
+        let coalescer = Coalescer::new(timing(&s, intake.quiet(&s)));
         let notifier = Notifier::new(s.root.clone(), events);
         let mut worker = Worker {
             s,
@@ -348,7 +360,7 @@ impl Worker {
 
     fn initial_scan(&mut self) {
         for (path, _) in self.intake.scan(&self.s) {
-            match read::read_at_start(&path, self.keep(&path)) {
+            match read::read_at_start(&path, self.keep(&path), self.intake.leases()) {
                 Ok(Some(read)) => {
                     // Nothing is reported for the files found at start.
                     let _ = self.files.store(&path, read, None, &self.s.config_dir);
@@ -442,21 +454,16 @@ impl Worker {
     /// and no polling, that is until an event or command: an idle engine
     /// uses no CPU.
     fn wait(&self, timeout: Option<Duration>) {
-        let timespec = timeout.map(|t| {
-            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX / 2, tv_nsec: 0 })
-        });
-        let mut fds = Vec::with_capacity(2);
-        fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
-        if let Some(fd) = self.intake.fd() {
-            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-        }
-        // EINTR and friends just mean "look again".
-        let _ = rustix::event::poll(&mut fds, timespec.as_ref());
+        #[cfg(target_os = "linux")]
+        self.wake_rx.wait(timeout, self.intake.fd());
+        #[cfg(all(unix, not(target_os = "linux")))]
+        self.wake_rx.wait(timeout, None);
+        #[cfg(not(unix))]
+        self.wake_rx.wait(timeout);
     }
 
     fn drain_wake(&self) {
-        let mut buf = [0u8; 64];
-        while matches!(rustix::io::read(self.wake_rx.as_fd(), &mut buf), Ok(n) if n > 0) {}
+        self.wake_rx.drain();
     }
 
     fn command(&mut self, command: Command) {
@@ -501,7 +508,7 @@ impl Worker {
                     }
                 }
                 Seen::Lost => self.rescan("overflow"),
-                Seen::NowPolling => self.coalescer = Coalescer::new(timing(&self.s, true)),
+                Seen::NowPolling => self.coalescer = Coalescer::new(timing(&self.s, Some(self.s.quiet))),
             }
         }
     }
@@ -538,7 +545,7 @@ impl Worker {
     fn process(&mut self, ready: Vec<Ready>) {
         let (config_dir, max_len) = (&self.s.config_dir, self.s.decode.limits.max_file_size);
         let keep = |path: &Path| read::keep(config_dir, path, max_len);
-        let reads = read::read_ready(ready, &mut self.coalescer, keep);
+        let reads = read::read_ready(ready, &mut self.coalescer, keep, self.intake.leases());
         self.fence();
         let batch = Batch { unleased: reads.iter().any(|r| r.result.is_ok() && !r.leased) };
         let now = Instant::now();
@@ -640,7 +647,8 @@ impl Worker {
         if !self.intake.has_events() {
             return false;
         }
-        self.files.suspicious(ready, content) && self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
+        self.files.suspicious(ready, content, self.intake.settle())
+            && self.coalescer.retry(&ready.path, ready.attempt, ready.first_seen, now)
     }
 
     /// What to keep of a file read at `path`.
@@ -833,13 +841,13 @@ impl Worker {
     }
 }
 
-/// The coalescer's timing for these settings, with or without polling's
-/// quiet period.
-fn timing(s: &EngineSettings, polling: bool) -> Timing {
+/// The coalescer's timing for these settings, with the backend's quiet
+/// window (polling's, the portable backend's, or none for inotify).
+fn timing(s: &EngineSettings, quiet: Option<Duration>) -> Timing {
     Timing {
         write_timeout: s.write_timeout,
         delete_grace: DELETE_GRACE,
-        quiet: polling.then_some(s.quiet),
+        quiet,
         backoff: Backoff::default(),
         min_interval: MIN_INTERVAL,
     }

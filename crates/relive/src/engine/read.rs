@@ -1,9 +1,13 @@
 //! Reading ready files, and what the engine knows of each.
 //!
-//! A ready path is read whole under a read lease (`lease.rs`): the kernel
-//! grants one only while no writer has the file open, and holds new
-//! writers off until the read is done, so a leased read is never torn. A
-//! refused lease means a writer is at work; its close says when to read.
+//! With the inotify backend, a ready path is read whole under a read lease
+//! (`lease.rs`, Linux): the kernel grants one only while no writer has the
+//! file open, and holds new writers off until the read is done, so a
+//! leased read is never torn. A refused lease means a writer is at work;
+//! its close says when to read. Without a lease (the portable backend,
+//! other platforms, no right to one) the file's size and modification
+//! time are compared before and after the read, and a read they moved
+//! under is treated like a refused lease.
 //!
 //! What was read is then stored against the last known content of the
 //! path: its hash decides whether anything happened ([`Stored`]), and a
@@ -12,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read as _};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use crate::coalesce::{Coalescer, Ready};
 use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::ConfigError;
 use crate::event::ChangeType;
+#[cfg(target_os = "linux")]
 use crate::lease;
 use crate::paths::{self, ConfigFile};
 use crate::watch::Meta;
@@ -87,13 +91,19 @@ const BUSY_SPIN: [Duration; 5] = [
     Duration::from_micros(200),
 ];
 
-/// Reads every ready path. A path whose writer still has it open goes back
-/// to the coalescer (and is dropped from the batch) until its backoff is
-/// spent; then it is read without a lease.
-pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer, keep: impl Fn(&Path) -> Keep) -> Vec<Read> {
+/// Reads every ready path, under a lease if `leases`. A path whose writer
+/// still has it open (or whose size or modification time moved during an
+/// unleased read) goes back to the coalescer (and is dropped from the
+/// batch) until its backoff is spent; then it is read without a lease.
+pub(super) fn read_ready(
+    ready: Vec<Ready>,
+    coalescer: &mut Coalescer,
+    keep: impl Fn(&Path) -> Keep,
+    leases: bool,
+) -> Vec<Read> {
     let mut reads = Vec::with_capacity(ready.len());
     for ready in ready {
-        let (result, leased) = match read_leased(&ready.path, keep(&ready.path)) {
+        let (result, leased) = match read_leased(&ready.path, keep(&ready.path), leases) {
             Ok(Attempt::Done(read, leased)) => (Ok(read), leased),
             // A writer has it open. Its close wakes us; the backoff only
             // matters for a writer that keeps the file open, which is read
@@ -116,14 +126,14 @@ pub(super) fn read_ready(ready: Vec<Ready>, coalescer: &mut Coalescer, keep: imp
 
 /// A leased read, retried for a few hundred microseconds while the lease is
 /// refused (see [`BUSY_SPIN`]).
-fn read_leased(path: &Path, keep: Keep) -> io::Result<Attempt> {
-    let mut attempt = read_file(path, true, keep)?;
+fn read_leased(path: &Path, keep: Keep, lease: bool) -> io::Result<Attempt> {
+    let mut attempt = read_file(path, lease, keep)?;
     for pause in BUSY_SPIN {
         if !matches!(attempt, Attempt::Busy) {
             break;
         }
         std::thread::sleep(pause);
-        attempt = read_file(path, true, keep)?;
+        attempt = read_file(path, lease, keep)?;
     }
     Ok(attempt)
 }
@@ -131,8 +141,8 @@ fn read_leased(path: &Path, keep: Keep) -> io::Result<Attempt> {
 /// Reads a file found by the first scan: under a lease if it can, as it is
 /// if a writer has it open (its close will deliver the whole file; a known
 /// problem). `None` if it could not be read at all.
-pub(super) fn read_at_start(path: &Path, keep: Keep) -> io::Result<Option<FileRead>> {
-    let read = match read_file(path, true, keep)? {
+pub(super) fn read_at_start(path: &Path, keep: Keep, lease: bool) -> io::Result<Option<FileRead>> {
+    let read = match read_file(path, lease, keep)? {
         Attempt::Busy => read_file(path, false, keep)?,
         done => done,
     };
@@ -146,23 +156,35 @@ pub(super) fn read_at_start(path: &Path, keep: Keep) -> io::Result<Option<FileRe
 /// lease when `lease` is set and leases work here (see `lease.rs`).
 ///
 /// Only regular files are read. A FIFO, socket or device (or a symlink to
-/// one) is refused before it is opened for reading, and the open itself
-/// never blocks (`O_NONBLOCK`), so a FIFO swapped in between the check and
-/// the open cannot hang the engine either.
+/// one) is refused before it is opened for reading, and on Unix the open
+/// itself never blocks (`O_NONBLOCK`), so a FIFO swapped in between the
+/// check and the open cannot hang the engine either.
+///
+/// A read without a lease is checked afterwards: if the file's size or
+/// modification time is not what it was when the read began (or the read
+/// did not find as many bytes as the file had), a writer was at work, and
+/// the answer is [`Attempt::Busy`].
 fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
     let before = fs::metadata(path)?;
     if !before.is_file() {
         return Err(not_regular(&before));
     }
-    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let file = open_nonblocking(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(not_regular(&meta));
     }
+    #[cfg(target_os = "linux")]
     let held = match lease.then(|| lease::read_lease(&file)) {
         Some(lease::Lease::Busy) => return Ok(Attempt::Busy),
         Some(lease::Lease::Held(held)) => Some(held),
         Some(lease::Lease::Unsupported) | None => None,
+    };
+    #[cfg(not(target_os = "linux"))]
+    let held: Option<()> = {
+        // No platform but Linux has read leases.
+        let _ = lease;
+        None
     };
     let read = match keep {
         Keep::Bytes(max_len) => {
@@ -195,22 +217,47 @@ fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
     };
     let leased = held.is_some();
     drop(held);
+    if !leased {
+        let capped = matches!(keep, Keep::Bytes(max) if read.len > max);
+        let after = file.metadata()?;
+        if Meta::of(&after) != read.meta || (!capped && read.len != after.len()) {
+            return Ok(Attempt::Busy);
+        }
+    }
     Ok(Attempt::Done(read, leased))
 }
 
+/// Opens `path` for reading; on Unix with `O_NONBLOCK`, so that a FIFO
+/// swapped in after the caller's check cannot block the open.
+pub(crate) fn open_nonblocking(path: &Path) -> io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    options.open(path)
+}
+
 fn not_regular(meta: &fs::Metadata) -> io::Error {
-    use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    let what = if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
+    #[cfg(unix)]
+    let special = {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            Some("a FIFO")
+        } else if t.is_socket() {
+            Some("a socket")
+        } else if t.is_char_device() || t.is_block_device() {
+            Some("a device")
+        } else {
+            None
+        }
+    };
+    #[cfg(not(unix))]
+    let special: Option<&str> = None;
+    let what = match special {
+        Some(what) => what,
+        None if t.is_dir() => "a directory",
+        None => "not a regular file",
     };
     io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: only regular files are read"))
 }
@@ -326,7 +373,13 @@ impl Files {
     /// work, its events have arrived by then and the path waits for its
     /// close; if the same bytes come back and nothing happened to the path
     /// meanwhile, they are the real content.
-    pub fn suspicious(&mut self, ready: &Ready, read: &FileRead) -> bool {
+    ///
+    /// With `settle` (the portable backend, which has no events to say that
+    /// a writer is at work), the confirming read must also find the file
+    /// unmodified for that long: a writer stalled between its truncation
+    /// and its first write leaves a file that is short and silent, but
+    /// recently modified.
+    pub fn suspicious(&mut self, ready: &Ready, read: &FileRead, settle: Option<Duration>) -> bool {
         let shorter = self.known.get(&ready.path).is_some_and(|k| read.len < k.meta.len());
         if !shorter {
             self.suspects.remove(&ready.path);
@@ -337,7 +390,8 @@ impl Files {
         // signal for the path resets its attempt to 0): the writer, if
         // there was one, has been silent since. Every truncation reads as
         // the same empty bytes, so an equal hash alone proves nothing.
-        if ready.attempt > 0 && self.suspects.get(&ready.path) == Some(&hash) {
+        let settled = settle.is_none_or(|settle| read.meta.age() >= settle);
+        if ready.attempt > 0 && settled && self.suspects.get(&ready.path) == Some(&hash) {
             self.suspects.remove(&ready.path);
             return false;
         }

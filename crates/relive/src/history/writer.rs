@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
@@ -194,22 +193,41 @@ fn take_lock(data_dir: &Path, dir: &Path) -> io::Result<Option<File>> {
         }
     }
     private::narrow_dir(dir)?;
-    let file =
-        OpenOptions::new().create(true).truncate(false).write(true).mode(private::FILE_MODE).open(dir.join(LOCK))?;
-    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+    let file = private::with_mode(OpenOptions::new().create(true).truncate(false).write(true), private::FILE_MODE)
+        .open(dir.join(LOCK))?;
+    if private::mode_of(&file.metadata()?) & 0o077 != 0 {
         // Made by an older relive.
-        file.set_permissions(fs::Permissions::from_mode(private::FILE_MODE))?;
+        private::set_mode(&file, private::FILE_MODE)?;
     }
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(Some(file)),
-            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        match try_lock(&file)? {
+            true => return Ok(Some(file)),
+            false if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            false => return Ok(None),
         }
+    }
+}
+
+/// Takes an exclusive lock on `file` without waiting: false if another
+/// holds it.
+#[cfg(unix)]
+fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes an exclusive lock on `file` without waiting: false if another
+/// holds it. (`File::try_lock`: Rust 1.89 on Windows.)
+#[cfg(not(unix))]
+fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(fs::TryLockError::WouldBlock) => Ok(false),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -381,7 +399,7 @@ impl Store {
                     mode: (!a.published && withheld.is_none())
                         .then(|| fs::metadata(doc.origin()).ok())
                         .flatten()
-                        .map(|m| m.permissions().mode() & 0o7777),
+                        .map(|m| private::mode_of(&m)),
                     withheld: withheld.clone(),
                 })
                 .collect(),

@@ -152,3 +152,31 @@ pub fn rerun_as(name: &str, uid: u32) -> bool {
     assert_child_passed(&out);
     true
 }
+
+/// Whether the engine runs the inotify backend, which sees writers close
+/// files and reads under leases. A check of a behaviour that only inotify
+/// has (close events, leases, the overflow rescan, inotify's limits) runs
+/// when this is true; the second pass of the suites, through the portable
+/// backend (`RELIVE_BACKEND=portable`, see `.ci/run`), skips that check
+/// and says so on stderr. Every such check runs in the normal pass.
+pub fn inotify_backend(manager: &relive::HotReloadManager, check: &str) -> bool {
+    match manager.watcher_mode() {
+        relive::WatcherMode::Events { .. } => true,
+        mode => {
+            eprintln!("inotify only, skipped under {mode:?}: {check}");
+            false
+        }
+    }
+}
+
+/// The same, before an engine runs: from `RELIVE_BACKEND`, as the library
+/// reads it.
+pub fn inotify_backend_configured(check: &str) -> bool {
+    match std::env::var("RELIVE_BACKEND").as_deref() {
+        Ok("portable") => {
+            eprintln!("inotify only, skipped under RELIVE_BACKEND=portable: {check}");
+            false
+        }
+        _ => true,
+    }
+}
