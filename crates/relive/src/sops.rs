@@ -607,14 +607,16 @@ fn parse_ordered(format: Format, bytes: &[u8]) -> Result<Node, SopsError> {
         // `sops` writes no TOML, so a TOML file is SOPS only if it was made
         // by hand to look like one: say so rather than load it as a plain
         // config with a stray `sops` table.
-        Format::Toml => match crate::format::parse(Format::Toml, text.as_bytes(), Path::new(""), &crate::Limits::default()) {
-            Ok(value) if is_sops(&value) => Err(SopsError::new(
-                SopsErrorKind::Unsupported,
-                "sops metadata in a toml file: sops writes yaml and json, relive decrypts those",
-            )
-            .at("sops")),
-            _ => Err(SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata")),
-        },
+        Format::Toml => {
+            match crate::format::parse(Format::Toml, text.as_bytes(), Path::new(""), &crate::Limits::default()) {
+                Ok(value) if is_sops(&value) => Err(SopsError::new(
+                    SopsErrorKind::Unsupported,
+                    "sops metadata in a toml file: sops writes yaml and json, relive decrypts those",
+                )
+                .at("sops")),
+                _ => Err(SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata")),
+            }
+        }
     }
 }
 
