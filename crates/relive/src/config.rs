@@ -123,7 +123,9 @@ impl Default for HotReloadConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The largest document, in bytes. A larger file is not read at all.
-    /// Default 8 MiB.
+    /// It also caps the text (strings and keys) one parse may build, which
+    /// only a YAML alias of a long string can exceed: each copy is one
+    /// value but costs its whole length. Default 8 MiB.
     pub max_file_size: u64,
     /// How deep collections may nest (`[[[...]]]`, maps of maps). YAML flow
     /// collections are checked by a linear scan before the parser sees the

@@ -195,6 +195,12 @@ struct Budget {
     nodes_left: usize,
     max_nodes: usize,
     max_depth: usize,
+    /// Bytes of text (strings and keys) still allowed. A document without
+    /// aliases cannot build more text than it holds, so this is the file
+    /// size limit again; it is what stops an alias of a long string, which
+    /// costs one value per copy but its whole length in memory.
+    text_left: u64,
+    max_text: u64,
     /// Which limit a parse ran into, to report it as such rather than as a
     /// syntax error.
     exceeded: Cell<Option<&'static str>>,
@@ -206,6 +212,8 @@ impl Budget {
             nodes_left: limits.max_nodes,
             max_nodes: limits.max_nodes,
             max_depth: limits.max_depth,
+            text_left: limits.max_file_size,
+            max_text: limits.max_file_size,
             exceeded: Cell::new(None),
         }
     }
@@ -223,7 +231,7 @@ struct Build<'b> {
     depth: usize,
 }
 
-impl Build<'_> {
+impl<'b> Build<'b> {
     fn spend<E: de::Error>(self) -> Result<(), E> {
         let mut budget = self.budget.borrow_mut();
         if budget.nodes_left == 0 {
@@ -254,6 +262,49 @@ impl Build<'_> {
     fn leaf<E: de::Error>(self, value: Value) -> Result<Value, E> {
         self.spend()?;
         Ok(value)
+    }
+
+    /// Charges `len` bytes of text (a string value or a key) to the budget.
+    fn text<E: de::Error>(self, len: usize) -> Result<(), E> {
+        let mut budget = self.budget.borrow_mut();
+        match budget.text_left.checked_sub(len as u64) {
+            Some(left) => {
+                budget.text_left = left;
+                Ok(())
+            }
+            None => {
+                budget.exceeded.set(Some("max_file_size"));
+                Err(E::custom(format_args!(
+                    "more than {} bytes of text (after YAML aliases are expanded); the limit is max_file_size",
+                    budget.max_text
+                )))
+            }
+        }
+    }
+
+    fn string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.text(v.len())?;
+        self.leaf(Value::String(v))
+    }
+
+    /// The seed of a map key: a string, charged to the text budget like a
+    /// string value (a key is text an alias copies too).
+    fn key(self) -> Key<'b> {
+        Key(self)
+    }
+}
+
+/// Deserializes a map key as a `String`, charging its bytes to the budget.
+#[derive(Clone, Copy)]
+struct Key<'b>(Build<'b>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = String;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        let key = <String as de::Deserialize>::deserialize(deserializer)?;
+        self.0.text(key.len())?;
+        Ok(key)
     }
 }
 
@@ -308,11 +359,12 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.text(v.len())?;
         self.leaf(Value::String(v.to_owned()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        self.leaf(Value::String(v))
+        self.string(v)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
@@ -337,17 +389,17 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Some(first) = map.next_key::<String>()? else {
+        let Some(first) = map.next_key_seed(self.key())? else {
             return self.leaf(Value::Object(Map::new()));
         };
         if first == TOML_DATETIME_FIELD {
-            return self.leaf(Value::String(map.next_value::<String>()?));
+            return self.string(map.next_value::<String>()?);
         }
         let child = self.child()?;
         let mut object = Map::new();
         let value = map.next_value_seed(child)?;
         object.insert(first, value);
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(self.key())? {
             let value = map.next_value_seed(child)?;
             object.insert(key, value);
         }

@@ -242,3 +242,29 @@ fn a_one_shot_load_applies_the_limits_too() {
     let error = t.ws.load("evil").unwrap_err().to_string();
     assert!(error.contains("max_depth"), "{error}");
 }
+
+#[test]
+fn regression_an_alias_of_a_long_string_is_bounded_by_the_text_it_builds() {
+    // Each copy of an alias costs one value but its whole text: 100 copies
+    // of a 50 KB string (key or value) are 5 MB from a 55 KB document, and
+    // 10,000 copies of a 100 KB one took 2 GB on main. The text a document
+    // builds is capped at max_file_size, which a document without aliases
+    // can never exceed.
+    let limits = Limits { max_file_size: 1 << 20, ..Limits::default() };
+    let long = "x".repeat(50_000);
+    let refs = vec!["*a"; 100].join(",");
+    for doc in [format!("a: &a \"{long}\"\nb: [{refs}]\n"), format!("a: &a\n  ? {long}\n  : 1\nb: [{refs}]\n")] {
+        let document = relive::Document::new("config/evil.yaml", relive::Format::Yaml, doc.into_bytes());
+        let error = relive::LoadedConfig::from_documents_with("evil", vec![document], &limits).unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+        assert!(error.to_string().contains("bytes of text"), "{error}");
+        assert!(error.line().is_some(), "located: {error}");
+    }
+    // Text the document holds itself is fine up to the limit.
+    let document = relive::Document::new(
+        "config/ok.yaml",
+        relive::Format::Yaml,
+        format!("a: \"{}\"\n", "y".repeat(1_000_000)).into_bytes(),
+    );
+    relive::LoadedConfig::from_documents_with("ok", vec![document], &limits).unwrap();
+}
