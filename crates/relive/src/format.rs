@@ -528,7 +528,7 @@ fn second_document_line(text: &str) -> Option<usize> {
 /// skipped, and a bracket counts only where a flow collection can start (at
 /// the start of a node, or anywhere inside a flow collection), so brackets
 /// inside plain scalars (`pattern: ^[a-z]+$`) do not count.
-fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
+pub(crate) fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     // Whether the next non-blank byte starts a node.
