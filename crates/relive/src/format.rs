@@ -174,6 +174,13 @@ fn parse_toml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
     // every string and table twice.
     toml::Deserializer::parse(text).and_then(|de| build.deserialize(de)).map_err(|err| {
         let error = syntax_error(origin, err.message());
+        // The parser's own bound on nesting (below `max_depth` when that is
+        // set high) is a limit too, not a mistake in the document.
+        let error = if err.message().contains("max recursion depth") || err.message() == "recursion limit" {
+            error.with_kind(ConfigErrorKind::Limit)
+        } else {
+            error
+        };
         match err.span() {
             Some(span) => {
                 let (line, column) = line_col(text, span.start);
@@ -634,7 +641,13 @@ fn parse_json(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
         let (line, byte_column) = (err.line(), err.column());
         let message = remove_once(err.to_string(), &format!(" at line {line} column {byte_column}"));
         let column = json_char_column(text, line, byte_column);
-        syntax_error(origin, message).with_position(line, column)
+        // serde_json stops at 128 levels whatever `max_depth` says: a limit.
+        let kind = if message.starts_with("recursion limit exceeded") {
+            ConfigErrorKind::Limit
+        } else {
+            ConfigErrorKind::Syntax
+        };
+        syntax_error(origin, message).with_kind(kind).with_position(line, column)
     })
 }
 
@@ -855,6 +868,22 @@ mod tests {
         assert_eq!(pos(&error), (4, 1));
         // A single document with an explicit start marker is fine.
         assert_eq!(ok(Format::Yaml, "%YAML 1.2\n---\na: 1\n"), json!({"a": 1}));
+    }
+
+    #[test]
+    fn the_parsers_own_depth_bounds_are_limit_errors() {
+        // Set above what the parsers themselves allow, `max_depth` is not
+        // what stops these; the parser is, and that is a limit too.
+        let limits = Limits { max_depth: 1000, ..Limits::default() };
+        for (format, text) in [
+            (Format::Json, format!("{}{}", "[".repeat(200), "]".repeat(200))),
+            (Format::Toml, format!("a = {}{}", "[".repeat(200), "]".repeat(200))),
+            (Format::Toml, format!("a = {}1{}", "{b=".repeat(200), "}".repeat(200))),
+            (Format::Toml, format!("[{}]", vec!["t"; 200].join("."))),
+        ] {
+            let error = parse(format, text.as_bytes(), origin(), &limits).unwrap_err();
+            assert_eq!(error.kind(), ConfigErrorKind::Limit, "{format:?}: {error}");
+        }
     }
 
     #[test]
