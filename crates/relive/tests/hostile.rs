@@ -268,3 +268,43 @@ fn regression_an_alias_of_a_long_string_is_bounded_by_the_text_it_builds() {
     );
     relive::LoadedConfig::from_documents_with("ok", vec![document], &limits).unwrap();
 }
+
+/// The bytes under `dir`, recursively.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => disk_use(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_version_over_the_limits_is_recorded_without_its_content() {
+    // On main each rejection of an oversized file stored the 8 MiB read of
+    // it in the history (and queued it in memory first): a file rewritten
+    // with junk over and over filled the disk and the writer's queue.
+    let (t, rel) = ws_with_evil("json");
+    let mut big = String::from("{\"items\": [");
+    while big.len() < 9 << 20 {
+        big.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
+    }
+    big.push_str("\"end\"]}");
+    let error = rejected_and_engine_goes_on(&t, &rel, big.as_bytes()).await;
+    assert_eq!(error.kind(), ConfigErrorKind::Limit);
+    let manager = t.ws.manager().unwrap();
+    manager.flush_history().await.unwrap();
+    let history = t.ws.open_history("evil").unwrap();
+    let rejected = history.entries().iter().find(|e| !e.is_applied()).expect("the rejection is recorded");
+    assert!(rejected.error.as_ref().is_some_and(|e| e.to_string().contains("max_file_size")), "{rejected:?}");
+    let doc = &rejected.documents[0];
+    assert!(doc.withheld.as_deref().is_some_and(|w| w.contains("over the limits")), "{doc:?}");
+    assert!(doc.len > 8 << 20, "the length is kept: {}", doc.len);
+    let used = disk_use(&t.path("data/history/evil"));
+    assert!(used < 1 << 20, "{used} bytes of history for one small config and one rejection");
+}
