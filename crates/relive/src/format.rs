@@ -445,6 +445,18 @@ fn parse_yaml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
         )
         .with_position(line, column));
     }
+    // Aliases are replayed by serde_yaml_ng, so an alias bomb costs the
+    // whole `max_nodes` budget before it is stopped (some 200 ms in a
+    // release build, with every other config waiting): count what the
+    // aliases expand to from the events first, which costs about a read of
+    // the text. Only documents with both anchors and aliases pay for it.
+    if text.contains('&') && text.contains('*') {
+        let budget = build.budget.borrow();
+        if let Some((limit, message, line, column)) = yaml_expansion(text, budget.max_nodes, budget.max_text) {
+            budget.exceeded.set(Some(limit));
+            return Err(syntax_error(origin, message).with_position(line, column));
+        }
+    }
     let mut documents = serde_yaml_ng::Deserializer::from_str(text);
     let mut value = match documents.next() {
         None => Value::Null,
@@ -596,6 +608,92 @@ pub(crate) fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, us
         i += 1;
     }
     None
+}
+
+/// Where a YAML document's aliases expand past `max_nodes` values or
+/// `max_text` bytes of text, counted as [`Build`] counts them: the limit,
+/// the message, and the 1-based line and column of the alias that crosses
+/// it. Linear in the events: each anchor's size is kept, and an alias adds
+/// it without replaying it. Text the parser cannot read is left to libyaml,
+/// which reports it.
+fn yaml_expansion(text: &str, max_nodes: usize, max_text: u64) -> Option<(&'static str, String, usize, usize)> {
+    use yaml_rust2::parser::{Event, Parser};
+    use yaml_rust2::scanner::TScalarStyle;
+
+    /// An open collection: its anchor, what it holds so far (values, text),
+    /// and, for a mapping, whether the next node is a key.
+    struct Open {
+        anchor: usize,
+        values: u64,
+        text: u64,
+        mapping: bool,
+        key_next: bool,
+    }
+    let mut anchors: std::collections::HashMap<usize, (u64, u64)> = std::collections::HashMap::new();
+    let mut stack = vec![Open { anchor: 0, values: 0, text: 0, mapping: false, key_next: false }];
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token().ok()?;
+        // The size of the node this event completes, if it completes one.
+        let node = match event {
+            Event::StreamEnd => return None,
+            Event::Scalar(value, style, anchor, _) => {
+                // Build counts strings' bytes; a plain scalar that reads as
+                // a number, boolean or null is no string.
+                let plain_non_string = style == TScalarStyle::Plain
+                    && (value.parse::<f64>().is_ok()
+                        || matches!(
+                            value.as_str(),
+                            "" | "~" | "null" | "Null" | "NULL" | "true" | "false" | "True" | "False"
+                        ));
+                let size = (1, if plain_non_string { 0 } else { value.len() as u64 });
+                if anchor > 0 {
+                    anchors.insert(anchor, size);
+                }
+                Some(size)
+            }
+            Event::Alias(id) => Some(anchors.get(&id).copied().unwrap_or((1, 0))),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                let mapping = matches!(event, Event::MappingStart(..));
+                stack.push(Open { anchor, values: 1, text: 0, mapping, key_next: true });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let done = stack.pop()?;
+                if done.anchor > 0 {
+                    anchors.insert(done.anchor, (done.values, done.text));
+                }
+                Some((done.values, done.text))
+            }
+            _ => None,
+        };
+        let Some((values, node_text)) = node else { continue };
+        let parent = stack.last_mut()?;
+        if parent.mapping && parent.key_next {
+            // A key: its text only, as Build counts keys.
+            parent.text = parent.text.saturating_add(node_text);
+        } else {
+            parent.values = parent.values.saturating_add(values);
+            parent.text = parent.text.saturating_add(node_text);
+        }
+        if parent.mapping {
+            parent.key_next = !parent.key_next;
+        }
+        let total_values = stack.iter().fold(0u64, |n, o| n.saturating_add(o.values));
+        let total_text = stack.iter().fold(0u64, |n, o| n.saturating_add(o.text));
+        let at = (mark.line().max(1), mark.col() + 1);
+        if total_values > max_nodes as u64 {
+            let message =
+                format!("more than {max_nodes} values (after YAML aliases are expanded); the limit is max_nodes");
+            return Some(("max_nodes", message, at.0, at.1));
+        }
+        if total_text > max_text {
+            let message = format!(
+                "more than {max_text} bytes of text (after YAML aliases are expanded); the limit is max_file_size"
+            );
+            return Some(("max_file_size", message, at.0, at.1));
+        }
+    }
 }
 
 /// Applies YAML 1.1 merge keys in place: the mappings under `<<` (one, or a
@@ -884,6 +982,32 @@ mod tests {
             let error = parse(format, text.as_bytes(), origin(), &limits).unwrap_err();
             assert_eq!(error.kind(), ConfigErrorKind::Limit, "{format:?}: {error}");
         }
+    }
+
+    #[test]
+    fn yaml_aliases_are_counted_before_they_are_expanded() {
+        // 36 million values from 60 KB: refused from the events, at the
+        // alias that crosses the limit, before serde_yaml_ng replays any.
+        let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+        let bomb = format!("base: &a [{}]\nrefs: [{}]\n", items.join(","), vec!["*a"; 6000].join(","));
+        let error = err(Format::Yaml, &bomb);
+        assert_eq!(error.kind(), ConfigErrorKind::Limit);
+        assert_eq!(
+            error.message(),
+            "more than 1000000 values (after YAML aliases are expanded); the limit is max_nodes"
+        );
+        // The 166th alias: 166 copies of 6,001 values are past a million.
+        assert_eq!(error.line(), Some(2));
+        assert_eq!(error.column(), Some(8 + 165 * 3), "{error}");
+        // Copies of a long string: few values, much text.
+        let limits = Limits { max_file_size: 100_000, ..Limits::default() };
+        let text = format!("s: &s \"{}\"\nss: [{}]\n", "x".repeat(10_000), vec!["*s"; 20].join(","));
+        let error = parse(Format::Yaml, text.as_bytes(), origin(), &limits).unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::Limit);
+        assert!(error.message().starts_with("more than 100000 bytes of text"), "{error}");
+        // Within the limits, aliases are just what they were.
+        let value = ok(Format::Yaml, "a: &a {x: [1, 2]}\nb: *a\nc: [*a, *a]\n");
+        assert_eq!(value["c"][1], json!({"x": [1, 2]}));
     }
 
     #[test]
