@@ -73,36 +73,39 @@ fn peak_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The file name a case is written under, and its two variants' bytes
-/// (`None` for the FIFO, which has no bytes).
-fn hostile(case: &str, quick: bool) -> (&'static str, Option<[Vec<u8>; 2]>) {
-    let two = |make: &dyn Fn(&str) -> String| Some([make("a").into_bytes(), make("b").into_bytes()]);
+/// The file name a case is written under.
+fn file_name(case: &str) -> &'static str {
+    match case {
+        "alias-bomb" | "deep-yaml" => "evil.yaml",
+        "huge-json" => "evil.json",
+        _ => "evil.toml",
+    }
+}
+
+/// Writes variant `v` of a case's hostile file to `path`, in pieces: the
+/// bench's own peak memory must not include a 100 MB document.
+fn write_hostile(case: &str, v: &str, quick: bool, path: &Path) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(fs::File::create(path)?);
     match case {
         // 60 KB: 6,000 items referenced 6,000 times, 36 million values.
-        "alias-bomb" => (
-            "evil.yaml",
-            two(&|v| {
-                let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
-                format!("v: {v}\nbase: &a [{}]\nrefs: [{}]\n", items.join(","), vec!["*a"; 6000].join(","))
-            }),
-        ),
+        "alias-bomb" => {
+            let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+            write!(out, "v: {v}\nbase: &a [{}]\nrefs: [{}]\n", items.join(","), vec!["*a"; 6000].join(","))?;
+        }
         // 100 KB of `[`.
-        "deep-yaml" => ("evil.yaml", two(&|v| format!("v: {v}\na: {}{}\n", "[".repeat(50_000), "]".repeat(50_000)))),
+        "deep-yaml" => write!(out, "v: {v}\na: {}{}\n", "[".repeat(50_000), "]".repeat(50_000))?,
         // 100 MB (16 MB in a quick run) of valid JSON.
-        "huge-json" => (
-            "evil.json",
-            two(&|v| {
-                let size = if quick { 16 << 20 } else { 100 << 20 };
-                let mut doc = format!("{{\"v\": \"{v}\", \"items\": [");
-                while doc.len() < size {
-                    doc.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
-                }
-                doc.push_str("\"end\"]}");
-                doc
-            }),
-        ),
-        _ => ("evil.toml", None),
+        _ => {
+            let size: usize = if quick { 16 << 20 } else { 100 << 20 };
+            let item = "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",";
+            write!(out, "{{\"v\": \"{v}\", \"items\": [")?;
+            for _ in 0..size / item.len() {
+                out.write_all(item.as_bytes())?;
+            }
+            write!(out, "\"end\"]}}")?;
+        }
     }
+    out.flush()
 }
 
 /// A prepared hostile file, put in place by a rename: no I/O on the hot
@@ -116,19 +119,17 @@ struct Hostile {
 
 impl Hostile {
     fn new(root: &Path, case: &str, quick: bool) -> BoxResult<Hostile> {
-        let (name, bytes) = hostile(case, quick);
         let staging = root.join("staging");
         fs::create_dir_all(&staging)?;
-        let variants = match bytes {
-            Some([a, b]) => {
-                let (pa, pb) = (staging.join("a"), staging.join("b"));
-                fs::write(&pa, a)?;
-                fs::write(&pb, b)?;
-                Some([pa, pb])
-            }
-            None => None,
+        let variants = if case == "fifo" {
+            None
+        } else {
+            let (pa, pb) = (staging.join("a"), staging.join("b"));
+            write_hostile(case, "a", quick, &pa)?;
+            write_hostile(case, "b", quick, &pb)?;
+            Some([pa, pb])
         };
-        Ok(Hostile { target: root.join("config").join(name), staging, variants, round: 0 })
+        Ok(Hostile { target: root.join("config").join(file_name(case)), staging, variants, round: 0 })
     }
 
     /// Renames the next variant (a hard link to it, or a new FIFO) over the
@@ -263,7 +264,7 @@ async fn case_main(case: &str, quick: bool) -> BoxResult<()> {
     let root = dir.path();
     let config = root.join("config");
     fs::create_dir(&config)?;
-    let (name, _) = hostile(case, quick);
+    let name = file_name(case);
     let good_path = config.join(name);
     let good = |n: u64| match Path::new(name).extension().and_then(|e| e.to_str()) {
         Some("yaml") => format!("v: {n}\n"),
