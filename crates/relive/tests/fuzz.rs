@@ -473,3 +473,19 @@ impl Lossy for relive::HistoryEntry {
         format!("{:?} {} {}", self.status, self.diff, self.error.as_ref().map(ToString::to_string).unwrap_or_default())
     }
 }
+
+#[test]
+fn regression_an_audit_log_that_is_a_fifo_is_an_error_not_a_hang() {
+    let t = TestWs::new(&[]);
+    let dir = t.path("data/history/h");
+    std::fs::create_dir_all(&dir).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, dir.join("audit.log"), rustix::fs::Mode::from(0o600)).unwrap();
+    let ws = t.ws.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ws.open_history("h").map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let result = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("reading the history blocked");
+    let error = result.unwrap_err();
+    assert!(error.contains("not a regular file"), "{error}");
+}
