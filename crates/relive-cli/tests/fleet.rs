@@ -615,3 +615,43 @@ fn a_password_in_clear_to_another_machine_needs_insecure_plaintext() {
     let run = run_env(&ws, &insist, &[("RELIVE_ETCD_PASSWORD", "s3cret")]);
     assert_eq!(run.code(), 3, "tried, and nobody answered: {}", run.stderr());
 }
+
+#[test]
+fn a_hostile_document_put_straight_into_etcd_is_one_rejection_per_agent_and_the_agent_lives() {
+    // Past `relive fleet push` (which checks locally): an alias bomb, deep
+    // nesting and a 9 MiB document put with a plain etcd put. Before the
+    // limits, the alias bomb killed every agent, at each restart too.
+    let etcd = Etcd::start_with(&[etcd::LARGE_REQUESTS]);
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let mut applied = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"]));
+    let site = Ws::new();
+    let mut agent = AgentProc::start(&ws, &etcd, site.root(), "web-1");
+    wait_row(&ws, &etcd, "web-1", applied, "SYNCED");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = relive_fleet::Layout::new(PREFIX).unwrap().config_key("server").unwrap();
+    let put = |format: relive::Format, document: &[u8]| -> u64 {
+        let value = relive_fleet::layout::encode_config(format, document);
+        rt.block_on(async {
+            let mut client = etcd.client().await;
+            client.put(key.clone(), value, None).await.expect("put").header().unwrap().revision() as u64
+        })
+    };
+    for (n, (limit, format, document)) in etcd::hostile_documents().into_iter().enumerate() {
+        let version = put(format, &document);
+        let row = wait_row(&ws, &etcd, "web-1", applied, "REJECTED");
+        assert_eq!(row["target"].as_u64(), Some(version), "{limit}: {row}");
+        let error = row["error"].as_str().unwrap_or_default();
+        assert!(error.contains(limit) && error.len() < 1000, "{limit}: {row}");
+        let child = agent.child.as_mut().unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "{limit}: the agent died: {}", agent.log());
+        assert_eq!(site.read("config/server.toml"), format!("port = {}\n", n + 1), "{limit}: the file is left alone");
+
+        let port = n + 2;
+        applied = put(relive::Format::Toml, format!("port = {port}\n").as_bytes());
+        wait_row(&ws, &etcd, "web-1", applied, "SYNCED");
+        assert_eq!(site.read("config/server.toml"), format!("port = {port}\n"), "{limit}: the next good push applies");
+    }
+    assert_eq!(agent.terminate(), 0, "{}", agent.log());
+}

@@ -156,14 +156,16 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
     let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
     let dir = path.parent().expect("a config file has a directory");
     create_private_dir(dir).map_err(|e| fail("create the directory of", e))?;
-    if std::fs::read(&path).ok().as_deref() != Some(document) {
+    if !same_file_content(&path, document) {
         let file_name = path.file_name().expect("a config file has a name").to_string_lossy();
         // A dot file with a `.tmp` extension: no config, for relive.
         let tmp = dir.join(format!(".{file_name}.relive-agent.{}.tmp", std::process::id()));
         // What a program reading the file relies on: its mode and owner.
+        // Only a regular file's: a FIFO or a device in the way (a symlink to
+        // /dev/zero is 0666, root's) says nothing about who may read this.
         let keep = match std::fs::metadata(&path) {
-            Ok(meta) => (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid()))),
-            Err(_) => (FILE_MODE, None),
+            Ok(meta) if meta.is_file() => (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid()))),
+            _ => (FILE_MODE, None),
         };
         let written = (|| {
             let mut file = create_temp(&tmp, keep.0, keep.1)?;
@@ -185,6 +187,22 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
         }
     }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync the directory of", e))
+}
+
+/// Whether `path` is a regular file holding exactly `document`. Anything
+/// else there (a FIFO, which would block a read, or a symlink to
+/// `/dev/zero`, which would never end) is simply replaced: it is looked at
+/// through `symlink_metadata` and never opened.
+fn same_file_content(path: &Path, document: &[u8]) -> bool {
+    use std::io::Read;
+    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == document.len() as u64);
+    if !regular {
+        return false;
+    }
+    let mut current = Vec::with_capacity(document.len());
+    std::fs::File::open(path)
+        .and_then(|file| file.take(document.len() as u64 + 1).read_to_end(&mut current))
+        .is_ok_and(|_| current == document)
 }
 
 #[cfg(test)]
@@ -222,6 +240,36 @@ mod tests {
         std::fs::set_permissions(dir.path().join("db/main.toml"), std::fs::Permissions::from_mode(0o640)).unwrap();
         write_config(dir.path(), "db/main", Format::Toml, b"password = 2\n").unwrap();
         assert_eq!(mode(&dir.path().join("db/main.toml")), 0o640);
+    }
+
+    #[test]
+    fn a_fifo_or_an_endless_file_in_the_way_is_replaced_not_read() {
+        // On main the agent read what was there to compare it: a FIFO
+        // blocked it for good, a symlink to /dev/zero filled its memory.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("server.toml");
+        mkfifo(&fifo);
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("db.toml")).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = write_config(&path, "server", Format::Toml, b"port = 1\n");
+            let db = write_config(&path, "db", Format::Toml, b"port = 2\n");
+            let _ = tx.send((server, db));
+        });
+        let (server, db) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("write_config blocked");
+        server.unwrap();
+        db.unwrap();
+        assert_eq!(std::fs::read(&fifo).unwrap(), b"port = 1\n");
+        assert!(std::fs::symlink_metadata(dir.path().join("db.toml")).unwrap().is_file());
+        assert_eq!(std::fs::read(dir.path().join("db.toml")).unwrap(), b"port = 2\n");
+        let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode("server.toml"), mode("db.toml")), (0o600, 0o600), "not the FIFO's or /dev/zero's mode");
+    }
+
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success());
     }
 
     #[test]

@@ -268,7 +268,18 @@ pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
         "toml" => Format::Toml,
         "yaml" | "yml" => Format::Yaml,
         "json" => Format::Json,
-        other => return Err(format!("unknown format `{other}` in header (expected toml, yaml or json)")),
+        // The name is quoted only when it looks like one: the line runs to
+        // the first newline, and a value without one would put the whole
+        // document (a secret, megabytes) in every instance's status.
+        other if other.len() <= 16 && other.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+            return Err(format!("unknown format `{other}` in header (expected toml, yaml or json)"));
+        }
+        _ => {
+            return Err(format!(
+                "unknown format in header (a {}-byte line; expected `{FORMAT_HEADER}toml` (or yaml, json) and a newline)",
+                line.len()
+            ));
+        }
     };
     // The author line is part of the header: the document starts after it.
     let document = match document.strip_prefix(AUTHOR_HEADER.as_bytes()) {

@@ -223,12 +223,14 @@ impl Default for HotReloadConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The largest document, in bytes. A larger file is not read at all.
-    /// Default 8 MiB.
+    /// It also caps the text (strings and keys) one parse may build, which
+    /// only a YAML alias of a long string can exceed: each copy is one
+    /// value but costs its whole length. Default 8 MiB.
     pub max_file_size: u64,
     /// How deep collections may nest (`[[[...]]]`, maps of maps). YAML flow
     /// collections are checked by a linear scan before the parser sees the
-    /// text. JSON and TOML parsers stop at 128 levels whatever this says.
-    /// Default 64.
+    /// text. The JSON parser stops at 128 levels and the TOML parser at
+    /// about 80 whatever this says (a limit error too). Default 64.
     pub max_depth: usize,
     /// The most values (scalars and collections) one document may build,
     /// counting every expansion of a YAML alias: the bound on the work and

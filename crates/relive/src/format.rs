@@ -174,6 +174,13 @@ fn parse_toml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
     // every string and table twice.
     toml::Deserializer::parse(text).and_then(|de| build.deserialize(de)).map_err(|err| {
         let error = syntax_error(origin, err.message());
+        // The parser's own bound on nesting (below `max_depth` when that is
+        // set high) is a limit too, not a mistake in the document.
+        let error = if err.message().contains("max recursion depth") || err.message() == "recursion limit" {
+            error.with_kind(ConfigErrorKind::Limit)
+        } else {
+            error
+        };
         match err.span() {
             Some(span) => {
                 let (line, column) = line_col(text, span.start);
@@ -195,6 +202,12 @@ struct Budget {
     nodes_left: usize,
     max_nodes: usize,
     max_depth: usize,
+    /// Bytes of text (strings and keys) still allowed. A document without
+    /// aliases cannot build more text than it holds, so this is the file
+    /// size limit again; it is what stops an alias of a long string, which
+    /// costs one value per copy but its whole length in memory.
+    text_left: u64,
+    max_text: u64,
     /// Which limit a parse ran into, to report it as such rather than as a
     /// syntax error.
     exceeded: Cell<Option<&'static str>>,
@@ -206,6 +219,8 @@ impl Budget {
             nodes_left: limits.max_nodes,
             max_nodes: limits.max_nodes,
             max_depth: limits.max_depth,
+            text_left: limits.max_file_size,
+            max_text: limits.max_file_size,
             exceeded: Cell::new(None),
         }
     }
@@ -223,7 +238,7 @@ struct Build<'b> {
     depth: usize,
 }
 
-impl Build<'_> {
+impl<'b> Build<'b> {
     fn spend<E: de::Error>(self) -> Result<(), E> {
         let mut budget = self.budget.borrow_mut();
         if budget.nodes_left == 0 {
@@ -254,6 +269,49 @@ impl Build<'_> {
     fn leaf<E: de::Error>(self, value: Value) -> Result<Value, E> {
         self.spend()?;
         Ok(value)
+    }
+
+    /// Charges `len` bytes of text (a string value or a key) to the budget.
+    fn text<E: de::Error>(self, len: usize) -> Result<(), E> {
+        let mut budget = self.budget.borrow_mut();
+        match budget.text_left.checked_sub(len as u64) {
+            Some(left) => {
+                budget.text_left = left;
+                Ok(())
+            }
+            None => {
+                budget.exceeded.set(Some("max_file_size"));
+                Err(E::custom(format_args!(
+                    "more than {} bytes of text (after YAML aliases are expanded); the limit is max_file_size",
+                    budget.max_text
+                )))
+            }
+        }
+    }
+
+    fn string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.text(v.len())?;
+        self.leaf(Value::String(v))
+    }
+
+    /// The seed of a map key: a string, charged to the text budget like a
+    /// string value (a key is text an alias copies too).
+    fn key(self) -> Key<'b> {
+        Key(self)
+    }
+}
+
+/// Deserializes a map key as a `String`, charging its bytes to the budget.
+#[derive(Clone, Copy)]
+struct Key<'b>(Build<'b>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = String;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        let key = <String as de::Deserialize>::deserialize(deserializer)?;
+        self.0.text(key.len())?;
+        Ok(key)
     }
 }
 
@@ -308,11 +366,12 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.text(v.len())?;
         self.leaf(Value::String(v.to_owned()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        self.leaf(Value::String(v))
+        self.string(v)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
@@ -337,17 +396,17 @@ impl<'de> Visitor<'de> for Build<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Some(first) = map.next_key::<String>()? else {
+        let Some(first) = map.next_key_seed(self.key())? else {
             return self.leaf(Value::Object(Map::new()));
         };
         if first == TOML_DATETIME_FIELD {
-            return self.leaf(Value::String(map.next_value::<String>()?));
+            return self.string(map.next_value::<String>()?);
         }
         let child = self.child()?;
         let mut object = Map::new();
         let value = map.next_value_seed(child)?;
         object.insert(first, value);
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(self.key())? {
             let value = map.next_value_seed(child)?;
             object.insert(key, value);
         }
@@ -385,6 +444,18 @@ fn parse_yaml(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
             format!("flow collections nested deeper than {depth} levels; the limit is max_depth"),
         )
         .with_position(line, column));
+    }
+    // Aliases are replayed by serde_yaml_ng, so an alias bomb costs the
+    // whole `max_nodes` budget before it is stopped (some 200 ms in a
+    // release build, with every other config waiting): count what the
+    // aliases expand to from the events first, which costs about a read of
+    // the text. Only documents with both anchors and aliases pay for it.
+    if text.contains('&') && text.contains('*') {
+        let budget = build.budget.borrow();
+        if let Some((limit, message, line, column)) = yaml_expansion(text, budget.max_nodes, budget.max_text) {
+            budget.exceeded.set(Some(limit));
+            return Err(syntax_error(origin, message).with_position(line, column));
+        }
     }
     let mut documents = serde_yaml_ng::Deserializer::from_str(text);
     let mut value = match documents.next() {
@@ -476,7 +547,7 @@ fn second_document_line(text: &str) -> Option<usize> {
 /// skipped, and a bracket counts only where a flow collection can start (at
 /// the start of a node, or anywhere inside a flow collection), so brackets
 /// inside plain scalars (`pattern: ^[a-z]+$`) do not count.
-fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
+pub(crate) fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     // Whether the next non-blank byte starts a node.
@@ -539,6 +610,92 @@ fn yaml_flow_depth(text: &str, max_depth: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// Where a YAML document's aliases expand past `max_nodes` values or
+/// `max_text` bytes of text, counted as [`Build`] counts them: the limit,
+/// the message, and the 1-based line and column of the alias that crosses
+/// it. Linear in the events: each anchor's size is kept, and an alias adds
+/// it without replaying it. Text the parser cannot read is left to libyaml,
+/// which reports it.
+fn yaml_expansion(text: &str, max_nodes: usize, max_text: u64) -> Option<(&'static str, String, usize, usize)> {
+    use yaml_rust2::parser::{Event, Parser};
+    use yaml_rust2::scanner::TScalarStyle;
+
+    /// An open collection: its anchor, what it holds so far (values, text),
+    /// and, for a mapping, whether the next node is a key.
+    struct Open {
+        anchor: usize,
+        values: u64,
+        text: u64,
+        mapping: bool,
+        key_next: bool,
+    }
+    let mut anchors: std::collections::HashMap<usize, (u64, u64)> = std::collections::HashMap::new();
+    let mut stack = vec![Open { anchor: 0, values: 0, text: 0, mapping: false, key_next: false }];
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token().ok()?;
+        // The size of the node this event completes, if it completes one.
+        let node = match event {
+            Event::StreamEnd => return None,
+            Event::Scalar(value, style, anchor, _) => {
+                // Build counts strings' bytes; a plain scalar that reads as
+                // a number, boolean or null is no string.
+                let plain_non_string = style == TScalarStyle::Plain
+                    && (value.parse::<f64>().is_ok()
+                        || matches!(
+                            value.as_str(),
+                            "" | "~" | "null" | "Null" | "NULL" | "true" | "false" | "True" | "False"
+                        ));
+                let size = (1, if plain_non_string { 0 } else { value.len() as u64 });
+                if anchor > 0 {
+                    anchors.insert(anchor, size);
+                }
+                Some(size)
+            }
+            Event::Alias(id) => Some(anchors.get(&id).copied().unwrap_or((1, 0))),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                let mapping = matches!(event, Event::MappingStart(..));
+                stack.push(Open { anchor, values: 1, text: 0, mapping, key_next: true });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let done = stack.pop()?;
+                if done.anchor > 0 {
+                    anchors.insert(done.anchor, (done.values, done.text));
+                }
+                Some((done.values, done.text))
+            }
+            _ => None,
+        };
+        let Some((values, node_text)) = node else { continue };
+        let parent = stack.last_mut()?;
+        if parent.mapping && parent.key_next {
+            // A key: its text only, as Build counts keys.
+            parent.text = parent.text.saturating_add(node_text);
+        } else {
+            parent.values = parent.values.saturating_add(values);
+            parent.text = parent.text.saturating_add(node_text);
+        }
+        if parent.mapping {
+            parent.key_next = !parent.key_next;
+        }
+        let total_values = stack.iter().fold(0u64, |n, o| n.saturating_add(o.values));
+        let total_text = stack.iter().fold(0u64, |n, o| n.saturating_add(o.text));
+        let at = (mark.line().max(1), mark.col() + 1);
+        if total_values > max_nodes as u64 {
+            let message =
+                format!("more than {max_nodes} values (after YAML aliases are expanded); the limit is max_nodes");
+            return Some(("max_nodes", message, at.0, at.1));
+        }
+        if total_text > max_text {
+            let message = format!(
+                "more than {max_text} bytes of text (after YAML aliases are expanded); the limit is max_file_size"
+            );
+            return Some(("max_file_size", message, at.0, at.1));
+        }
+    }
+}
+
 /// Applies YAML 1.1 merge keys in place: the mappings under `<<` (one, or a
 /// list of them) supply the keys the mapping itself does not define, earlier
 /// ones in a list taking precedence.
@@ -582,7 +739,13 @@ fn parse_json(text: &str, origin: &Path, build: Build<'_>) -> Result<Value, Conf
         let (line, byte_column) = (err.line(), err.column());
         let message = remove_once(err.to_string(), &format!(" at line {line} column {byte_column}"));
         let column = json_char_column(text, line, byte_column);
-        syntax_error(origin, message).with_position(line, column)
+        // serde_json stops at 128 levels whatever `max_depth` says: a limit.
+        let kind = if message.starts_with("recursion limit exceeded") {
+            ConfigErrorKind::Limit
+        } else {
+            ConfigErrorKind::Syntax
+        };
+        syntax_error(origin, message).with_kind(kind).with_position(line, column)
     })
 }
 
@@ -803,6 +966,48 @@ mod tests {
         assert_eq!(pos(&error), (4, 1));
         // A single document with an explicit start marker is fine.
         assert_eq!(ok(Format::Yaml, "%YAML 1.2\n---\na: 1\n"), json!({"a": 1}));
+    }
+
+    #[test]
+    fn the_parsers_own_depth_bounds_are_limit_errors() {
+        // Set above what the parsers themselves allow, `max_depth` is not
+        // what stops these; the parser is, and that is a limit too.
+        let limits = Limits { max_depth: 1000, ..Limits::default() };
+        for (format, text) in [
+            (Format::Json, format!("{}{}", "[".repeat(200), "]".repeat(200))),
+            (Format::Toml, format!("a = {}{}", "[".repeat(200), "]".repeat(200))),
+            (Format::Toml, format!("a = {}1{}", "{b=".repeat(200), "}".repeat(200))),
+            (Format::Toml, format!("[{}]", vec!["t"; 200].join("."))),
+        ] {
+            let error = parse(format, text.as_bytes(), origin(), &limits).unwrap_err();
+            assert_eq!(error.kind(), ConfigErrorKind::Limit, "{format:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn yaml_aliases_are_counted_before_they_are_expanded() {
+        // 36 million values from 60 KB: refused from the events, at the
+        // alias that crosses the limit, before serde_yaml_ng replays any.
+        let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+        let bomb = format!("base: &a [{}]\nrefs: [{}]\n", items.join(","), vec!["*a"; 6000].join(","));
+        let error = err(Format::Yaml, &bomb);
+        assert_eq!(error.kind(), ConfigErrorKind::Limit);
+        assert_eq!(
+            error.message(),
+            "more than 1000000 values (after YAML aliases are expanded); the limit is max_nodes"
+        );
+        // The 166th alias: 166 copies of 6,001 values are past a million.
+        assert_eq!(error.line(), Some(2));
+        assert_eq!(error.column(), Some(8 + 165 * 3), "{error}");
+        // Copies of a long string: few values, much text.
+        let limits = Limits { max_file_size: 100_000, ..Limits::default() };
+        let text = format!("s: &s \"{}\"\nss: [{}]\n", "x".repeat(10_000), vec!["*s"; 20].join(","));
+        let error = parse(Format::Yaml, text.as_bytes(), origin(), &limits).unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::Limit);
+        assert!(error.message().starts_with("more than 100000 bytes of text"), "{error}");
+        // Within the limits, aliases are just what they were.
+        let value = ok(Format::Yaml, "a: &a {x: [1, 2]}\nb: *a\nc: [*a, *a]\n");
+        assert_eq!(value["c"][1], json!({"x": [1, 2]}));
     }
 
     #[test]

@@ -666,6 +666,10 @@ pub(crate) struct Attempt {
     pub error: Option<ConfigError>,
     pub published: bool,
     pub time: SystemTime,
+    /// The documents' lengths, when the version broke a [`Limits`] bound
+    /// and their bytes were dropped before queueing: a file rewritten with
+    /// megabytes of junk must cost neither memory in the queue nor disk.
+    pub over_limits: Option<Vec<u64>>,
 }
 
 #[cfg(test)]

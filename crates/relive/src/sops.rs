@@ -87,8 +87,10 @@
 //! most 64 age entries are looked at, and only those whose recipient is one
 //! of the identities' public keys are unwrapped (one agreement each); an
 //! armored data key over 16 KiB, a value over 1 MiB of base64 or a regex
-//! over 4 KiB in the metadata is refused; nesting is bounded by the parsers'
-//! depth limit (128).
+//! over 4 KiB in the metadata is refused; the document is parsed within
+//! the limits of a plain config ([`Limits::default`](crate::Limits): file
+//! size, nesting depth, values built and text built, YAML aliases
+//! expanded), checked before and while parsing.
 //!
 //! # Limits
 //!
@@ -105,6 +107,7 @@
 //! edited in by hand afterwards fails the MAC check here, where `sops`
 //! would normalize it again.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::io::Read as _;
@@ -123,7 +126,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
-use crate::format::{Format, strip_bom};
+use crate::config::Limits;
+use crate::format::{Format, strip_bom, yaml_flow_depth};
 
 /// At most this many age entries (`sops.age[]`) are tried, so that a file
 /// listing thousands of recipients costs a bounded amount of work.
@@ -589,41 +593,127 @@ enum Node {
 }
 
 fn parse_ordered(format: Format, bytes: &[u8]) -> Result<Node, SopsError> {
+    // The same limits as a plain config, checked the same way: before the
+    // parser sees the text (size, YAML flow nesting) and while values are
+    // built (values, text, depth), so a hostile file costs about what
+    // reading it costs.
+    let limits = Limits::default();
+    if bytes.len() as u64 > limits.max_file_size {
+        return Err(malformed(format!(
+            "file is larger than the limit of {} bytes (max_file_size); not parsed",
+            limits.max_file_size
+        )));
+    }
     let text = std::str::from_utf8(bytes).map_err(|_| malformed("file is not valid utf-8"))?;
     let text = strip_bom(text);
+    let budget = Budget::new(&limits);
+    let seed = NodeSeed { budget: &budget, depth: 0 };
     // The caller has parsed this text already, so these errors are only for
     // completeness; they do not quote the parser's message, which may hold
     // a value.
-    match format {
+    let parsed = match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
-            let node = NodeSeed.deserialize(&mut de).map_err(|_| malformed("file is not valid json"))?;
-            de.end().map_err(|_| malformed("file is not valid json"))?;
-            Ok(node)
+            seed.deserialize(&mut de)
+                .and_then(|node| de.end().map(|()| node))
+                .map_err(|_| malformed("file is not valid json"))
         }
-        Format::Yaml => NodeSeed
-            .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-            .map_err(|_| malformed("file is not valid yaml (or holds more than one document)")),
+        Format::Yaml => {
+            if yaml_flow_depth(text, limits.max_depth).is_some() {
+                return Err(malformed(format!(
+                    "flow collections nested deeper than {} levels; the limit is max_depth",
+                    limits.max_depth
+                )));
+            }
+            seed.deserialize(serde_yaml_ng::Deserializer::from_str(text))
+                .map_err(|_| malformed("file is not valid yaml (or holds more than one document)"))
+        }
         // `sops` writes no TOML, so a TOML file is SOPS only if it was made
         // by hand to look like one: say so rather than load it as a plain
         // config with a stray `sops` table.
         Format::Toml => {
-            match crate::format::parse(Format::Toml, text.as_bytes(), Path::new(""), &crate::Limits::default()) {
+            return match crate::format::parse(Format::Toml, text.as_bytes(), Path::new(""), &limits) {
                 Ok(value) if is_sops(&value) => Err(SopsError::new(
                     SopsErrorKind::Unsupported,
                     "sops metadata in a toml file: sops writes yaml and json, relive decrypts those",
                 )
                 .at("sops")),
                 _ => Err(SopsError::new(SopsErrorKind::NotSops, "file has no sops metadata")),
-            }
+            };
         }
+    };
+    match budget.exceeded.get() {
+        Some(limit) => Err(malformed(format!("file exceeds the limit {limit} (after YAML aliases are expanded)"))),
+        None => parsed,
     }
 }
 
-#[derive(Clone, Copy)]
-struct NodeSeed;
+/// What one parse may still build: the limits of a plain config
+/// ([`Limits`]), counted across every level.
+struct Budget {
+    nodes_left: Cell<usize>,
+    text_left: Cell<u64>,
+    max_depth: usize,
+    /// The name of the limit a parse ran into.
+    exceeded: Cell<Option<&'static str>>,
+}
 
-impl<'de> DeserializeSeed<'de> for NodeSeed {
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            nodes_left: Cell::new(limits.max_nodes),
+            text_left: Cell::new(limits.max_file_size),
+            max_depth: limits.max_depth,
+            exceeded: Cell::new(None),
+        }
+    }
+
+    fn fail<E: de::Error>(&self, limit: &'static str) -> E {
+        self.exceeded.set(Some(limit));
+        E::custom(limit)
+    }
+}
+
+/// Builds a [`Node`], spending the [`Budget`]: one value per node (a YAML
+/// alias replays its anchor, so each copy counts), its bytes per string
+/// or key, and one level per collection.
+#[derive(Clone, Copy)]
+struct NodeSeed<'b> {
+    budget: &'b Budget,
+    depth: usize,
+}
+
+impl NodeSeed<'_> {
+    fn spend<E: de::Error>(self) -> Result<(), E> {
+        match self.budget.nodes_left.get().checked_sub(1) {
+            Some(left) => {
+                self.budget.nodes_left.set(left);
+                Ok(())
+            }
+            None => Err(self.budget.fail("max_nodes")),
+        }
+    }
+
+    fn text<E: de::Error>(self, len: usize) -> Result<(), E> {
+        match self.budget.text_left.get().checked_sub(len as u64) {
+            Some(left) => {
+                self.budget.text_left.set(left);
+                Ok(())
+            }
+            None => Err(self.budget.fail("max_file_size")),
+        }
+    }
+
+    fn child<E: de::Error>(self) -> Result<Self, E> {
+        self.spend()?;
+        if self.depth >= self.budget.max_depth {
+            return Err(self.budget.fail("max_depth"));
+        }
+        Ok(NodeSeed { budget: self.budget, depth: self.depth + 1 })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     type Value = Node;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
@@ -631,42 +721,52 @@ impl<'de> DeserializeSeed<'de> for NodeSeed {
     }
 }
 
-impl<'de> Visitor<'de> for NodeSeed {
+impl<'de> Visitor<'de> for NodeSeed<'_> {
     type Value = Node;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a yaml or json value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+        self.spend()?;
         Ok(Node::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+        self.spend()?;
         Ok(Node::I64(v))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        self.spend()?;
         Ok(i64::try_from(v).map_or(Node::U64(v), Node::I64))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        self.spend()?;
         Ok(Node::F64(v))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+        self.spend()?;
+        self.text(v.len())?;
         Ok(Node::Str(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
+        self.spend()?;
+        self.text(v.len())?;
         Ok(Node::Str(v))
     }
 
-    fn visit_unit<E>(self) -> Result<Node, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        self.spend()?;
         Ok(Node::Null)
     }
 
-    fn visit_none<E>(self) -> Result<Node, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        self.spend()?;
         Ok(Node::Null)
     }
 
@@ -675,17 +775,19 @@ impl<'de> Visitor<'de> for NodeSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let child = self.child()?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self)? {
+        while let Some(item) = seq.next_element_seed(child)? {
             items.push(item);
         }
         Ok(Node::Seq(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let child = self.child()?;
         let mut entries = Vec::new();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            let value = map.next_value_seed(self)?;
+        while let Some(key) = map.next_key_seed(KeySeed(child))? {
+            let value = map.next_value_seed(child)?;
             entries.push((key, value));
         }
         Ok(Node::Map(entries))
@@ -694,21 +796,25 @@ impl<'de> Visitor<'de> for NodeSeed {
 
 /// A map key as text: YAML allows scalar keys of any type (`1: x`), which
 /// relive's own parser also turns into their text.
-struct KeySeed;
+struct KeySeed<'b>(NodeSeed<'b>);
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = String;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
-        match NodeSeed.deserialize(deserializer)? {
-            Node::Str(s) => Ok(s),
-            Node::Bool(b) => Ok(b.to_string()),
-            Node::I64(i) => Ok(i.to_string()),
-            Node::U64(u) => Ok(u.to_string()),
-            Node::F64(f) => Ok(f.to_string()),
-            Node::Null => Ok("null".to_owned()),
-            Node::Seq(_) | Node::Map(_) => Err(de::Error::custom("a map key must be a scalar")),
-        }
+        let key = match self.0.deserialize(deserializer)? {
+            Node::Str(s) => return Ok(s),
+            Node::Bool(b) => b.to_string(),
+            Node::I64(i) => i.to_string(),
+            Node::U64(u) => u.to_string(),
+            Node::F64(f) => f.to_string(),
+            Node::Null => "null".to_owned(),
+            Node::Seq(_) | Node::Map(_) => return Err(de::Error::custom("a map key must be a scalar")),
+        };
+        // A number's text can be longer than the number as written
+        // (`1e300` is 301 digits): charge it too.
+        self.0.text(key.len())?;
+        Ok(key)
     }
 }
 

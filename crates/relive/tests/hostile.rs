@@ -242,3 +242,75 @@ fn a_one_shot_load_applies_the_limits_too() {
     let error = t.ws.load("evil").unwrap_err().to_string();
     assert!(error.contains("max_depth"), "{error}");
 }
+
+#[test]
+fn regression_an_alias_of_a_long_string_is_bounded_by_the_text_it_builds() {
+    // Each copy of an alias costs one value but its whole text: 100 copies
+    // of a 50 KB string (key or value) are 5 MB from a 55 KB document, and
+    // 10,000 copies of a 100 KB one took 2 GB on main. The text a document
+    // builds is capped at max_file_size, which a document without aliases
+    // can never exceed.
+    let limits = Limits { max_file_size: 1 << 20, ..Limits::default() };
+    let long = "x".repeat(50_000);
+    let refs = vec!["*a"; 100].join(",");
+    for doc in [format!("a: &a \"{long}\"\nb: [{refs}]\n"), format!("a: &a\n  ? {long}\n  : 1\nb: [{refs}]\n")] {
+        let document = relive::Document::new("config/evil.yaml", relive::Format::Yaml, doc.into_bytes());
+        let error = relive::LoadedConfig::from_documents_with(
+            "evil",
+            vec![document],
+            &HotReloadConfig { limits, ..Default::default() },
+        )
+        .unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+        assert!(error.to_string().contains("bytes of text"), "{error}");
+        assert!(error.line().is_some(), "located: {error}");
+    }
+    // Text the document holds itself is fine up to the limit.
+    let document = relive::Document::new(
+        "config/ok.yaml",
+        relive::Format::Yaml,
+        format!("a: \"{}\"\n", "y".repeat(1_000_000)).into_bytes(),
+    );
+    relive::LoadedConfig::from_documents_with("ok", vec![document], &HotReloadConfig { limits, ..Default::default() })
+        .unwrap();
+}
+
+/// The bytes under `dir`, recursively.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => disk_use(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_version_over_the_limits_is_recorded_without_its_content() {
+    // On main each rejection of an oversized file stored the 8 MiB read of
+    // it in the history (and queued it in memory first): a file rewritten
+    // with junk over and over filled the disk and the writer's queue.
+    let (t, rel) = ws_with_evil("json");
+    let mut big = String::from("{\"items\": [");
+    while big.len() < 9 << 20 {
+        big.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
+    }
+    big.push_str("\"end\"]}");
+    let error = rejected_and_engine_goes_on(&t, &rel, big.as_bytes()).await;
+    assert_eq!(error.kind(), ConfigErrorKind::Limit);
+    let manager = t.ws.manager().unwrap();
+    manager.flush_history().await.unwrap();
+    let history = t.ws.open_history("evil").unwrap();
+    let rejected = history.entries().iter().find(|e| !e.is_applied()).expect("the rejection is recorded");
+    assert!(rejected.error.as_ref().is_some_and(|e| e.to_string().contains("max_file_size")), "{rejected:?}");
+    let doc = &rejected.documents[0];
+    assert!(doc.withheld.as_deref().is_some_and(|w| w.contains("over the limits")), "{doc:?}");
+    assert!(doc.len > 8 << 20, "the length is kept: {}", doc.len);
+    let used = disk_use(&t.path("data/history/evil"));
+    assert!(used < 1 << 20, "{used} bytes of history for one small config and one rejection");
+}

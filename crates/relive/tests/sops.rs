@@ -696,3 +696,87 @@ proptest::proptest! {
         let _ = sops::check(*format, &bytes, &Identities::new());
     }
 }
+
+/// A real encrypted YAML file with `extra` top-level keys in front of it.
+fn with_keys_in_front(extra: &str) -> Vec<u8> {
+    let (_, files) = corpus();
+    let mut bytes = extra.as_bytes().to_vec();
+    bytes.extend_from_slice(&files[0].1);
+    bytes
+}
+
+#[test]
+fn regression_hostile_sops_files_are_refused_within_the_limits() {
+    let (key, _) = corpus();
+    let ids = key.ids();
+    let long = "x".repeat(50_000);
+    let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+    let cases = [
+        // 200 copies of a 50 KB string: 10 MB of text from 60 KB.
+        ("max_file_size", format!("bomb: &b \"{long}\"\nrefs: [{}]\n", vec!["*b"; 200].join(","))),
+        // 36 million values from 60 KB.
+        ("max_nodes", format!("bomb: &b [{}]\nrefs: [{}]\n", items.join(","), vec!["*b"; 6000].join(","))),
+        // libyaml's scanner is quadratic in flow nesting: 100 KB took 5 s.
+        ("max_depth", format!("deep: {}{}\n", "[".repeat(50_000), "]".repeat(50_000))),
+        ("max_file_size", format!("pad: \"{}\"\n", "p".repeat(9 << 20))),
+    ];
+    for (limit, extra) in cases {
+        let bytes = with_keys_in_front(&extra);
+        let started = std::time::Instant::now();
+        // `check` parses as `decrypt` does; the alias bomb builds a million
+        // values before it is stopped, which takes seconds in a debug build,
+        // so it goes through `decrypt` only.
+        let check = (limit != "max_nodes").then(|| sops::check(Format::Yaml, &bytes, &ids).map(drop));
+        for result in [Some(sops::decrypt(Format::Yaml, &bytes, &ids).map(drop)), check].into_iter().flatten() {
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), SopsErrorKind::Malformed, "{limit}: {err}");
+            assert!(err.to_string().contains(limit), "{limit}: {err}");
+        }
+        // Generous: a release build rejects each in milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{limit}: {:?}", started.elapsed());
+    }
+}
+
+/// YAML that costs a parser work or memory out of proportion to its size.
+fn hostile_fragment() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1usize..200).prop_map(|n| format!("[{}", "[".repeat(n))),
+        (1usize..200).prop_map(|n| "{a: ".repeat(n)),
+        (1usize..50).prop_map(|n| "- ".repeat(n)),
+        Just("&a ".to_string()),
+        Just("*a".to_string()),
+        Just("<<: *a\n".to_string()),
+        (1usize..2000).prop_map(|n| format!("*a, {}", "*a, ".repeat(n))),
+        Just("!!binary ".to_string()),
+        Just("? ".to_string()),
+        Just("\n---\n".to_string()),
+        Just("ENC[AES256_GCM,data:".to_string()),
+        Just("\"\\u0000\\uD800\"".to_string()),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..Default::default() })]
+
+    /// Hostile YAML (aliases, anchors, deep flow collections, merge keys,
+    /// tags) spliced into real encrypted files: an error or a faithful
+    /// decryption, never a panic, in bounded time.
+    #[test]
+    fn hostile_yaml_spliced_into_a_real_file_is_bounded(
+        file in 0usize..3,
+        edits in proptest::collection::vec((0usize..4096, hostile_fragment()), 1..6),
+    ) {
+        let (key, files) = corpus();
+        let (format, bytes, _) = &files[file % files.len()];
+        let mut bytes = bytes.clone();
+        for (at, fragment) in edits {
+            let at = at % bytes.len();
+            bytes.splice(at..at, fragment.into_bytes());
+        }
+        let started = std::time::Instant::now();
+        let _ = sops::decrypt(*format, &bytes, &key.ids());
+        let _ = sops::check(*format, &bytes, &Identities::new());
+        proptest::prop_assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+}

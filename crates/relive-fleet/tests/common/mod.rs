@@ -485,3 +485,25 @@ pub fn source(endpoint: &str, prefix: &str, instance: &str) -> relive_fleet::Fle
         .request_timeout(Duration::from_secs(1))
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
 }
+
+/// etcd refuses requests over 1.5 MiB by default, which would stop the
+/// 9 MiB document before any instance saw it; a store configured for
+/// large values must not make instances fall over either.
+pub const LARGE_REQUESTS: &str = "--max-request-bytes=33554432";
+
+/// The hostile documents, with the limit each must be refused by.
+pub fn hostile_documents() -> Vec<(&'static str, relive::Format, Vec<u8>)> {
+    let items: Vec<String> = (0..6000).map(|i| format!("x{i}")).collect();
+    let bomb = format!("port: 1\nbase: &a [{}]\nrefs: [{}]\n", items.join(","), vec!["*a"; 6000].join(","));
+    let deep = format!("port: 1\ndeep: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+    let mut big = String::from("{\"port\": 1, \"items\": [");
+    while big.len() < 9 << 20 {
+        big.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
+    }
+    big.push_str("\"end\"]}");
+    vec![
+        ("max_nodes", relive::Format::Yaml, bomb.into_bytes()),
+        ("max_depth", relive::Format::Yaml, deep.into_bytes()),
+        ("max_file_size", relive::Format::Json, big.into_bytes()),
+    ]
+}

@@ -298,11 +298,20 @@ pub(crate) struct ReadLog {
 /// Reads the log at `path`; a missing log is an empty one. Corrupt and
 /// truncated records are skipped with a warning.
 pub(crate) fn read(path: &Path) -> std::io::Result<ReadLog> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never a blocking open: a FIFO put where the log goes would hang
+    // whoever reads the history (`relive history`, a rollback).
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parse(path, &[])),
         Err(e) => return Err(e),
     };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the audit log is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    (&file).read_to_end(&mut bytes)?;
     Ok(parse(path, &bytes))
 }
 

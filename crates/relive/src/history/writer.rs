@@ -23,7 +23,7 @@ use super::{
     rfc3339, write_atomic,
 };
 use crate::document::{Decode, Document, Parsed, Sources};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigErrorKind};
 use crate::private::{self, sync_dir};
 use crate::redact::Redactor;
 
@@ -69,8 +69,27 @@ impl Recorder {
         error: Option<crate::ConfigError>,
         published: bool,
     ) {
-        let attempt =
-            Attempt { name: name.to_string(), documents, value, secrets, error, published, time: (self.clock)() };
+        // A version over the limits is recorded without its bytes, dropped
+        // here rather than queued: the writer may be behind, and each such
+        // file can be max_file_size (more, read up to the limit) of junk.
+        let over_limits = error.as_ref().is_some_and(|e| e.kind() == ConfigErrorKind::Limit);
+        let (documents, over_limits) = if over_limits {
+            let lens = documents.iter().map(|d| d.bytes().len() as u64).collect();
+            let empty = documents.iter().map(|d| Document::new(d.origin(), d.format(), Vec::new())).collect();
+            (empty, Some(lens))
+        } else {
+            (documents, None)
+        };
+        let attempt = Attempt {
+            name: name.to_string(),
+            documents,
+            value,
+            secrets,
+            error,
+            published,
+            time: (self.clock)(),
+            over_limits,
+        };
         if let Some(tx) = &self.tx {
             let _ = tx.send(Job::Record(Box::new(attempt)));
         }
@@ -330,6 +349,7 @@ impl Store {
                 let origin =
                     if a.published { d.origin() } else { d.origin().strip_prefix(ctx.root).unwrap_or(d.origin()) };
                 let withheld = match (&real_root, a.published) {
+                    _ if a.over_limits.is_some() => Some(OVER_LIMITS.to_string()),
                     (_, true) => None,
                     (Ok(real_root), false) => outside(real_root, d.origin(), origin),
                     (Err(e), false) => Some(format!("the workspace cannot be resolved ({e}); content not stored")),
@@ -340,7 +360,10 @@ impl Store {
         let withheld = stored.iter().any(|s| s.withheld.is_some());
         let (content, hash) = log::content(&stored);
         let status = if a.error.is_some() { Status::Rejected } else { Status::Applied };
-        let error = a.error.as_ref().map(|e| if withheld { ErrorRecord::of(&withhold(e)) } else { ErrorRecord::of(e) });
+        // A limit's message quotes no content (sizes and limits only), so it
+        // is kept; others of a withheld version may quote the file.
+        let outside = withheld && a.over_limits.is_none();
+        let error = a.error.as_ref().map(|e| if outside { ErrorRecord::of(&withhold(e)) } else { ErrorRecord::of(e) });
         let marker_path = self.dir.join(MARKER);
         let marker = fs::read(&marker_path).ok().and_then(|bytes| serde_json::from_slice::<Marker>(&bytes).ok());
         let rollback_of = marker.filter(|m| m.hash == hash).map(|m| m.to);
@@ -391,10 +414,15 @@ impl Store {
             hash: hash.clone(),
             documents: stored
                 .iter()
-                .map(|Stored { origin, doc, withheld }| DocumentRecord {
+                .enumerate()
+                .map(|(i, Stored { origin, doc, withheld })| DocumentRecord {
                     origin: origin.clone(),
                     format: doc.format().name().to_string(),
-                    len: doc.bytes().len() as u64,
+                    len: a
+                        .over_limits
+                        .as_ref()
+                        .and_then(|lens| lens.get(i).copied())
+                        .unwrap_or(doc.bytes().len() as u64),
                     sha256: if withheld.is_some() { String::new() } else { log::sha256_hex(doc.bytes()) },
                     mode: (!a.published && withheld.is_none())
                         .then(|| fs::metadata(doc.origin()).ok())
@@ -494,6 +522,9 @@ fn outside(real_root: &Path, path: &Path, origin: &Path) -> Option<String> {
         Err(e) => Some(format!("{} cannot be resolved ({e}); its content is not stored", origin.display())),
     }
 }
+
+/// Why the content of a version over the limits is not stored.
+const OVER_LIMITS: &str = "over the limits (max_file_size, max_depth, max_nodes); content not stored";
 
 /// An error about a version whose content is withheld, without what it
 /// quotes (a parser's message can quote the file's text): its kind and
