@@ -41,6 +41,9 @@ pub(super) struct FileRead {
     pub hash: u64,
     /// The file's metadata at the time of the read.
     pub meta: Meta,
+    /// A config file over the size limit: not read at all (its hash is of
+    /// its metadata), and refused as such when it is parsed.
+    pub oversize: bool,
 }
 
 /// What to keep of a file's content.
@@ -187,22 +190,33 @@ fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
         None
     };
     let read = match keep {
+        Keep::Bytes(max_len) if meta.len() > max_len => {
+            // Over the limit by its size: refused without reading a byte, so
+            // a huge file costs what a stat costs. Its metadata stands in
+            // for its content in telling one version from the next.
+            let at = Meta::of(&meta);
+            let hash = xxhash_rust::xxh3::xxh3_64(format!("{at:?}").as_bytes());
+            FileRead { bytes: None, len: meta.len(), hash, meta: at, oversize: true }
+        }
         Keep::Bytes(max_len) => {
-            // Never more than one byte over the size limit: the parser
-            // refuses such a document without looking at it, and memory
-            // stays bounded whatever the file's size.
+            // Never more than one byte over the size limit, for a file that
+            // grows while it is read: the parser refuses such a document
+            // without looking at it, and memory stays bounded.
             let cap = max_len.saturating_add(1);
             let mut bytes = Vec::with_capacity(meta.len().min(cap) as usize + 1);
             (&file).take(cap).read_to_end(&mut bytes)?;
             let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
-            FileRead { len: bytes.len() as u64, bytes: Some(bytes), hash, meta: Meta::of(&meta) }
+            FileRead { len: bytes.len() as u64, bytes: Some(bytes), hash, meta: Meta::of(&meta), oversize: false }
         }
         Keep::Hash => {
             let mut hasher = xxhash_rust::xxh3::Xxh3::new();
             let mut buf = vec![0u8; 64 * 1024];
             let mut len = 0u64;
+            // No further than the size it had: a file that grows forever
+            // (a log written into static/) cannot hold the engine.
+            let mut limited = (&file).take(meta.len());
             loop {
-                match (&file).read(&mut buf) {
+                match limited.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
                         hasher.update(&buf[..n]);
@@ -212,7 +226,7 @@ fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
                     Err(e) => return Err(e),
                 }
             }
-            FileRead { bytes: None, len, hash: hasher.digest(), meta: Meta::of(&meta) }
+            FileRead { bytes: None, len, hash: hasher.digest(), meta: Meta::of(&meta), oversize: false }
         }
     };
     let leased = held.is_some();
@@ -269,6 +283,8 @@ struct Known {
     /// The bytes, kept for config files only (for merging, backups and
     /// error locations).
     content: Option<Arc<[u8]>>,
+    /// Over the size limit, and so not read (see [`FileRead::oversize`]).
+    oversize: bool,
     parsed: Option<Result<Parsed, ConfigError>>,
     config: Option<ConfigFile>,
 }
@@ -312,7 +328,7 @@ pub(super) struct Files {
 impl Files {
     /// Records a file's new content; says what kind of change it was.
     pub fn store(&mut self, path: &Path, read: FileRead, moved_from: Option<&Path>, config_dir: &Path) -> Stored {
-        let FileRead { bytes, hash, meta, .. } = read;
+        let FileRead { bytes, hash, meta, oversize, .. } = read;
         let mut configs = Vec::new();
         let change = match self.known.get_mut(path) {
             Some(known) if known.hash == hash => {
@@ -342,7 +358,7 @@ impl Files {
             }
         }
         let content: Option<Arc<[u8]>> = config.as_ref().map(|_| bytes.unwrap_or_default().into());
-        self.known.insert(path.to_path_buf(), Known { hash, meta, content, parsed: None, config });
+        self.known.insert(path.to_path_buf(), Known { hash, meta, content, oversize, parsed: None, config });
         Stored::Changed { change, hash, configs, replaced }
     }
 
@@ -485,7 +501,14 @@ impl Files {
         let mut docs = Vec::new();
         for path in chosen {
             let known = self.known.get_mut(&path).expect("indexed files are known");
+            let oversize = known.oversize.then(|| known.meta.len());
             let parsed = known.parsed.get_or_insert_with(|| {
+                if let Some(len) = oversize {
+                    let max = decode.limits.max_file_size;
+                    let message =
+                        format!("{len} bytes, larger than the limit of {max} bytes (max_file_size); not read");
+                    return Err(ConfigError::new(crate::error::ConfigErrorKind::Limit, message).with_file(&path));
+                }
                 let cf = known.config.as_ref().expect("config file");
                 let content = known.content.clone().unwrap_or_else(|| Arc::from(&[][..]));
                 Parsed::parse(Document::new(&path, cf.format, content), decode)
