@@ -168,9 +168,12 @@
 //!   few milliseconds later, and a write whose event the kernel queues late
 //!   could in principle slip through. While relive holds a lease (for the
 //!   microseconds of one read) a writer's `open(2)` waits.
-//! - A rollback of a config made of several files (a base and an overlay)
-//!   replaces them one after the other: the engine may apply the mix in
-//!   between as a version of its own before the rollback's.
+//! - A config made of several files (a base and an overlay) is reloaded
+//!   once none of them changed for
+//!   [`HotReloadConfig::change_set_window_ms`] (10 ms): a writer that
+//!   pauses longer than that between the two files has its mix applied (or
+//!   rejected) in between. Several configs that must agree with each other
+//!   (groups) are not validated together yet.
 //! - Files that secret references read are looked at every 250 ms (their
 //!   metadata, symlinks followed), not watched by events: a rotation is
 //!   seen within that time. A reference inside a SOPS-encrypted value is
