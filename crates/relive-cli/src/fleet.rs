@@ -262,7 +262,14 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
         Ok(checked) => checked,
         Err(error) => return invalid(&[error]),
     };
-    if let Some(path) = schema_for(&args.file, args.schema.as_deref()) {
+    if let Some(recipients) = checked.sealed() {
+        output::note(&format!(
+            "{} is encrypted (sops) to {}, and no age key here opens it: its shape is checked, not its values \
+             nor its MAC; each instance decrypts it with its own key",
+            output::display_path(&args.file),
+            recipients.join(", ")
+        ));
+    } else if let Some(path) = schema_for(&args.file, args.schema.as_deref()) {
         let schema = Schema::load(&path).map_err(|e| Failure::invalid(output::config_error(None, &e)))?;
         let errors: Vec<_> =
             schema.errors(checked.value()).into_iter().map(|e| checked.error_at(&e.key, e.message)).collect();

@@ -66,10 +66,35 @@ impl Draft {
     /// Parses the document as every instance will: relive's own parser,
     /// within relive's default [`Limits`](relive::Limits). Errors are
     /// located at the origin's line and column.
+    ///
+    /// A SOPS-encrypted document is checked with the age identities `sops`
+    /// would use here: with one that opens it, it is decrypted (its MAC
+    /// checked) and parsed like any other; without, its metadata and that
+    /// every value that should be encrypted is are checked, and it is
+    /// [`sealed`](Checked::sealed): each instance decrypts it with its own
+    /// key.
     pub fn check(&self) -> Result<Checked, ConfigError> {
+        if relive::sops::sniff(&self.document) {
+            let ids = relive::sops::Identities::from_env().unwrap_or_default();
+            match relive::sops::check(self.format, &self.document, &ids) {
+                Ok(relive::sops::Checked::NoIdentity { recipients }) => {
+                    return Ok(Checked { loaded: None, sealed: recipients });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == relive::sops::SopsErrorKind::NotSops => {}
+                Err(e) => {
+                    let mut error = ConfigError::new(relive::ConfigErrorKind::Decrypt, e.message().to_string())
+                        .with_file(&self.origin);
+                    if let Some(key) = e.key() {
+                        error = error.with_key(key);
+                    }
+                    return Err(error);
+                }
+            }
+        }
         let doc = Document::new(&self.origin, self.format, self.document.clone());
         let loaded = LoadedConfig::from_documents("draft", vec![doc])?;
-        Ok(Checked { loaded })
+        Ok(Checked { loaded: Some(loaded), sealed: Vec::new() })
     }
 }
 
@@ -77,19 +102,33 @@ impl Draft {
 /// later (by a JSON Schema, say) in it.
 #[derive(Debug)]
 pub struct Checked {
-    loaded: LoadedConfig,
+    loaded: Option<LoadedConfig>,
+    sealed: Vec<String>,
 }
 
+/// The value of a sealed document, which is not known here.
+const UNKNOWN: Value = Value::Null;
+
 impl Checked {
-    /// The parsed value.
+    /// The parsed value (decrypted, for a SOPS document opened here); `null`
+    /// for a [`sealed`](Checked::sealed) one.
     pub fn value(&self) -> &Value {
-        self.loaded.value()
+        self.loaded.as_ref().map_or(&UNKNOWN, LoadedConfig::value)
+    }
+
+    /// For a SOPS document no identity here opens: the age recipients it is
+    /// encrypted to. Its shape was checked, not its values nor its MAC.
+    pub fn sealed(&self) -> Option<&[String]> {
+        (!self.sealed.is_empty()).then_some(self.sealed.as_slice())
     }
 
     /// An error about `key` (`server.port`, `hosts[2]`; empty for the whole
     /// value), located at the line and column of the document that set it.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        self.loaded.error_at(key, message)
+        match &self.loaded {
+            Some(loaded) => loaded.error_at(key, message),
+            None => ConfigError::new(relive::ConfigErrorKind::Invalid, message).with_key(key),
+        }
     }
 }
 

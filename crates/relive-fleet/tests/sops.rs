@@ -128,3 +128,25 @@ async fn each_instance_decrypts_with_its_own_key_and_etcd_never_holds_the_secret
         }
     }
 }
+
+#[test]
+fn a_push_without_the_key_checks_the_shape_and_leaves_the_values_sealed() {
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = keygen(&keys.path().join("operator-has-not-this.txt"));
+    let encrypted = encrypt(&format!("password: {CLEAR}\n"), &recipient);
+    // No identity here opens it (the key is this test's own): the shape is
+    // checked, and each instance will decrypt it with its own key.
+    let checked = relive_fleet::Draft::new(Format::Yaml, encrypted.clone()).origin("db.yaml").check().unwrap();
+    assert_eq!(checked.sealed(), Some(&[recipient.clone()][..]));
+    assert!(checked.value().is_null(), "nothing is decrypted here");
+
+    // A value put back in clear by hand is refused without the key too,
+    // and the error does not quote it.
+    let text = String::from_utf8(encrypted).unwrap();
+    let line = text.lines().find(|l| l.starts_with("password: ENC[")).unwrap();
+    let by_hand = text.replace(line, "password: put-back-in-clear");
+    let error = relive_fleet::Draft::new(Format::Yaml, by_hand).origin("db.yaml").check().unwrap_err();
+    assert_eq!(error.kind(), relive::ConfigErrorKind::Decrypt, "{error}");
+    assert_eq!(error.key(), Some("password"), "{error}");
+    assert!(!error.to_string().contains("put-back-in-clear"), "{error}");
+}
