@@ -16,33 +16,6 @@ use common::*;
 use relive::{ChangeEvent, ConfigErrorKind, HotReloadConfig, REDACTED, Workspace};
 use serde::Deserialize;
 
-fn binary(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run scripts/install-deps (it installs age and sops)"))
-}
-
-/// An age key made by `age-keygen`.
-struct Key {
-    file: PathBuf,
-    recipient: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Key {
-    fn generate() -> Key {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("keys.txt");
-        let out = Command::new(binary("age-keygen")).arg("-o").arg(&file).output().unwrap();
-        assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
-        let text = std::fs::read_to_string(&file).unwrap();
-        let recipient = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_owned();
-        Key { file, recipient, _dir: dir }
-    }
-}
-
 /// `sops encrypt` of `plain` (named `name`, for its format) to `key`.
 fn encrypt(name: &str, plain: &str, key: &Key) -> String {
     let dir = tempfile::tempdir().unwrap();

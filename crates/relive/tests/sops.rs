@@ -9,46 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+
+use common::{Key, binary};
 use relive::Format;
 use relive::sops::{self, Checked, Identities, SopsErrorKind};
 use serde_json::{Value, json};
-
-fn binary(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run scripts/install-deps (it installs age and sops)"))
-}
-
-/// An age key made by `age-keygen` in a temp dir.
-struct Key {
-    file: PathBuf,
-    recipient: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Key {
-    fn generate() -> Key {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("keys.txt");
-        let out = Command::new(binary("age-keygen")).arg("-o").arg(&file).output().unwrap();
-        assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
-        let text = std::fs::read_to_string(&file).unwrap();
-        let recipient = text
-            .lines()
-            .find_map(|line| line.strip_prefix("# public key: "))
-            .expect("age-keygen writes the public key")
-            .to_owned();
-        Key { file, recipient, _dir: dir }
-    }
-
-    fn ids(&self) -> Identities {
-        let mut ids = Identities::new();
-        ids.add_key_file(&self.file).unwrap();
-        ids
-    }
-}
 
 /// A `sops` command with a clean environment: no keys but those given.
 fn sops_cmd(dir: &Path) -> Command {

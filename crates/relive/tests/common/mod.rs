@@ -180,3 +180,43 @@ pub fn inotify_backend_configured(check: &str) -> bool {
         _ => true,
     }
 }
+
+/// A binary the tests run (`sops`, `age-keygen`), from PATH; a test that
+/// needs one fails, never skips, without it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run scripts/install-deps (it installs age and sops)"))
+}
+
+/// An age key made by `age-keygen` in a temp dir.
+pub struct Key {
+    pub file: PathBuf,
+    pub recipient: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Key {
+    pub fn generate() -> Key {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.txt");
+        let out = Command::new(binary("age-keygen")).arg("-o").arg(&file).output().unwrap();
+        assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let recipient = text
+            .lines()
+            .find_map(|line| line.strip_prefix("# public key: "))
+            .expect("age-keygen writes the public key")
+            .to_owned();
+        Key { file, recipient, _dir: dir }
+    }
+
+    /// The key as relive's identities.
+    pub fn ids(&self) -> relive::sops::Identities {
+        let mut ids = relive::sops::Identities::new();
+        ids.add_key_file(&self.file).unwrap();
+        ids
+    }
+}
