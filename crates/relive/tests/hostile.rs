@@ -318,3 +318,45 @@ async fn regression_a_version_over_the_limits_is_recorded_without_its_content() 
     let used = disk_use(&t.path("data/history/evil"));
     assert!(used < 1 << 20, "{used} bytes of history for one small config and one rejection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_file_rewritten_without_pause_is_read_only_now_and_then() {
+    // Each rejection of an alias bomb costs the engine thread a millisecond
+    // or two; a writer that never stops must not turn that into all of it.
+    let items: Vec<String> = (0..3000).map(|i| format!("x{i}")).collect();
+    let refs = vec!["*a"; 3000];
+    let bomb = format!("base: &a [{}]\nrefs: [{}]\n", items.join(","), refs.join(","));
+    let (t, rel) = ws_with_evil("yaml");
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let _evil = t.ws.watch_config_changes::<serde_json::Value>("evil").await.unwrap();
+    let mut other = t.ws.watch_config_changes::<Other>("other").await.unwrap();
+
+    // A writer that rewrites it every 5 ms for a second (the pause paces
+    // the writer; nothing is asserted on time).
+    const WRITES: usize = 200;
+    for i in 0..WRITES {
+        // Each write different, so that none is a no-op.
+        std::fs::write(t.path(&rel), format!("{bomb}# {i}\n")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    t.write("config/other.toml", "value = 2\n");
+    assert_eq!(next(&mut other).await.value, 2, "the other config goes on");
+    // Count the rejections until none came for half a second (bounded):
+    // the last write is read once its cooldown is over.
+    let mut rejections = 0;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), events.recv()).await {
+            Ok(Ok(ChangeEvent::ValidationFailed { config_name, error })) if config_name == "evil" => {
+                assert_eq!(error.kind(), ConfigErrorKind::Limit, "{error}");
+                rejections += 1;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => break,
+        }
+    }
+    assert!(rejections >= 1, "the hostile file is rejected");
+    assert!(rejections < WRITES / 4, "{rejections} rejections for {WRITES} writes 5 ms apart: read only now and then");
+}

@@ -68,6 +68,13 @@ const DELETE_GRACE: Duration = Duration::from_millis(50);
 /// A burst's last value thus arrives within this time of the last write.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How long a file rejected for going over the [`Limits`](crate::Limits)
+/// waits before it is read again while it keeps changing: rejecting a
+/// hostile file costs a millisecond or two of the one engine thread, and a
+/// writer that rewrites it without pause must not take that thread from
+/// the other configs.
+const HOSTILE_COOLDOWN: Duration = Duration::from_millis(100);
+
 /// How the engine learns about changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -296,6 +303,11 @@ struct Worker {
     /// apart; applying the first alone would deliver (or reject) a mix
     /// nobody wrote.
     settling: BTreeMap<String, (Instant, Instant)>,
+    /// Files rejected for going over the limits, and until when a change
+    /// to them waits (see [`HOSTILE_COOLDOWN`]).
+    cooldown: HashMap<PathBuf, Instant>,
+    /// Ready paths waiting out their cooldown: the newest readiness of each.
+    held: BTreeMap<PathBuf, Ready>,
     notifier: Notifier,
     /// Files that secret references read, and the configs reading them.
     references: refs::References,
@@ -349,6 +361,8 @@ impl Worker {
             configs: HashMap::new(),
             deferred: BTreeMap::new(),
             settling: BTreeMap::new(),
+            cooldown: HashMap::new(),
+            held: BTreeMap::new(),
             notifier,
             references: refs::References::default(),
             history,
@@ -380,8 +394,9 @@ impl Worker {
         while !self.stop {
             let now = Instant::now();
             let settle = self.settling.values().map(|(_, due)| *due).min();
+            let cooled = self.held.keys().filter_map(|p| self.cooldown.get(p).copied()).min();
             let deadline =
-                [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check(), settle]
+                [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check(), settle, cooled]
                     .into_iter()
                     .flatten()
                     .min();
@@ -398,12 +413,37 @@ impl Worker {
             let seen = self.intake.poll(&self.s, Instant::now());
             self.take_in(seen);
             let ready = self.coalescer.take_ready(Instant::now());
+            let ready = self.cool_down(ready);
             if !ready.is_empty() {
                 self.process(ready);
             }
             self.check_references();
             self.settle();
         }
+    }
+
+    /// Holds back the ready paths that are cooling down after a rejection
+    /// for going over the limits, and releases those whose time is up.
+    fn cool_down(&mut self, ready: Vec<Ready>) -> Vec<Ready> {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(ready.len());
+        for r in ready {
+            match self.cooldown.get(&r.path) {
+                Some(until) if *until > now => {
+                    self.held.insert(r.path.clone(), r);
+                }
+                _ => out.push(r),
+            }
+        }
+        let released: Vec<PathBuf> =
+            self.held.keys().filter(|p| self.cooldown.get(*p).is_none_or(|until| *until <= now)).cloned().collect();
+        for path in released {
+            if let Some(r) = self.held.remove(&path) {
+                out.push(r);
+            }
+        }
+        self.cooldown.retain(|_, until| *until > now);
+        out
     }
 
     /// Reloads the configs whose change has settled: no file of theirs
@@ -700,6 +740,11 @@ impl Worker {
                 // files went away keeps its last good value, and says so.
                 if error.kind() == ConfigErrorKind::Missing && !had_value {
                     return Outcome::Absent;
+                }
+                if error.kind() == ConfigErrorKind::Limit {
+                    let until = Instant::now() + HOSTILE_COOLDOWN;
+                    let files: Vec<PathBuf> = self.files.of_config(name).cloned().collect();
+                    self.cooldown.extend(files.into_iter().map(|f| (f, until)));
                 }
                 self.record(name, self.files.documents(name, self.s.env.as_deref()), None, Some(&error), false);
                 Outcome::Rejected(error)
