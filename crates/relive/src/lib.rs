@@ -126,7 +126,11 @@
 //! built (YAML aliases counted at each expansion). A FIFO, socket or device
 //! in the tree is refused without a blocking open. A panic in a validator or
 //! `Deserialize` impl rejects that value. In each case the last good value
-//! stays and the other configs keep reloading.
+//! stays and the other configs keep reloading. A file rejected for going
+//! over the limits is read again at most every 100 ms while it keeps
+//! changing, so a writer that rewrites it without pause cannot take the
+//! engine thread from the other configs (a fix of it is seen within that
+//! time).
 //!
 //! # History and rollback
 //!
