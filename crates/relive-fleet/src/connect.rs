@@ -224,16 +224,7 @@ fn read_key(path: &Path) -> Result<Vec<u8>, Error> {
 /// validity → subject. Bounded by the certificate's own lengths; anything
 /// unexpected gives `None`.
 fn subject(der: &[u8]) -> Option<String> {
-    let (cert, _) = tlv(der, 0x30)?;
-    let (tbs, _) = tlv(cert, 0x30)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest, 0xa0)?.1;
-    }
-    let (_serial, rest) = tlv(rest, 0x02)?;
-    let (_algorithm, rest) = tlv(rest, 0x30)?;
-    let (_issuer, rest) = tlv(rest, 0x30)?;
-    let (_validity, rest) = tlv(rest, 0x30)?;
+    let (_validity, rest) = tlv(after_issuer(der)?, 0x30)?;
     let (mut name, _) = tlv(rest, 0x30)?;
     let mut parts = Vec::new();
     while !name.is_empty() {
@@ -258,8 +249,10 @@ fn subject(der: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(","))
 }
 
-/// The validity period of a DER certificate: not before, not after.
-fn validity(der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+/// A DER certificate's TBSCertificate from its validity on (validity,
+/// subject, ...): past the fixed start of Certificate → TBSCertificate →
+/// [0] version, serial, signature algorithm, issuer.
+fn after_issuer(der: &[u8]) -> Option<&[u8]> {
     let (cert, _) = tlv(der, 0x30)?;
     let (tbs, _) = tlv(cert, 0x30)?;
     let mut rest = tbs;
@@ -269,7 +262,12 @@ fn validity(der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)
     let (_serial, rest) = tlv(rest, 0x02)?;
     let (_algorithm, rest) = tlv(rest, 0x30)?;
     let (_issuer, rest) = tlv(rest, 0x30)?;
-    let (validity, _) = tlv(rest, 0x30)?;
+    Some(rest)
+}
+
+/// The validity period of a DER certificate: not before, not after.
+fn validity(der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let (validity, _) = tlv(after_issuer(der)?, 0x30)?;
     let (not_before, rest) = time(validity)?;
     let (not_after, _) = time(rest)?;
     Some((not_before, not_after))
