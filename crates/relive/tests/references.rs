@@ -41,13 +41,13 @@ async fn a_rotated_secret_file_outside_the_workspace_is_a_new_value_and_never_sh
     let password = secrets.path().join("db-password");
     let t = TestWs::new(&[(
         "config/db.toml",
-        &format!("url = \"${{file:{}}}\"\nuser = \"app\"\nhome = \"${{env:HOME}}\"\n", password.display()),
+        &format!("url = \"${{file:{}}}\"\nuser = \"app\"\nhome = \"${{env:PATH}}\"\n", password.display()),
     )]);
     let manager = t.ws.start_hot_reload().await.unwrap();
     let mut events = manager.subscribe();
     let mut db = t.ws.watch_config_changes::<Db>("db").await.unwrap();
     assert_eq!(db.current().url, "s3cr3t-one-41", "the file's content, trailing newline trimmed");
-    assert_eq!(db.current().home, std::env::var("HOME").unwrap());
+    assert_eq!(db.current().home, std::env::var("PATH").unwrap());
     assert_eq!(db.current().user, "app");
 
     // Kubernetes rotates the Secret: a new version directory, `..data`
