@@ -302,6 +302,10 @@ pub struct FleetStatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Exit with 1 when any instance is REJECTED or STALE, for deploy
+    /// scripts (after printing the status as usual).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `relive fleet roles`.

@@ -491,10 +491,13 @@ async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
     if let Some(name) = &args.name {
         status = status.only(name);
     }
+    // With --check, any instance that does not run what it should fails.
+    let behind = status.instances.iter().filter(|i| matches!(i.state, SyncState::Rejected | SyncState::Stale)).count();
+    let exit = if args.check && behind > 0 { Exit::Invalid } else { Exit::Ok };
     if args.json {
         let json = serde_json::to_string_pretty(&status).expect("status serializes");
         println!("{}", output::escape_json_controls(&json));
-        return Ok(Exit::Ok);
+        return Ok(exit);
     }
     let mut out = anstream::stdout().lock();
     let _ = write!(out, "{}", status_table(&status));
@@ -502,7 +505,10 @@ async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
     if status.instances.is_empty() {
         output::note(&format!("no instance reports to {} yet", fleet.layout().prefix()));
     }
-    Ok(Exit::Ok)
+    if exit != Exit::Ok {
+        output::note(&format!("{behind} instance(s) REJECTED or STALE"));
+    }
+    Ok(exit)
 }
 
 /// The status as a table, then the reasons of rejections and the canaries

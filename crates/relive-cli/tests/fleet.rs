@@ -655,3 +655,41 @@ fn a_hostile_document_put_straight_into_etcd_is_one_rejection_per_agent_and_the_
     }
     assert_eq!(agent.terminate(), 0, "{}", agent.log());
 }
+
+#[test]
+fn status_check_fails_while_an_instance_is_stale_or_rejected() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("server.toml", "port = 1\n");
+    let v1 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml"]));
+    let layout = relive_fleet::Layout::new(PREFIX).unwrap();
+    let put_status = |version: u64, applied: Option<u64>, state: &str| {
+        let status = serde_json::json!({
+            "instance": "web-1", "host": "h", "config": "server", "version": version,
+            "applied_version": applied, "state": state, "error": null, "at": "2026-01-01T00:00:00Z",
+        });
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut client = etcd.client().await;
+            client.put(layout.status_key("web-1", "server").unwrap(), status.to_string(), None).await.unwrap();
+        });
+    };
+    // In sync: --check passes.
+    put_status(v1, Some(v1), "applied");
+    assert_eq!(fleet(&ws, &etcd, &["status", "--check"]).code(), 0);
+    // A new version nobody answered yet: STALE.
+    ws.write("server.toml", "port = 2\n");
+    let v2 = version_in(&ok(&ws, &etcd, &["push", "server", "server.toml", "--expect", &v1.to_string()]));
+    let run = fleet(&ws, &etcd, &["status", "--check"]);
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    assert!(
+        run.stdout().contains("STALE") && run.stderr().contains("1 instance(s) REJECTED or STALE"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(fleet(&ws, &etcd, &["status"]).code(), 0, "without --check, status only shows");
+    // Rejected: fails too, in JSON as well.
+    put_status(v2, Some(v1), "rejected");
+    assert_eq!(fleet(&ws, &etcd, &["status", "--check", "--json"]).code(), 1);
+    put_status(v2, Some(v2), "applied");
+    assert_eq!(fleet(&ws, &etcd, &["status", "--check"]).code(), 0);
+}
