@@ -127,3 +127,15 @@ fn no_colour_off_a_terminal() {
     let output = ws.relive(&["--color", "always", "check"]).output().expect("run");
     assert!(output.stderr.contains(&0x1b) || output.stdout.contains(&0x1b), "--color always colours");
 }
+
+#[test]
+fn a_fifo_named_like_a_config_is_skipped_with_a_warning_not_opened() {
+    let ws = Ws::new();
+    ws.write("config/app.toml", "port = 1\n");
+    rustix::fs::mkfifoat(rustix::fs::CWD, ws.path("config/evil.toml"), rustix::fs::Mode::from(0o644)).unwrap();
+    // Bounded by the harness: opening the FIFO would block forever.
+    let run = ws.run(&["check"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stdout(), run.stderr());
+    assert!(run.stderr().contains("not a regular file; skipped"), "{}", run.stderr());
+    assert!(run.stderr().contains("evil.toml"), "{}", run.stderr());
+}

@@ -303,6 +303,12 @@ fn schema_of(config_dir: &Path, path: &Path) -> Option<String> {
 
 /// Every regular file (symlinks followed) under `dir`, skipping hidden
 /// entries and not entering symlinked directories.
+/// Whether `path` is named like a config file (`.toml`, `.yaml`, `.yml`,
+/// `.json`).
+fn is_config_name(path: &Path) -> bool {
+    crate::format::Format::from_path(path).is_some()
+}
+
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -321,8 +327,16 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
             let Ok(file_type) = entry.file_type() else { continue };
             if file_type.is_dir() {
                 stack.push(path);
-            } else if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                files.push(path);
+            } else {
+                match fs::metadata(&path) {
+                    Ok(m) if m.is_file() => files.push(path),
+                    // A FIFO, socket or device where a config could be (or a
+                    // symlink to one): never opened, and said so.
+                    Ok(_) if is_config_name(&path) => {
+                        tracing::warn!(path = %path.display(), "not a regular file; skipped");
+                    }
+                    _ => {}
+                }
             }
         }
     }
