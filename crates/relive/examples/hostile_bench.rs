@@ -28,6 +28,8 @@
 //! same run. The process exits with status 1 if a hostile file is applied
 //! instead of rejected, or an update of the other config is lost.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{WriterProcess, mono_ns};
 use relive::{ChangeEvent, Workspace};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -54,13 +57,6 @@ const CASES: [&str; 4] = ["alias-bomb", "deep-yaml", "huge-json", "fifo"];
 #[derive(Debug, Deserialize)]
 struct Other {
     value: u64,
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for this process and the
-/// writer process.
-fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// This process's peak resident memory, in KiB (`VmHWM`).
@@ -195,40 +191,17 @@ fn writer_main(config: &Path) -> BoxResult<()> {
     Ok(())
 }
 
-/// A writer in another process, driven over its stdin and stdout.
-struct Writer {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
+/// A writer in another process (this bench run as `--writer CONFIG`).
+struct Writer(WriterProcess);
 
 impl Writer {
     fn spawn(config: &Path) -> BoxResult<Writer> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("--writer")
-            .arg(config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        Ok(Writer { child, stdin, stdout })
+        Ok(Writer(WriterProcess::spawn([config])?))
     }
 
     /// Has the writer write `n`; returns when it started, in monotonic ns.
     fn write(&mut self, n: u64) -> BoxResult<u64> {
-        writeln!(self.stdin, "{n}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        Ok(line.trim().parse()?)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(self.0.ask(&n.to_string())?.parse()?)
     }
 }
 

@@ -50,7 +50,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use arc_swap::ArcSwap;
+use common::{WriterProcess, mono_ns};
 use relive::{Backend, ChangeEvent, HotReloadConfig, Workspace};
 use serde::Deserialize;
 use serde_json::json;
@@ -289,13 +292,6 @@ fn write_update(config: &Path, kind: WriteKind, n: u64) -> std::io::Result<Write
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for this process and the
-/// writer process.
-fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 /// The writer process (`latency --writer KIND CONFIG_DIR`): for each line
 /// `N` on stdin, writes update N and prints `T0 VISIBLE DONE` (monotonic
 /// nanoseconds: before the first system call, when the new content was in
@@ -317,46 +313,22 @@ fn writer_main(kind: &str, config: &Path) -> BoxResult<()> {
     Ok(())
 }
 
-/// A writer in another process, driven over its stdin and stdout.
-struct ForeignWriter {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
+/// A writer in another process (this bench run as `--writer KIND DIR`).
+struct ForeignWriter(WriterProcess);
 
 impl ForeignWriter {
     fn spawn(kind: WriteKind, config: &Path) -> BoxResult<ForeignWriter> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("--writer")
-            .arg(kind.key())
-            .arg(config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        Ok(ForeignWriter { child, stdin, stdout })
+        Ok(ForeignWriter(WriterProcess::spawn([std::ffi::OsStr::new(kind.key()), config.as_os_str()])?))
     }
 
     /// Has the writer write update `n`; returns its monotonic times.
     fn write(&mut self, n: u64) -> BoxResult<(u64, u64, u64)> {
-        use std::io::{BufRead, Write};
-        writeln!(self.stdin, "{n}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
+        let line = self.0.ask(&n.to_string())?;
         let mut it = line.split_whitespace().map(str::parse::<u64>);
         match (it.next(), it.next(), it.next()) {
             (Some(Ok(t0)), Some(Ok(visible)), Some(Ok(done))) => Ok((t0, visible, done)),
             _ => Err(format!("writer process said {line:?}").into()),
         }
-    }
-}
-
-impl Drop for ForeignWriter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -37,6 +37,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{WriterProcess, mono_ns};
 use relive::Format;
 use relive::sops::{self, Identities};
 use serde_json::Value;
@@ -185,12 +188,6 @@ fn report(t: &Timings) {
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds, the same clock in both processes.
-fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 /// The writer process: for each line `SRC DST` on stdin, writes SRC's bytes
 /// to DST in place (open with truncate, write, close) and prints the
 /// monotonic time just before.
@@ -221,7 +218,6 @@ fn engine_latency(
     recipient: &str,
     updates: usize,
 ) -> BoxResult<(Vec<Duration>, Vec<Duration>)> {
-    use std::io::{BufRead, BufReader, Write};
     let prepared = dir.join("prepared");
     std::fs::create_dir_all(&prepared)?;
     for n in 0..=updates {
@@ -252,26 +248,16 @@ fn engine_latency(
             }
         });
     }
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--writer")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().ok_or("no stdin")?;
-    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut writer = WriterProcess::spawn::<[&str; 0], &str>([])?;
     let (mut clear, mut secret) = (Vec::new(), Vec::new());
     for n in 1..=updates {
         for (label, src, dst) in [("clear", "clear", "clear"), ("sops", "sops", "secret")] {
-            writeln!(
-                stdin,
+            let line = format!(
                 "{} {}",
                 prepared.join(format!("{src}-{n}.yaml")).display(),
                 root.join(format!("config/{dst}.yaml")).display()
-            )?;
-            stdin.flush()?;
-            let mut line = String::new();
-            stdout.read_line(&mut line)?;
-            let t0: u64 = line.trim().parse()?;
+            );
+            let t0: u64 = writer.ask(&line)?.parse()?;
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -288,8 +274,7 @@ fn engine_latency(
             std::thread::sleep(Duration::from_millis(3));
         }
     }
-    drop(stdin);
-    let _ = child.wait();
+    drop(writer);
     rt.block_on(manager.shutdown())?;
     clear.sort();
     secret.sort();
