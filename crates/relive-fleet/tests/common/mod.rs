@@ -219,27 +219,8 @@ impl Pki {
     pub fn new() -> Pki {
         let pki = Pki { dir: Arc::new(tempfile::tempdir().expect("tempdir")) };
         pki.ca_named("ca", "relive test CA");
-        pki.openssl(&[
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=etcd",
-        ]);
-        std::fs::write(
-            pki.dir().join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        pki.sign("server", "ca");
+        pki.request("server", "/CN=etcd", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
+        pki.sign("server", "ca", "2");
         pki
     }
 
@@ -270,57 +251,9 @@ impl Pki {
         ]);
     }
 
-    fn sign(&self, name: &str, ca: &str) {
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
-
-    /// A client certificate and key for `user` (`<user>.crt`, `<user>.key`,
-    /// subject `CN=<user>, O=relive tests`), signed by the CA.
-    pub fn client(&self, user: &str) -> (PathBuf, PathBuf) {
-        let (crt, key) = (self.dir().join(format!("{user}.crt")), self.dir().join(format!("{user}.key")));
-        if !crt.exists() {
-            self.openssl(&[
-                "req",
-                "-new",
-                "-nodes",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-keyout",
-                &format!("{user}.key"),
-                "-out",
-                &format!("{user}.csr"),
-                "-subj",
-                &format!("/O=relive tests/CN={user}"),
-            ]);
-            std::fs::write(self.dir().join(format!("{user}.ext")), "extendedKeyUsage=clientAuth\n").unwrap();
-            self.sign(user, "ca");
-        }
-        (crt, key)
-    }
-
-    /// A client certificate for `user` signed by the CA that expires at
-    /// once (`-days 0`: valid until the second it was made), as
-    /// `expired-<user>.crt` and `.key`.
-    pub fn expired_client(&self, user: &str) -> (PathBuf, PathBuf) {
-        let name = format!("expired-{user}");
+    /// A key (`<name>.key`), a signing request for `subject`
+    /// (`<name>.csr`) and the extensions the certificate gets (`<name>.ext`).
+    fn request(&self, name: &str, subject: &str, extensions: &str) {
         self.openssl(&[
             "req",
             "-new",
@@ -334,26 +267,50 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            &format!("/CN={user}"),
+            subject,
         ]);
-        std::fs::write(self.dir().join(format!("{name}.ext")), "extendedKeyUsage=clientAuth\n").unwrap();
+        std::fs::write(self.dir().join(format!("{name}.ext")), extensions).unwrap();
+    }
+
+    /// `<name>.crt`, signed by CA `ca`, valid for `days` days.
+    fn sign(&self, name: &str, ca: &str, days: &str) {
         self.openssl(&[
             "x509",
             "-req",
             "-in",
             &format!("{name}.csr"),
             "-CA",
-            "ca.crt",
+            &format!("{ca}.crt"),
             "-CAkey",
-            "ca.key",
+            &format!("{ca}.key"),
             "-CAcreateserial",
             "-out",
             &format!("{name}.crt"),
             "-days",
-            "0",
+            days,
             "-extfile",
             &format!("{name}.ext"),
         ]);
+    }
+
+    /// A client certificate and key for `user` (`<user>.crt`, `<user>.key`,
+    /// subject `CN=<user>, O=relive tests`), signed by the CA.
+    pub fn client(&self, user: &str) -> (PathBuf, PathBuf) {
+        let (crt, key) = (self.dir().join(format!("{user}.crt")), self.dir().join(format!("{user}.key")));
+        if !crt.exists() {
+            self.request(user, &format!("/O=relive tests/CN={user}"), "extendedKeyUsage=clientAuth\n");
+            self.sign(user, "ca", "2");
+        }
+        (crt, key)
+    }
+
+    /// A client certificate for `user` signed by the CA that expires at
+    /// once (`-days 0`: valid until the second it was made), as
+    /// `expired-<user>.crt` and `.key`.
+    pub fn expired_client(&self, user: &str) -> (PathBuf, PathBuf) {
+        let name = format!("expired-{user}");
+        self.request(&name, &format!("/CN={user}"), "extendedKeyUsage=clientAuth\n");
+        self.sign(&name, "ca", "0");
         (self.dir().join(format!("{name}.crt")), self.dir().join(format!("{name}.key")))
     }
 
