@@ -422,6 +422,8 @@ impl Fleet {
             },
             by: self.operator.clone(),
             at: now(),
+            aborted: None,
+            returning: Vec::new(),
         };
         let key = snap.canary_key.clone();
         let version = self.put_if(name, &snap, base, key, record.to_json(), "start the canary").await?;
@@ -752,7 +754,7 @@ pub fn choose_canaries(config: &str, alive: &[String], percent: u8) -> Vec<Strin
     chosen
 }
 
-fn fnv1a(config: &str, id: &str) -> u64 {
+pub(crate) fn fnv1a(config: &str, id: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in config.as_bytes().iter().chain(b"\0").chain(id.as_bytes()) {
         hash ^= u64::from(b);
@@ -763,7 +765,7 @@ fn fnv1a(config: &str, id: &str) -> u64 {
 
 /// Whether two stored values hold the same format and document, whoever
 /// wrote them.
-fn same_document(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_document(a: &[u8], b: &[u8]) -> bool {
     match (decode_config(a), decode_config(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,

@@ -8,6 +8,7 @@
 //! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
 //! | `/<prefix>/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, as JSON, attached to the instance's lease |
 //! | `/<prefix>/canary/<name>` | a [`Canary`] of that config in progress, as JSON: the canary document and the instances it goes to |
+//! | `/<prefix>/rollout/<name>` | the [`Rollout`](crate::Rollout) of that config, as JSON: its plan, wave, instances and phase (the last one stays after it ends) |
 //!
 //! A config's version is the `mod_revision` of its key: etcd numbers every
 //! write, so two versions never share a number and later ones are greater.
@@ -45,7 +46,12 @@
 //! both, and every instance's acknowledgements stay out of every other
 //! instance's watch.
 //!
-//! The name `rollout/` under the prefix is reserved.
+//! A progressive rollout keeps its state in `/<prefix>/rollout/<name>`,
+//! outside the instances' range: it is the operator's, and every step of
+//! it is one transaction that compares that key's `mod_revision` with the
+//! one the step read, so two drivers never both advance it.
+
+use std::collections::BTreeMap;
 
 use relive::Format;
 use serde::{Deserialize, Serialize};
@@ -131,6 +137,18 @@ impl Layout {
         // `/p/canary/` < `/p/configs/` < `/p/configs0` (`0` follows `/`)
         // < `/p/instances/`.
         (self.canary_prefix(), format!("{}/configs0", self.prefix))
+    }
+
+    /// `/<prefix>/rollout/`: every rollout key starts with it.
+    pub fn rollout_prefix(&self) -> String {
+        format!("{}/rollout/", self.prefix)
+    }
+
+    /// `/<prefix>/rollout/<name>`: the progressive rollout of config `name`
+    /// (in progress, or the last one, ended).
+    pub fn rollout_key(&self, name: &str) -> Result<String, InvalidName> {
+        check_config_name(name)?;
+        Ok(format!("{}{name}", self.rollout_prefix()))
     }
 
     /// `/<prefix>/instances/`: every status key starts with it.
@@ -309,6 +327,10 @@ pub struct StatusRecord {
     pub error: Option<String>,
     /// When, in RFC 3339 (UTC).
     pub at: String,
+    /// The instance's labels (`zone=a`), which a rollout's waves can
+    /// select by ([`FleetSourceBuilder::label`](crate::FleetSourceBuilder::label)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Whether an instance applied or rejected a version.
@@ -360,6 +382,15 @@ pub struct Canary {
     pub by: String,
     /// When, in RFC 3339 (UTC).
     pub at: String,
+    /// Set when a rollout stopped: why. The canary then goes to no
+    /// instance ([`instances`](Canary::instances) is empty) and the
+    /// instances it went to ([`returning`](Canary::returning)) say, when
+    /// they return to the stable version, `rollout aborted: <why>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// The instances returning to the stable version after an abort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returning: Vec<String>,
 }
 
 impl Canary {
@@ -455,6 +486,8 @@ mod tests {
             percent: Some(10),
             by: "alice@laptop".into(),
             at: "2026-01-01T00:00:00.000Z".into(),
+            aborted: None,
+            returning: Vec::new(),
         };
         let back = Canary::from_json(&canary.to_json()).unwrap();
         assert_eq!(back.instances, ["web-1", "web-2"]);
@@ -506,6 +539,7 @@ mod tests {
             state: AckState::Rejected,
             error: Some("bad".into()),
             at: "2026-01-01T00:00:00.000Z".into(),
+            labels: BTreeMap::new(),
         };
         let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
         assert_eq!(json["state"], "rejected");

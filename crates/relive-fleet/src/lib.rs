@@ -261,6 +261,7 @@ mod connect;
 mod draft;
 pub mod layout;
 mod roles;
+mod rollout;
 mod source;
 mod status;
 
@@ -293,6 +294,10 @@ pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
 pub use layout::{AckState, Canary, Layout, StatusRecord};
 pub use roles::RolesCreated;
+pub use rollout::{
+    Action, Drive, Gate, GateOutcome, Observation, Phase, Plan, Rollout, Seen, SeenCanary, Wave, check_label, now_ms,
+    parse_waves, step,
+};
 pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
 pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};
 
@@ -420,6 +425,41 @@ pub enum Error {
         version: u64,
         /// Its instances.
         instances: Vec<String>,
+    },
+    /// A rollout of the config is in progress: only one at a time.
+    #[error(
+        "a rollout of {config} is in progress (wave {wave} of {waves}, started by {by}): see it with `relive fleet \
+         rollout status {config}`, resume it or abort it"
+    )]
+    RolloutInProgress {
+        /// The config.
+        config: String,
+        /// Its current wave, from 1.
+        wave: usize,
+        /// How many waves it has.
+        waves: usize,
+        /// Who started it.
+        by: String,
+    },
+    /// No rollout of the config is in progress (or none exists).
+    #[error("no rollout of {config} is in progress")]
+    NoRollout {
+        /// The config.
+        config: String,
+    },
+    /// The rollout record in etcd is not valid.
+    #[error("the rollout at {key} is not a valid rollout record ({message})")]
+    BadRollout {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// A rollout plan that cannot run.
+    #[error("invalid rollout: {message}")]
+    InvalidRollout {
+        /// Why.
+        message: String,
     },
     /// No canary of the config is in progress.
     #[error("no canary of {config} is in progress")]
