@@ -295,8 +295,8 @@ pub use draft::{Checked, Draft};
 pub use layout::{AckState, Canary, Layout, StatusRecord};
 pub use roles::RolesCreated;
 pub use rollout::{
-    Action, Drive, Gate, GateOutcome, Observation, Phase, Plan, Rollout, Seen, SeenCanary, Wave, check_label, now_ms,
-    parse_waves, step,
+    Action, Drive, Gate, GateOutcome, Observation, Phase, Plan, Progress, Rollout, Seen, SeenCanary, Wave, check_label,
+    now_ms, parse_waves, step,
 };
 pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
 pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};

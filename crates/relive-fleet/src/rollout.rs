@@ -570,6 +570,9 @@ where
     }
 }
 
+/// Told of each step a driver wrote: the new state and its action.
+pub type Progress = dyn FnMut(&Rollout, &Action) + Send;
+
 /// A driver's settings: how often it reads etcd, and what it reports.
 pub struct Drive<'a> {
     /// How long between reads of etcd. Default 250 ms.
@@ -577,7 +580,7 @@ pub struct Drive<'a> {
     /// The gate, if the plan has one (it runs the plan's command).
     pub gate: Option<&'a dyn Gate>,
     /// Called with each state written and its action.
-    pub progress: Option<&'a mut (dyn FnMut(&Rollout, &Action) + Send)>,
+    pub progress: Option<&'a mut Progress>,
 }
 
 impl std::fmt::Debug for Drive<'_> {
