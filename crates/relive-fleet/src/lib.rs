@@ -49,6 +49,7 @@
 //! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, then the document |
 //! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
+//! | `/shop/rollout/<name>` | the config's [`Rollout`], JSON: plan, document, base (stable) version, current wave, the instances of each wave, `phase` `running`\|`baking`\|`done`\|`stopped`\|`aborted` with its reason, who started it, when it changed; it stays after it ends |
 //!
 //! A config's version is its key's `mod_revision`. A status is
 //! `{"instance", "host", "config", "version", "applied_version", "state":
@@ -141,6 +142,27 @@
 //!   `DIR/config/<name>.<ext>` atomically (temp file in the same
 //!   directory, fsync, rename, directory fsync) before acknowledging it;
 //!   a version that does not parse is rejected and the file left alone.
+//!
+//! # Progressive rollouts
+//!
+//! [`Fleet::start_rollout`] stores a [`Rollout`] of a config (a [`Plan`]:
+//! waves given as counts, percentages or labels ([`parse_waves`]), a bake
+//! time, how many rejections are allowed, an optional gate) with
+//! compare-and-set: one per config at a time ([`Error::RolloutInProgress`]).
+//! [`Fleet::drive_rollout`] then takes it to its end from whatever state
+//! etcd holds, so any process can resume it. Each wave is a canary of a
+//! growing set (the waves before, plus the instances its selector adds, in
+//! [`choose_canaries`]' order); the next starts once every instance of the
+//! wave applied the version and the bake passed with none rejecting (beyond
+//! [`Plan::max_rejected`]) and none vanishing, and the gate passed; the last
+//! is promoted. Otherwise the rollout stops: the canary record goes to no
+//! instance, marked with the reason, and every instance returns to the
+//! stable version with `rollout aborted: <why>` in its status; then the
+//! canary key is deleted. Every move is decided by [`step`], a pure
+//! function of the state, an [`Observation`] and the time.
+//!
+//! Labels: [`FleetSourceBuilder::label`] (`zone=a`) is published in each
+//! [`StatusRecord`]; a wave `zone=a` selects the live instances that have it.
 //!
 //! # How the source behaves
 //!
@@ -249,7 +271,16 @@
 //!   changes, the new file is renamed in before the old one is removed,
 //!   so a reader may see both for a moment (relive reports the config
 //!   ambiguous until the old one goes).
-//! - `at` in statuses comes from each instance's clock.
+//! - `at` in statuses comes from each instance's clock, and a rollout's
+//!   bake time from its driver's: a rollout resumed on a machine whose
+//!   clock is ahead bakes less.
+//! - An instance of a version before rollouts existed ignores the
+//!   `aborted` mark of a stopped rollout's canary record: it returns to the
+//!   stable version all the same (the record names no instance) but its
+//!   status does not say why.
+//! - A rollout's first wave starts at the driver's first step, not in the
+//!   transaction that creates it: a push in between changes the config and
+//!   the rollout stops, saying so.
 
 #![deny(missing_docs)]
 

@@ -389,7 +389,9 @@ pub fn step(state: &Rollout, obs: &Observation, now_ms: u64) -> (Rollout, Action
                 let waiting: Vec<&String> = state
                     .current()
                     .iter()
-                    .filter(|id| obs.seen(id).is_some_and(|s| s.version != canary.version && !s.rejected))
+                    // Answered: applied or rejected this very version (a
+                    // rejection of an earlier wave's does not count).
+                    .filter(|id| obs.seen(id).is_some_and(|s| s.version != canary.version))
                     .collect();
                 if waiting.is_empty() {
                     next.phase = Phase::Baking;
