@@ -853,7 +853,7 @@ fn a_rollout_whose_driver_is_killed_mid_bake_is_resumed_from_another_process() {
     let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["", "", ""]);
     ws.write("server.toml", "port = 2\n");
     let v1 = v1.to_string();
-    let push = ["push", "server", "server.toml", "--expect", &v1, "--waves", "1,100%", "--bake", "3s"];
+    let push = ["push", "server", "server.toml", "--expect", &v1, "--waves", "1,100%", "--bake", "5s"];
     let (mut driver, log) = spawn_fleet(&ws, &etcd, &push);
     wait_until("the first wave to bake", || baking(&ws, &etcd));
     driver.kill().unwrap();

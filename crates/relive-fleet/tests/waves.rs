@@ -243,7 +243,7 @@ async fn a_driver_that_stops_mid_bake_is_resumed_by_another() {
     }
     let base = fleet.versions("server", 1).await.unwrap().versions[0].version;
     applied(&etcd, 4, base).await;
-    fleet.start_rollout("server", &toml(3000), Expect::Version(base), plan("1,50%,100%", 1500)).await.unwrap();
+    fleet.start_rollout("server", &toml(3000), Expect::Version(base), plan("1,50%,100%", 4000)).await.unwrap();
     let driving = fleet.clone();
     let first = tokio::spawn(async move { drive(&driving, None).await });
     eventually("wave 2 to bake", WAIT, || async {
@@ -252,6 +252,9 @@ async fn a_driver_that_stops_mid_bake_is_resumed_by_another() {
     .await;
     first.abort();
     let _ = first.await;
+    // Stopped mid-bake: the bake outlasts the wait above by far.
+    let r = fleet.rollout("server").await.unwrap().unwrap();
+    assert_eq!((r.wave, r.phase), (1, Phase::Baking), "the first driver stopped during wave 2's bake");
 
     // Two drivers at once, on their own connections: each step is made by
     // one of them, so every wave starts once.
