@@ -198,7 +198,10 @@ pub struct Rollout {
     /// A stopped or aborted rollout whose canary is gone: nothing left to
     /// do.
     pub settled: bool,
-    /// The version promoted, once done.
+    /// The version promoted, once done: the revision of the transaction
+    /// that wrote both the config key and the done record (stored as null;
+    /// [`Fleet::rollout`] fills it in from the record's revision).
+    #[serde(default)]
     pub version: Option<u64>,
     /// Who started it (`alice@laptop`).
     pub started_by: String,
@@ -756,15 +759,8 @@ impl Fleet {
                 next.updated_at = now();
                 let promoted = self.write_step(name, kv, &read, &next, &action).await?;
                 let Some(promoted) = promoted else { continue };
-                if let Some(version) = promoted {
-                    next.version = Some(version);
-                    // The promotion wrote the rollout key at that revision;
-                    // if it moved since, a newer rollout owns it.
-                    let key = self.layout().rollout_key(name)?;
-                    let txn = Txn::new()
-                        .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, version as i64)])
-                        .and_then(vec![TxnOp::put(key, next.to_json(), None)]);
-                    self.rollout_txn("record the promoted version", txn).await?;
+                if promoted.is_some() {
+                    next.version = promoted;
                 }
                 if let Some(progress) = drive.progress.as_mut() {
                     progress(&next, &action);
@@ -892,10 +888,16 @@ impl Fleet {
     }
 
     fn parse_rollout(&self, name: &str, kv: &KeyValue) -> Result<Rollout, Error> {
-        Rollout::from_json(kv.value()).map_err(|e| Error::BadRollout {
+        let mut rollout = Rollout::from_json(kv.value()).map_err(|e| Error::BadRollout {
             key: self.layout().rollout_key(name).unwrap_or_default(),
             message: e.to_string(),
-        })
+        })?;
+        // The promotion wrote the config key and this record in one
+        // transaction: the record's revision is the promoted version.
+        if rollout.phase == Phase::Done {
+            rollout.version = Some(kv.mod_revision() as u64);
+        }
+        Ok(rollout)
     }
 
     async fn rollout_txn(&self, action: &str, txn: Txn) -> Result<bool, Error> {
