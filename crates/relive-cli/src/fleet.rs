@@ -514,6 +514,17 @@ async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
     if status.instances.is_empty() {
         output::note(&format!("no instance reports to {} yet", fleet.layout().prefix()));
     }
+    // Rollouts in progress, which the table shows only as canaries.
+    for r in fleet.rollouts().await.map_err(failure)? {
+        if !r.is_finished() && args.name.as_ref().is_none_or(|n| *n == r.config) {
+            output::note(&format!(
+                "rollout of {}: {} (relive fleet rollout status {})",
+                esc(&r.config),
+                where_it_is(&r),
+                esc(&r.config)
+            ));
+        }
+    }
     if exit != Exit::Ok {
         output::note(&format!("{behind} instance(s) REJECTED or STALE"));
     }

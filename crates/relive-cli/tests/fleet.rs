@@ -945,6 +945,8 @@ fn rollout_abort_returns_the_instances_and_ends_the_driver() {
         &["push", "server", "server.toml", "--expect", &v1s, "--waves", "1,100%", "--bake", "10m"],
     );
     wait_until("the first wave to bake", || baking(&ws, &etcd));
+    let status = fleet(&ws, &etcd, &["status", "server"]);
+    assert!(status.stderr().contains("rollout of server: wave 1/2 (1) baking"), "{}", status.stderr());
     let abort = fleet(&ws, &etcd, &["rollout", "abort", "server"]);
     assert_eq!(abort.code(), 0, "{}{}", abort.stdout(), abort.stderr());
     assert!(abort.stdout().contains("aborted the rollout of server"), "{}", abort.stdout());

@@ -586,6 +586,9 @@ pub struct Drive<'a> {
     pub gate: Option<&'a dyn Gate>,
     /// Called with each state written and its action.
     pub progress: Option<&'a mut Progress>,
+    /// How long etcd may fail without a break before the driver gives up
+    /// (the rollout stays where it is, to be resumed). Default 60 s.
+    pub patience: Duration,
 }
 
 impl std::fmt::Debug for Drive<'_> {
@@ -596,7 +599,7 @@ impl std::fmt::Debug for Drive<'_> {
 
 impl Default for Drive<'_> {
     fn default() -> Self {
-        Drive { poll: Duration::from_millis(250), gate: None, progress: None }
+        Drive { poll: Duration::from_millis(250), gate: None, progress: None, patience: Duration::from_secs(60) }
     }
 }
 
@@ -709,6 +712,28 @@ impl Fleet {
         read.rollout.as_ref().map(|kv| self.parse_rollout(name, kv)).transpose()
     }
 
+    /// Every config's rollout record (in progress, or the last one), by
+    /// config name. Records that do not parse are skipped with a warning.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>, Error> {
+        let layout = self.layout();
+        let resp = self
+            .bounded(crate::kv(self.client()).get(layout.rollout_prefix(), Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(|e| self.failed("read the rollouts".into(), e))?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let Some(name) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(&layout.rollout_prefix()))
+            else {
+                continue;
+            };
+            match self.parse_rollout(name, kv) {
+                Ok(rollout) => out.push(rollout),
+                Err(error) => tracing::warn!(config = name, %error, "ignoring a rollout record"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Aborts the rollout of config `name`: its instances return to the
     /// stable version (at the driver's next step; call
     /// [`drive_rollout`](Fleet::drive_rollout) to see it through if no
@@ -739,36 +764,60 @@ impl Fleet {
     /// run at the same time: each step is a compare-and-set on the
     /// rollout's key, so only one of them makes it.
     pub async fn drive_rollout(&self, name: &str, mut drive: Drive<'_>) -> Result<Rollout, Error> {
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
-            let read = self.read_rollout(name).await?;
-            let Some(kv) = &read.rollout else { return Err(Error::NoRollout { config: name.to_string() }) };
-            let state = self.parse_rollout(name, kv)?;
-            if state.is_finished() {
-                return Ok(state);
-            }
-            let mut obs = self.observe(name, &read);
-            let (mut next, mut action) = step(&state, &obs, now_ms());
-            if action == Action::RunGate {
-                obs.gate = Some(match drive.gate {
-                    Some(gate) => gate.check(state.clone()).await,
-                    None => GateOutcome::Failed("the plan has a gate but this driver cannot run it".into()),
-                });
-                (next, action) = step(&state, &obs, now_ms());
-            }
-            if next != state || action != Action::None {
-                next.updated_at = now();
-                let promoted = self.write_step(name, kv, &read, &next, &action).await?;
-                let Some(promoted) = promoted else { continue };
-                if promoted.is_some() {
-                    next.version = promoted;
+            match self.drive_once(name, &mut drive).await {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => failing_since = None,
+                // etcd away (a restart, a leader election): the state is
+                // in etcd, so the next read carries on from it.
+                Err(error @ Error::Etcd { .. }) => {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= drive.patience {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "the rollout's driver retries");
+                    tokio::time::sleep(drive.poll.max(Duration::from_millis(200))).await;
                 }
-                if let Some(progress) = drive.progress.as_mut() {
-                    progress(&next, &action);
-                }
-                continue;
+                Err(error) => return Err(error),
             }
-            tokio::time::sleep(drive.poll).await;
         }
+    }
+
+    /// One step of [`drive_rollout`](Fleet::drive_rollout): the final
+    /// state if there is nothing left to do, else `None` once it wrote a
+    /// step (or lost one to another driver) or waited a poll interval.
+    async fn drive_once(&self, name: &str, drive: &mut Drive<'_>) -> Result<Option<Rollout>, Error> {
+        let read = self.read_rollout(name).await?;
+        let Some(kv) = &read.rollout else { return Err(Error::NoRollout { config: name.to_string() }) };
+        let state = self.parse_rollout(name, kv)?;
+        if state.is_finished() {
+            return Ok(Some(state));
+        }
+        let mut obs = self.observe(name, &read);
+        let (mut next, mut action) = step(&state, &obs, now_ms());
+        if action == Action::RunGate {
+            obs.gate = Some(match drive.gate {
+                Some(gate) => gate.check(state.clone()).await,
+                None => GateOutcome::Failed("the plan has a gate but this driver cannot run it".into()),
+            });
+            (next, action) = step(&state, &obs, now_ms());
+        }
+        if next == state && action == Action::None {
+            tokio::time::sleep(drive.poll).await;
+            return Ok(None);
+        }
+        next.updated_at = now();
+        // None: another driver moved first; read again.
+        if let Some(promoted) = self.write_step(name, kv, &read, &next, &action).await? {
+            if promoted.is_some() {
+                next.version = promoted;
+            }
+            if let Some(progress) = drive.progress.as_mut() {
+                progress(&next, &action);
+            }
+        }
+        Ok(None)
     }
 
     /// Writes `next` and its action in one transaction, if the rollout key

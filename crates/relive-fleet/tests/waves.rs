@@ -107,7 +107,7 @@ async fn drive(fleet: &Fleet, gate: Option<&dyn relive_fleet::Gate>) -> (Rollout
             seen.lock().unwrap().push(ids.clone());
         }
     };
-    let drive = Drive { poll: Duration::from_millis(50), gate, progress: Some(&mut progress) };
+    let drive = Drive { poll: Duration::from_millis(50), gate, progress: Some(&mut progress), ..Drive::default() };
     let done = tokio::time::timeout(WAIT * 2, fleet.drive_rollout("server", drive)).await.expect("in time").unwrap();
     let waves = waves.lock().unwrap().clone();
     (done, waves)
@@ -300,5 +300,35 @@ async fn label_waves_and_a_failing_gate() {
         (Phase::Stopped, Some("the gate failed after wave 2: exit status 7"))
     );
     applied(&etcd, 4, base).await;
+    drop(instances);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_rides_out_an_etcd_restart() {
+    let mut etcd = Etcd::start();
+    let fleet = fleet(&etcd).await;
+    let mut instances = Vec::new();
+    fleet.push("server", &toml(2000), Expect::Version(0)).await.unwrap();
+    for id in ids(3) {
+        instances.push(instance(&etcd, &id, None, false).await);
+    }
+    let base = fleet.versions("server", 1).await.unwrap().versions[0].version;
+    applied(&etcd, 3, base).await;
+    fleet.start_rollout("server", &toml(3000), Expect::Version(base), plan("1,100%", 2000)).await.unwrap();
+    let driving = fleet.clone();
+    let driver = tokio::spawn(async move { drive(&driving, None).await });
+    eventually("the first wave to bake", WAIT, || async {
+        fleet.rollout("server").await.unwrap().filter(|r| r.phase == Phase::Baking)
+    })
+    .await;
+    // Down for longer than a poll and a request timeout: the driver's
+    // reads fail meanwhile.
+    etcd.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.restart();
+    let (done, waves) = tokio::time::timeout(WAIT * 2, driver).await.expect("in time").unwrap();
+    assert_eq!(done.phase, Phase::Done, "{done:?}");
+    assert_eq!(waves.len(), 2);
+    applied(&etcd, 3, done.version.unwrap()).await;
     drop(instances);
 }
