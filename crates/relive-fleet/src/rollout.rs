@@ -379,11 +379,22 @@ pub fn step(state: &Rollout, obs: &Observation, now_ms: u64) -> (Rollout, Action
                 return stop(next, obs, reason, now_ms);
             }
             if !started {
+                if state.wave == 0 && obs.canary.is_some() {
+                    // Someone else's canary: not this rollout's to touch.
+                    next.phase = Phase::Stopped;
+                    next.reason = Some(format!("a canary of {} was started outside the rollout", state.config));
+                    next.since_ms = now_ms;
+                    next.settled = true;
+                    return (next, Action::None);
+                }
                 return start_wave(next, obs, now_ms);
             }
             let Some(canary) = obs.canary.as_ref().filter(|c| !c.aborted) else {
                 return stop(next, obs, "the canary was removed outside the rollout".into(), now_ms);
             };
+            if canary.instances != state.current() {
+                return stop(next, obs, "the canary was changed outside the rollout".into(), now_ms);
+            }
             if let Some(reason) = unhealthy(state, obs) {
                 return stop(next, obs, reason, now_ms);
             }
@@ -1277,6 +1288,23 @@ mod tests {
         world.config_version = Some(99);
         assert!(matches!(run(&mut state, &mut world, SECOND, None), Action::Return(_)));
         assert_eq!(state.reason.as_deref(), Some("server changed to version 99 outside the rollout"));
+    }
+
+    #[test]
+    fn a_canary_started_or_changed_outside_is_left_alone_or_stops_it() {
+        let mut world = World::new(3);
+        world.canary = Some(SeenCanary { version: 11, instances: vec!["web-2".into()], aborted: false });
+        let mut state = rollout(plan("1,100%", 5));
+        assert_eq!(run(&mut state, &mut world, 0, None), Action::None, "someone else's canary is not overwritten");
+        assert_eq!((state.phase, state.settled), (Phase::Stopped, true));
+        assert_eq!(state.reason.as_deref(), Some("a canary of server was started outside the rollout"));
+
+        let mut world = World::new(3);
+        let mut state = rollout(plan("1,100%", 5));
+        run(&mut state, &mut world, 0, None);
+        world.canary.as_mut().unwrap().instances = vec!["web-0".into(), "web-1".into(), "web-2".into()];
+        assert!(matches!(run(&mut state, &mut world, SECOND, None), Action::Return(_)));
+        assert_eq!(state.reason.as_deref(), Some("the canary was changed outside the rollout"));
     }
 
     #[test]
