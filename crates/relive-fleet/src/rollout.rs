@@ -356,10 +356,12 @@ pub fn step(state: &Rollout, obs: &Observation, now_ms: u64) -> (Rollout, Action
                 (next, Action::Return(returning))
             }
             Some(_) => {
-                let base = state.base_version;
+                // The stable version is the base, unless someone pushed
+                // meanwhile (which stopped the rollout).
+                let stable = obs.config_version.unwrap_or(state.base_version);
                 let back = state.current().iter().all(|id| match obs.seen(id) {
                     None => true,
-                    Some(s) => s.version == base && s.applied_version == Some(base),
+                    Some(s) => s.version == stable && s.applied_version == Some(stable),
                 });
                 if back || now_ms.saturating_sub(state.since_ms) >= state.plan.apply_timeout_ms {
                     next.settled = true;
@@ -1288,6 +1290,9 @@ mod tests {
         world.config_version = Some(99);
         assert!(matches!(run(&mut state, &mut world, SECOND, None), Action::Return(_)));
         assert_eq!(state.reason.as_deref(), Some("server changed to version 99 outside the rollout"));
+        // They return to the version pushed, not to the base.
+        world.answer();
+        assert_eq!(run(&mut state, &mut world, 2 * SECOND, None), Action::Settle);
     }
 
     #[test]
