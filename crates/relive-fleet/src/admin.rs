@@ -222,6 +222,9 @@ pub struct ConfigVersion {
     /// Who wrote it (`alice@laptop`), as its author line says; `None` for
     /// a value written without one (with `etcdctl`).
     pub by: Option<String>,
+    /// The id of the push that wrote it, from its `# relive-push:` line;
+    /// `None` for a value written otherwise (a promote, `etcdctl`).
+    pub push: Option<String>,
     /// The value as stored: header and document.
     #[serde(skip)]
     pub value: Vec<u8>,
@@ -235,6 +238,7 @@ impl ConfigVersion {
             format: decoded.map(|(f, _)| f.name().to_string()),
             size: decoded.map_or(kv.value().len(), |(_, d)| d.len()),
             by: config_author(kv.value()),
+            push: push_id(kv.value()),
             value: kv.value().to_vec(),
         }
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cluster, Etcd, Proxy, eventually};
+use common::{Cluster, Etcd, Pki, Proxy, eventually};
 use etcd_client::{EventType, WatchOptions};
 use relive::Workspace;
 use relive_fleet::layout::push_id;
@@ -220,4 +220,64 @@ async fn a_push_whose_answer_is_lost_is_one_version_not_a_conflict() {
     .await;
     let order: Vec<u64> = versions.versions.iter().rev().map(|v| v.version).collect();
     assert_eq!(order, [first, landed, next.version]);
+}
+
+/// The same over mutual TLS: an operator and an instance given the three
+/// `https://` endpoints ride out the loss of the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_loses_its_leader_and_the_fleet_carries_on() {
+    let pki = Pki::new();
+    let mut cluster = Cluster::start_tls(&pki);
+    let endpoints = cluster.endpoints();
+    assert!(endpoints.iter().all(|e| e.starts_with("https://")), "{endpoints:?}");
+    let (crt, key) = pki.client("ops");
+    let mut builder = FleetBuilder::new(endpoints[0].clone(), PREFIX)
+        .unwrap()
+        .ca_certificate(pki.ca())
+        .client_certificate(&crt, &key)
+        .request_timeout(Duration::from_secs(2));
+    for e in &endpoints[1..] {
+        builder = builder.endpoint(e.clone());
+    }
+    let fleet = builder.connect().await.expect("connect over TLS");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let ws = Workspace::new(dir.path());
+    let (crt, key) = pki.client("web-1");
+    let mut source =
+        common::source(&endpoints[1], PREFIX, "web-1").ca_certificate(pki.ca()).client_certificate(crt, key);
+    for e in [&endpoints[2], &endpoints[0]] {
+        source = source.endpoint(e.clone());
+    }
+    let source = source.start(&ws).await.expect("start the source over TLS");
+    let mut events = source.subscribe();
+    let first = fleet.push("server", &draft(1), Expect::Version(0)).await.expect("first push").version;
+    applied_event(&mut events, first).await;
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let second = fleet.push("server", &draft(2), Expect::Version(first)).await.expect("push without the leader");
+    assert_eq!(second.previous, Some(first));
+    applied_event(&mut events, second.version).await;
+    cluster.restart(leader);
+    let third = fleet.push("server", &draft(3), Expect::Version(second.version)).await.expect("push after restart");
+    applied_event(&mut events, third.version).await;
+    source.shutdown().await;
+}
+
+/// Waits for the event that says `version` was applied.
+async fn applied_event(events: &mut tokio::sync::broadcast::Receiver<SourceEvent>, version: u64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("events");
+            eprintln!("event: {event:?}");
+            if let SourceEvent::Applied { version: v, .. } = event {
+                if v == version {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("version {version} was not applied within {WAIT:?}"));
 }
