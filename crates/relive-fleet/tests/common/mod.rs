@@ -217,6 +217,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     tls: Option<Pki>,
+    /// Flags after the ones that place each member.
+    extra: Vec<String>,
 }
 
 struct Member {
@@ -231,16 +233,20 @@ struct Member {
 impl Cluster {
     /// Starts a plaintext 3-member cluster and waits until it has a leader.
     pub fn start() -> Cluster {
-        Cluster::start_inner(None)
+        Cluster::start_with(None, &[])
     }
 
     /// A 3-member cluster whose clients use TLS with `pki`'s server
     /// certificate and must bring a certificate signed by its CA.
     pub fn start_tls(pki: &Pki) -> Cluster {
-        Cluster::start_inner(Some(pki.clone()))
+        Cluster::start_with(Some(pki), &[])
     }
 
-    fn start_inner(tls: Option<Pki>) -> Cluster {
+    /// A 3-member cluster, over TLS with `pki` if given, each member with
+    /// `extra` flags too.
+    pub fn start_with(pki: Option<&Pki>, extra: &[&str]) -> Cluster {
+        let tls = pki.cloned();
+        let extra = extra.iter().map(|f| f.to_string()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let members = (0..3)
             .map(|i| Member {
@@ -252,7 +258,7 @@ impl Cluster {
                 starts: 0,
             })
             .collect();
-        let mut cluster = Cluster { dir, members, tls };
+        let mut cluster = Cluster { dir, members, tls, extra };
         // All three first: a member alone has no quorum and is not healthy.
         for i in 0..3 {
             cluster.spawn(i);
@@ -308,7 +314,22 @@ impl Cluster {
                 format!("--key-file={}", pki.dir().join("server.key").display()),
             ]);
         }
+        flags.extend(self.extra.iter().cloned());
         flags
+    }
+
+    /// The members' process ids, of those that run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect()
+    }
+
+    /// Adds user `root` (password `root-pw`) with the root role and enables
+    /// authentication, as [`Etcd::enable_auth`] does.
+    pub async fn enable_auth(&self) {
+        let mut client = self.client().await;
+        client.user_add("root", "root-pw", None).await.expect("user add root");
+        client.user_grant_role("root", "root").await.expect("grant root");
+        client.auth_enable().await.expect("auth enable");
     }
 
     fn log(&self, i: usize) -> PathBuf {
