@@ -238,9 +238,15 @@
 //!   fails, and its error says the push may have landed and names its push
 //!   id ([`ConfigVersion::push`], and `relive fleet versions --json`, show
 //!   whether a version carries it).
-//!   Promote and abort do not carry an id: a lost answer to them reports
-//!   the canary as changed ([`Error::CanaryChanged`]) although it was
-//!   promoted or aborted.
+//!   Starting a canary, promote and abort carry no id and are not sent
+//!   again: a lost answer to them is an [`Error::Etcd`], and running the
+//!   command again reports a conflict or [`Error::CanaryChanged`] although
+//!   the first one did its work (`relive fleet status` shows what is
+//!   there).
+//! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
+//!   restarted, not on one whose network is partitioned: a member cut off
+//!   from the others but still answering serves a watch that stays silent
+//!   until it rejoins (etcd-client's `require_leader` is not set).
 //! - `https://` endpoints trust only the CA certificates given: there are
 //!   no system trust roots.
 //! - A revoked credential stops an instance at its next reconnection (etcd

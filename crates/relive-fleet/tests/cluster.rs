@@ -270,6 +270,7 @@ async fn applied_event(events: &mut tokio::sync::broadcast::Receiver<SourceEvent
     tokio::time::timeout(WAIT, async {
         loop {
             let event = events.recv().await.expect("events");
+            // Shown when the test fails: what the source did meanwhile.
             eprintln!("event: {event:?}");
             if let SourceEvent::Applied { version: v, .. } = event {
                 if v == version {
