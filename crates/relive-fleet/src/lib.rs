@@ -46,7 +46,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, then the document |
+//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, optionally `# relive-push: <id>` and a newline (a push's own id: see [`layout::PUSH_HEADER`]), then the document |
 //! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //! | `/shop/rollout/<name>` | the config's [`Rollout`], JSON: plan, document, base (stable) version, current wave, the instances of each wave, `phase` `running`\|`baking`\|`done`\|`stopped`\|`aborted` with its reason, who started it, when it changed; it stays after it ends |
@@ -109,7 +109,11 @@
 //!   exist") and no canary of it to be in progress. Otherwise nothing is
 //!   written and [`Error::Conflict`] says which key, the version it is at,
 //!   the version expected and what to do. The same bytes as the current
-//!   version write nothing ([`Pushed::unchanged`]).
+//!   version write nothing ([`Pushed::unchanged`]). A push carries an id of
+//!   its own (`# relive-push:`): when etcd's answer is lost (a member that
+//!   died, a leader that changed), it sends the same transaction again and
+//!   finds the version it wrote by that id, so it is one version and never
+//!   a conflict with itself.
 //! - **Canary** ([`Fleet::canary`]) writes `/shop/canary/<name>` instead,
 //!   with the same compare-and-set. Its instances are named, or chosen by
 //!   percentage among the instances that report a status for the config at
@@ -250,7 +254,21 @@
 //! - The `# relive-by:` line is what the writer's client says: etcd checks
 //!   that the writer may write the key, not what it puts in that line.
 //!   Instances of a version before this line existed read it as part of
-//!   the document (a comment in TOML and YAML; JSON fails to parse).
+//!   the document (a comment in TOML and YAML; JSON fails to parse); the
+//!   same holds for the `# relive-push:` line.
+//! - A push whose answers stay lost for longer than three request timeouts
+//!   fails, and its error says the push may have landed and names its push
+//!   id ([`ConfigVersion::push`], and `relive fleet versions --json`, show
+//!   whether a version carries it).
+//!   Starting a canary, promote and abort carry no id and are not sent
+//!   again: a lost answer to them is an [`Error::Etcd`], and running the
+//!   command again reports a conflict or [`Error::CanaryChanged`] although
+//!   the first one did its work (`relive fleet status` shows what is
+//!   there).
+//! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
+//!   restarted, not on one whose network is partitioned: a member cut off
+//!   from the others but still answering serves a watch that stays silent
+//!   until it rejoins (etcd-client's `require_leader` is not set).
 //! - `https://` endpoints trust only the CA certificates given: there are
 //!   no system trust roots.
 //! - A revoked credential stops an instance at its next reconnection (etcd
