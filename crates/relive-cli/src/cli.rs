@@ -540,13 +540,14 @@ pub struct WatchArgs {
     pub json: bool,
     /// Run CMD and restart it after each config change that validated: a
     /// simple command (words and quotes) directly, anything else with
-    /// `sh -c`. It gets RELIVE_CONFIG (the configs that changed, comma
-    /// separated; unset at first start) and RELIVE_WORKSPACE.
+    /// `sh -c` (on Windows every CMD with `cmd /C`). It gets RELIVE_CONFIG
+    /// (the configs that changed, comma separated; unset at first start)
+    /// and RELIVE_WORKSPACE.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// With --exec: send this signal (HUP, USR1, SIGHUP, ...) to the
     /// program instead of restarting it (to its whole process group when
-    /// CMD needs a shell).
+    /// CMD needs a shell). Linux and macOS only.
     #[arg(long, value_name = "SIGNAL", requires = "exec", value_parser = parse_signal)]
     pub signal: Option<Signal>,
     /// With --exec: how long the program has to exit after SIGTERM before
@@ -598,7 +599,16 @@ SIGTERM received by relive are passed on the same way, and relive exits
 once the group is gone. relive reaps the orphans its program leaves (it is
 their subreaper) and stops those outside the group after it; as PID 1 it
 reaps every orphan. If relive is killed with SIGKILL, the kernel kills the
-process it started, but not what that process started.";
+process it started, but not what that process started.
+
+Platforms: the above is Linux. macOS has the process group and --signal,
+but no subreaper (what leaves the group is not stopped) and no parent-death
+signal (a relive killed with SIGKILL leaves its program running). Windows
+restarts only: CMD runs under `cmd /S /C` in a job object; a restart, Ctrl-C
+or Ctrl-Break sends Ctrl-Break to the program, waits --grace-ms, then ends
+every process of the job, and the job ends with relive however relive
+dies. --signal is an error there. Linux is tested; macOS and Windows are
+type-checked in CI, not run.";
 
 /// `--polling`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -718,6 +728,7 @@ pub struct CompletionsArgs {
 }
 
 /// A signal, by name and number.
+#[cfg(unix)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal {
     /// The name without `SIG`, such as `HUP`.
@@ -726,6 +737,13 @@ pub struct Signal {
     pub signal: rustix::process::Signal,
 }
 
+/// No signal: Windows has none to send, and `--signal` never parses there
+/// ([`parse_signal`]).
+#[cfg(not(unix))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {}
+
+#[cfg(unix)]
 const SIGNALS: &[(&str, rustix::process::Signal)] = {
     use rustix::process::Signal as S;
     &[
@@ -742,12 +760,28 @@ const SIGNALS: &[(&str, rustix::process::Signal)] = {
         ("TSTP", S::TSTP),
         ("WINCH", S::WINCH),
         ("IO", S::IO),
+        // macOS and the BSDs have no SIGPWR.
+        #[cfg(target_os = "linux")]
         ("PWR", S::POWER),
     ]
 };
 
-/// Parses `HUP`, `sighup`, `SIGHUP` or a number such as `1`.
+/// Parses `HUP`, `sighup`, `SIGHUP` or a number such as `1`; on Windows,
+/// refuses every value ([`crate::platform::signal_unavailable`]).
 pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    parse_signal_on(crate::platform::OS, text)
+}
+
+/// [`parse_signal`] as it is on `os`.
+fn parse_signal_on(os: crate::platform::Os, text: &str) -> Result<Signal, String> {
+    if let Some(why) = crate::platform::signal_unavailable(os) {
+        return Err(why.to_string());
+    }
+    signal_by_name(text)
+}
+
+#[cfg(unix)]
+fn signal_by_name(text: &str) -> Result<Signal, String> {
     let upper = text.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     let found = match bare.parse::<i32>() {
@@ -760,6 +794,12 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
     })
 }
 
+/// Never reached: [`parse_signal`] refuses `--signal` on Windows first.
+#[cfg(not(unix))]
+fn signal_by_name(_text: &str) -> Result<Signal, String> {
+    Err(crate::platform::signal_unavailable(crate::platform::Os::Windows).unwrap_or_default().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,6 +810,8 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    // Signals have names and numbers on Unix only.
+    #[cfg(unix)]
     #[test]
     fn signals_parse_by_name_and_number() {
         assert_eq!(parse_signal("HUP").unwrap().name, "HUP");
@@ -777,6 +819,20 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap().name, "TERM");
         assert_eq!(parse_signal("1").unwrap().name, "HUP");
         assert!(parse_signal("BOGUS").unwrap_err().contains("unknown signal `BOGUS`"));
+    }
+
+    // Run where the Unix names exist, to show that only the platform
+    // argument makes the difference.
+    #[cfg(unix)]
+    #[test]
+    fn signal_is_refused_when_parsed_for_windows() {
+        use crate::platform::Os;
+        assert_eq!(
+            parse_signal_on(Os::Windows, "HUP"),
+            Err("--signal is not available on Windows: the child is restarted".to_string())
+        );
+        assert_eq!(parse_signal_on(Os::Unix, "HUP").unwrap().name, "HUP");
+        assert_eq!(parse_signal_on(Os::Linux, "usr1").unwrap().name, "USR1");
     }
 
     #[test]

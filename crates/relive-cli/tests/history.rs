@@ -1,6 +1,10 @@
 //! `relive history`, `show`, `diff` and `rollback` against the history a
 //! running `relive watch` records.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod common;
 
 use common::{Watch, Ws, wait_until};

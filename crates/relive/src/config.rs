@@ -372,6 +372,8 @@ pub(crate) struct EngineSettings {
     pub poll_interval: Duration,
     pub quiet: Duration,
     pub write_timeout: Duration,
+    /// Counts inotify watches, so only Linux's intake reads it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub watch_limit: Option<usize>,
     pub change_set_window: Duration,
     /// Limits, identities and secret names for parsing documents.

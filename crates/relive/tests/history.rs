@@ -2,6 +2,9 @@
 //! rollback (in process and across processes), crash safety under kill -9,
 //! damaged logs, and secrets.
 
+// Modes, the umask, FIFOs and kill -9 are Unix's.
+#![cfg(unix)]
+
 mod common;
 
 use std::fs;
@@ -677,8 +680,7 @@ async fn rollback_writes_only_inside_config() {
     std::os::unix::fs::symlink(outside.path().join("target.toml"), t.path("config/linked.toml")).unwrap();
     // Reading a FIFO to compare it would block the rollback forever.
     let fifo = t.path("config/fifo.toml");
-    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-        .unwrap();
+    common::mkfifo(&fifo, 0o600);
     let evil = outside.path().join("evil.sh");
     let escapes = [
         evil.display().to_string(),
