@@ -228,6 +228,7 @@
 
 #![deny(missing_docs)]
 
+mod changeset;
 mod coalesce;
 mod config;
 mod document;
@@ -250,6 +251,7 @@ mod stream;
 mod watch;
 mod workspace;
 
+pub use changeset::{ChangeSetId, ParseChangeSetIdError};
 pub use config::{Backend, HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};

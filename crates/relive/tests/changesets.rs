@@ -60,10 +60,24 @@ async fn a_base_and_overlay_written_milliseconds_apart_are_one_change() {
         let (value, _) = next_until(&mut app, |r| r.release == n).await;
         assert_eq!(value.overlay_release, n);
     }
-    // Not one rejection of a mix along the way.
+    // Not one rejection of a mix along the way, and each new value closed
+    // by its change set, whose ids increase.
+    let mut last_set = None;
+    let mut changed = false;
     while let Ok(event) = events.try_recv() {
-        assert!(!matches!(event, ChangeEvent::ValidationFailed { .. }), "{event:?}");
+        match event {
+            ChangeEvent::ValidationFailed { .. } => panic!("{event:?}"),
+            ChangeEvent::ConfigChanged { .. } => changed = true,
+            ChangeEvent::ChangeSetApplied { id, configs } => {
+                assert!(std::mem::take(&mut changed), "a set with no ConfigChanged before it");
+                assert_eq!(&*configs, ["app".to_string()]);
+                assert!(last_set < Some(id), "{last_set:?} then {id}");
+                last_set = Some(id);
+            }
+            _ => {}
+        }
     }
+    assert!(last_set.is_some() && !changed, "every change closed by its set");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,7 @@ use globset::GlobMatcher;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::changeset::ChangeSetId;
 use crate::coalesce::{Backoff, Coalescer, Ready, Signal, Timing};
 use crate::config::EngineSettings;
 use crate::document::{Document, Parsed, SecretPaths, Sources};
@@ -317,11 +318,25 @@ struct Worker {
 }
 
 /// What the reads of one batch had in common, for the commits that follow.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Batch {
     /// Some file was read without a lease, so commits need the second
     /// fence (see [`Worker::reload`]).
     unleased: bool,
+    /// The change set that what this batch applies belongs to.
+    change_set: ChangeSetId,
+}
+
+impl Batch {
+    /// A batch of its own change set.
+    fn new(unleased: bool) -> Batch {
+        Batch { unleased, change_set: ChangeSetId::next() }
+    }
+}
+
+/// The event that closes a change set, if it applied anything.
+fn set_applied(batch: Batch, configs: Vec<String>) -> Option<ChangeEvent> {
+    (!configs.is_empty()).then(|| ChangeEvent::ChangeSetApplied { id: batch.change_set, configs: configs.into() })
 }
 
 impl Worker {
@@ -384,9 +399,11 @@ impl Worker {
             }
         }
         let now = Instant::now();
+        // The values found at start are one change set.
+        let batch = Batch::new(false);
         for name in self.files.config_names() {
             // Nobody listens yet: the outcome is recorded, not reported.
-            let _ = self.reload(&name, now, Batch::default());
+            let _ = self.reload(&name, now, batch);
         }
     }
 
@@ -460,12 +477,18 @@ impl Worker {
             return;
         }
         let mut events = Vec::new();
+        // The reads are behind us: fence again before the commit.
+        let batch = Batch::new(true);
+        let mut applied = Vec::new();
         for (name, first_seen) in due {
             self.settling.remove(&name);
-            // The reads are behind us: fence again before the commit.
-            let outcome = self.reload(&name, first_seen, Batch { unleased: true });
+            let outcome = self.reload(&name, first_seen, batch);
+            if matches!(outcome, Outcome::Applied { .. }) {
+                applied.push(name.clone());
+            }
             events.extend(self.report(&name, outcome));
         }
+        events.extend(set_applied(batch, applied));
         for event in events {
             self.emit(event);
         }
@@ -479,12 +502,18 @@ impl Worker {
             return;
         }
         let mut events = Vec::new();
+        let batch = Batch::new(false);
+        let mut applied = Vec::new();
         for name in changed {
             // The documents' parses hold the old content: parse again.
             self.files.invalidate(&name);
-            let outcome = self.reload(&name, now, Batch::default());
+            let outcome = self.reload(&name, now, batch);
+            if matches!(outcome, Outcome::Applied { .. }) {
+                applied.push(name.clone());
+            }
             events.extend(self.report(&name, outcome));
         }
+        events.extend(set_applied(batch, applied));
         for event in events {
             self.emit(event);
         }
@@ -587,7 +616,7 @@ impl Worker {
         let keep = |path: &Path| read::keep(config_dir, path, max_len);
         let reads = read::read_ready(ready, &mut self.coalescer, keep, self.intake.leases());
         self.fence();
-        let batch = Batch { unleased: reads.iter().any(|r| r.result.is_ok() && !r.leased) };
+        let batch = Batch::new(reads.iter().any(|r| r.result.is_ok() && !r.leased));
         let now = Instant::now();
         let mut file_events = Vec::new();
         let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
@@ -654,6 +683,7 @@ impl Worker {
             }
         }
         let mut config_events = Vec::new();
+        let mut applied = Vec::new();
         let window = self.s.change_set_window;
         for (name, first_seen) in dirty {
             // A config of one file is applied at once; one of several files
@@ -665,8 +695,12 @@ impl Worker {
                 continue;
             }
             let outcome = self.reload(&name, first_seen, batch);
+            if matches!(outcome, Outcome::Applied { .. }) {
+                applied.push(name.clone());
+            }
             config_events.extend(self.report(&name, outcome));
         }
+        config_events.extend(set_applied(batch, applied));
         for event in file_events.into_iter().chain(config_events) {
             self.emit(event);
         }
@@ -746,7 +780,8 @@ impl Worker {
                     let files: Vec<PathBuf> = self.files.of_config(name).cloned().collect();
                     self.cooldown.extend(files.into_iter().map(|f| (f, until)));
                 }
-                self.record(name, self.files.documents(name, self.s.env.as_deref()), None, Some(&error), false);
+                let docs = self.files.documents(name, self.s.env.as_deref());
+                self.record(name, docs, None, Some(&error), false, Some(batch.change_set));
                 Outcome::Rejected(error)
             }
         }
@@ -764,11 +799,12 @@ impl Worker {
                 // Same data (whitespace, comments, key order): nothing to
                 // do. The history is told all the same: a rollback to the
                 // live value is done when its content comes back.
-                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), None, external);
+                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), None, external, None);
                 return Outcome::Unchanged;
             }
             Prepared::Rejected(error) => {
-                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), Some(&error), external);
+                let set = Some(batch.change_set);
+                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), Some(&error), external, set);
                 return Outcome::Rejected(error);
             }
             Prepared::Ready(commits) => commits,
@@ -791,7 +827,8 @@ impl Worker {
         let state = self.configs.get_mut(name).expect("prepared above");
         let old = state.commit(commits, Arc::clone(&merged), Arc::clone(&secrets));
         // Off the reload path: the writer thread hashes, diffs and syncs.
-        self.record(name, docs(), Some((Arc::clone(&merged), Arc::clone(&secrets))), None, external);
+        let set = Some(batch.change_set);
+        self.record(name, docs(), Some((Arc::clone(&merged), Arc::clone(&secrets))), None, external, set);
         let duration = first_seen.elapsed();
         metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
         metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
@@ -800,7 +837,9 @@ impl Worker {
         Outcome::Applied { old, new: merged, secrets, files: sources.files(), duration }
     }
 
-    /// Hands a version to the history's writer thread, if history is on.
+    /// Hands a version to the history's writer thread, if history is on,
+    /// with the change set it was applied (or tried) in: `None` for a
+    /// value that changed nothing live.
     fn record(
         &self,
         name: &str,
@@ -808,10 +847,11 @@ impl Worker {
         merged: Option<(Arc<Value>, SecretPaths)>,
         error: Option<&ConfigError>,
         published: bool,
+        change_set: Option<ChangeSetId>,
     ) {
         if let Some(history) = &self.history {
             let (value, secrets) = merged.map_or((None, SecretPaths::default()), |(v, s)| (Some(v), s));
-            history.record(name, docs, value, secrets, error.cloned(), published);
+            history.record(name, docs, value, secrets, error.cloned(), published, change_set);
         }
     }
 
@@ -862,14 +902,15 @@ impl Worker {
             Ok(docs) => Sources { docs, redactor: self.s.redactor.clone() },
             Err(error) => {
                 if let Some(raw) = raw {
-                    self.record(name, raw, None, Some(&error), true);
+                    self.record(name, raw, None, Some(&error), true, None);
                 }
                 self.emit(notify::rejected(name, error.clone()));
                 return Err(error);
             }
         };
         self.configs.entry(name.to_string()).or_default().external = true;
-        let outcome = self.apply(name, sources.merge(), &sources, Instant::now(), Batch::default());
+        let batch = Batch::new(false);
+        let outcome = self.apply(name, sources.merge(), &sources, Instant::now(), batch);
         let result = match &outcome {
             Outcome::Rejected(error) => Err(error.clone()),
             Outcome::Applied { .. } | Outcome::Unchanged | Outcome::Deferred | Outcome::Absent => {
@@ -879,7 +920,10 @@ impl Worker {
                 Ok(matches!(outcome, Outcome::Applied { .. }))
             }
         };
-        for event in self.report(name, outcome) {
+        let applied = if matches!(outcome, Outcome::Applied { .. }) { vec![name.to_string()] } else { Vec::new() };
+        let mut events = self.report(name, outcome);
+        events.extend(set_applied(batch, applied));
+        for event in events {
             self.emit(event);
         }
         result
