@@ -73,6 +73,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Another process holds the workspace
+    /// ([`Workspace::hold`](crate::Workspace::hold)).
+    #[error("{}: the workspace is held by process {pid}", path.display())]
+    Held {
+        /// The hold file.
+        path: PathBuf,
+        /// The holder's pid (0 if it has not written it yet).
+        pid: u32,
+    },
     /// The history of a config has no such version (never recorded, or
     /// pruned).
     #[error("config `{name}` has no version {version} in its history")]

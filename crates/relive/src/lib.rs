@@ -239,6 +239,7 @@ mod event;
 mod format;
 mod handler;
 mod history;
+mod hold;
 mod inventory;
 #[cfg(target_os = "linux")]
 mod lease;
@@ -263,6 +264,7 @@ pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
 };
+pub use hold::Hold;
 pub use inventory::{ConfigFiles, Layer, LoadedConfig};
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};

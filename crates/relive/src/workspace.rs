@@ -2,7 +2,7 @@
 //! engine.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
@@ -14,6 +14,7 @@ use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
 use crate::history::{Diff, History, HistoryEntry, Version};
+use crate::hold::Hold;
 use crate::redact::Redactor;
 use crate::stream::{ConfigBuilder, ConfigStream};
 
@@ -327,6 +328,26 @@ impl Workspace {
         })
         .await;
         outcome.unwrap_or(Ok(()))
+    }
+
+    /// Holds the engine (of this process and of any other on this
+    /// workspace): until the [`Hold`] is dropped, it reads and validates
+    /// nothing and keeps every change pending; then it applies everything
+    /// pending as one change set, groups whole or not at all. For a tool
+    /// that copies several files in and wants them applied together with
+    /// certainty, rather than within
+    /// [`change_set_window_ms`](HotReloadConfig::change_set_window_ms):
+    /// take the hold, write each file (atomically), drop the hold.
+    ///
+    /// The hold is the file `data/hold` (mode 0600, created exclusively,
+    /// with this process's id). Fails with [`Error::Held`] while another
+    /// live process holds it; a hold whose process is gone, or older than
+    /// [`hold_timeout_ms`](HotReloadConfig::hold_timeout_ms), is cleared
+    /// and taken (and ignored by engines meanwhile).
+    pub fn hold(&self) -> Result<Hold> {
+        let timeout = std::time::Duration::from_millis(self.settings().unwrap_or_default().hold_timeout_ms);
+        let engine = self.inner.engine.lock().expect("engine lock").as_ref().map_or_else(Weak::new, Arc::downgrade);
+        Hold::take(&self.data_dir(), timeout, engine)
     }
 
     /// Watches config `name` as `T`: the stream starts at the current value

@@ -118,3 +118,75 @@ async fn a_rollback_of_a_base_and_its_overlay_is_one_version() {
         assert_eq!(last.rollback_of, Some(version), "round {round}");
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct N {
+    n: u32,
+}
+
+fn n_toml(n: u32) -> String {
+    format!("n = {n}\n")
+}
+
+/// Writes `rel` as an editor or `relive apply` does: a temporary file
+/// renamed over it.
+fn write_atomic(t: &TestWs, rel: &str, content: &str) {
+    let tmp = t.path(&format!("{rel}.tmp"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, t.path(rel)).unwrap();
+}
+
+/// The configs of the next change set.
+async fn next_set(events: &mut tokio::sync::broadcast::Receiver<ChangeEvent>) -> Vec<String> {
+    let (event, _) = event_until(events, |e| matches!(e, ChangeEvent::ChangeSetApplied { .. })).await;
+    let ChangeEvent::ChangeSetApplied { configs, .. } = event else { unreachable!() };
+    configs.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_copied_under_a_hold_are_one_change_set() {
+    let t = TestWs::new(&[("config/a.toml", &n_toml(0)), ("config/b.toml", &n_toml(0))]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let a = t.ws.config::<N>("a").live().await.unwrap();
+    let b = t.ws.config::<N>("b").live().await.unwrap();
+    for n in 1..=20 {
+        let hold = t.ws.hold().unwrap();
+        write_atomic(&t, "config/a.toml", &n_toml(n));
+        std::thread::sleep(Duration::from_millis(3));
+        t.write("config/b.toml", &n_toml(n));
+        std::thread::sleep(Duration::from_millis(3));
+        // Held: nothing read yet, whatever the time it took.
+        assert_eq!((a.load().n, b.load().n), (n - 1, n - 1), "round {n}");
+        drop(hold);
+        let mut set = next_set(&mut events).await;
+        set.sort();
+        assert_eq!(set, ["a", "b"], "round {n}");
+        assert_eq!((a.load().n, b.load().n), (n, n), "round {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_hold_does_not_freeze_the_engine() {
+    let t = TestWs::new(&[("config/a.toml", &n_toml(0))]);
+    let ws = t.ws.clone().with_config(HotReloadConfig { hold_timeout_ms: 300, ..Default::default() });
+    let _manager = ws.start_hot_reload().await.unwrap();
+    let mut a = ws.config::<N>("a").watch().await.unwrap();
+    // A holder that died without releasing: its hold is ignored at once.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(t.path("data/hold"), format!("{dead} 1\n")).unwrap();
+    t.write("config/a.toml", &n_toml(1));
+    next_until(&mut a, |v| v.n == 1).await;
+    // A live holder (this process) past the bound: ignored once it is.
+    std::fs::write(t.path("data/hold"), format!("{} 2\n", std::process::id())).unwrap();
+    let written = std::time::Instant::now();
+    t.write("config/a.toml", &n_toml(2));
+    next_until(&mut a, |v| v.n == 2).await;
+    assert!(written.elapsed() >= Duration::from_millis(250), "the live hold was obeyed until its bound");
+    // And a new hold clears the stale one.
+    let hold = ws.hold().unwrap();
+    drop(hold);
+    assert!(!t.path("data/hold").exists());
+}

@@ -76,6 +76,11 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// the other configs.
 const HOSTILE_COOLDOWN: Duration = Duration::from_millis(100);
 
+/// How often a held engine looks at the hold file: a hold released by
+/// another process (whose release cannot wake this thread) is noticed
+/// within this time.
+const HOLD_POLL: Duration = Duration::from_millis(5);
+
 /// How the engine learns about changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -229,6 +234,11 @@ impl Engine {
         known && self.send(Command::RemoveHandler { key }).is_ok()
     }
 
+    /// Wakes the engine thread, to look at the hold again.
+    pub(crate) fn nudge(&self) {
+        self.wake.wake();
+    }
+
     pub(crate) fn events(&self) -> broadcast::Receiver<ChangeEvent> {
         self.events.subscribe()
     }
@@ -309,12 +319,56 @@ struct Worker {
     cooldown: HashMap<PathBuf, Instant>,
     /// Ready paths waiting out their cooldown: the newest readiness of each.
     held: BTreeMap<PathBuf, Ready>,
+    /// The workspace's hold (`data/hold`), and what waits for its release.
+    hold: HoldWatch,
     notifier: Notifier,
     /// Files that secret references read, and the configs reading them.
     references: refs::References,
     /// The history's writer thread, when history is on.
     history: Option<Recorder>,
     stop: bool,
+}
+
+/// The hold as the engine sees it.
+struct HoldWatch {
+    path: PathBuf,
+    timeout: Duration,
+    /// A hold was in force at the last look.
+    holding: bool,
+    /// Ready paths parked while held, read on release.
+    parked: BTreeMap<PathBuf, Ready>,
+    /// When the hold was seen gone, while what was written under it is
+    /// still settling in the coalescer.
+    released: Option<Instant>,
+    /// The stale hold last warned about, to warn once per hold.
+    warned: Option<String>,
+}
+
+impl HoldWatch {
+    /// Whether a hold is in force now. A stale one is not, with a warning
+    /// (once).
+    fn look(&mut self) -> bool {
+        match crate::hold::state(&self.path, self.timeout, SystemTime::now()) {
+            crate::hold::HoldState::Free => false,
+            crate::hold::HoldState::Held { .. } => true,
+            crate::hold::HoldState::Stale { content, reason } => {
+                if self.warned.as_deref() != Some(&content) {
+                    tracing::warn!(path = %self.path.display(), reason, "ignoring a stale hold");
+                    self.warned = Some(content);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Whether a step may wait for the rest of a change set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Configs of several files wait out the window (`settling`).
+    Window,
+    /// A hold was released: everything pending is one change set, now.
+    Release,
 }
 
 /// What the reads of one batch had in common, for the commits that follow.
@@ -366,6 +420,7 @@ impl Worker {
         let intake = Intake::start(&s, mode, waker)?;
         let coalescer = Coalescer::new(timing(&s, intake.quiet(&s)));
         let notifier = Notifier::new(s.root.clone(), events);
+        let (hold_path, hold_timeout) = (s.data_dir.join(crate::hold::HOLD_FILE), s.hold_timeout);
         let mut worker = Worker {
             s,
             rx,
@@ -378,6 +433,14 @@ impl Worker {
             settling: BTreeMap::new(),
             cooldown: HashMap::new(),
             held: BTreeMap::new(),
+            hold: HoldWatch {
+                path: hold_path,
+                timeout: hold_timeout,
+                holding: false,
+                parked: BTreeMap::new(),
+                released: None,
+                warned: None,
+            },
             notifier,
             references: refs::References::default(),
             history,
@@ -410,13 +473,23 @@ impl Worker {
     fn run(&mut self) {
         while !self.stop {
             let now = Instant::now();
-            let settle = self.settling.values().map(|(_, due)| *due).min();
+            let holding = self.hold.holding;
+            // While held, settled configs wait for the release, which a
+            // look at the hold every few milliseconds notices.
+            let settle = self.settling.values().map(|(_, due)| *due).min().filter(|_| !holding);
+            let hold_poll = holding.then(|| now + HOLD_POLL);
             let cooled = self.held.keys().filter_map(|p| self.cooldown.get(p).copied()).min();
-            let deadline =
-                [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check(), settle, cooled]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [
+                self.coalescer.next_deadline(),
+                self.intake.next_scan(),
+                self.references.next_check(),
+                settle,
+                cooled,
+                hold_poll,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             self.wait(deadline.map(|d| d.saturating_duration_since(now)));
             self.drain_wake();
             while let Ok(command) = self.rx.try_recv() {
@@ -430,9 +503,40 @@ impl Worker {
             let seen = self.intake.poll(&self.s, Instant::now());
             self.take_in(seen);
             let ready = self.coalescer.take_ready(Instant::now());
-            let ready = self.cool_down(ready);
-            if !ready.is_empty() {
-                self.process(ready);
+            let mut ready = self.cool_down(ready);
+            if self.hold.look() {
+                // Held: read nothing, validate nothing; park what is ready.
+                if !self.hold.holding {
+                    tracing::info!(path = %self.hold.path.display(), "held: changes wait for the release");
+                }
+                self.hold.holding = true;
+                self.hold.released = None;
+                for r in ready {
+                    self.hold.parked.insert(r.path.clone(), r);
+                }
+                continue;
+            }
+            if self.hold.holding {
+                // Released. What was written under the hold may still be
+                // settling (the portable backend's quiet window, a writer
+                // not yet closed): wait for it, within the write timeout,
+                // so that it is part of the set.
+                let now = Instant::now();
+                let released = *self.hold.released.get_or_insert(now);
+                if self.coalescer.next_deadline().is_some() && now < released + self.s.write_timeout {
+                    for r in ready {
+                        self.hold.parked.insert(r.path.clone(), r);
+                    }
+                    continue;
+                }
+                self.hold.holding = false;
+                self.hold.released = None;
+                // Everything pending is one change set.
+                ready.extend(std::mem::take(&mut self.hold.parked).into_values());
+                tracing::info!(paths = ready.len(), "hold released: applying what waited as one change set");
+                self.process(ready, Step::Release);
+            } else if !ready.is_empty() {
+                self.process(ready, Step::Window);
             }
             self.check_references();
             self.settle();
@@ -611,7 +715,7 @@ impl Worker {
 
     /// Reads the ready paths, stores what changed, reloads the configs it
     /// touched, and reports it all.
-    fn process(&mut self, ready: Vec<Ready>) {
+    fn process(&mut self, ready: Vec<Ready>, step: Step) {
         let (config_dir, max_len) = (&self.s.config_dir, self.s.decode.limits.max_file_size);
         let keep = |path: &Path| read::keep(config_dir, path, max_len);
         let reads = read::read_ready(ready, &mut self.coalescer, keep, self.intake.leases());
@@ -682,13 +786,19 @@ impl Worker {
                 dirty.entry(name).or_insert(first_seen);
             }
         }
+        if step == Step::Release {
+            // What was settling when the hold came is part of the set.
+            for (name, (first_seen, _)) in std::mem::take(&mut self.settling) {
+                dirty.entry(name).or_insert(first_seen);
+            }
+        }
         let mut config_events = Vec::new();
         let mut applied = Vec::new();
         let window = self.s.change_set_window;
         for (name, first_seen) in dirty {
             // A config of one file is applied at once; one of several files
             // waits for the window after its last change (at most ten).
-            if !window.is_zero() && self.files.is_layered(&name, self.s.env.as_deref()) {
+            if step == Step::Window && !window.is_zero() && self.files.is_layered(&name, self.s.env.as_deref()) {
                 let cap = first_seen + window * 10;
                 let entry = self.settling.entry(name).or_insert((first_seen, now));
                 entry.1 = (now + window).min(cap.max(now));
