@@ -535,7 +535,15 @@ impl Worker {
                 continue;
             }
             if self.hold.holding {
-                // Released. What was written under the hold may still be
+                // Released. Every write made under the hold was queued by
+                // the kernel in the writer's own system call, before the
+                // holder removed the file: take in what came since the
+                // reads above, or a write that raced with this look would
+                // be left out of the set.
+                self.fence();
+                let more = self.coalescer.take_ready(Instant::now());
+                ready.extend(self.cool_down(more));
+                // What was written under the hold may still be
                 // settling (the portable backend's quiet window, a writer
                 // not yet closed): wait for it, within the write timeout,
                 // so that it is part of the set.
