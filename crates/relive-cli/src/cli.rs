@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -147,6 +148,9 @@ Examples:
   relive fleet versions server                           the versions etcd still holds
   relive fleet rollback server --to 38                   version 38's document as a new version
   relive fleet agent /srv/shop --instance web-1          write the configs to /srv/shop/config/
+  relive fleet push server server.toml --expect 41 --waves 1,10%,50%,100% --bake 5m
+                                                         a progressive rollout (then: relive fleet rollout
+                                                         status|resume|abort server, from any machine)
 
 A secured etcd (TLS, client certificates, users):
   export RELIVE_ETCD_ENDPOINTS=https://etcd-1:2379 RELIVE_ETCD_CACERT=ca.crt
@@ -163,7 +167,7 @@ pub enum FleetCommand {
     /// Check a config file, then publish it as the next version (to every
     /// instance, or to a canary subset).
     #[command(after_help = EXIT_CODES)]
-    Push(FleetPushArgs),
+    Push(Box<FleetPushArgs>),
     /// Publish the canary in progress to every instance.
     #[command(after_help = EXIT_CODES)]
     Promote(FleetPromoteArgs),
@@ -192,6 +196,65 @@ pub enum FleetCommand {
     /// DIR/config/<name>.<ext> (atomically), until SIGINT or SIGTERM.
     #[command(after_help = EXIT_CODES)]
     Agent(FleetAgentArgs),
+    /// A progressive rollout (`push --waves`): its status, or resume or
+    /// abort it from any machine.
+    #[command(subcommand)]
+    Rollout(FleetRolloutCommand),
+}
+
+/// `relive fleet rollout`.
+#[derive(Debug, Subcommand)]
+pub enum FleetRolloutCommand {
+    /// Where the rollout of a config is: its wave, instances and phase.
+    #[command(after_help = EXIT_CODES)]
+    Status(FleetRolloutStatusArgs),
+    /// Drive the rollout of a config to its end, from the state in etcd
+    /// (its driver died, or is on another machine). Exit 1 if it stops.
+    #[command(after_help = EXIT_CODES)]
+    Resume(FleetNameArgs),
+    /// Abort the rollout of a config: its instances return to the stable
+    /// version, and say so in their status.
+    #[command(after_help = EXIT_CODES)]
+    Abort(FleetNameArgs),
+}
+
+/// `relive fleet rollout status`.
+#[derive(Debug, Args)]
+pub struct FleetRolloutStatusArgs {
+    /// The config's name.
+    pub name: String,
+    /// Print the rollout's record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `relive fleet push --waves`: a progressive rollout.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Roll out in waves, each a canary of a growing set, the last
+    /// promoted: instance counts, percentages or labels, comma separated
+    /// (`1,10%,50%,100%`, `zone=a,zone=b,100%`).
+    #[arg(long, value_name = "WAVES", conflicts_with_all = ["canary", "canary_instances", "wait"])]
+    pub waves: Option<String>,
+    /// How long each wave runs once all its instances applied the version,
+    /// before the next (`30s`, `5m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m", requires = "waves")]
+    pub bake: Duration,
+    /// Stop when more than N instances reject the version.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "waves")]
+    pub max_rejected: usize,
+    /// A shell command run after each bake (`curl -fsS http://.../healthz`):
+    /// a non-zero exit, or no exit within --gate-timeout, stops the rollout.
+    /// It is stored in etcd so that any machine can resume: keep secrets
+    /// out of it.
+    #[arg(long, value_name = "CMD", requires = "waves")]
+    pub gate: Option<String>,
+    /// How long the gate may run.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s", requires = "gate")]
+    pub gate_timeout: Duration,
+    /// How long a wave's instances have to apply the version.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m", requires = "waves")]
+    pub apply_timeout: Duration,
 }
 
 /// `relive fleet push`.
@@ -224,6 +287,8 @@ pub struct FleetPushArgs {
     pub canary_instances: Option<Vec<String>>,
     #[command(flatten)]
     pub wait: WaitArgs,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
 }
 
 /// A fleet command about one config.
@@ -341,6 +406,46 @@ pub struct FleetAgentArgs {
     /// in seconds.
     #[arg(long, value_name = "S", default_value_t = 10)]
     pub lease_ttl: u64,
+    /// A label published in its status (`zone=a`), which rollout waves can
+    /// select; repeat for more.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+}
+
+/// Parses `zone=a` as a label.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not a label: expected KEY=VALUE"))?;
+    relive_fleet::check_label(key, value).map_err(|e| e.to_string())?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration: expected e.g. 30s, 5m, 1h30m or 500ms");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let one = match &rest[..unit] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        total = one
+            .checked_mul(u32::try_from(number).map_err(|_| bad())?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(bad)?;
+        rest = &rest[unit..];
+    }
+    Ok(total)
 }
 
 /// Parses `10%` or `10` as a percentage from 1 to 100.
@@ -680,6 +785,24 @@ mod tests {
         assert_eq!(parse_percent("100"), Ok(100));
         for bad in ["0%", "101", "x", "-5%", ""] {
             assert!(parse_percent(bad).is_err(), "{bad:?}");
+        }
+    }
+    #[test]
+    fn durations_parse_in_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "5", "m", "5x", "1.5s", "-1s", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn labels_parse_as_key_and_value() {
+        assert_eq!(parse_label("zone=a"), Ok(("zone".into(), "a".into())));
+        for bad in ["zone", "=a", "zone=a,b", "zo ne=a"] {
+            assert!(parse_label(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use anstyle::{AnsiColor, Style};
 use relive_fleet::{
-    Canaries, Draft, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSourceBuilder, FleetStatus, SourceEvent,
-    SyncState,
+    Action, Canaries, Draft, Drive, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSourceBuilder, FleetStatus,
+    GateOutcome, Phase, Plan, Rollout, SourceEvent, SyncState,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
     EtcdAccessArgs, FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRolesArgs, FleetRollbackArgs,
-    FleetShowArgs, FleetStatusArgs, FleetVersionsArgs, WaitArgs,
+    FleetRolloutCommand, FleetShowArgs, FleetStatusArgs, FleetVersionsArgs, RolloutArgs, WaitArgs,
 };
 use crate::exit::{Exit, Failure, Result};
 use crate::output::{self, escape_controls as esc};
@@ -50,7 +50,7 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
     }
     let fleet = connect(&args.endpoints, &prefix, timeout, &access).await?;
     match args.command {
-        FleetCommand::Push(push) => run_push(&fleet, push).await,
+        FleetCommand::Push(push) => run_push(&fleet, *push).await,
         FleetCommand::Promote(a) => {
             let promoted = fleet.promote(&a.name).await.map_err(failure)?;
             println!(
@@ -72,6 +72,7 @@ pub async fn run(args: FleetArgs) -> Result<Exit> {
         FleetCommand::Show(show) => run_show(&fleet, show).await,
         FleetCommand::Status(status) => run_status(&fleet, status).await,
         FleetCommand::Roles(roles) => run_roles(&fleet, roles).await,
+        FleetCommand::Rollout(command) => run_rollout(&fleet, command).await,
         FleetCommand::Agent(_) => unreachable!("handled above"),
     }
 }
@@ -147,9 +148,11 @@ fn read_password(file: &Path) -> Result<String> {
 fn failure(error: relive_fleet::Error) -> Failure {
     use relive_fleet::Error as E;
     let exit = match &error {
-        E::Conflict { .. } | E::CanaryInProgress { .. } | E::CanaryChanged { .. } | E::CanaryStale { .. } => {
-            Exit::Conflict
-        }
+        E::Conflict { .. }
+        | E::CanaryInProgress { .. }
+        | E::CanaryChanged { .. }
+        | E::CanaryStale { .. }
+        | E::RolloutInProgress { .. } => Exit::Conflict,
         // The document, or the version, canary or instances named, is wrong.
         E::Invalid(_)
         | E::NotAVersion { .. }
@@ -160,11 +163,13 @@ fn failure(error: relive_fleet::Error) -> Failure {
         | E::CanaryUnchanged { .. }
         | E::NoLiveInstances { .. }
         | E::UnknownInstances { .. }
+        | E::NoRollout { .. }
         | E::UnknownFormat { .. } => Exit::Invalid,
         E::InvalidName(_)
         | E::InvalidPercent { .. }
         | E::Certificate { .. }
         | E::NotHttps { .. }
+        | E::InvalidRollout { .. }
         | E::Plaintext { .. } => Exit::Usage,
         _ => Exit::Runtime,
     };
@@ -276,6 +281,10 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
         if !errors.is_empty() {
             return invalid(&errors);
         }
+    }
+    if let Some(waves) = &args.rollout.waves {
+        let expect = expect(fleet, &args.name, args.expect, args.force).await?;
+        return start_rollout(fleet, &args.name, &draft, expect, waves, &args.rollout).await;
     }
     let canaries = match (args.canary, args.canary_instances) {
         (Some(percent), _) => Some(Canaries::Percent(percent)),
@@ -505,6 +514,17 @@ async fn run_status(fleet: &Fleet, args: FleetStatusArgs) -> Result<Exit> {
     if status.instances.is_empty() {
         output::note(&format!("no instance reports to {} yet", fleet.layout().prefix()));
     }
+    // Rollouts in progress, which the table shows only as canaries.
+    for r in fleet.rollouts().await.map_err(failure)? {
+        if !r.is_finished() && args.name.as_ref().is_none_or(|n| *n == r.config) {
+            output::note(&format!(
+                "rollout of {}: {} (relive fleet rollout status {})",
+                esc(&r.config),
+                where_it_is(&r),
+                esc(&r.config)
+            ));
+        }
+    }
     if exit != Exit::Ok {
         output::note(&format!("{behind} instance(s) REJECTED or STALE"));
     }
@@ -610,6 +630,9 @@ async fn run_agent(
         source = source.user(user, password);
     }
     source = source.insecure_plaintext(access.insecure_plaintext);
+    for (key, value) in &args.label {
+        source = source.label(key, value).map_err(failure)?;
+    }
     if !args.dir.is_dir() {
         return Err(Failure::runtime(format!("{}: not a directory", args.dir.display())));
     }
@@ -664,4 +687,301 @@ fn print_agent_event(event: &SourceEvent) {
     let mut out = anstream::stdout().lock();
     let _ = writeln!(out, "{DIM}{}{DIM:#} {text}", output::clock());
     let _ = out.flush();
+}
+
+/// `relive fleet push NAME FILE --waves ...`: starts the rollout, then
+/// drives it to its end.
+async fn start_rollout(
+    fleet: &Fleet,
+    name: &str,
+    draft: &Draft,
+    expect: Expect,
+    waves: &str,
+    args: &RolloutArgs,
+) -> Result<Exit> {
+    let waves = relive_fleet::parse_waves(waves).map_err(|e| usage(format!("--waves: {e}")))?;
+    let mut plan = Plan::new(waves, args.bake);
+    plan.max_rejected = args.max_rejected;
+    plan.apply_timeout_ms = u64::try_from(args.apply_timeout.as_millis()).unwrap_or(u64::MAX);
+    plan.gate = args.gate.clone();
+    let timeout = args.gate_timeout;
+    let rollout = fleet.start_rollout(name, draft, expect, plan).await.map_err(failure)?;
+    let waves: Vec<String> = rollout.plan.waves.iter().map(ToString::to_string).collect();
+    println!(
+        "rollout of {name} started: waves {}, bake {}, from version {}; if this process stops, \
+         `relive fleet rollout resume {name}` carries on from any machine",
+        waves.join(","),
+        humantime_short(args.bake),
+        rollout.base_version
+    );
+    drive(fleet, name, timeout).await
+}
+
+/// `relive fleet rollout status|resume|abort NAME`.
+async fn run_rollout(fleet: &Fleet, command: FleetRolloutCommand) -> Result<Exit> {
+    match command {
+        FleetRolloutCommand::Status(args) => {
+            let rollout = fleet.rollout(&args.name).await.map_err(failure)?;
+            let Some(rollout) = rollout else {
+                return Err(Failure::invalid(format!("no rollout of {} was ever started", args.name)));
+            };
+            if args.json {
+                let json = String::from_utf8(rollout.to_json()).expect("JSON is UTF-8");
+                println!("{}", output::escape_json_controls(&json));
+            } else {
+                print!("{}", rollout_text(&rollout));
+            }
+            Ok(Exit::Ok)
+        }
+        FleetRolloutCommand::Resume(args) => {
+            let rollout = fleet.rollout(&args.name).await.map_err(failure)?;
+            match rollout {
+                None => Err(Failure::invalid(format!("no rollout of {} was ever started", args.name))),
+                Some(r) if r.is_finished() => {
+                    print!("{}", rollout_text(&r));
+                    Ok(ended(&r))
+                }
+                Some(r) => {
+                    println!("resuming the rollout of {}: {}", args.name, where_it_is(&r));
+                    drive(fleet, &args.name, GATE_TIMEOUT).await
+                }
+            }
+        }
+        FleetRolloutCommand::Abort(args) => {
+            let reason = format!("aborted by {}", fleet.operator());
+            let aborted = fleet.abort_rollout(&args.name, &reason).await.map_err(failure)?;
+            println!("aborting the rollout of {}: its instances return to version {}", args.name, aborted.base_version);
+            let drive = Drive { progress: Some(&mut |r: &Rollout, a: &Action| print_step(r, a)), ..Drive::default() };
+            let rollout = fleet.drive_rollout(&args.name, drive).await.map_err(failure)?;
+            if rollout.phase == Phase::Aborted {
+                println!("aborted the rollout of {}", args.name);
+                return Ok(Exit::Ok);
+            }
+            Ok(ended(&rollout))
+        }
+    }
+}
+
+/// The gate's time limit when a rollout is resumed (the plan does not
+/// keep it).
+const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Drives the rollout of `name` to its end, one line per step; exit 0
+/// when it is done, 1 when it stopped or was aborted.
+async fn drive(fleet: &Fleet, name: &str, gate_timeout: Duration) -> Result<Exit> {
+    let gate = move |rollout: Rollout| run_gate(rollout, gate_timeout);
+    let mut progress = |r: &Rollout, action: &Action| print_step(r, action);
+    let drive = Drive { gate: Some(&gate), progress: Some(&mut progress), ..Drive::default() };
+    let rollout = fleet.drive_rollout(name, drive).await.map_err(failure)?;
+    Ok(ended(&rollout))
+}
+
+fn ended(rollout: &Rollout) -> Exit {
+    match rollout.phase {
+        Phase::Done => Exit::Ok,
+        _ => {
+            output::error(&format!(
+                "the rollout of {} {}: {}",
+                rollout.config,
+                if rollout.phase == Phase::Aborted { "was aborted" } else { "stopped" },
+                esc(rollout.reason.as_deref().unwrap_or("no reason recorded"))
+            ));
+            Exit::Invalid
+        }
+    }
+}
+
+fn print_step(r: &Rollout, action: &Action) {
+    let n = r.plan.waves.len();
+    let text = match action {
+        Action::StartWave(ids) => format!(
+            "wave {}/{n} ({}): {} instance{}: {}",
+            r.wave + 1,
+            r.plan.waves[r.wave],
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" },
+            esc(&short_list(ids))
+        ),
+        Action::Promote => format!(
+            "{GOOD}done{GOOD:#}: {} promoted to every instance{}",
+            r.config,
+            r.version.map_or(String::new(), |v| format!(" as version {v}"))
+        ),
+        Action::Return(ids) => format!(
+            "{BAD}stopped{BAD:#}: {}; {} instance{} return to version {}",
+            esc(r.reason.as_deref().unwrap_or("")),
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" },
+            r.base_version
+        ),
+        Action::Settle => format!("every instance is back on version {}; the canary is removed", r.base_version),
+        Action::None | Action::RunGate => match r.phase {
+            Phase::Baking => format!(
+                "wave {}/{n}: every instance applied it; baking {}",
+                r.wave + 1,
+                humantime_short(Duration::from_millis(r.plan.bake_ms))
+            ),
+            Phase::Stopped | Phase::Aborted => {
+                format!("{}: {}", where_it_is(r), esc(r.reason.as_deref().unwrap_or("")))
+            }
+            _ => return,
+        },
+    };
+    let mut out = anstream::stdout().lock();
+    let _ = writeln!(out, "{DIM}{}{DIM:#} {text}", output::clock());
+    let _ = out.flush();
+}
+
+/// Phase and wave in words.
+fn where_it_is(r: &Rollout) -> String {
+    let n = r.plan.waves.len();
+    let wave = r.plan.waves.get(r.wave).map(ToString::to_string).unwrap_or_default();
+    match r.phase {
+        Phase::Running if r.instances.len() <= r.wave => format!("wave {}/{n} ({wave}) starting", r.wave + 1),
+        Phase::Running => format!("wave {}/{n} ({wave}) applying", r.wave + 1),
+        Phase::Baking => format!("wave {}/{n} ({wave}) baking", r.wave + 1),
+        Phase::Done => "done".to_string(),
+        Phase::Stopped if r.settled => format!("stopped in wave {}/{n}", r.wave + 1),
+        Phase::Aborted if r.settled => format!("aborted in wave {}/{n}", r.wave + 1),
+        Phase::Stopped => format!("stopped in wave {}/{n}, instances returning", r.wave + 1),
+        Phase::Aborted => format!("aborted in wave {}/{n}, instances returning", r.wave + 1),
+    }
+}
+
+/// The rollout for `relive fleet rollout status`.
+fn rollout_text(r: &Rollout) -> String {
+    let waves: Vec<String> = r.plan.waves.iter().map(ToString::to_string).collect();
+    let mut text = format!("rollout of {}: {}\n", r.config, where_it_is(r));
+    text +=
+        &format!("  waves      {} (bake {}", waves.join(","), humantime_short(Duration::from_millis(r.plan.bake_ms)));
+    text += &format!(", at most {} rejected", r.plan.max_rejected);
+    if r.plan.gate.is_some() {
+        text += ", with a gate";
+    }
+    text += ")\n";
+    text += &format!("  from       version {}\n", r.base_version);
+    if let Some(v) = r.version {
+        text += &format!("  promoted   version {v}\n");
+    }
+    if !r.current().is_empty() {
+        text += &format!("  instances  {} ({})\n", r.current().len(), esc(&short_list(r.current())));
+    }
+    if let Some(reason) = &r.reason {
+        text += &format!("  reason     {}\n", esc(reason));
+    }
+    text += &format!("  started    {} by {}\n", esc(&r.started_at), esc(&r.started_by));
+    text += &format!("  updated    {}\n", esc(&r.updated_at));
+    text
+}
+
+fn short_list(ids: &[String]) -> String {
+    match ids.len() {
+        0..=8 => ids.join(", "),
+        n => format!("{}, and {} more", ids[..8].join(", "), n - 8),
+    }
+}
+
+fn humantime_short(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The most of each of the gate's output streams kept (and shown on this
+/// terminal only).
+const GATE_OUTPUT: usize = 4096;
+
+/// Runs the plan's gate command with `sh -c`, in a process group of its
+/// own, for at most `limit`. Its outcome says only how it ended: its
+/// output may hold secrets (a health endpoint's answer, a token in an
+/// error), so it is never written to etcd; the first 4 KiB of each stream
+/// are shown on this terminal, control characters escaped.
+async fn run_gate(rollout: Rollout, limit: Duration) -> GateOutcome {
+    let Some(command) = rollout.plan.gate.clone() else { return GateOutcome::Passed };
+    let wave = rollout.wave + 1;
+    let instances = rollout.current().join(",");
+    let config = rollout.config.clone();
+    output::note(&format!("wave {wave}: running the gate"));
+    let ran = tokio::task::spawn_blocking(move || gate_blocking(&command, &config, wave, &instances, limit)).await;
+    let (outcome, stdout, stderr) =
+        ran.unwrap_or_else(|e| (GateOutcome::Failed(format!("the gate panicked: {e}")), vec![], vec![]));
+    for (stream, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            output::note(&format!("gate {stream}: {}", esc(line)));
+        }
+    }
+    match &outcome {
+        GateOutcome::Passed => output::note(&format!("wave {wave}: the gate passed")),
+        GateOutcome::Failed(why) => output::warn(&format!("wave {wave}: the gate failed: {why}")),
+    }
+    outcome
+}
+
+fn gate_blocking(
+    command: &str,
+    config: &str,
+    wave: usize,
+    instances: &str,
+    limit: Duration,
+) -> (GateOutcome, Vec<u8>, Vec<u8>) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("RELIVE_ROLLOUT_CONFIG", config)
+        .env("RELIVE_ROLLOUT_WAVE", wave.to_string())
+        .env("RELIVE_ROLLOUT_INSTANCES", instances)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return (GateOutcome::Failed(format!("cannot run sh: {e}")), vec![], vec![]),
+    };
+    // Each stream is read to its end (so the gate never blocks on a full
+    // pipe) and only its first bytes kept.
+    let keep = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut stream) = stream {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = GATE_OUTPUT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+            kept
+        })
+    };
+    let out = keep(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = keep(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let outcome = loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break GateOutcome::Passed,
+            Ok(Some(status)) => break GateOutcome::Failed(status.to_string()),
+            Ok(None) if Instant::now() >= deadline => {
+                // The whole group: `sh -c` may have started others.
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait();
+                break GateOutcome::Failed(format!("no exit within {}", humantime_short(limit)));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => break GateOutcome::Failed(format!("cannot wait for the gate: {e}")),
+        }
+    };
+    (outcome, out.join().unwrap_or_default(), err.join().unwrap_or_default())
 }

@@ -693,3 +693,268 @@ fn status_check_fails_while_an_instance_is_stale_or_rejected() {
     put_status(v2, Some(v2), "applied");
     assert_eq!(fleet(&ws, &etcd, &["status", "--check"]).code(), 0);
 }
+
+/// Agents `web-1`..`web-N` (with `labels[i]`, if any) on config `server` at
+/// `port = 1`; returns them, their directories and the version.
+fn agents_on_v1(ws: &Ws, etcd: &Etcd, labels: &[&str]) -> (Vec<AgentProc>, Vec<tempfile::TempDir>, u64) {
+    ws.write("server.toml", "port = 1\n");
+    let v1 = version_in(&ok(ws, etcd, &["push", "server", "server.toml"]));
+    let (mut agents, mut dirs) = (Vec::new(), Vec::new());
+    for (i, label) in labels.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!("web-{}", i + 1);
+        let extra: Vec<&str> = if label.is_empty() { vec![] } else { vec!["--label", label] };
+        agents.push(AgentProc::start_with(ws, etcd, dir.path(), &id, &extra));
+        dirs.push(dir);
+    }
+    for i in 0..labels.len() {
+        wait_row(ws, etcd, &format!("web-{}", i + 1), v1, "SYNCED");
+    }
+    (agents, dirs, v1)
+}
+
+/// The words of a shell command line: split at blanks outside single
+/// quotes (all the README's examples need).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// An HTTP server on 127.0.0.1:0 that answers 200 to everything; counts
+/// the requests.
+fn healthz() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+        }
+    });
+    (port, hits)
+}
+
+fn rollout_json(ws: &Ws, etcd: &Etcd) -> Value {
+    serde_json::from_str(&ok(ws, etcd, &["rollout", "status", "server", "--json"])).expect("rollout status --json")
+}
+
+/// Whether a rollout of `server` exists and bakes.
+fn baking(ws: &Ws, etcd: &Etcd) -> bool {
+    let run = fleet(ws, etcd, &["rollout", "status", "server", "--json"]);
+    run.code() == 0 && serde_json::from_str::<Value>(&run.stdout()).unwrap()["phase"] == "baking"
+}
+
+/// A `relive fleet push --waves ...` running as a child, its output in a
+/// file.
+fn spawn_fleet(ws: &Ws, etcd: &Etcd, args: &[&str]) -> (Child, tempfile::NamedTempFile) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let endpoint = etcd.endpoint();
+    let mut all = vec!["fleet", "--endpoints", endpoint.as_str(), "--prefix", PREFIX];
+    all.extend_from_slice(args);
+    let child = ws
+        .relive(&all)
+        .stdin(Stdio::null())
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+/// Waits for a child to exit; its code.
+fn exit_code(child: &mut Child, log: &tempfile::NamedTempFile) -> i32 {
+    let deadline = Instant::now() + TIMEOUT * 2;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the command did not end: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The README's "Progressive rollouts", as written, with a 1 s bake: agents
+/// with labels, a push in label and percent waves with a curl gate, then
+/// the rollout's status.
+#[test]
+fn a_progressive_rollout_as_the_readme_runs_it() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme.split("### Progressive rollouts").nth(1).expect("the README's section");
+    let script = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap().replace("\\\n", " ");
+    let line = |start: &str| {
+        let line = script.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start} in {script}"));
+        shell_words(line.split(" #").next().unwrap())
+    };
+    let agent = line("relive fleet agent");
+    assert_eq!(agent[agent.len() - 2..], ["--label", "zone=a"]);
+    let push = line("relive fleet push");
+
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, dirs, v1) = agents_on_v1(&ws, &etcd, &["zone=a", "zone=a", "zone=b", "zone=b"]);
+    let (port, hits) = healthz();
+    ws.write("server.toml", "port = 2\n");
+    let v1 = v1.to_string();
+    let args: Vec<String> = push[2..]
+        .iter()
+        .map(|w| match w.as_str() {
+            "42" => v1.clone(),
+            "5m" => "1s".to_string(),
+            w => w.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+        })
+        .collect();
+    assert!(args.contains(&"zone=a,50%,100%".to_string()) && args.contains(&"--gate".to_string()), "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&ws, &etcd, &args);
+    assert!(out.contains("wave 1/3 (zone=a): 2 instances: web-1, web-2"), "{out}");
+    assert!(out.contains("wave 2/3 (50%): 2 instances: web-1, web-2"), "{out}");
+    assert!(out.contains("wave 3/3 (100%): 4 instances: web-1, web-2, web-3, web-4"), "{out}");
+    assert!(out.contains("done: server promoted to every instance as version"), "{out}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3, "the gate ran after each bake");
+    for dir in &dirs {
+        let file = dir.path().join("config/server.toml");
+        wait_until("every agent writes the new version", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t == "port = 2\n")
+        });
+    }
+    let status = ok(&ws, &etcd, &line("relive fleet rollout")[2..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(status.starts_with("rollout of server: done") && status.contains("promoted   version"), "{status}");
+    assert_eq!(rollout_json(&ws, &etcd)["phase"], "done");
+}
+
+/// The driving process is killed (SIGKILL) while a wave bakes; a second
+/// rollout is refused meanwhile; `rollout resume` from another process
+/// finishes it.
+#[test]
+fn a_rollout_whose_driver_is_killed_mid_bake_is_resumed_from_another_process() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["", "", ""]);
+    ws.write("server.toml", "port = 2\n");
+    let v1 = v1.to_string();
+    let push = ["push", "server", "server.toml", "--expect", &v1, "--waves", "1,100%", "--bake", "5s"];
+    let (mut driver, log) = spawn_fleet(&ws, &etcd, &push);
+    wait_until("the first wave to bake", || baking(&ws, &etcd));
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let baking = rollout_json(&ws, &etcd);
+    assert_eq!((baking["phase"].as_str(), baking["wave"].as_u64()), (Some("baking"), Some(0)), "{baking:#}");
+
+    let second = fleet(&ws, &etcd, &push);
+    assert_eq!(second.code(), 4, "{}{}", second.stdout(), second.stderr());
+    assert!(second.stderr().contains("a rollout of server is in progress (wave 1 of 2"), "{}", second.stderr());
+
+    let resumed = fleet(&ws, &etcd, &["rollout", "resume", "server"]);
+    let out = resumed.stdout();
+    assert_eq!(
+        resumed.code(),
+        0,
+        "{out}{}\nfirst driver: {}",
+        resumed.stderr(),
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    assert!(out.contains("resuming the rollout of server: wave 1/2 (1) baking"), "{out}");
+    assert!(out.contains("wave 2/2 (100%): 3 instances") && out.contains("done: server promoted"), "{out}");
+    let version = rollout_json(&ws, &etcd)["version"].as_u64().unwrap();
+    for id in ["web-1", "web-2", "web-3"] {
+        wait_row(&ws, &etcd, id, version, "SYNCED");
+    }
+}
+
+/// A gate that fails stops the rollout: push exits 1 with the reason, every
+/// instance is back on the stable version saying why, and what the gate
+/// printed is nowhere in etcd.
+#[test]
+fn a_failing_gate_stops_the_rollout_and_its_output_stays_out_of_etcd() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["", ""]);
+    ws.write("token.txt", "s3cr3t-t0ken\n");
+    ws.write("server.toml", "port = 2\n");
+    let v1s = v1.to_string();
+    let run = fleet(
+        &ws,
+        &etcd,
+        &[
+            "push",
+            "server",
+            "server.toml",
+            "--expect",
+            &v1s,
+            "--waves",
+            "1,100%",
+            "--bake",
+            "200ms",
+            "--gate",
+            "cat token.txt; exit 3",
+        ],
+    );
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    let reason = "the gate failed after wave 1: exit status: 3";
+    assert!(run.stderr().contains(&format!("the rollout of server stopped: {reason}")), "{}", run.stderr());
+    assert!(run.stderr().contains("gate stdout: s3cr3t-t0ken"), "shown to the operator: {}", run.stderr());
+    let state = rollout_json(&ws, &etcd);
+    assert_eq!((state["phase"].as_str(), state["settled"].as_bool()), (Some("stopped"), Some(true)));
+    for id in ["web-1", "web-2"] {
+        wait_row(&ws, &etcd, id, v1, "SYNCED");
+    }
+    let first = &state["instances"][0][0];
+    let row = wait_row(&ws, &etcd, first.as_str().unwrap(), v1, "SYNCED");
+    assert_eq!(row["error"], format!("rollout aborted: {reason}"));
+    let dump = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = etcd.client().await;
+        let all = client.get("", Some(etcd_client::GetOptions::new().with_all_keys())).await.unwrap();
+        all.kvs().iter().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()).collect::<Vec<_>>().join("\n")
+    });
+    assert!(!dump.contains("s3cr3t"), "the gate's output reached etcd");
+}
+
+/// `relive fleet rollout abort` from another process: the driving push
+/// exits 1 saying who aborted it, and the abort exits 0.
+#[test]
+fn rollout_abort_returns_the_instances_and_ends_the_driver() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["", ""]);
+    ws.write("server.toml", "port = 2\n");
+    let v1s = v1.to_string();
+    let (mut driver, log) = spawn_fleet(
+        &ws,
+        &etcd,
+        &["push", "server", "server.toml", "--expect", &v1s, "--waves", "1,100%", "--bake", "10m"],
+    );
+    wait_until("the first wave to bake", || baking(&ws, &etcd));
+    let status = fleet(&ws, &etcd, &["status", "server"]);
+    assert!(status.stderr().contains("rollout of server: wave 1/2 (1) baking"), "{}", status.stderr());
+    let abort = fleet(&ws, &etcd, &["rollout", "abort", "server"]);
+    assert_eq!(abort.code(), 0, "{}{}", abort.stdout(), abort.stderr());
+    assert!(abort.stdout().contains("aborted the rollout of server"), "{}", abort.stdout());
+    assert_eq!(exit_code(&mut driver, &log), 1);
+    let out = std::fs::read_to_string(log.path()).unwrap();
+    assert!(out.contains("the rollout of server was aborted: aborted by"), "{out}");
+    for id in ["web-1", "web-2"] {
+        wait_row(&ws, &etcd, id, v1, "SYNCED");
+    }
+    assert_eq!(rollout_json(&ws, &etcd)["phase"], "aborted");
+}

@@ -7,6 +7,9 @@
 //! cargo run --release -p relive-fleet --example fleet_bench -- --instances 1000
 //! cargo run --release -p relive-fleet --example fleet_bench -- --quick             # CI-sized: 10 instances, 20 versions
 //! cargo run --release -p relive-fleet --example fleet_bench -- --endpoint http://127.0.0.1:2379
+//! cargo run --release -p relive-fleet --example fleet_bench -- --cluster 3          # a 3-member cluster
+//! cargo run --release -p relive-fleet --example fleet_bench -- --tls                # mutual TLS and auth
+//! cargo run --release -p relive-fleet --example fleet_bench -- --compare-tls        # plaintext and TLS interleaved: the ratio
 //! ```
 //!
 //! Without `--endpoint` the bench starts its own etcd with the tests'
@@ -14,6 +17,17 @@
 //! 127.0.0.1 with free ports and a temporary data dir, its output in
 //! `etcd.1.log` there. Everything it writes is under a prefix of its own
 //! (`/fleet-bench-<pid>-<time>`), so an existing etcd can be used.
+//!
+//! `--cluster 3` starts a 3-member cluster on loopback instead (the tests'
+//! `Cluster`); instance `i` lists the members starting from member `i mod
+//! 3`, and so do the baselines' watchers. `--tls` serves clients over
+//! mutual TLS with authentication on: certificates made by the tests' `Pki`
+//! (`openssl`), every client (instances, baselines, the bench) with the
+//! certificate of user `root`. `--compare-tls` starts two etcds (or
+//! clusters), one plaintext and one over mutual TLS with auth, a fleet of
+//! N instances on each, and interleaves their rounds (relive only, no
+//! baselines), so both meet the same load; it prints both p50 and p99 and
+//! their ratio.
 //!
 //! # What runs
 //!
@@ -64,8 +78,8 @@ use std::time::{Duration, Instant, SystemTime};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::Etcd;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use common::{Cluster, Etcd, Pki};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchStream};
 use relive::{Format, HotReloadConfig, Polling, Workspace};
 use relive_fleet::layout::encode_config;
 use relive_fleet::{AckState, Boot, FleetSource, FleetSourceBuilder, Layout, SourceEvent, StatusRecord};
@@ -130,16 +144,22 @@ struct Args {
     boot_concurrency: usize,
     workspaces: Option<PathBuf>,
     history: bool,
+    /// Members of the etcd the bench starts: 1 or 3.
+    cluster: usize,
+    tls: bool,
+    compare_tls: bool,
 }
 
 const USAGE: &str = "usage: fleet_bench [--instances N] [--versions M] [--endpoint URL] [--inotify] \
-                     [--boot-concurrency K] [--workspaces DIR] [--no-history] [--quick]";
+                     [--boot-concurrency K] [--workspaces DIR] [--no-history] [--quick] [--cluster 1|3] \
+                     [--tls | --compare-tls]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut instances, mut versions, mut endpoint, mut inotify, mut quick, mut boot) =
         (None, None, None, false, false, 100);
     let (mut workspaces, mut history) = (None, true);
+    let (mut cluster, mut tls, mut compare_tls) = (1, false, false);
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{flag} takes a positive number, not `{v}`"))
@@ -158,6 +178,14 @@ fn parse_args() -> Result<Args, String> {
             "--inotify" => inotify = true,
             "--no-history" => history = false,
             "--quick" => quick = true,
+            "--cluster" => {
+                cluster = number("--cluster", args.next())?;
+                if cluster != 1 && cluster != 3 {
+                    return Err(format!("--cluster takes 1 or 3, not {cluster}"));
+                }
+            }
+            "--tls" => tls = true,
+            "--compare-tls" => compare_tls = true,
             // `cargo bench` passes it to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
@@ -176,6 +204,15 @@ fn parse_args() -> Result<Args, String> {
         boot_concurrency: boot,
         workspaces,
         history,
+        cluster,
+        tls,
+        compare_tls,
+    })
+    .and_then(|a: Args| {
+        if a.endpoint.is_some() && (a.tls || a.compare_tls || a.cluster != 1) {
+            return Err("--tls, --compare-tls and --cluster start the bench's own etcd: not with --endpoint".into());
+        }
+        Ok(a)
     })
 }
 
@@ -188,27 +225,235 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(args).await {
+    let result = if args.compare_tls { compare_tls(&args).await } else { run(&args, args.tls).await.map(drop) };
+    if let Err(e) = result {
         eprintln!("fleet_bench: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// Relive's publish → applied + acked, plaintext against mutual TLS with
+/// auth, in one run: two etcds (or clusters), a fleet of N instances on
+/// each, and the rounds interleaved (plaintext first in even rounds, TLS
+/// first in odd ones), so both sides meet the same load on this shared
+/// machine. Then p50 and p99 side by side.
+async fn compare_tls(args: &Args) -> Result<(), String> {
+    let n = args.instances;
+    let members = if args.cluster == 3 { "a 3-member cluster each" } else { "one etcd each" };
+    println!(
+        "fleet_bench --compare-tls: {n} instances on each side, {} rounds (+{} warm-up), {members}",
+        args.versions, args.warmup
+    );
+    println!("load average before: {}", loadavg());
+    let mut sides = Vec::new();
+    for tls in [false, true] {
+        sides.push(Side::start(args, tls).await?);
+    }
+    let mut times: [Vec<Duration>; 2] = Default::default();
+    let total = args.warmup + args.versions;
+    for round in 0..total {
+        for k in 0..2 {
+            let side = (round + k) % 2;
+            let started = Instant::now();
+            let done = sides[side].round(round as u64 + 1).await?;
+            if round >= args.warmup {
+                times[side].push(done - started);
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(2000 + (round as u64 * 7919) % 3000)).await;
+    }
+    println!("load average after: {}", loadavg());
+    for side in sides {
+        side.stop().await?;
+    }
+    let [plain, tls] = times.map(Summary::of);
+    println!();
+    println!("TLS against plaintext, same run, interleaved: publish → {n} instances applied + acked, {members}");
+    println!("{:<34} {:>9} {:>9} {:>9}", "(ms)", "p50", "p99", "max");
+    println!("{:<34} {:>9.2} {:>9.2} {:>9.2}", "plaintext", ms(plain.p50), ms(plain.p99), ms(plain.max));
+    println!("{:<34} {:>9.2} {:>9.2} {:>9.2}", "mutual TLS + auth", ms(tls.p50), ms(tls.p99), ms(tls.max));
+    let (r50, r99) = (ratio(tls.p50, plain.p50), ratio(tls.p99, plain.p99));
+    println!("{:<34} {:>8.2}× {:>8.2}×", "TLS / plaintext", r50, r99);
+    println!(
+        "target: TLS adds ≤ 20% at p99: {} ({:+.0}%)",
+        if r99 <= 1.2 { "met" } else { "missed" },
+        (r99 - 1.0) * 100.0
+    );
+    Ok(())
+}
+
+/// One side of `--compare-tls`: an etcd, a fleet on it, and one watch on
+/// its acknowledgements.
+struct Side {
+    _server: Server,
+    client: Client,
+    config_key: String,
+    layout: Layout,
+    acks: AckCounter,
+    fleet: Vec<Instance>,
+    n: usize,
+    _root: tempfile::TempDir,
+}
+
+impl Side {
+    async fn start(args: &Args, tls: bool) -> Result<Side, String> {
+        let server = Server::start(args, tls).await;
+        let conn = server.conn.clone();
+        let mut client = conn.client(0).await?;
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let prefix = format!("fleet-bench-{}-{stamp}", std::process::id());
+        let layout = Layout::new(&prefix).map_err(|e| e.to_string())?;
+        let config_key = layout.config_key(CONFIG).map_err(|e| e.to_string())?;
+        let n = args.instances;
+        let mut acks = AckCounter::start(&mut client, &layout.instances_prefix(), n, {
+            let layout = layout.clone();
+            move |key, value| relive_ack(&layout, key, value)
+        })
+        .await?;
+        let first = put(&mut client, &config_key, document(0)).await?;
+        let root = tempfile::Builder::new()
+            .prefix("relive-fleet-bench")
+            .tempdir()
+            .map_err(|e| format!("cannot create the instances' directory: {e}"))?;
+        let fleet = boot_fleet(&conn, &prefix, root.path(), args).await?;
+        acks.wait(first, ACK_TIMEOUT).await.map_err(|e| format!("boot: {e}"))?;
+        println!(
+            "{}: {n} instances booted at {}",
+            if tls { "mutual TLS + auth" } else { "plaintext" },
+            conn.endpoints.join(",")
+        );
+        Ok(Side { _server: server, client, config_key, layout, acks, fleet, n, _root: root })
+    }
+
+    /// Publishes document `doc`; returns when every instance acknowledged it.
+    async fn round(&mut self, doc: u64) -> Result<Instant, String> {
+        let v = put(&mut self.client, &self.config_key, document(doc)).await?;
+        self.acks.wait(v, ACK_TIMEOUT).await.map_err(|e| fleet_failure(e, &self.layout, self.n, v))
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for mut i in self.fleet {
+            while let Ok(event) = i.events.try_recv() {
+                if let SourceEvent::Rejected { version, error, .. } = event {
+                    problems.push(format!("{} rejected version {version}: {error}", i.id));
+                }
+            }
+            i.source.shutdown().await;
+            drop(i.ws);
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+    }
+}
+
+/// The etcd the bench talks to, and how.
+#[derive(Clone)]
+struct Conn {
+    endpoints: Vec<String>,
+    /// Mutual TLS with user `root`'s certificate.
+    pki: Option<Pki>,
+}
+
+impl Conn {
+    /// The endpoints starting from member `i mod n`: clients spread over
+    /// the members.
+    fn rotated(&self, i: usize) -> Vec<String> {
+        let mut endpoints = self.endpoints.clone();
+        let len = endpoints.len();
+        endpoints.rotate_left(i % len);
+        endpoints
+    }
+
+    fn options(&self) -> Option<ConnectOptions> {
+        self.pki.as_ref().map(|pki| ConnectOptions::new().with_tls(pki.tls_options("root")))
+    }
+
+    async fn client(&self, i: usize) -> Result<Client, String> {
+        let endpoints = self.rotated(i);
+        Client::connect(&endpoints, self.options())
+            .await
+            .map_err(|e| format!("cannot connect to etcd at {}: {e}", endpoints.join(",")))
+    }
+
+    fn source(&self, i: usize, prefix: &str) -> Result<FleetSourceBuilder, relive_fleet::Error> {
+        let endpoints = self.rotated(i);
+        let mut source = FleetSourceBuilder::new(endpoints[0].clone(), prefix)?;
+        for e in &endpoints[1..] {
+            source = source.endpoint(e.clone());
+        }
+        if let Some(pki) = &self.pki {
+            let (crt, key) = pki.client("root");
+            source = source.ca_certificate(pki.ca()).client_certificate(crt, key);
+        }
+        Ok(source)
+    }
+}
+
+/// The etcd processes the bench started, if it did.
+struct Server {
+    conn: Conn,
+    single: Option<Etcd>,
+    cluster: Option<Cluster>,
+}
+
+impl Server {
+    /// The tests' etcd harness: it waits until etcd is healthy, and panics
+    /// with etcd's log if it does not start.
+    async fn start(args: &Args, tls: bool) -> Server {
+        let pki = tls.then(Pki::new);
+        if let Some(endpoint) = &args.endpoint {
+            return Server { conn: Conn { endpoints: vec![endpoint.clone()], pki }, single: None, cluster: None };
+        }
+        if args.cluster == 3 {
+            let cluster = Cluster::start_with(pki.as_ref(), &BENCH_ETCD_FLAGS);
+            if tls {
+                cluster.enable_auth().await;
+            }
+            let conn = Conn { endpoints: cluster.endpoints(), pki };
+            return Server { conn, single: None, cluster: Some(cluster) };
+        }
+        let etcd = match &pki {
+            Some(pki) => Etcd::start_tls(pki, &BENCH_ETCD_FLAGS),
+            None => Etcd::start_with(&BENCH_ETCD_FLAGS),
+        };
+        if tls {
+            etcd.enable_auth().await;
+        }
+        Server { conn: Conn { endpoints: vec![etcd.endpoint()], pki }, single: Some(etcd), cluster: None }
+    }
+
+    fn started(&self) -> bool {
+        self.single.is_some() || self.cluster.is_some()
+    }
+
+    fn flags(&self) -> Option<Vec<String>> {
+        match (&self.single, &self.cluster) {
+            (Some(etcd), _) => Some(etcd.flags()),
+            (_, Some(cluster)) => Some(cluster.flags(0)),
+            _ => None,
+        }
+    }
+
+    /// The etcd processes' ids.
+    fn pids(&self) -> Vec<String> {
+        let pids = match (&self.single, &self.cluster) {
+            (Some(etcd), _) => etcd.pid().into_iter().collect(),
+            (_, Some(cluster)) => cluster.pids(),
+            _ => Vec::new(),
+        };
+        pids.iter().map(u32::to_string).collect()
+    }
+}
+
+/// Runs the bench once; returns relive's times.
+async fn run(args: &Args, tls: bool) -> Result<Summary, String> {
     let n = args.instances;
     let load_before = loadavg();
     let idle = ProcStats::of("self");
-    // The tests' etcd harness: it waits until etcd is healthy, and panics
-    // with etcd's log if it does not start.
-    let etcd_process = args.endpoint.is_none().then(|| Etcd::start_with(&BENCH_ETCD_FLAGS));
-    let endpoint = match (&args.endpoint, &etcd_process) {
-        (Some(e), _) => e.clone(),
-        (None, Some(p)) => p.endpoint(),
-        (None, None) => unreachable!("started above"),
-    };
-    let mut client = Client::connect([endpoint.as_str()], None)
-        .await
-        .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?;
+    let server = Server::start(args, tls).await;
+    let conn = server.conn.clone();
+    let endpoint = conn.endpoints.join(",");
+    let mut client = conn.client(0).await?;
     let etcd_version = client
         .status()
         .await
@@ -222,13 +467,15 @@ async fn run(args: Args) -> Result<(), String> {
     let raw = format!("/{prefix}-raw");
 
     println!(
-        "fleet_bench: {n} instances, {} versions (+{} warm-up), etcd {etcd_version} at {endpoint} ({})",
+        "fleet_bench: {n} instances, {} versions (+{} warm-up), etcd {etcd_version} at {endpoint} ({}{}{})",
         args.versions,
         args.warmup,
-        if etcd_process.is_some() { "started by the bench" } else { "given" }
+        if server.started() { "started by the bench" } else { "given" },
+        if server.cluster.is_some() { ", 3 members" } else { "" },
+        if tls { ", mutual TLS + auth" } else { ", plaintext" }
     );
-    if let Some(p) = &etcd_process {
-        println!("etcd flags: {}", p.flags().join(" "));
+    if let Some(flags) = server.flags() {
+        println!("etcd flags: {}", flags.join(" "));
     }
     println!(
         "instances: engines {}, history {}, workspaces in {}",
@@ -254,7 +501,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     .map_err(|e| format!("cannot create the instances' directory: {e}"))?;
     let boot_started = Instant::now();
-    let fleet = boot_fleet(&endpoint, &prefix, root.path(), &args).await?;
+    let fleet = boot_fleet(&conn, &prefix, root.path(), args).await?;
     let all_started = boot_started.elapsed();
     let all_acked = fleet_acks.wait(first, ACK_TIMEOUT).await.map_err(|e| format!("boot: {e}"))? - boot_started;
     let cache_boots = fleet.iter().filter(|i| matches!(i.source.boot(), Boot::Cache { .. })).count();
@@ -272,14 +519,14 @@ async fn run(args: Args) -> Result<(), String> {
     );
 
     // The plain etcd watchers of the baselines.
-    let mut raw_one = RawWatchers::start(&endpoint, &format!("{raw}/one/"), &format!("{raw}/acks/"), 1).await?;
-    let mut raw_fan = RawWatchers::start(&endpoint, &format!("{raw}/fan/"), &format!("{raw}/acks/"), n).await?;
+    let mut raw_one = RawWatchers::start(&conn, &format!("{raw}/one/"), &format!("{raw}/acks/"), 1).await?;
+    let mut raw_fan = RawWatchers::start(&conn, &format!("{raw}/fan/"), &format!("{raw}/acks/"), n).await?;
     let mut raw_acks = AckCounter::start(&mut client, &format!("{raw}/acks/"), n, raw_ack).await?;
     let with_watchers = ProcStats::of("self");
 
     let mut times: [Vec<Duration>; 4] = Default::default();
-    let etcd_pid = etcd_process.as_ref().and_then(Etcd::pid).map(|pid| pid.to_string());
-    let mut cpu = CpuMeter::new(etcd_pid.clone());
+    let etcd_pids = server.pids();
+    let mut cpu = CpuMeter::new(etcd_pids.clone());
     let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ stamp as u64;
     let total = args.warmup + args.versions;
     let rounds_started = Instant::now();
@@ -337,7 +584,7 @@ async fn run(args: Args) -> Result<(), String> {
     let names = ["relive instances", "1 raw watcher", "N raw watchers", "N raw watchers acked"];
     for (kind, name) in names.iter().enumerate() {
         let (own, etcd) = cpu.used[kind];
-        let etcd = if etcd_pid.is_some() { format!("{:.2}", per_round(etcd)) } else { "?".into() };
+        let etcd = if !etcd_pids.is_empty() { format!("{:.2}", per_round(etcd)) } else { "?".into() };
         println!("  {name:<22} {:>7.2} + {etcd}", per_round(own));
     }
     println!(
@@ -352,8 +599,8 @@ async fn run(args: Args) -> Result<(), String> {
     println!("              {with_fleet} with {n} instances");
     println!("              {with_watchers} with {n} + 1 raw watchers too");
     println!("per instance: {}", with_fleet.per(&idle, n));
-    if let Some(p) = &etcd_process {
-        println!("etcd:         {}", ProcStats::of(&p.pid().map(|pid| pid.to_string()).unwrap_or_default()));
+    for pid in &etcd_pids {
+        println!("etcd:         {}", ProcStats::of(pid));
     }
     if let Ok(status) = client.status().await {
         let revision = status.header().map_or(0, |h| h.revision());
@@ -400,7 +647,7 @@ async fn run(args: Args) -> Result<(), String> {
     if !problems.is_empty() {
         return Err(problems.join("\n"));
     }
-    Ok(())
+    Ok(relive)
 }
 
 fn fleet_failure(e: String, layout: &Layout, n: usize, version: u64) -> String {
@@ -430,16 +677,16 @@ struct Engine {
     history: bool,
 }
 
-async fn boot_fleet(endpoint: &str, prefix: &str, root: &Path, args: &Args) -> Result<Vec<Instance>, String> {
+async fn boot_fleet(conn: &Conn, prefix: &str, root: &Path, args: &Args) -> Result<Vec<Instance>, String> {
     let limit = Arc::new(Semaphore::new(args.boot_concurrency));
     let mut tasks = Vec::with_capacity(args.instances);
     for i in 0..args.instances {
-        let (endpoint, prefix, dir, limit) =
-            (endpoint.to_string(), prefix.to_string(), root.join(format!("i{i:04}")), limit.clone());
+        let (conn, prefix, dir, limit) =
+            (conn.clone(), prefix.to_string(), root.join(format!("i{i:04}")), limit.clone());
         let settings = Engine { inotify: args.inotify, history: args.history };
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.map_err(|e| e.to_string())?;
-            boot_instance(&endpoint, &prefix, &dir, format!("i{i:04}"), settings).await
+            boot_instance(&conn, i, &prefix, &dir, settings).await
         }));
     }
     let mut fleet = Vec::with_capacity(tasks.len());
@@ -449,13 +696,8 @@ async fn boot_fleet(endpoint: &str, prefix: &str, root: &Path, args: &Args) -> R
     Ok(fleet)
 }
 
-async fn boot_instance(
-    endpoint: &str,
-    prefix: &str,
-    dir: &Path,
-    id: String,
-    settings: Engine,
-) -> Result<Instance, String> {
+async fn boot_instance(conn: &Conn, i: usize, prefix: &str, dir: &Path, settings: Engine) -> Result<Instance, String> {
+    let id = format!("i{i:04}");
     let failed = |what: &str, e: &dyn std::fmt::Display| format!("instance {id}: {what}: {e}");
     std::fs::create_dir_all(dir.join("config")).map_err(|e| failed(&format!("create {}", dir.display()), &e))?;
     let ws = Workspace::new(dir);
@@ -471,7 +713,8 @@ async fn boot_instance(
         ""
     };
     ws.start_hot_reload_with_config(engine).await.map_err(|e| failed(&format!("start the engine{hint}"), &e))?;
-    let source = FleetSourceBuilder::new(endpoint, prefix)
+    let source = conn
+        .source(i, prefix)
         .and_then(|s| s.instance(id.clone()))
         .map_err(|e| failed("settings", &e))?
         .host("fleet-bench")
@@ -618,12 +861,10 @@ struct RawWatchers {
 }
 
 impl RawWatchers {
-    async fn start(endpoint: &str, prefix: &str, acks: &str, n: usize) -> Result<RawWatchers, String> {
+    async fn start(conn: &Conn, prefix: &str, acks: &str, n: usize) -> Result<RawWatchers, String> {
         let (tx, rx) = mpsc::unbounded_channel();
         for i in 0..n {
-            let mut client = Client::connect([endpoint], None)
-                .await
-                .map_err(|e| format!("raw watcher {i}: cannot connect to {endpoint}: {e}"))?;
+            let mut client = conn.client(i).await.map_err(|e| format!("raw watcher {i}: {e}"))?;
             let mut watch = open_watch(&mut client, prefix).await?;
             let (tx, ack_key) = (tx.clone(), format!("{acks}w{i:04}"));
             tokio::spawn(async move {
@@ -691,7 +932,8 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 /// measured from its put until the next measurement starts, so trailing
 /// work (history records, cache writes) counts too.
 struct CpuMeter {
-    etcd: Option<String>,
+    /// etcd's processes (one per member).
+    etcd: Vec<String>,
     /// Ticks (this process, etcd) used by each kind of round.
     used: [(u64, u64); 4],
     since: (u64, u64),
@@ -699,14 +941,14 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn new(etcd: Option<String>) -> CpuMeter {
+    fn new(etcd: Vec<String>) -> CpuMeter {
         let mut meter = CpuMeter { etcd, used: [(0, 0); 4], since: (0, 0), kind: 0 };
         meter.since = meter.now();
         meter
     }
 
     fn now(&self) -> (u64, u64) {
-        (cpu_ticks("self"), self.etcd.as_deref().map_or(0, cpu_ticks))
+        (cpu_ticks("self"), self.etcd.iter().map(|pid| cpu_ticks(pid)).sum())
     }
 
     /// Ends the current window (charging it to its kind if `charge`) and

@@ -16,7 +16,10 @@ use tokio::time::timeout;
 use crate::Error;
 use crate::connect::Connection;
 use crate::draft::Draft;
-use crate::layout::{Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, with_author};
+use crate::layout::{
+    Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, push_id, with_author,
+    with_author_and_push,
+};
 use crate::status::FleetStatus;
 
 /// Settings of an operator's connection to a fleet;
@@ -219,6 +222,9 @@ pub struct ConfigVersion {
     /// Who wrote it (`alice@laptop`), as its author line says; `None` for
     /// a value written without one (with `etcdctl`).
     pub by: Option<String>,
+    /// The id of the push that wrote it, from its `# relive-push:` line;
+    /// `None` for a value written otherwise (a promote, `etcdctl`).
+    pub push: Option<String>,
     /// The value as stored: header and document.
     #[serde(skip)]
     pub value: Vec<u8>,
@@ -232,6 +238,7 @@ impl ConfigVersion {
             format: decoded.map(|(f, _)| f.name().to_string()),
             size: decoded.map_or(kv.value().len(), |(_, d)| d.len()),
             by: config_author(kv.value()),
+            push: push_id(kv.value()),
             value: kv.value().to_vec(),
         }
     }
@@ -312,12 +319,97 @@ impl Fleet {
         self.refuse_during_canary(name, &snap)?;
         let previous = snap.version();
         let expected = self.expected(name, &snap, expect)?;
-        let value = with_author(&value, &self.operator);
+        let push = new_push_id();
+        let value = with_author_and_push(&value, &self.operator, &push);
         if snap.config.as_ref().is_some_and(|kv| same_document(kv.value(), &value)) {
             return Ok(Pushed { config: name.to_string(), version: expected, previous, unchanged: true });
         }
-        let version = self.put_if(name, &snap, expected, snap.key.clone(), value, "publish").await?;
+        let version = self.publish_once(name, &snap, expected, value, &push).await?;
         Ok(Pushed { config: name.to_string(), version, previous, unchanged: false })
+    }
+
+    /// Puts `value`, which carries push id `push`, at config `name`'s key
+    /// if the config is still at `expected` and has no canary; returns the
+    /// version that holds it.
+    ///
+    /// When an answer is lost (no answer in time, a broken connection, a
+    /// leader that changed or died while the write was in flight) the write
+    /// may or may not have been committed. The transaction is then sent
+    /// again, for up to three request timeouts: its compare-and-set makes a
+    /// second commit impossible, and when the compare fails the key is read
+    /// back: a version carrying `push` is this push's, and is its answer.
+    /// So a push is one version, and never a conflict with itself.
+    async fn publish_once(
+        &self,
+        name: &str,
+        snap: &Snapshot,
+        expected: u64,
+        value: Vec<u8>,
+        push: &str,
+    ) -> Result<u64, Error> {
+        let txn = put_if_txn(snap, expected, snap.key.clone(), value);
+        let limit = self.opts.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit * 3;
+        let mut delay = Duration::from_millis(50);
+        let mut lost = false;
+        loop {
+            match bounded(limit, crate::kv(&self.client).txn(txn.clone())).await {
+                Ok(resp) if resp.succeeded() => return Ok(revision(resp.header())),
+                Ok(resp) => {
+                    let now = self.snapshot_from(snap, &resp);
+                    if lost {
+                        if let Some(version) = self.landed(&now, expected, push).await? {
+                            tracing::info!(config = name, version, push, "an earlier attempt of this push landed");
+                            return Ok(version);
+                        }
+                    }
+                    self.refuse_during_canary(name, &now)?;
+                    return Err(self.conflict(name, &now, expected));
+                }
+                Err(e) if e.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(config = name, error = %e, ?delay, push, "the answer to a push was lost; sending it again");
+                    lost = true;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    let error = self.opts.etcd(format!("publish {}", snap.key), e);
+                    return Err(match error {
+                        Error::Etcd { endpoints, action, message } if lost => Error::Etcd {
+                            endpoints,
+                            action,
+                            message: format!(
+                                "{message} (an earlier attempt's answer was lost: it may have landed; \
+                                 the version it wrote carries `# relive-push: {push}`)"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The version of config `snap.key` that push `push` wrote, if it is
+    /// among the versions after `expected`: `now` holds the key as the
+    /// failed compare found it, and the versions before it are read back
+    /// to `expected` (a few at most: one push's write follows `expected`
+    /// directly).
+    async fn landed(&self, now: &Snapshot, expected: u64, push: &str) -> Result<Option<u64>, Error> {
+        let mut next = now.config.clone();
+        for _ in 0..64 {
+            let Some(kv) = next.take() else { return Ok(None) };
+            if push_id(kv.value()).as_deref() == Some(push) {
+                return Ok(Some(kv.mod_revision() as u64));
+            }
+            if kv.mod_revision() as u64 <= expected || kv.version() <= 1 {
+                return Ok(None);
+            }
+            let before = GetOptions::new().with_revision(kv.mod_revision() - 1);
+            next =
+                self.get(&now.key, Some(before)).await.map_err(|e| self.opts.etcd(format!("read {}", now.key), e))?;
+        }
+        Ok(None)
     }
 
     /// Puts `value` at `key` in one transaction, if config `name` is still
@@ -332,18 +424,7 @@ impl Fleet {
         value: Vec<u8>,
         action: &str,
     ) -> Result<u64, Error> {
-        let txn = Txn::new()
-            .when(vec![
-                if expected == 0 {
-                    Compare::create_revision(snap.key.clone(), CompareOp::Equal, 0)
-                } else {
-                    Compare::mod_revision(snap.key.clone(), CompareOp::Equal, expected as i64)
-                },
-                Compare::create_revision(snap.canary_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then(vec![TxnOp::put(key, value, None)])
-            .or_else(vec![TxnOp::get(snap.key.clone(), None), TxnOp::get(snap.canary_key.clone(), None)]);
-        let resp = self.txn(action, txn).await?;
+        let resp = self.txn(action, put_if_txn(snap, expected, key, value)).await?;
         if !resp.succeeded() {
             let now = self.snapshot_from(snap, &resp);
             self.refuse_during_canary(name, &now)?;
@@ -422,6 +503,8 @@ impl Fleet {
             },
             by: self.operator.clone(),
             at: now(),
+            aborted: None,
+            returning: Vec::new(),
         };
         let key = snap.canary_key.clone();
         let version = self.put_if(name, &snap, base, key, record.to_json(), "start the canary").await?;
@@ -569,7 +652,7 @@ impl Fleet {
             prefix(layout.canary_prefix(), false),
             prefix(layout.instances_prefix(), false),
         ]);
-        let resp = self.txn("read the fleet's status", txn).await?;
+        let resp = self.read_txn("read the fleet's status", txn).await?;
         let gets: Vec<Vec<KeyValue>> = resp
             .op_responses()
             .into_iter()
@@ -677,6 +760,26 @@ impl Fleet {
         Ok(resp.kvs().first().cloned())
     }
 
+    /// A transaction that only reads, sent again while etcd fails in a way
+    /// that passes (a leader lost or changing, a member gone), for up to
+    /// three request timeouts: an operator's command rides out an election.
+    async fn read_txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
+        let limit = self.opts.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit * 3;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match bounded(limit, crate::kv(&self.client).txn(txn.clone())).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::debug!(action, error = %e, ?delay, "etcd failed a read; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(self.opts.etcd(action, e)),
+            }
+        }
+    }
+
     async fn txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
         bounded(self.opts.request_timeout, crate::kv(&self.client).txn(txn))
             .await
@@ -688,7 +791,7 @@ impl Fleet {
         let key = self.opts.layout.config_key(name)?;
         let canary_key = self.opts.layout.canary_key(name)?;
         let txn = Txn::new().and_then(vec![TxnOp::get(key.clone(), None), TxnOp::get(canary_key.clone(), None)]);
-        let resp = self.txn(&format!("read {key}"), txn).await?;
+        let resp = self.read_txn(&format!("read {key}"), txn).await?;
         let empty = Snapshot { key, canary_key, config: None, canary: None };
         Ok(self.snapshot_from(&empty, &resp))
     }
@@ -735,6 +838,44 @@ impl Fleet {
     }
 }
 
+/// The transaction that puts `value` at `key` if config `snap.key` is at
+/// `expected` (0: does not exist) and has no canary; otherwise it reads
+/// both keys.
+fn put_if_txn(snap: &Snapshot, expected: u64, key: String, value: Vec<u8>) -> Txn {
+    Txn::new()
+        .when(vec![
+            if expected == 0 {
+                Compare::create_revision(snap.key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(snap.key.clone(), CompareOp::Equal, expected as i64)
+            },
+            Compare::create_revision(snap.canary_key.clone(), CompareOp::Equal, 0),
+        ])
+        .and_then(vec![TxnOp::put(key, value, None)])
+        .or_else(vec![TxnOp::get(snap.key.clone(), None), TxnOp::get(snap.canary_key.clone(), None)])
+}
+
+/// A new push id: 32 hex digits, unique to one push (not a secret).
+///
+/// std's `RandomState` is seeded from the operating system's randomness
+/// once per thread and moved on for every new one; hashing the time, the
+/// process and a counter with two of them gives 128 bits no other push,
+/// here or on another machine, will have.
+fn new_push_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_u64(count);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
+
 /// The canary instances for `percent` of `alive`: `ceil(n × percent /
 /// 100)` of them, at least one, sorted.
 ///
@@ -752,7 +893,7 @@ pub fn choose_canaries(config: &str, alive: &[String], percent: u8) -> Vec<Strin
     chosen
 }
 
-fn fnv1a(config: &str, id: &str) -> u64 {
+pub(crate) fn fnv1a(config: &str, id: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in config.as_bytes().iter().chain(b"\0").chain(id.as_bytes()) {
         hash ^= u64::from(b);
@@ -763,7 +904,7 @@ fn fnv1a(config: &str, id: &str) -> u64 {
 
 /// Whether two stored values hold the same format and document, whoever
 /// wrote them.
-fn same_document(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_document(a: &[u8], b: &[u8]) -> bool {
     match (decode_config(a), decode_config(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
@@ -782,6 +923,26 @@ pub(crate) fn now() -> String {
 enum Failed {
     Etcd(etcd_client::Error),
     Timeout(Duration),
+}
+
+impl Failed {
+    /// Whether the request may have been carried out although it failed:
+    /// no answer in time, a broken connection, or etcd's "leader changed"
+    /// and "request timed out" (both `Unavailable`).
+    fn unknown_outcome(&self) -> bool {
+        match self {
+            Failed::Timeout(_) => true,
+            Failed::Etcd(etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)) => true,
+            Failed::Etcd(etcd_client::Error::GRpcStatus(status)) => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+            ),
+            Failed::Etcd(_) => false,
+        }
+    }
 }
 
 impl std::fmt::Display for Failed {

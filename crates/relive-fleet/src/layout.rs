@@ -8,6 +8,7 @@
 //! | `/<prefix>/configs/<name>` | a format header line, then the config document's bytes |
 //! | `/<prefix>/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, as JSON, attached to the instance's lease |
 //! | `/<prefix>/canary/<name>` | a [`Canary`] of that config in progress, as JSON: the canary document and the instances it goes to |
+//! | `/<prefix>/rollout/<name>` | the [`Rollout`](crate::Rollout) of that config, as JSON: its plan, wave, instances and phase (the last one stays after it ends) |
 //!
 //! A config's version is the `mod_revision` of its key: etcd numbers every
 //! write, so two versions never share a number and later ones are greater.
@@ -19,7 +20,11 @@
 //! always change together, in one revision. relive strips the header before
 //! parsing, so errors point at the document's own lines. A second header
 //! line, `# relive-by: alice@laptop` ([`AUTHOR_HEADER`]), says who wrote the
-//! version; operators' writes add it, a value put by hand may lack it.
+//! version; operators' writes add it, a value put by hand may lack it. A
+//! push adds a third, `# relive-push: <32 hex digits>` ([`PUSH_HEADER`]):
+//! an id unique to that push, by which a push whose answer was lost finds
+//! the version it wrote (one push is one version, however often it sends
+//! its transaction).
 //!
 //! The etcd roles of a fleet ([`Layout::role_name`]) follow this layout:
 //! operators read and write `configs/`, `canary/` and `rollout/` and read
@@ -45,7 +50,12 @@
 //! both, and every instance's acknowledgements stay out of every other
 //! instance's watch.
 //!
-//! The name `rollout/` under the prefix is reserved.
+//! A progressive rollout keeps its state in `/<prefix>/rollout/<name>`,
+//! outside the instances' range: it is the operator's, and every step of
+//! it is one transaction that compares that key's `mod_revision` with the
+//! one the step read, so two drivers never both advance it.
+
+use std::collections::BTreeMap;
 
 use relive::Format;
 use serde::{Deserialize, Serialize};
@@ -131,6 +141,18 @@ impl Layout {
         // `/p/canary/` < `/p/configs/` < `/p/configs0` (`0` follows `/`)
         // < `/p/instances/`.
         (self.canary_prefix(), format!("{}/configs0", self.prefix))
+    }
+
+    /// `/<prefix>/rollout/`: every rollout key starts with it.
+    pub fn rollout_prefix(&self) -> String {
+        format!("{}/rollout/", self.prefix)
+    }
+
+    /// `/<prefix>/rollout/<name>`: the progressive rollout of config `name`
+    /// (in progress, or the last one, ended).
+    pub fn rollout_key(&self, name: &str) -> Result<String, InvalidName> {
+        check_config_name(name)?;
+        Ok(format!("{}{name}", self.rollout_prefix()))
     }
 
     /// `/<prefix>/instances/`: every status key starts with it.
@@ -239,16 +261,59 @@ pub fn with_author(value: &[u8], by: &str) -> Vec<u8> {
     out
 }
 
+/// The first bytes of the optional third header line: the push that wrote
+/// the version (`# relive-push: 9f86d081884c7d65...`, 32 hex digits), unique
+/// to one call of `Fleet::push` or `Fleet::rollback` however often it sends
+/// its transaction. A push whose answer was lost reads the key back and
+/// knows its own version by it, so it neither writes a second version nor
+/// reports a conflict with itself.
+pub const PUSH_HEADER: &str = "# relive-push: ";
+
+/// `value` (a stored config value) with its header set to: the format
+/// line, `# relive-by: <by>` (control characters dropped), `# relive-push:
+/// <push>` (ASCII letters and digits only), then the document. A value
+/// without a format header is returned as it is.
+pub fn with_author_and_push(value: &[u8], by: &str, push: &str) -> Vec<u8> {
+    let Ok((format, document)) = decode_config(value) else { return value.to_vec() };
+    let push: String = push.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let header = with_author(&encode_config(format, b""), by);
+    let mut out = Vec::with_capacity(header.len() + PUSH_HEADER.len() + push.len() + 1 + document.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(PUSH_HEADER.as_bytes());
+    out.extend_from_slice(push.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(document);
+    out
+}
+
+/// The header line of a stored config value that starts with `prefix`
+/// (after the format line), without the prefix.
+fn header_line<'v>(value: &'v [u8], prefix: &str) -> Option<&'v [u8]> {
+    let rest = value.strip_prefix(FORMAT_HEADER.as_bytes())?;
+    let mut rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
+    while let Some(kind) = [AUTHOR_HEADER, PUSH_HEADER].into_iter().find(|h| rest.starts_with(h.as_bytes())) {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        if kind == prefix {
+            return Some(&rest[kind.len()..end]);
+        }
+        rest = &rest[(end + 1).min(rest.len())..];
+    }
+    None
+}
+
 /// Who wrote a stored config value, from its author line, if it has one
 /// (a value put with `etcdctl` has none).
 pub fn config_author(value: &[u8]) -> Option<String> {
-    let rest = value.strip_prefix(FORMAT_HEADER.as_bytes())?;
-    let rest = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
-    let line = rest.strip_prefix(AUTHOR_HEADER.as_bytes())?;
-    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = header_line(value, AUTHOR_HEADER)?;
     // Anyone who may write the key may write this line: no control
     // characters reach a terminal from it.
     Some(String::from_utf8_lossy(line).chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
+}
+
+/// The push id of a stored config value ([`PUSH_HEADER`]), if it has one.
+pub fn push_id(value: &[u8]) -> Option<String> {
+    let line = header_line(value, PUSH_HEADER)?;
+    Some(String::from_utf8_lossy(line).trim().to_string())
 }
 
 /// Splits a stored config value into its format and its document's bytes
@@ -281,11 +346,12 @@ pub fn decode_config(value: &[u8]) -> Result<(Format, &[u8]), String> {
             ));
         }
     };
-    // The author line is part of the header: the document starts after it.
-    let document = match document.strip_prefix(AUTHOR_HEADER.as_bytes()) {
-        Some(line) => line.iter().position(|&b| b == b'\n').map_or(&[][..], |end| &line[end + 1..]),
-        None => document,
-    };
+    // The author and push lines are part of the header: the document
+    // starts after them.
+    let mut document = document;
+    while let Some(line) = [AUTHOR_HEADER, PUSH_HEADER].iter().find_map(|h| document.strip_prefix(h.as_bytes())) {
+        document = line.iter().position(|&b| b == b'\n').map_or(&[][..], |end| &line[end + 1..]);
+    }
     Ok((format, document))
 }
 
@@ -309,6 +375,10 @@ pub struct StatusRecord {
     pub error: Option<String>,
     /// When, in RFC 3339 (UTC).
     pub at: String,
+    /// The instance's labels (`zone=a`), which a rollout's waves can
+    /// select by ([`FleetSourceBuilder::label`](crate::FleetSourceBuilder::label)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Whether an instance applied or rejected a version.
@@ -360,6 +430,15 @@ pub struct Canary {
     pub by: String,
     /// When, in RFC 3339 (UTC).
     pub at: String,
+    /// Set when a rollout stopped: why. The canary then goes to no
+    /// instance ([`instances`](Canary::instances) is empty) and the
+    /// instances it went to ([`returning`](Canary::returning)) say, when
+    /// they return to the stable version, `rollout aborted: <why>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// The instances returning to the stable version after an abort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returning: Vec<String>,
 }
 
 impl Canary {
@@ -455,6 +534,8 @@ mod tests {
             percent: Some(10),
             by: "alice@laptop".into(),
             at: "2026-01-01T00:00:00.000Z".into(),
+            aborted: None,
+            returning: Vec::new(),
         };
         let back = Canary::from_json(&canary.to_json()).unwrap();
         assert_eq!(back.instances, ["web-1", "web-2"]);
@@ -488,6 +569,21 @@ mod tests {
     }
 
     #[test]
+    fn the_push_line_is_part_of_the_header() {
+        let value = with_author_and_push(&encode_config(Format::Json, b"{}"), "alice@laptop", "00ff\n# x");
+        assert_eq!(value, b"# relive-format: json\n# relive-by: alice@laptop\n# relive-push: 00ffx\n{}");
+        assert_eq!(decode_config(&value).unwrap(), (Format::Json, &b"{}"[..]));
+        assert_eq!(config_author(&value).as_deref(), Some("alice@laptop"));
+        assert_eq!(push_id(&value).as_deref(), Some("00ffx"));
+        // Pushed again (a rollback), the line is replaced, not added.
+        let again = with_author_and_push(&value, "bob@h", "abc");
+        assert_eq!(again, b"# relive-format: json\n# relive-by: bob@h\n# relive-push: abc\n{}");
+        assert_eq!(push_id(&with_author(&value, "bob@h")), None);
+        // Only the header counts: a document line that looks like one does not.
+        assert_eq!(push_id(&encode_config(Format::Toml, b"a = 1\n# relive-push: 1\n")), None);
+    }
+
+    #[test]
     fn bad_headers_are_explained() {
         let e = decode_config(b"port = 1\n").unwrap_err();
         assert!(e.contains("missing format header"), "{e}");
@@ -506,6 +602,7 @@ mod tests {
             state: AckState::Rejected,
             error: Some("bad".into()),
             at: "2026-01-01T00:00:00.000Z".into(),
+            labels: BTreeMap::new(),
         };
         let json: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
         assert_eq!(json["state"], "rejected");

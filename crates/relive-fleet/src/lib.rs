@@ -46,9 +46,10 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, then the document |
+//! | `/shop/configs/<name>` | `# relive-format: toml` (or `yaml`, `json`), a newline, optionally `# relive-by: <who>` and a newline, optionally `# relive-push: <id>` and a newline (a push's own id: see [`layout::PUSH_HEADER`]), then the document |
 //! | `/shop/instances/<id>/<name>` | the instance's [`StatusRecord`] for that config, JSON, on the instance's lease |
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
+//! | `/shop/rollout/<name>` | the config's [`Rollout`], JSON: plan, document, base (stable) version, current wave, the instances of each wave, `phase` `running`\|`baking`\|`done`\|`stopped`\|`aborted` with its reason, who started it, when it changed; it stays after it ends |
 //!
 //! A config's version is its key's `mod_revision`. A status is
 //! `{"instance", "host", "config", "version", "applied_version", "state":
@@ -108,7 +109,11 @@
 //!   exist") and no canary of it to be in progress. Otherwise nothing is
 //!   written and [`Error::Conflict`] says which key, the version it is at,
 //!   the version expected and what to do. The same bytes as the current
-//!   version write nothing ([`Pushed::unchanged`]).
+//!   version write nothing ([`Pushed::unchanged`]). A push carries an id of
+//!   its own (`# relive-push:`): when etcd's answer is lost (a member that
+//!   died, a leader that changed), it sends the same transaction again and
+//!   finds the version it wrote by that id, so it is one version and never
+//!   a conflict with itself.
 //! - **Canary** ([`Fleet::canary`]) writes `/shop/canary/<name>` instead,
 //!   with the same compare-and-set. Its instances are named, or chosen by
 //!   percentage among the instances that report a status for the config at
@@ -141,6 +146,27 @@
 //!   `DIR/config/<name>.<ext>` atomically (temp file in the same
 //!   directory, fsync, rename, directory fsync) before acknowledging it;
 //!   a version that does not parse is rejected and the file left alone.
+//!
+//! # Progressive rollouts
+//!
+//! [`Fleet::start_rollout`] stores a [`Rollout`] of a config (a [`Plan`]:
+//! waves given as counts, percentages or labels ([`parse_waves`]), a bake
+//! time, how many rejections are allowed, an optional gate) with
+//! compare-and-set: one per config at a time ([`Error::RolloutInProgress`]).
+//! [`Fleet::drive_rollout`] then takes it to its end from whatever state
+//! etcd holds, so any process can resume it. Each wave is a canary of a
+//! growing set (the waves before, plus the instances its selector adds, in
+//! [`choose_canaries`]' order); the next starts once every instance of the
+//! wave applied the version and the bake passed with none rejecting (beyond
+//! [`Plan::max_rejected`]) and none vanishing, and the gate passed; the last
+//! is promoted. Otherwise the rollout stops: the canary record goes to no
+//! instance, marked with the reason, and every instance returns to the
+//! stable version with `rollout aborted: <why>` in its status; then the
+//! canary key is deleted. Every move is decided by [`step`], a pure
+//! function of the state, an [`Observation`] and the time.
+//!
+//! Labels: [`FleetSourceBuilder::label`] (`zone=a`) is published in each
+//! [`StatusRecord`]; a wave `zone=a` selects the live instances that have it.
 //!
 //! # How the source behaves
 //!
@@ -228,7 +254,21 @@
 //! - The `# relive-by:` line is what the writer's client says: etcd checks
 //!   that the writer may write the key, not what it puts in that line.
 //!   Instances of a version before this line existed read it as part of
-//!   the document (a comment in TOML and YAML; JSON fails to parse).
+//!   the document (a comment in TOML and YAML; JSON fails to parse); the
+//!   same holds for the `# relive-push:` line.
+//! - A push whose answers stay lost for longer than three request timeouts
+//!   fails, and its error says the push may have landed and names its push
+//!   id ([`ConfigVersion::push`], and `relive fleet versions --json`, show
+//!   whether a version carries it).
+//!   Starting a canary, promote and abort carry no id and are not sent
+//!   again: a lost answer to them is an [`Error::Etcd`], and running the
+//!   command again reports a conflict or [`Error::CanaryChanged`] although
+//!   the first one did its work (`relive fleet status` shows what is
+//!   there).
+//! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
+//!   restarted, not on one whose network is partitioned: a member cut off
+//!   from the others but still answering serves a watch that stays silent
+//!   until it rejoins (etcd-client's `require_leader` is not set).
 //! - `https://` endpoints trust only the CA certificates given: there are
 //!   no system trust roots.
 //! - A revoked credential stops an instance at its next reconnection (etcd
@@ -249,7 +289,16 @@
 //!   changes, the new file is renamed in before the old one is removed,
 //!   so a reader may see both for a moment (relive reports the config
 //!   ambiguous until the old one goes).
-//! - `at` in statuses comes from each instance's clock.
+//! - `at` in statuses comes from each instance's clock, and a rollout's
+//!   bake time from its driver's: a rollout resumed on a machine whose
+//!   clock is ahead bakes less.
+//! - An instance of a version before rollouts existed ignores the
+//!   `aborted` mark of a stopped rollout's canary record: it returns to the
+//!   stable version all the same (the record names no instance) but its
+//!   status does not say why.
+//! - A rollout's first wave starts at the driver's first step, not in the
+//!   transaction that creates it: a push in between changes the config and
+//!   the rollout stops, saying so.
 
 #![deny(missing_docs)]
 
@@ -261,6 +310,7 @@ mod connect;
 mod draft;
 pub mod layout;
 mod roles;
+mod rollout;
 mod source;
 mod status;
 
@@ -293,6 +343,10 @@ pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
 pub use layout::{AckState, Canary, Layout, StatusRecord};
 pub use roles::RolesCreated;
+pub use rollout::{
+    Action, Drive, Gate, GateOutcome, Observation, Phase, Plan, Progress, Rollout, Seen, SeenCanary, Wave, check_label,
+    now_ms, parse_waves, step,
+};
 pub use source::{Boot, FleetSource, FleetSourceBuilder, SourceEvent};
 pub use status::{CanaryState, ConfigStatus, FleetStatus, InstanceState, SyncState};
 
@@ -420,6 +474,41 @@ pub enum Error {
         version: u64,
         /// Its instances.
         instances: Vec<String>,
+    },
+    /// A rollout of the config is in progress: only one at a time.
+    #[error(
+        "a rollout of {config} is in progress (wave {wave} of {waves}, started by {by}): see it with `relive fleet \
+         rollout status {config}`, resume it or abort it"
+    )]
+    RolloutInProgress {
+        /// The config.
+        config: String,
+        /// Its current wave, from 1.
+        wave: usize,
+        /// How many waves it has.
+        waves: usize,
+        /// Who started it.
+        by: String,
+    },
+    /// No rollout of the config is in progress (or none exists).
+    #[error("no rollout of {config} is in progress")]
+    NoRollout {
+        /// The config.
+        config: String,
+    },
+    /// The rollout record in etcd is not valid.
+    #[error("the rollout at {key} is not a valid rollout record ({message})")]
+    BadRollout {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// A rollout plan that cannot run.
+    #[error("invalid rollout: {message}")]
+    InvalidRollout {
+        /// Why.
+        message: String,
     },
     /// No canary of the config is in progress.
     #[error("no canary of {config} is in progress")]

@@ -60,6 +60,7 @@ pub struct FleetSourceBuilder {
     layout: Layout,
     instance: String,
     host: String,
+    labels: BTreeMap<String, String>,
     lease_ttl: Duration,
     request_timeout: Duration,
     backoff_min: Duration,
@@ -78,6 +79,7 @@ impl FleetSourceBuilder {
             layout: Layout::new(prefix)?,
             instance: format!("{host}-{}", std::process::id()).replace('/', "_"),
             host,
+            labels: BTreeMap::new(),
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
@@ -136,6 +138,17 @@ impl FleetSourceBuilder {
     pub fn host(mut self, host: impl Into<String>) -> FleetSourceBuilder {
         self.host = host.into();
         self
+    }
+
+    /// A label published in the instance's status keys (`zone`, `a`), which
+    /// a rollout's wave can select (`--waves zone=a,100%`). The key is
+    /// letters, digits and `-_./`; the value has no `,` nor control
+    /// characters, so a wave selector can name it.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Result<FleetSourceBuilder, Error> {
+        let (key, value) = (key.into(), value.into());
+        crate::rollout::check_label(&key, &value)?;
+        self.labels.insert(key, value);
+        Ok(self)
     }
 
     /// The TTL of the instance's lease: how long its status keys outlive it
@@ -215,6 +228,7 @@ impl FleetSourceBuilder {
             versions: BTreeMap::new(),
             applied: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            aborted: BTreeMap::new(),
         };
         let (boot, session) = match worker.connect().await {
             Ok(session) => (Boot::Etcd { revision: worker.revision as u64 }, Some(session)),
@@ -376,6 +390,9 @@ struct Worker {
     applied: BTreeMap<String, u64>,
     /// The status of each config, written again on every reconnect.
     statuses: BTreeMap<String, StatusRecord>,
+    /// Why a rollout that this instance was in stopped, per config, until
+    /// the stable version it returns to is answered with it.
+    aborted: BTreeMap<String, String>,
 }
 
 impl Worker {
@@ -589,6 +606,13 @@ impl Worker {
             let canary = match value.map(|(value, version)| (Canary::from_json(value), version)) {
                 None => None,
                 Some((Ok(canary), version)) => {
+                    // A stopped rollout's canary goes to no one; the
+                    // instances it went to say why they return.
+                    if let Some(reason) = &canary.aborted {
+                        if self.canaries.contains_key(name) && canary.returning.contains(&self.opts.instance) {
+                            self.aborted.insert(name.to_string(), reason.clone());
+                        }
+                    }
                     canary.includes(&self.opts.instance).then(|| (version, canary.value.into_bytes()))
                 }
                 Some((Err(error), _)) => {
@@ -614,6 +638,8 @@ impl Worker {
             return Ok(());
         };
         if self.versions.get(name) == Some(version) {
+            // Never left the stable version: nothing to explain.
+            self.aborted.remove(name);
             return Ok(());
         }
         let (version, value) = (*version, value.clone());
@@ -668,11 +694,12 @@ impl Worker {
                 }
             }
         };
+        let aborted = self.aborted.remove(name).map(|reason| format!("rollout aborted: {reason}"));
         let (state, error) = match &result {
             Ok(()) => {
                 self.applied.insert(name.to_string(), version);
                 let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
-                (AckState::Applied, None)
+                (AckState::Applied, aborted)
             }
             Err(error) => {
                 tracing::warn!(config = name, version, %error, "rejected a version from etcd");
@@ -690,6 +717,7 @@ impl Worker {
             state,
             error,
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            labels: self.opts.labels.clone(),
         };
         self.statuses.insert(name.to_string(), status);
         Ok(result.is_ok())

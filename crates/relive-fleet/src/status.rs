@@ -56,7 +56,8 @@ pub struct InstanceState {
     pub state: SyncState,
     /// Whether it is one of the config's canary instances.
     pub canary: bool,
-    /// Why it rejected the target, when [`SyncState::Rejected`].
+    /// Why it rejected the target, when [`SyncState::Rejected`]; else a
+    /// note on the version it serves (`rollout aborted: <why>`), if any.
     pub error: Option<String>,
     /// When it last answered a version of the config (RFC 3339), if ever.
     pub at: Option<String>,
@@ -158,7 +159,11 @@ impl FleetStatus {
                     target,
                     state,
                     canary: member,
-                    error: rejected.and_then(|s| s.error.clone()),
+                    // A rejection's reason, or a note on the version served
+                    // (`rollout aborted: ...`).
+                    error: rejected
+                        .or_else(|| status.filter(|s| Some(s.version) == target))
+                        .and_then(|s| s.error.clone()),
                     at: status.map(|s| s.at.clone()),
                 });
             }
@@ -209,6 +214,7 @@ mod tests {
             state,
             error: (state == AckState::Rejected).then(|| format!("{instance} says no")),
             at: "2026-01-01T00:00:00.000Z".into(),
+            labels: Default::default(),
         }
     }
 
@@ -220,6 +226,8 @@ mod tests {
             percent: None,
             by: "alice@h".into(),
             at: "t".into(),
+            aborted: None,
+            returning: Vec::new(),
         }
     }
 

@@ -84,6 +84,7 @@ fn status() -> impl Strategy<Value = StatusRecord> {
             state: if rejected { AckState::Rejected } else { AckState::Applied },
             error,
             at,
+            labels: Default::default(),
         },
     )
 }

@@ -206,6 +206,238 @@ fn healthy(addr: SocketAddr) -> bool {
     body.contains("\"health\":\"true\"")
 }
 
+/// A 3-member etcd cluster on 127.0.0.1: each member with its own ports,
+/// data dir and log file (`<dir>/<name>.<start>.log`), killed on drop.
+///
+/// Clients reach it over TLS when it is started with a [`Pki`]; the members
+/// talk to each other over plain HTTP on loopback (peer traffic never leaves
+/// the machine, and relive never speaks the peer protocol), which keeps the
+/// harness to one server certificate.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    tls: Option<Pki>,
+    /// Flags after the ones that place each member.
+    extra: Vec<String>,
+}
+
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    metrics: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Cluster {
+    /// Starts a plaintext 3-member cluster and waits until it has a leader.
+    pub fn start() -> Cluster {
+        Cluster::start_with(None, &[])
+    }
+
+    /// A 3-member cluster whose clients use TLS with `pki`'s server
+    /// certificate and must bring a certificate signed by its CA.
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        Cluster::start_with(Some(pki), &[])
+    }
+
+    /// A 3-member cluster, over TLS with `pki` if given, each member with
+    /// `extra` flags too.
+    pub fn start_with(pki: Option<&Pki>, extra: &[&str]) -> Cluster {
+        let tls = pki.cloned();
+        let extra = extra.iter().map(|f| f.to_string()).collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+                child: None,
+                starts: 0,
+            })
+            .collect();
+        let mut cluster = Cluster { dir, members, tls, extra };
+        // All three first: a member alone has no quorum and is not healthy.
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    /// Member `i`'s client endpoint (`http://` or `https://`).
+    pub fn endpoint(&self, i: usize) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.members[i].client)
+    }
+
+    /// Every member's client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Member `i`'s client address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.members[i].client
+    }
+
+    /// Every flag member `i` runs with.
+    pub fn flags(&self, i: usize) -> Vec<String> {
+        let m = &self.members[i];
+        let client = self.endpoint(i);
+        let peers: Vec<String> = self.members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect();
+        let mut flags = vec![
+            format!("--name={}", m.name),
+            format!("--data-dir={}", self.dir.path().join(&m.name).display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls=http://{}", m.peer),
+            format!("--initial-advertise-peer-urls=http://{}", m.peer),
+            format!("--initial-cluster={}", peers.join(",")),
+            "--initial-cluster-state=new".to_string(),
+            "--initial-cluster-token=relive-test".to_string(),
+            format!("--listen-metrics-urls=http://{}", m.metrics),
+            // A lost leader is replaced within about a second, as on a
+            // production cluster with default timeouts and a fast network.
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        if let Some(pki) = &self.tls {
+            flags.extend([
+                "--client-cert-auth".to_string(),
+                format!("--trusted-ca-file={}", pki.ca().display()),
+                format!("--cert-file={}", pki.dir().join("server.crt").display()),
+                format!("--key-file={}", pki.dir().join("server.key").display()),
+            ]);
+        }
+        flags.extend(self.extra.iter().cloned());
+        flags
+    }
+
+    /// The members' process ids, of those that run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect()
+    }
+
+    /// Adds user `root` (password `root-pw`) with the root role and enables
+    /// authentication, as [`Etcd::enable_auth`] does.
+    pub async fn enable_auth(&self) {
+        let mut client = self.client().await;
+        client.user_add("root", "root-pw", None).await.expect("user add root");
+        client.user_grant_role("root", "root").await.expect("grant root");
+        client.auth_enable().await.expect("auth enable");
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        let m = &self.members[i];
+        self.dir.path().join(format!("{}.{}.log", m.name, m.starts))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.members[i].starts += 1;
+        let out = std::fs::File::create(self.log(i)).expect("etcd log");
+        let child = Command::new(etcd_binary())
+            .args(self.flags(i))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run etcd ({e}): install etcd-server (scripts/test does)"));
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !healthy(self.members[i].metrics) {
+            let log = self.log(i);
+            if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("etcd {i} exited with {status}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd {i} had no leader within {START_TIMEOUT:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(!answers(self.members[i].client), "etcd {i} still answers after kill");
+    }
+
+    /// Restarts member `i` with its data dir and ports, and waits until it
+    /// is back in the cluster (healthy: it knows the leader).
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+
+    /// Whether member `i` runs.
+    pub fn running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// A client of member `i` alone (as `root` with TLS).
+    pub async fn member_client(&self, i: usize) -> etcd_client::Client {
+        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        let options = match &self.tls {
+            Some(pki) => options.with_tls(pki.tls_options("root")),
+            None => options,
+        };
+        etcd_client::Client::connect([self.endpoint(i)], Some(options)).await.expect("connect to etcd member")
+    }
+
+    /// A client of every member (as `root` with TLS).
+    pub async fn client(&self) -> etcd_client::Client {
+        let options = self.tls.as_ref().map(|pki| etcd_client::ConnectOptions::new().with_tls(pki.tls_options("root")));
+        etcd_client::Client::connect(self.endpoints(), options).await.expect("connect to etcd")
+    }
+
+    /// The member that leads now, waiting (bounded) until the running
+    /// members agree on one of them: each member's `status()` names the
+    /// leader's id and its own.
+    pub async fn leader(&self) -> usize {
+        eventually("a leader among the running members", Duration::from_secs(20), || async {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for i in (0..self.members.len()).filter(|&i| self.running(i)) {
+                let mut client = self.member_client(i).await;
+                let status = tokio::time::timeout(Duration::from_secs(1), client.status()).await.ok()?.ok()?;
+                ids.push((status.header()?.member_id(), i));
+                leaders.push(status.leader());
+            }
+            let leader = *leaders.first()?;
+            if leader == 0 || leaders.iter().any(|&l| l != leader) {
+                return None;
+            }
+            ids.iter().find(|(id, _)| *id == leader).map(|&(_, i)| i)
+        })
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Certificates made by the test with `openssl`: a CA, a server
 /// certificate for 127.0.0.1 and localhost, and client certificates whose
 /// common name is the etcd user they stand for.
@@ -360,6 +592,10 @@ pub struct Proxy {
 #[derive(Default)]
 struct ProxyState {
     cut: bool,
+    /// Requests still reach etcd, its answers are dropped.
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes that, once a client sends them, turn `hold` on.
+    trigger: Arc<Mutex<Option<Vec<u8>>>>,
     conns: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -371,16 +607,63 @@ impl Proxy {
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let shared = Arc::clone(&state);
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let mut state = shared.lock().unwrap();
                 if state.cut {
                     // Refused: the client sees its connection close.
                     continue;
                 }
                 state.conns.retain(|c| !c.is_finished());
+                let hold = Arc::clone(&state.hold);
+                let trigger = Arc::clone(&state.trigger);
                 state.conns.push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let (mut from_client, mut to_client) = inbound.into_split();
+                        let (mut from_server, mut to_server) = outbound.into_split();
+                        let requests = async {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 16 * 1024];
+                            // The last bytes seen, for a trigger split over two reads.
+                            let mut seen: Vec<u8> = Vec::new();
+                            loop {
+                                let n = match from_client.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                seen.extend_from_slice(&buf[..n]);
+                                if let Some(pattern) = trigger.lock().unwrap().as_ref() {
+                                    if seen.windows(pattern.len()).any(|w| w == &pattern[..]) {
+                                        hold.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    }
+                                    let keep = seen.len().saturating_sub(pattern.len());
+                                    seen.drain(..keep);
+                                }
+                                if to_server.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        let replies = async {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = match from_server.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                // Held: etcd's answer never reaches the client.
+                                if hold.load(std::sync::atomic::Ordering::SeqCst) {
+                                    continue;
+                                }
+                                if to_client.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = requests => {}
+                            _ = replies => {}
+                        }
                     }
                 }));
             }
@@ -402,9 +685,21 @@ impl Proxy {
         }
     }
 
-    /// Forwards new connections again.
+    /// Forwards new connections again (answers too).
     pub fn heal(&self) {
-        self.state.lock().unwrap().cut = false;
+        let mut state = self.state.lock().unwrap();
+        state.cut = false;
+        state.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        *state.trigger.lock().unwrap() = None;
+    }
+
+    /// Once a client sends `pattern` (bytes of one request: gRPC does not
+    /// compress them), keeps forwarding requests to etcd but drops its
+    /// answers, until [`cut`](Proxy::cut) and [`heal`](Proxy::heal): that
+    /// request is carried out and its answer lost, as when the member that
+    /// answers dies just after the commit.
+    pub fn hold_answers_after(&self, pattern: &[u8]) {
+        *self.state.lock().unwrap().trigger.lock().unwrap() = Some(pattern.to_vec());
     }
 }
 
