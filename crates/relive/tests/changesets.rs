@@ -452,3 +452,54 @@ async fn a_real_mix_is_refused_whole_and_located_on_the_member_the_validator_nam
     assert_eq!(value.proxy.target, 7);
     assert_eq!((w.server.load().port, w.proxy.load().target), (7, 7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_error_in_a_member_is_located_in_that_member_and_refuses_the_group() {
+    let t = test_ws();
+    let mut w = watch_net(&windowed(&t)).await;
+    t.write("config/server.toml", &server(3));
+    t.write("config/proxy.toml", "# the server's port\ntarget = \"three\"\n");
+    let (event, _) = event_until(
+        &mut w.events,
+        |e| matches!(e, ChangeEvent::ValidationFailed { config_name, .. } if config_name == "proxy"),
+    )
+    .await;
+    let ChangeEvent::ValidationFailed { error, .. } = event else { unreachable!() };
+    assert_eq!(error.file(), Some(t.path("config/proxy.toml").as_path()), "{error}");
+    assert_eq!(error.line(), Some(2), "{error}");
+    // The server's good value is not applied without its partner.
+    let (event, _) = event_until(
+        &mut w.events,
+        |e| matches!(e, ChangeEvent::ValidationFailed { config_name, .. } if config_name == "server"),
+    )
+    .await;
+    assert!(format!("{event:?}").contains("`proxy`"), "{event:?}");
+    assert_eq!((w.server.load().port, w.net.live().load().server.port), (0, 0));
+    t.write("config/proxy.toml", &proxy(3));
+    next_until(&mut w.net, |v| v.server.port == 3 && v.proxy.target == 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_of_one_file_in_no_group_is_not_delayed_by_the_window() {
+    let t = TestWs::new(&[
+        ("config/a.toml", &n_toml(0)),
+        ("config/server.toml", &server(0)),
+        ("config/proxy.toml", &proxy(0)),
+    ]);
+    // A window far longer than any delivery: a config that waited it
+    // would show.
+    let window = Duration::from_secs(3);
+    let ws = t.ws.clone().with_config(HotReloadConfig { change_set_window_ms: 3000, ..Default::default() });
+    let mut w = watch_net(&ws).await;
+    let mut a = ws.config::<N>("a").watch().await.unwrap();
+    let started = std::time::Instant::now();
+    t.write("config/a.toml", &n_toml(1));
+    next_until(&mut a, |v| v.n == 1).await;
+    assert!(started.elapsed() < window, "a single config waited the window: {:?}", started.elapsed());
+    // A group member does wait it (and its partner with it).
+    let started = std::time::Instant::now();
+    t.write("config/server.toml", &server(1));
+    t.write("config/proxy.toml", &proxy(1));
+    next_until(&mut w.net, |v| v.server.port == 1).await;
+    assert!(started.elapsed() >= window, "the group did not wait the window: {:?}", started.elapsed());
+}
