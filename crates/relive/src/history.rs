@@ -665,6 +665,11 @@ pub(crate) struct Attempt {
     pub secrets: crate::document::SecretPaths,
     pub error: Option<ConfigError>,
     pub published: bool,
+    /// The change set the version was applied (or tried) in, `None` when
+    /// it was in none. Handed through to the writer, which does not store
+    /// it yet.
+    #[allow(dead_code)]
+    pub change_set: Option<crate::ChangeSetId>,
     pub time: SystemTime,
     /// The documents' lengths, when the version broke a [`Limits`] bound
     /// and their bytes were dropped before queueing: a file rewritten with

@@ -2,18 +2,21 @@
 //! engine.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use crate::changeset::ChangeSetId;
 use crate::config::{EngineSettings, HotReloadConfig};
 use crate::document::Document;
 use crate::engine::{Engine, HandlerKey, PauseGuard, WatcherMode};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
+use crate::group::GroupBuilder;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
 use crate::history::{Diff, History, HistoryEntry, Version};
+use crate::hold::Hold;
 use crate::redact::Redactor;
 use crate::stream::{ConfigBuilder, ConfigStream};
 
@@ -329,6 +332,26 @@ impl Workspace {
         outcome.unwrap_or(Ok(()))
     }
 
+    /// Holds the engine (of this process and of any other on this
+    /// workspace): until the [`Hold`] is dropped, it reads and validates
+    /// nothing and keeps every change pending; then it applies everything
+    /// pending as one change set, groups whole or not at all. For a tool
+    /// that copies several files in and wants them applied together with
+    /// certainty, rather than within
+    /// [`change_set_window_ms`](HotReloadConfig::change_set_window_ms):
+    /// take the hold, write each file (atomically), drop the hold.
+    ///
+    /// The hold is the file `data/hold` (mode 0600, created exclusively,
+    /// with this process's id). Fails with [`Error::Held`] while another
+    /// live process holds it; a hold whose process is gone, or older than
+    /// [`hold_timeout_ms`](HotReloadConfig::hold_timeout_ms), is cleared
+    /// and taken (and ignored by engines meanwhile).
+    pub fn hold(&self) -> Result<Hold> {
+        let timeout = std::time::Duration::from_millis(self.settings().unwrap_or_default().hold_timeout_ms);
+        let engine = self.inner.engine.lock().expect("engine lock").as_ref().map_or_else(Weak::new, Arc::downgrade);
+        Hold::take(&self.data_dir(), timeout, engine)
+    }
+
     /// Watches config `name` as `T`: the stream starts at the current value
     /// and yields each new value that deserializes into `T`. Shorthand for
     /// `self.config::<T>(name).watch()`; use [`config`](Workspace::config)
@@ -346,6 +369,23 @@ impl Workspace {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         ConfigBuilder::new(self, name)
+    }
+
+    /// Sets up a group of configs that go together (`["server", "proxy"]`)
+    /// as one `T`, which deserializes from an object with one key per
+    /// member (`struct Net { server: Server, proxy: Proxy }`). A change to
+    /// any member is validated with the others, and every member's new
+    /// value is applied with the group's, or none is. See [`GroupBuilder`].
+    ///
+    /// Named `group` rather than a plural of [`config`](Workspace::config)
+    /// because [`configs`](Workspace::configs) lists the workspace's
+    /// configs, and because what it sets up is more than several configs:
+    /// one value, one validator, one commit.
+    pub fn group<T>(&self, members: impl IntoIterator<Item = impl Into<String>>) -> GroupBuilder<'_, T>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        GroupBuilder::new(self, members.into_iter().map(Into::into).collect())
     }
 
     /// Runs `handler` for every event about a path matching `pattern` (a
@@ -472,7 +512,19 @@ impl HotReloadManager {
     /// no longer feed `name`. Returns whether the value changed, or the
     /// error that rejected it (the last good value stays live).
     pub async fn publish(&self, name: &str, documents: Vec<Document>) -> Result<bool> {
-        self.engine.publish(name, documents).await
+        let (_, changed) = self.engine.publish_set(vec![(name.to_string(), documents)]).await?;
+        Ok(changed.first().copied().unwrap_or(false))
+    }
+
+    /// Feeds several configs from a source other than files, as one change
+    /// set (one etcd revision, say): each is parsed, merged and validated
+    /// like [`publish`](HotReloadManager::publish), with the groups they are
+    /// in, and then all of them are applied, or none is. Returns the set's
+    /// id if any live value changed (`None` if all were the same), or the
+    /// error that refused the set, naming the config
+    /// ([`Error::Config`]); the last good values stay live.
+    pub async fn publish_set(&self, configs: Vec<(String, Vec<Document>)>) -> Result<Option<ChangeSetId>> {
+        Ok(self.engine.publish_set(configs).await?.0)
     }
 
     /// Waits until every version the engine has applied or rejected so far

@@ -60,6 +60,7 @@ impl Recorder {
     }
 
     /// Queues a version; returns at once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         name: &str,
@@ -68,6 +69,7 @@ impl Recorder {
         secrets: crate::document::SecretPaths,
         error: Option<crate::ConfigError>,
         published: bool,
+        change_set: Option<crate::ChangeSetId>,
     ) {
         // A version over the limits is recorded without its bytes, dropped
         // here rather than queued: the writer may be behind, and each such
@@ -87,6 +89,7 @@ impl Recorder {
             secrets,
             error,
             published,
+            change_set,
             time: (self.clock)(),
             over_limits,
         };
