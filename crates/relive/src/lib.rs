@@ -262,7 +262,8 @@ pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
 pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
-    Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
+    ChangeSet, ChangeSetMember, Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning,
+    Version, VersionStatus,
 };
 pub use hold::Hold;
 pub use inventory::{ConfigFiles, Layer, LoadedConfig};
