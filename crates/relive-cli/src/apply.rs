@@ -432,11 +432,12 @@ fn config_files(config: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Replaces `step.path` with `step.bytes` so that a reader sees the old
-/// file or the new one: a temp file in the same directory (created
-/// exclusively, private from the start), the mode and owner given, fsynced,
-/// renamed over, the directory fsynced.
-fn write_file(step: &Step) -> std::io::Result<()> {
+/// Writes `step.bytes` beside `step.path`, ready to be renamed over it: a
+/// temp file in the same directory (created exclusively, private from the
+/// start), the mode and owner given, fsynced. Returns its path. Every file
+/// is staged before the hold, so that the hold covers renames only, and an
+/// error here leaves `config/` as it was.
+fn stage(step: &Step) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = step.path.parent().expect("a file under config/");
     if !dir.exists() {
@@ -445,6 +446,7 @@ fn write_file(step: &Step) -> std::io::Result<()> {
         builder.create(dir)?;
     }
     let name = step.path.file_name().expect("a file name").to_string_lossy();
+    // Hidden: the engine ignores it.
     let tmp = dir.join(format!(".{name}.{}.relive-apply.tmp", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
@@ -455,14 +457,61 @@ fn write_file(step: &Step) -> std::io::Result<()> {
         // After the owner: a chown clears set-id bits, and the umask must
         // not narrow the mode kept.
         file.set_permissions(fs::Permissions::from_mode(step.mode))?;
-        file.sync_all()?;
-        fs::rename(&tmp, &step.path)
+        file.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result?;
-    fs::File::open(dir)?.sync_all()
+    result.map(|()| tmp)
+}
+
+/// Installs the staged files and makes the removals, under the hold: each
+/// a rename or an unlink, so a reader sees each file old or new. Then the
+/// directories are fsynced. On an error, the temp files not yet renamed
+/// are removed, and the error says what was already installed.
+fn install(ws: &Workspace, steps: &[Step], staged: Vec<Option<PathBuf>>) -> Result<()> {
+    // While the hold stands, an engine (here or in another process) reads
+    // nothing: every file below is one change set to it.
+    let hold = ws.hold();
+    let mut done = Vec::new();
+    let mut failed = None;
+    if let Err(e) = &hold {
+        failed = Some(Failure::runtime(e));
+    }
+    for (step, tmp) in steps.iter().zip(&staged) {
+        if failed.is_some() {
+            break;
+        }
+        let result = match tmp {
+            Some(tmp) => fs::rename(tmp, &step.path),
+            None => fs::remove_file(&step.path),
+        };
+        match result {
+            Ok(()) => done.push(step.shown.display().to_string()),
+            Err(e) => {
+                let before = if done.is_empty() { "nothing".to_string() } else { done.join(", ") };
+                failed =
+                    Some(Failure::runtime(format!("{}: {e}; installed before it: {before}", step.shown.display())));
+            }
+        }
+    }
+    if let Ok(hold) = hold {
+        hold.release()?;
+    }
+    for tmp in staged.iter().flatten() {
+        // Gone once renamed; what is left was not installed.
+        let _ = fs::remove_file(tmp);
+    }
+    if let Some(failure) = failed {
+        return Err(failure);
+    }
+    let dirs: BTreeSet<&Path> = steps.iter().filter_map(|s| s.path.parent()).collect();
+    for dir in dirs {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// `relive apply SRC_DIR [--dry-run] [--delete]`.
@@ -490,29 +539,24 @@ pub async fn run(args: ApplyArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let configs: BTreeSet<String> = steps.iter().filter_map(|s| s.config.clone()).collect();
-    let since = SystemTime::now();
-    // While the hold stands, an engine (here or in another process) reads
-    // nothing: every file below is one change set to it.
-    let hold = ws.hold()?;
+    let mut staged = Vec::new();
     for step in &steps {
-        let done = match step.change {
-            Change::Delete => fs::remove_file(&step.path),
-            _ => write_file(step),
+        let tmp = match step.change {
+            Change::Delete => Ok(None),
+            _ => stage(step).map(Some),
         };
-        done.map_err(|e| {
-            Failure::runtime(format!(
-                "{}: {e}; the files before it in this list were written: {}",
-                step.shown.display(),
-                steps
-                    .iter()
-                    .take_while(|s| !std::ptr::eq(*s, step))
-                    .map(|s| s.shown.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        match tmp {
+            Ok(tmp) => staged.push(tmp),
+            Err(e) => {
+                for tmp in staged.iter().flatten() {
+                    let _ = fs::remove_file(tmp);
+                }
+                return Err(Failure::runtime(format!("{}: {e}; nothing was written", step.shown.display())));
+            }
+        }
     }
-    hold.release()?;
+    let since = SystemTime::now();
+    install(&ws, &steps, staged)?;
     let mut out = anstream::stdout().lock();
     for step in &steps {
         let _ = writeln!(out, "{} {}", verb(step), output::escape_controls(&step.shown.display().to_string()));
