@@ -458,14 +458,13 @@ pub async fn rollback(args: RollbackArgs) -> Result<Exit> {
     let (ws, history) = open(&args.ws, name)?;
     let n = match args.to {
         Some(n) => n,
-        None => previous(&history.entries().iter().map(Step::from).collect::<Vec<_>>()).ok_or_else(|| {
-            Failure::invalid(format!("config `{}` has no earlier applied version to go back to", name))
-        })?,
+        None => previous(&history.entries().iter().map(Step::from).collect::<Vec<_>>())
+            .ok_or_else(|| Failure::invalid(format!("config `{name}` has no earlier applied version to go back to")))?,
     };
     let version = history.version(n)?;
     let unchanged =
         version.documents.iter().all(|d| std::fs::read(d.origin()).is_ok_and(|bytes| bytes[..] == d.bytes()[..]));
-    ws.rollback(&name, n).await?;
+    ws.rollback(name, n).await?;
     let files: Vec<String> = version.documents.iter().map(|d| output::display_path(d.origin())).collect();
     if unchanged {
         output::note(&format!("{} already has the content of version {n}; nothing written", files.join(", ")));
