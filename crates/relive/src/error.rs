@@ -73,6 +73,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A group was asked for in a way that cannot work (no member, a
+    /// member named twice).
+    #[error("group {members:?}: {message}")]
+    Group {
+        /// The members as given.
+        members: Vec<String>,
+        /// What is wrong.
+        message: String,
+    },
     /// Another process holds the workspace
     /// ([`Workspace::hold`](crate::Workspace::hold)).
     #[error("{}: the workspace is held by process {pid}", path.display())]
@@ -163,6 +172,12 @@ impl ConfigError {
     pub fn with_position(mut self, line: usize, column: usize) -> ConfigError {
         self.line = Some(line);
         self.column = Some(column);
+        self
+    }
+
+    /// The same error, its message led by `prefix` (its location kept).
+    pub(crate) fn prefixed(mut self, prefix: &str) -> ConfigError {
+        self.message = format!("{prefix}{}", self.message);
         self
     }
 

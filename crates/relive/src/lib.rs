@@ -161,6 +161,51 @@
 //! under `config/` that resolve inside `config/`, over regular files, and
 //! refuses any other record; the file it replaces keeps its mode and owner.
 //!
+//! # Change sets and groups
+//!
+//! Configs that change together are applied together: every step of the
+//! engine that applies values is one change set, with a [`ChangeSetId`]
+//! that the history records, and its configs' `ConfigChanged` events are
+//! followed by one [`ChangeEvent::ChangeSetApplied`]. Every value of a set
+//! is prepared (deserialized and validated by every subscriber) before any
+//! is committed.
+//!
+//! Configs that must agree with each other are a group:
+//! [`Workspace::group`] gives one typed value for several configs, with
+//! validators that see all of them. A change to any member is validated
+//! with the others as they are on disk, and every member's new value is
+//! committed, to the members' own subscribers and to the group's, or none
+//! is. A refusal names the member, with its file, line and column.
+//!
+//! ```no_run
+//! # async fn f(ws: relive::Workspace) -> relive::Result<()> {
+//! #[derive(serde::Deserialize)]
+//! struct Server { port: u16 }
+//! #[derive(serde::Deserialize)]
+//! struct Proxy { target: u16 }
+//! #[derive(serde::Deserialize)]
+//! struct Net { server: Server, proxy: Proxy }
+//!
+//! let net = ws
+//!     .group::<Net>(["server", "proxy"])
+//!     .validate(|n: &Net| match n.proxy.target == n.server.port {
+//!         true => Ok(()),
+//!         false => Err(relive::ValidationError::at("proxy.target", "must be the server's port")),
+//!     })
+//!     .live()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What makes several files one change:
+//!
+//! | writer | how |
+//! | --- | --- |
+//! | a deploy script, `git checkout`, `rsync` (members or a base and overlay written a few ms apart) | the members wait [`HotReloadConfig::change_set_window_ms`] (10 ms, restarted by each change, at most ten times); a config of one file in no group is not delayed |
+//! | a Kubernetes ConfigMap `..data` swap | one step for every config it changes |
+//! | a tool that wants certainty (`relive apply`) | [`Workspace::hold`]: the engine applies nothing while the [`Hold`] exists, then everything pending as one set |
+//! | a source in code (etcd) | [`HotReloadManager::publish_set`]: the whole set or nothing, the error naming the config |
+//!
 //! # Known problems
 //!
 //! - Polling cannot see whether a writer is done: a file is read once it
@@ -180,12 +225,14 @@
 //!   few milliseconds later, and a write whose event the kernel queues late
 //!   could in principle slip through. While relive holds a lease (for the
 //!   microseconds of one read) a writer's `open(2)` waits.
-//! - A config made of several files (a base and an overlay) is reloaded
-//!   once none of them changed for
+//! - A config made of several files (a base and an overlay), or a member
+//!   of a group, is reloaded once none of its files changed for
 //!   [`HotReloadConfig::change_set_window_ms`] (10 ms): a writer that
-//!   pauses longer than that between the two files has its mix applied (or
-//!   rejected) in between. Several configs that must agree with each other
-//!   (groups) are not validated together yet.
+//!   pauses longer than that between two files has its mix validated in
+//!   between (a group's validator refuses it; a lone config with an
+//!   overlay has no validator that sees both, and may apply it). Tools
+//!   that want certainty take a [`Hold`] (`relive apply`). A ConfigMap
+//!   swap, a released hold and a published set need no window.
 //! - Files that secret references read are looked at every 250 ms (their
 //!   metadata, symlinks followed), not watched by events: a rotation is
 //!   seen within that time. A reference inside a SOPS-encrypted value is
@@ -245,6 +292,7 @@ mod envlayer;
 mod error;
 mod event;
 mod format;
+mod group;
 mod handler;
 mod history;
 mod hold;
@@ -268,6 +316,7 @@ pub use envlayer::EnvLayer;
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
+pub use group::GroupBuilder;
 pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
     ChangeSet, ChangeSetMember, Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning,

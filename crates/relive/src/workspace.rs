@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use crate::changeset::ChangeSetId;
 use crate::config::{EngineSettings, HotReloadConfig};
 use crate::document::Document;
 use crate::engine::{Engine, HandlerKey, PauseGuard, WatcherMode};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
+use crate::group::GroupBuilder;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
 use crate::history::{ChangeSet, Diff, History, HistoryEntry, Version};
 use crate::hold::Hold;
@@ -488,6 +490,23 @@ impl Workspace {
         ConfigBuilder::new(self, name)
     }
 
+    /// Sets up a group of configs that go together (`["server", "proxy"]`)
+    /// as one `T`, which deserializes from an object with one key per
+    /// member (`struct Net { server: Server, proxy: Proxy }`). A change to
+    /// any member is validated with the others, and every member's new
+    /// value is applied with the group's, or none is. See [`GroupBuilder`].
+    ///
+    /// Named `group` rather than a plural of [`config`](Workspace::config)
+    /// because [`configs`](Workspace::configs) lists the workspace's
+    /// configs, and because what it sets up is more than several configs:
+    /// one value, one validator, one commit.
+    pub fn group<T>(&self, members: impl IntoIterator<Item = impl Into<String>>) -> GroupBuilder<'_, T>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        GroupBuilder::new(self, members.into_iter().map(Into::into).collect())
+    }
+
     /// Runs `handler` for every event about a path matching `pattern` (a
     /// glob relative to the root, such as `templates/**/*.html`). Config
     /// events match by the config's files. Works before or after hot reload
@@ -612,7 +631,19 @@ impl HotReloadManager {
     /// no longer feed `name`. Returns whether the value changed, or the
     /// error that rejected it (the last good value stays live).
     pub async fn publish(&self, name: &str, documents: Vec<Document>) -> Result<bool> {
-        self.engine.publish(name, documents).await
+        let (_, changed) = self.engine.publish_set(vec![(name.to_string(), documents)]).await?;
+        Ok(changed.first().copied().unwrap_or(false))
+    }
+
+    /// Feeds several configs from a source other than files, as one change
+    /// set (one etcd revision, say): each is parsed, merged and validated
+    /// like [`publish`](HotReloadManager::publish), with the groups they are
+    /// in, and then all of them are applied, or none is. Returns the set's
+    /// id if any live value changed (`None` if all were the same), or the
+    /// error that refused the set, naming the config
+    /// ([`Error::Config`]); the last good values stay live.
+    pub async fn publish_set(&self, configs: Vec<(String, Vec<Document>)>) -> Result<Option<ChangeSetId>> {
+        Ok(self.engine.publish_set(configs).await?.0)
     }
 
     /// Waits until every version the engine has applied or rejected so far
