@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{Ws, wait_until};
+use common::Ws;
 use serde_json::{Value, json};
 
 fn put(dir: &Path, rel: &str, text: &str) {
@@ -200,18 +200,19 @@ fn apply_keeps_modes_and_owners_makes_new_files_private_and_deletes_only_when_as
 fn a_change_the_watcher_rejects_exits_one_and_names_the_config() {
     let ws = Ws::new();
     ws.write("config/a.toml", "round = 1\n");
+    ws.write("config/a.schema.json", r#"{"properties": {"round": {"type": "integer"}}}"#);
     ws.write("config/b.toml", "round = 1\n");
     let mut watch = ws.watch(&[]);
     let src = tempfile::tempdir().unwrap();
-    // Each file parses, but config `a` now has two base files: the watcher
-    // rejects it.
-    put(src.path(), "a.yaml", "round: 2\n");
+    // Each file parses, but `a` breaks its schema: the watcher rejects it.
+    put(src.path(), "a.toml", "round = \"two\"\n");
     put(src.path(), "b.toml", "round = 2\n");
     let run = ws.run(&["apply", src.path().to_str().unwrap()]);
     assert_eq!(run.code(), 1, "{}", run.stderr());
     assert!(run.stderr().contains("rejected change set"), "{}", run.stderr());
     assert!(run.stderr().contains("config `a`"), "{}", run.stderr());
+    assert!(run.stderr().contains("config/a.toml:1:"), "located: {}", run.stderr());
     watch.wait_kind("validation_failed", "a");
-    wait_until("the files stay written", || ws.path("config/a.yaml").exists());
+    assert_eq!(ws.read("config/a.toml"), "round = \"two\"\n", "the files stay written");
     assert_eq!(watch.terminate(), 0);
 }
