@@ -606,10 +606,9 @@ pub(crate) fn open_all(root: &Path) -> Result<Vec<History>> {
 /// one records its history now. The lock is tried and let go at once; an
 /// engine starting in that instant waits for it (`LOCK_WAIT`).
 pub(crate) fn recording(root: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = root.join("data").join("history").join(LOCK);
     // Never created here, never a blocking open.
-    let Ok(file) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path) else { return false };
+    let Ok(file) = crate::engine::open_nonblocking(&path) else { return false };
     if !file.metadata().is_ok_and(|m| m.is_file()) {
         return false;
     }

@@ -304,10 +304,9 @@ pub(crate) struct ReadLog {
 /// truncated records are skipped with a warning.
 pub(crate) fn read(path: &Path) -> std::io::Result<ReadLog> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // Never a blocking open: a FIFO put where the log goes would hang
     // whoever reads the history (`relive history`, a rollback).
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+    let file = match crate::engine::open_nonblocking(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parse(path, &[])),
         Err(e) => return Err(e),
