@@ -401,9 +401,8 @@ impl Workspace {
             // up, so that it knows which version is live.
             let _ = engine.flush_history().await;
         }
-        let mut events = engine.as_ref().map(|e| e.events());
         let ws = self.clone();
-        let changed = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let (changed, mut events) = tokio::task::spawn_blocking(move || -> Result<_> {
             let plans = targets
                 .iter()
                 .map(|(name, n)| ws.open_history(name)?.plan(*n))
@@ -412,16 +411,21 @@ impl Workspace {
                 .flatten()
                 .collect::<Vec<_>>();
             if plans.is_empty() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             // One hold over every file of every config: the engine, here or
             // in another process, reads none of them before all are there.
             let hold = ws.hold()?;
+            // Subscribed under the hold: what the engine says from now on
+            // is about this change, not about one it made before (a
+            // rejection of a file deleted a moment ago, say).
+            let events = engine.as_ref().map(|e| e.events());
             for plan in &plans {
                 plan.write()?;
             }
             hold.release()?;
-            Ok(plans.iter().filter(|p| p.changes_value).map(|p| p.name().to_string()).collect())
+            let changed = plans.iter().filter(|p| p.changes_value).map(|p| p.name().to_string()).collect();
+            Ok((changed, events))
         })
         .await
         .map_err(|e| Error::Watch(format!("rollback failed: {e}")))??;
