@@ -523,7 +523,7 @@ pub async fn run(args: ApplyArgs) -> Result<Exit> {
     let steps = plan(&ws, files, args.delete, settings.limits.max_file_size, &mut problems)?;
     problems.into_failure()?;
     if steps.is_empty() {
-        output::note(&format!("{} already has every file of {}; nothing written", "config/", args.src.display()));
+        output::note(&format!("config/ already has every file of {}; nothing written", args.src.display()));
         return Ok(Exit::Ok);
     }
     let verb = |step: &Step| match step.change {
