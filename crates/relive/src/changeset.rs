@@ -6,7 +6,9 @@
 //! set with one [`ChangeSetId`]. The configs' `ConfigChanged` events of a
 //! set come one after the other, followed by one
 //! [`ChangeEvent::ChangeSetApplied`](crate::ChangeEvent::ChangeSetApplied)
-//! that names them all; the history records the id with each version.
+//! that names them all; the history records the id with each version (a
+//! version refused in a step with the id of the set it was tried in; a
+//! save that changed nothing live with none).
 
 use std::fmt;
 use std::str::FromStr;

@@ -38,7 +38,9 @@ const MAX_LEN: u64 = 128;
 /// It works across processes (it is the file `data/hold`), and bounds
 /// itself: an engine ignores a hold whose process is gone or which is
 /// older than [`hold_timeout_ms`](crate::HotReloadConfig::hold_timeout_ms)
-/// (30 s by default). Keep it for the copies, not longer.
+/// (30 s by default). Keep it for the copies, not longer. Only files are
+/// held: [`publish`](crate::HotReloadManager::publish) and
+/// [`publish_set`](crate::HotReloadManager::publish_set) apply at once.
 #[derive(Debug)]
 pub struct Hold {
     path: PathBuf,

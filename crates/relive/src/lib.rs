@@ -233,6 +233,11 @@
 //!   overlay has no validator that sees both, and may apply it). Tools
 //!   that want certainty take a [`Hold`] (`relive apply`). A ConfigMap
 //!   swap, a released hold and a published set need no window.
+//! - A [`Hold`] is obeyed for at most
+//!   [`HotReloadConfig::hold_timeout_ms`] (30 s), and not at all once its
+//!   process is gone (on Windows only the bound applies): a copy that
+//!   takes longer is applied in parts. An engine in another process
+//!   notices a release within 5 ms.
 //! - Files that secret references read are looked at every 250 ms (their
 //!   metadata, symlinks followed), not watched by events: a rotation is
 //!   seen within that time. A reference inside a SOPS-encrypted value is
