@@ -53,6 +53,7 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
             Command::Show(args) => crate::history::show(args).await,
             Command::Diff(args) => crate::history::diff(args).await,
             Command::Rollback(args) => crate::history::rollback(args).await,
+            Command::Apply(args) => crate::apply::run(args).await,
             Command::Serve(args) => crate::serve::run(args).await,
             Command::Fleet(args) => crate::fleet::run(args).await,
             Command::Completions(_) | Command::Check(_) => unreachable!("handled above"),

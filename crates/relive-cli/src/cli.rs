@@ -56,7 +56,8 @@ pub enum Command {
     /// errors as `file:line:col: message`.
     #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
-    /// List the recorded versions of a config.
+    /// List the recorded versions of a config, or of every config grouped
+    /// by change set.
     #[command(after_help = EXIT_CODES)]
     History(HistoryArgs),
     /// Print one recorded version of a config (default: the newest).
@@ -65,10 +66,16 @@ pub enum Command {
     /// Show what changed between two versions of a config.
     #[command(after_help = EXIT_CODES)]
     Diff(DiffArgs),
-    /// Write an earlier version of a config back to its file; a running
-    /// watcher validates and applies it like any edit.
+    /// Write an earlier version of a config (or of every config of a change
+    /// set) back to its files; a running watcher validates and applies it
+    /// like any edit.
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
+    /// Install a directory of configs into the workspace's config/ as one
+    /// change set: every file is checked first, and nothing is written if
+    /// any is wrong.
+    #[command(after_help = EXIT_CODES, after_long_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
     /// Serve a workspace in the browser: `static/`, pages rendered from
     /// `templates/` with the configs as context, and live reload.
     #[command(after_help = EXIT_CODES)]
@@ -667,8 +674,16 @@ pub struct HistoryWorkspace {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// The config's name (`app` for config/app.toml, `db/main` for
-    /// config/db/main.yaml).
-    pub name: String,
+    /// config/db/main.yaml). Without it, the versions of every config,
+    /// grouped by change set.
+    pub name: Option<String>,
+    /// Every config's versions, grouped by change set, newest first (what
+    /// no NAME does).
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
+    /// Without NAME: at most this many change sets.
+    #[arg(long, value_name = "N", default_value_t = 50, conflicts_with = "name")]
+    pub limit: usize,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
 }
@@ -706,15 +721,61 @@ pub struct DiffArgs {
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// The config's name.
-    pub name: String,
+    #[arg(required_unless_present_any = ["change_set", "to_change_set"])]
+    pub name: Option<String>,
     /// The version to go back to. Default: the newest applied version
     /// before the live one whose content differs from it (so that repeated
     /// rollbacks step back through the changes).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["change_set", "to_change_set"])]
     pub to: Option<u64>,
+    /// Undo change set ID (as `relive history` shows it): every config it
+    /// changed goes back to its version before it, as one change set.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["name", "to_change_set"])]
+    pub change_set: Option<relive::ChangeSetId>,
+    /// Restore every config of change set ID to its version in that set,
+    /// as one change set.
+    #[arg(long, value_name = "ID", conflicts_with = "name")]
+    pub to_change_set: Option<relive::ChangeSetId>,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
 }
+
+/// `relive apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The directory of configs, laid out as config/ is (`app.toml`,
+    /// `db/main.production.yaml`).
+    #[arg(value_name = "SRC_DIR")]
+    pub src: PathBuf,
+    /// Check every file and print what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove the config files of config/ that SRC_DIR does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// How long to wait for a running watcher to apply or reject the
+    /// change, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+const APPLY_EXAMPLES: &str = "\
+Every file under SRC_DIR is checked before anything is written: it must be
+a config file relive loads (name[.env].toml, .yaml, .yml or .json, or a
+name.schema.json) that parses within the limits; SOPS files are checked
+for their shape and installed encrypted. Symlinks that leave SRC_DIR,
+FIFOs, sockets and devices are refused. Then the files are written, each
+atomically (keeping the mode and owner of the file it replaces; new files
+0600), while the workspace's engine is held, so that a running watcher
+applies them as one change set. relive apply waits for that watcher's
+verdict and exits 1 if it rejected the change.
+
+Examples:
+  relive apply --dry-run release/config    what would change
+  relive apply release/config              install it as one change
+  relive apply --delete release/config     and remove configs it no longer has";
 
 /// `relive completions`.
 #[derive(Debug, Args)]

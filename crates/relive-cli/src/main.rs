@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod app;
+mod apply;
 mod backoff;
 mod check;
 mod cli;

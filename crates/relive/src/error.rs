@@ -100,6 +100,13 @@ pub enum Error {
         /// The version asked for.
         version: u64,
     },
+    /// No version in any config's history has this change-set id (never
+    /// recorded, or pruned).
+    #[error("no change set {id} in the history")]
+    UnknownChangeSet {
+        /// The id asked for.
+        id: crate::ChangeSetId,
+    },
 }
 
 impl Error {

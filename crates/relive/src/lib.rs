@@ -145,6 +145,14 @@
 //! disk. The store survives a crash at any point: a record is complete or
 //! absent, and a damaged one is skipped with a warning.
 //!
+//! Each version records the [`ChangeSetId`] of the change set it was
+//! applied in: [`Workspace::change_sets`] groups every config's versions by
+//! set, and [`Workspace::rollback_change_set`] (undo a set) and
+//! [`Workspace::restore_change_set`] (back to a set's versions) write every
+//! config's files under one [`Workspace::hold`], so that they are applied,
+//! and recorded, as one change set. A rollback of a base and its overlay is
+//! one version.
+//!
 //! History holds secrets, so it is private: `data/` and the directories
 //! relive creates under it are 0700, its files 0600, whatever the umask (a
 //! wider `data/` is narrowed, with a warning). A file that resolves through
@@ -317,7 +325,8 @@ pub use format::Format;
 pub use group::GroupBuilder;
 pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
-    Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
+    ChangeSet, ChangeSetMember, Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning,
+    Version, VersionStatus,
 };
 pub use hold::Hold;
 pub use inventory::{ConfigFiles, Layer, LoadedConfig};
