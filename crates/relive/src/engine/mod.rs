@@ -79,6 +79,10 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// the other configs.
 const HOSTILE_COOLDOWN: Duration = Duration::from_millis(100);
 
+/// How many times a step reads the queue again after a free look at the
+/// hold, while it keeps finding events (see `Worker::run`).
+const RELOOK: usize = 16;
+
 /// How often a held engine looks at the hold file: a hold released by
 /// another process (whose release cannot wake this thread) is noticed
 /// within this time.
@@ -522,7 +526,26 @@ impl Worker {
             self.take_in(seen);
             let ready = self.coalescer.take_ready(Instant::now());
             let mut ready = self.cool_down(ready);
-            if self.hold.look() {
+            // A hold released between the read above and this look was
+            // released after its writes, whose events are queued by now:
+            // read again until a read after a free look finds nothing, so
+            // that the step has all of them. Bounded: a writer that never
+            // pauses must not keep the loop from its commands.
+            let mut held = self.hold.look();
+            for _ in 0..RELOOK {
+                if held {
+                    break;
+                }
+                let seen = self.intake.read(&self.s);
+                if seen.is_empty() {
+                    break;
+                }
+                self.take_in(seen);
+                let more = self.coalescer.take_ready(Instant::now());
+                ready.extend(self.cool_down(more));
+                held = self.hold.look();
+            }
+            if held {
                 // Held: read nothing, validate nothing; park what is ready.
                 if !self.hold.holding {
                     tracing::info!(path = %self.hold.path.display(), "held: changes wait for the release");
