@@ -556,10 +556,24 @@ fn kill_nine_at_random_moments_leaves_a_history_that_opens() {
         delays.push(delay);
         let mut writer = child(NAME, t.dir.path())
             .env_remove("RELIVE_ENV")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // The delay runs from the child's first write, not from its spawn:
+        // a loaded machine starts a process slowly, and a kill before the
+        // engine is up tests nothing.
+        let stdout = writer.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // libtest's own lines come first ("running 1 test").
+            let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+                .map_while(Result::ok)
+                .any(|line| line.ends_with("writing"));
+            let _ = tx.send(started);
+        });
+        let started = rx.recv_timeout(TIMEOUT * 3).unwrap_or(false);
+        assert!(started, "round {round}: the writer did not start writing");
         // The delay picks the moment of the kill; nothing is asserted on it.
         std::thread::sleep(delay);
         writer.kill().unwrap(); // SIGKILL
@@ -626,6 +640,7 @@ fn history_writer(root: &Path) -> ! {
         let file = root.join("config/app.toml");
         let tmp = root.join("config/app.toml.tmp");
         let mut value = stream.current().value;
+        println!("writing");
         loop {
             value += 1;
             fs::write(&tmp, app_toml("k", value)).unwrap();
