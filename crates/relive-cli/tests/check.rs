@@ -99,7 +99,7 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("use http:// or https://"), "{}", run.stderr());
 
-    for command in ["watch", "check", "history", "show", "diff", "rollback", "completions"] {
+    for command in ["watch", "check", "history", "show", "diff", "rollback", "apply", "completions"] {
         let run = ws.run(&[command, "--help"]);
         assert_eq!(run.code(), 0, "{command} --help");
         assert!(run.stdout().contains("Usage: relive"), "{command} --help: {}", run.stdout());
