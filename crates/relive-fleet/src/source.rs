@@ -88,7 +88,10 @@ impl FleetSourceBuilder {
         })
     }
 
-    /// More endpoints of the same cluster; the client balances over all.
+    /// More endpoints of the same cluster. The source talks to one member
+    /// at a time (its watch and lease live on one connection anyway) and,
+    /// when it loses it, tries the next member at once, each in turn,
+    /// before it backs off.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetSourceBuilder {
         self.conn.endpoints.push(endpoint.into());
         self
@@ -202,7 +205,7 @@ impl FleetSourceBuilder {
     /// default settings if it is not running (start it first for others).
     ///
     /// Returns once the configs are published: read from etcd, or, when
-    /// etcd does not answer within the request timeout, from the local
+    /// no endpoint answers within the request timeout, from the local
     /// cache under `ws.data_dir()`. Subscribe to configs after this, so
     /// that they start from those values. The source then runs on the
     /// current Tokio runtime until [`FleetSource::shutdown`] or drop.
@@ -222,6 +225,7 @@ impl FleetSourceBuilder {
             cache_writer: CacheWriter::start(Cache::new(cache_dir.clone()))
                 .map_err(|source| Error::Io { path: cache_dir, source })?,
             events: events.clone(),
+            member: 0,
             revision: 0,
             stable: BTreeMap::new(),
             canaries: BTreeMap::new(),
@@ -376,6 +380,8 @@ struct Worker {
     cache_writer: CacheWriter,
     events: broadcast::Sender<SourceEvent>,
     backoff: Backoff,
+    /// The index of the endpoint the next connection tries first.
+    member: usize,
     /// Every event up to this revision has been handled; 0: nothing read
     /// yet, or a re-read is needed.
     revision: i64,
@@ -468,10 +474,41 @@ impl Worker {
         }
     }
 
-    /// Connects, takes a lease, reads what was missed (everything, the
-    /// first time and after a compaction), writes every status under the
-    /// new lease and watches from the next revision.
+    /// Connects to one member after another, from the one after the
+    /// member last used, until one serves a whole session; fails once each
+    /// was tried.
+    ///
+    /// One member at a time, not etcd-client's balanced channel over all of
+    /// them: a fresh balanced channel sends its first calls to whichever
+    /// member is ready first, and a dead member is "ready" at once (its
+    /// refused connection is an error to hand out), while a live one is
+    /// still in its TLS handshake. A source rebuilding its client after
+    /// losing a member then lost the race on every attempt, for as long as
+    /// the member stayed dead (77 attempts, 27 s, in one run under load).
     async fn connect(&mut self) -> Result<Session, Stop> {
+        let count = self.opts.conn.endpoints.len();
+        let mut errors = Vec::new();
+        for k in 0..count {
+            let i = (self.member + k) % count;
+            let endpoint = self.opts.conn.endpoints[i].clone();
+            match self.connect_to(&endpoint).await {
+                Ok(session) => {
+                    // A session lost later resumes with the next member.
+                    self.member = (i + 1) % count;
+                    return Ok(session);
+                }
+                Err(Stop::Engine) => return Err(Stop::Engine),
+                Err(Stop::Lost(error)) if count == 1 => return Err(Stop::Lost(error)),
+                Err(Stop::Lost(error)) => errors.push(format!("{endpoint}: {error}")),
+            }
+        }
+        Err(Stop::Lost(errors.join("; ")))
+    }
+
+    /// Connects to `endpoint`, takes a lease, reads what was missed
+    /// (everything, the first time and after a compaction), writes every
+    /// status under the new lease and watches from the next revision.
+    async fn connect_to(&mut self, endpoint: &str) -> Result<Session, Stop> {
         let limit = self.opts.request_timeout;
         let conn = self.opts.conn.clone();
         let lost = |e: String| Stop::Lost(conn.explain(e));
@@ -484,7 +521,7 @@ impl Worker {
             // (too_many_pings) once no data flowed between three of them.
             .with_keep_alive(Duration::from_secs(6), limit)
             .with_keep_alive_while_idle(true);
-        let mut client = call(limit, Client::connect(&self.opts.conn.endpoints, Some(options))).await.map_err(lost)?;
+        let mut client = call(limit, Client::connect([endpoint], Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
         let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
