@@ -42,7 +42,8 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         // As PID 1 (in a container), every orphan is relive's to reap, and
-        // nobody else would.
+        // nobody else would. Windows has no orphans to reap.
+        #[cfg(unix)]
         if crate::reap::is_init() {
             tokio::spawn(crate::reap::reap_forever());
         }
@@ -52,6 +53,7 @@ fn dispatch(command: Command) -> Result<Exit, Failure> {
             Command::Show(args) => crate::history::show(args).await,
             Command::Diff(args) => crate::history::diff(args).await,
             Command::Rollback(args) => crate::history::rollback(args).await,
+            Command::Apply(args) => crate::apply::run(args).await,
             Command::Serve(args) => crate::serve::run(args).await,
             Command::Fleet(args) => crate::fleet::run(args).await,
             Command::Completions(_) | Command::Check(_) => unreachable!("handled above"),

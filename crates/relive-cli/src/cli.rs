@@ -56,7 +56,8 @@ pub enum Command {
     /// errors as `file:line:col: message`.
     #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
-    /// List the recorded versions of a config.
+    /// List the recorded versions of a config, or of every config grouped
+    /// by change set.
     #[command(after_help = EXIT_CODES)]
     History(HistoryArgs),
     /// Print one recorded version of a config (default: the newest).
@@ -65,10 +66,16 @@ pub enum Command {
     /// Show what changed between two versions of a config.
     #[command(after_help = EXIT_CODES)]
     Diff(DiffArgs),
-    /// Write an earlier version of a config back to its file; a running
-    /// watcher validates and applies it like any edit.
+    /// Write an earlier version of a config (or of every config of a change
+    /// set) back to its files; a running watcher validates and applies it
+    /// like any edit.
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
+    /// Install a directory of configs into the workspace's config/ as one
+    /// change set: every file is checked first, and nothing is written if
+    /// any is wrong.
+    #[command(after_help = EXIT_CODES, after_long_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
     /// Serve a workspace in the browser: `static/`, pages rendered from
     /// `templates/` with the configs as context, and live reload.
     #[command(after_help = EXIT_CODES)]
@@ -540,13 +547,14 @@ pub struct WatchArgs {
     pub json: bool,
     /// Run CMD and restart it after each config change that validated: a
     /// simple command (words and quotes) directly, anything else with
-    /// `sh -c`. It gets RELIVE_CONFIG (the configs that changed, comma
-    /// separated; unset at first start) and RELIVE_WORKSPACE.
+    /// `sh -c` (on Windows every CMD with `cmd /C`). It gets RELIVE_CONFIG
+    /// (the configs that changed, comma separated; unset at first start)
+    /// and RELIVE_WORKSPACE.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
     /// With --exec: send this signal (HUP, USR1, SIGHUP, ...) to the
     /// program instead of restarting it (to its whole process group when
-    /// CMD needs a shell).
+    /// CMD needs a shell). Linux and macOS only.
     #[arg(long, value_name = "SIGNAL", requires = "exec", value_parser = parse_signal)]
     pub signal: Option<Signal>,
     /// With --exec: how long the program has to exit after SIGTERM before
@@ -598,7 +606,16 @@ SIGTERM received by relive are passed on the same way, and relive exits
 once the group is gone. relive reaps the orphans its program leaves (it is
 their subreaper) and stops those outside the group after it; as PID 1 it
 reaps every orphan. If relive is killed with SIGKILL, the kernel kills the
-process it started, but not what that process started.";
+process it started, but not what that process started.
+
+Platforms: the above is Linux. macOS has the process group and --signal,
+but no subreaper (what leaves the group is not stopped) and no parent-death
+signal (a relive killed with SIGKILL leaves its program running). Windows
+restarts only: CMD runs under `cmd /S /C` in a job object; a restart, Ctrl-C
+or Ctrl-Break sends Ctrl-Break to the program, waits --grace-ms, then ends
+every process of the job, and the job ends with relive however relive
+dies. --signal is an error there. Linux is tested; macOS and Windows are
+type-checked in CI, not run.";
 
 /// `--polling`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -657,8 +674,16 @@ pub struct HistoryWorkspace {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// The config's name (`app` for config/app.toml, `db/main` for
-    /// config/db/main.yaml).
-    pub name: String,
+    /// config/db/main.yaml). Without it, the versions of every config,
+    /// grouped by change set.
+    pub name: Option<String>,
+    /// Every config's versions, grouped by change set, newest first (what
+    /// no NAME does).
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
+    /// Without NAME: at most this many change sets.
+    #[arg(long, value_name = "N", default_value_t = 50, conflicts_with = "name")]
+    pub limit: usize,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
 }
@@ -696,15 +721,61 @@ pub struct DiffArgs {
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// The config's name.
-    pub name: String,
+    #[arg(required_unless_present_any = ["change_set", "to_change_set"])]
+    pub name: Option<String>,
     /// The version to go back to. Default: the newest applied version
     /// before the live one whose content differs from it (so that repeated
     /// rollbacks step back through the changes).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["change_set", "to_change_set"])]
     pub to: Option<u64>,
+    /// Undo change set ID (as `relive history` shows it): every config it
+    /// changed goes back to its version before it, as one change set.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["name", "to_change_set"])]
+    pub change_set: Option<relive::ChangeSetId>,
+    /// Restore every config of change set ID to its version in that set,
+    /// as one change set.
+    #[arg(long, value_name = "ID", conflicts_with = "name")]
+    pub to_change_set: Option<relive::ChangeSetId>,
     #[command(flatten)]
     pub ws: HistoryWorkspace,
 }
+
+/// `relive apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The directory of configs, laid out as config/ is (`app.toml`,
+    /// `db/main.production.yaml`).
+    #[arg(value_name = "SRC_DIR")]
+    pub src: PathBuf,
+    /// Check every file and print what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove the config files of config/ that SRC_DIR does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// How long to wait for a running watcher to apply or reject the
+    /// change, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub ws: HistoryWorkspace,
+}
+
+const APPLY_EXAMPLES: &str = "\
+Every file under SRC_DIR is checked before anything is written: it must be
+a config file relive loads (name[.env].toml, .yaml, .yml or .json, or a
+name.schema.json) that parses within the limits; SOPS files are checked
+for their shape and installed encrypted. Symlinks that leave SRC_DIR,
+FIFOs, sockets and devices are refused. Then the files are written, each
+atomically (keeping the mode and owner of the file it replaces; new files
+0600), while the workspace's engine is held, so that a running watcher
+applies them as one change set. relive apply waits for that watcher's
+verdict and exits 1 if it rejected the change.
+
+Examples:
+  relive apply --dry-run release/config    what would change
+  relive apply release/config              install it as one change
+  relive apply --delete release/config     and remove configs it no longer has";
 
 /// `relive completions`.
 #[derive(Debug, Args)]
@@ -718,6 +789,7 @@ pub struct CompletionsArgs {
 }
 
 /// A signal, by name and number.
+#[cfg(unix)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal {
     /// The name without `SIG`, such as `HUP`.
@@ -726,6 +798,13 @@ pub struct Signal {
     pub signal: rustix::process::Signal,
 }
 
+/// No signal: Windows has none to send, and `--signal` never parses there
+/// ([`parse_signal`]).
+#[cfg(not(unix))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {}
+
+#[cfg(unix)]
 const SIGNALS: &[(&str, rustix::process::Signal)] = {
     use rustix::process::Signal as S;
     &[
@@ -742,12 +821,28 @@ const SIGNALS: &[(&str, rustix::process::Signal)] = {
         ("TSTP", S::TSTP),
         ("WINCH", S::WINCH),
         ("IO", S::IO),
+        // macOS and the BSDs have no SIGPWR.
+        #[cfg(target_os = "linux")]
         ("PWR", S::POWER),
     ]
 };
 
-/// Parses `HUP`, `sighup`, `SIGHUP` or a number such as `1`.
+/// Parses `HUP`, `sighup`, `SIGHUP` or a number such as `1`; on Windows,
+/// refuses every value ([`crate::platform::signal_unavailable`]).
 pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    parse_signal_on(crate::platform::OS, text)
+}
+
+/// [`parse_signal`] as it is on `os`.
+fn parse_signal_on(os: crate::platform::Os, text: &str) -> Result<Signal, String> {
+    if let Some(why) = crate::platform::signal_unavailable(os) {
+        return Err(why.to_string());
+    }
+    signal_by_name(text)
+}
+
+#[cfg(unix)]
+fn signal_by_name(text: &str) -> Result<Signal, String> {
     let upper = text.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     let found = match bare.parse::<i32>() {
@@ -760,6 +855,12 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
     })
 }
 
+/// Never reached: [`parse_signal`] refuses `--signal` on Windows first.
+#[cfg(not(unix))]
+fn signal_by_name(_text: &str) -> Result<Signal, String> {
+    Err(crate::platform::signal_unavailable(crate::platform::Os::Windows).unwrap_or_default().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,6 +871,8 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    // Signals have names and numbers on Unix only.
+    #[cfg(unix)]
     #[test]
     fn signals_parse_by_name_and_number() {
         assert_eq!(parse_signal("HUP").unwrap().name, "HUP");
@@ -777,6 +880,20 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap().name, "TERM");
         assert_eq!(parse_signal("1").unwrap().name, "HUP");
         assert!(parse_signal("BOGUS").unwrap_err().contains("unknown signal `BOGUS`"));
+    }
+
+    // Run where the Unix names exist, to show that only the platform
+    // argument makes the difference.
+    #[cfg(unix)]
+    #[test]
+    fn signal_is_refused_when_parsed_for_windows() {
+        use crate::platform::Os;
+        assert_eq!(
+            parse_signal_on(Os::Windows, "HUP"),
+            Err("--signal is not available on Windows: the child is restarted".to_string())
+        );
+        assert_eq!(parse_signal_on(Os::Unix, "HUP").unwrap().name, "HUP");
+        assert_eq!(parse_signal_on(Os::Linux, "usr1").unwrap().name, "USR1");
     }
 
     #[test]

@@ -55,9 +55,10 @@ impl Failure {
 impl From<relive::Error> for Failure {
     fn from(error: relive::Error) -> Failure {
         match error {
-            relive::Error::Config { .. } | relive::Error::History { .. } | relive::Error::UnknownVersion { .. } => {
-                Failure::invalid(error)
-            }
+            relive::Error::Config { .. }
+            | relive::Error::History { .. }
+            | relive::Error::UnknownVersion { .. }
+            | relive::Error::UnknownChangeSet { .. } => Failure::invalid(error),
             _ => Failure::runtime(error),
         }
     }

@@ -21,7 +21,6 @@ use relive_fleet::{
     Action, Canaries, Draft, Drive, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSourceBuilder, FleetStatus,
     GateOutcome, Phase, Plan, Rollout, SourceEvent, SyncState,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{
     EtcdAccessArgs, FleetAgentArgs, FleetArgs, FleetCommand, FleetPushArgs, FleetRolesArgs, FleetRollbackArgs,
@@ -636,8 +635,7 @@ async fn run_agent(
     if !args.dir.is_dir() {
         return Err(Failure::runtime(format!("{}: not a directory", args.dir.display())));
     }
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let mut shutdown = crate::platform::Shutdown::listen().map_err(Failure::runtime)?;
     let agent = FleetAgentBuilder::new(source, &args.dir).start().await.map_err(failure)?;
     let mut events = agent.subscribe();
     let boot = match agent.boot() {
@@ -653,8 +651,7 @@ async fn run_agent(
     ));
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = shutdown.recv() => break,
             event = events.recv() => match event {
                 Ok(event) => print_agent_event(&event),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

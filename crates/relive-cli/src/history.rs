@@ -36,17 +36,41 @@ fn print(text: &str) {
     let _ = out.flush();
 }
 
-/// `relive history NAME`: every version kept, newest first.
+/// `relive history [NAME]`: every version of NAME kept, newest first, or
+/// without NAME every config's versions grouped by change set.
 pub async fn history(args: HistoryArgs) -> Result<Exit> {
-    let (_, history) = open(&args.ws, &args.name)?;
+    let Some(name) = args.name.as_deref().filter(|_| !args.all) else { return change_sets(&args) };
+    let (ws, history) = open(&args.ws, name)?;
     let entries = history.entries();
+    // Which configs changed with each version: every config's history,
+    // grouped by change set.
+    let sets = ws.change_sets(usize::MAX)?;
+    let partners = |entry: &HistoryEntry| -> Vec<(String, u64)> {
+        let Some(id) = entry.change_set else { return Vec::new() };
+        sets.iter()
+            .find(|s| s.id == Some(id))
+            .map(|s| {
+                s.members.iter().filter(|m| m.config != name).map(|m| (m.config.clone(), m.entry.version)).collect()
+            })
+            .unwrap_or_default()
+    };
     if args.ws.json {
-        let all: Vec<Value> = entries.iter().map(entry_json).collect();
+        let all: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                let mut record = entry_json(e);
+                record["partners"] = partners(e)
+                    .into_iter()
+                    .map(|(config, version)| json!({"config": config, "version": version}))
+                    .collect();
+                record
+            })
+            .collect();
         print(&format!("{}\n", Value::Array(all)));
         return Ok(Exit::Ok);
     }
     if entries.is_empty() {
-        output::note(&format!("config `{}` has no recorded versions", args.name));
+        output::note(&format!("config `{name}` has no recorded versions"));
         return Ok(Exit::Ok);
     }
     let live = history.latest_applied().map(|e| e.version);
@@ -54,26 +78,107 @@ pub async fn history(args: HistoryArgs) -> Result<Exit> {
     let mut text = String::new();
     for entry in entries.iter().rev() {
         let mark = if Some(entry.version) == live { format!("{BOLD}*{BOLD:#}") } else { " ".to_string() };
-        let status = match entry.status {
-            VersionStatus::Applied => format!("{ADDED}applied{ADDED:#} "),
-            VersionStatus::Rejected => format!("{REMOVED}rejected{REMOVED:#}"),
-        };
-        let mut detail = match &entry.error {
-            Some(error) => output::config_error(Some(&args.name), error),
-            None => diff_summary(entry),
-        };
-        if let Some(n) = entry.rollback_of {
-            detail = format!("(rollback to {n}) {detail}");
+        let mut detail = version_detail(name, entry);
+        let with: Vec<String> = partners(entry).iter().map(|(c, v)| format!("{c} {v}")).collect();
+        if !with.is_empty() {
+            detail = format!("(with {}) {detail}", with.join(", "));
         }
         let env = entry.env.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default();
         text.push_str(&format!(
-            "{mark} {:>width$}  {DIM}{}{DIM:#}{env}  {status}  {detail}\n",
+            "{mark} {:>width$}  {DIM}{}{DIM:#}{env}  {}  {}  {detail}\n",
             entry.version,
-            local_time(entry.time)
+            local_time(entry.time),
+            set_id(entry),
+            status(entry),
         ));
     }
     print(&text);
     Ok(Exit::Ok)
+}
+
+/// `relive history` without NAME: the newest change sets first, each a
+/// header (id, time, configs) over its versions.
+fn change_sets(args: &HistoryArgs) -> Result<Exit> {
+    let ws = app::workspace(args.ws.workspace.as_deref(), None)?;
+    let sets = ws.change_sets(args.limit)?;
+    if args.ws.json {
+        let all: Vec<Value> = sets
+            .iter()
+            .map(|set| {
+                let versions: Vec<Value> = set
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let mut record = entry_json(&m.entry);
+                        record["config"] = json!(m.config);
+                        record
+                    })
+                    .collect();
+                json!({
+                    "id": set.id.map(|id| id.to_string()),
+                    "time": utc_time(set.time()),
+                    "applied": set.is_applied(),
+                    "configs": set.configs().collect::<Vec<_>>(),
+                    "versions": versions,
+                })
+            })
+            .collect();
+        print(&format!("{}\n", Value::Array(all)));
+        return Ok(Exit::Ok);
+    }
+    if sets.is_empty() {
+        output::note(&format!("no recorded versions in {}", output::display_path(&ws.data_dir().join("history"))));
+        return Ok(Exit::Ok);
+    }
+    let width = sets.iter().flat_map(|s| s.configs()).map(str::len).max().unwrap_or(1);
+    let mut text = String::new();
+    for set in &sets {
+        let id = set.id.map_or_else(|| "(no change set)".to_string(), |id| format!("change set {id}"));
+        let configs: Vec<&str> = set.configs().collect();
+        text.push_str(&format!(
+            "{BOLD}{id}{BOLD:#}  {DIM}{}{DIM:#}  {}\n",
+            local_time(set.time()),
+            output::escape_controls(&configs.join(", "))
+        ));
+        for m in &set.members {
+            text.push_str(&format!(
+                "  {:<width$}  {:>4}  {}  {}\n",
+                output::escape_controls(&m.config),
+                m.entry.version,
+                status(&m.entry),
+                version_detail(&m.config, &m.entry)
+            ));
+        }
+    }
+    print(&text);
+    Ok(Exit::Ok)
+}
+
+fn status(entry: &HistoryEntry) -> String {
+    match entry.status {
+        VersionStatus::Applied => format!("{ADDED}applied{ADDED:#} "),
+        VersionStatus::Rejected => format!("{REMOVED}rejected{REMOVED:#}"),
+    }
+}
+
+/// The change-set id of a version, or dashes for one recorded before
+/// change sets, as wide as an id.
+fn set_id(entry: &HistoryEntry) -> String {
+    let id = entry.change_set.map_or_else(|| "-".repeat(16), |id| id.to_string());
+    format!("{DIM}{id}{DIM:#}")
+}
+
+/// The error of a rejected version, or the summary of its diff, after
+/// `(rollback to N)` for a rollback.
+fn version_detail(name: &str, entry: &HistoryEntry) -> String {
+    let detail = match &entry.error {
+        Some(error) => output::config_error(Some(name), error),
+        None => diff_summary(entry),
+    };
+    match entry.rollback_of {
+        Some(n) => format!("(rollback to {n}) {detail}"),
+        None => detail,
+    }
 }
 
 /// `~/port +/features/0 -/debug`, shortened to about 60 characters.
@@ -112,7 +217,8 @@ fn utc_time(time: SystemTime) -> String {
 }
 
 /// A version's record as JSON: `version`, `status`, `time`, `env`, `hash`,
-/// `files`, `rollback_of`, `published`, `diff` and `error`.
+/// `files`, `rollback_of`, `published`, `change_set` (its id as
+/// `relive history` shows it, or null), `diff` and `error`.
 fn entry_json(entry: &HistoryEntry) -> Value {
     let status = match entry.status {
         VersionStatus::Applied => "applied",
@@ -136,6 +242,7 @@ fn entry_json(entry: &HistoryEntry) -> Value {
         "files": entry.files().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "rollback_of": entry.rollback_of,
         "published": entry.published,
+        "change_set": entry.change_set.map(|id| id.to_string()),
         "diff": entry.diff.entries().iter().map(diff_entry_json).collect::<Vec<_>>(),
         "error": error,
     })
@@ -341,19 +448,23 @@ fn previous(steps: &[Step<'_>]) -> Option<u64> {
         .map(|s| s.version)
 }
 
-/// `relive rollback NAME [--to N]`.
+/// `relive rollback NAME [--to N]`, `relive rollback --change-set ID` and
+/// `relive rollback --to-change-set ID`.
 pub async fn rollback(args: RollbackArgs) -> Result<Exit> {
-    let (ws, history) = open(&args.ws, &args.name)?;
+    if let Some(id) = args.change_set.or(args.to_change_set) {
+        return rollback_change_set(&args, id).await;
+    }
+    let name = args.name.as_deref().expect("clap requires NAME without --change-set");
+    let (ws, history) = open(&args.ws, name)?;
     let n = match args.to {
         Some(n) => n,
-        None => previous(&history.entries().iter().map(Step::from).collect::<Vec<_>>()).ok_or_else(|| {
-            Failure::invalid(format!("config `{}` has no earlier applied version to go back to", args.name))
-        })?,
+        None => previous(&history.entries().iter().map(Step::from).collect::<Vec<_>>())
+            .ok_or_else(|| Failure::invalid(format!("config `{name}` has no earlier applied version to go back to")))?,
     };
     let version = history.version(n)?;
     let unchanged =
         version.documents.iter().all(|d| std::fs::read(d.origin()).is_ok_and(|bytes| bytes[..] == d.bytes()[..]));
-    ws.rollback(&args.name, n).await?;
+    ws.rollback(name, n).await?;
     let files: Vec<String> = version.documents.iter().map(|d| output::display_path(d.origin())).collect();
     if unchanged {
         output::note(&format!("{} already has the content of version {n}; nothing written", files.join(", ")));
@@ -361,11 +472,30 @@ pub async fn rollback(args: RollbackArgs) -> Result<Exit> {
         output::note(&format!(
             "config `{}` rolled back to version {n}: wrote {}; a running watcher validates and applies it, \
              and records it as a rollback to {n}",
-            args.name,
+            name,
             files.join(", ")
         ));
     }
     Ok(Exit::Ok)
+}
+
+/// `relive rollback --change-set ID` (undo the set: each of its configs
+/// back to its version before it) or `--to-change-set ID` (each back to
+/// its version in it), as one change set; then, if a watcher records the
+/// history, its verdict.
+async fn rollback_change_set(args: &RollbackArgs, id: relive::ChangeSetId) -> Result<Exit> {
+    let ws = app::workspace(args.ws.workspace.as_deref(), None)?;
+    // Its configs, whose versions stamped after `since` are the
+    // rollback's.
+    let set = ws.change_sets(usize::MAX)?.into_iter().find(|s| s.id == Some(id));
+    let configs = set.map(|s| s.configs().map(str::to_string).collect()).unwrap_or_default();
+    let since = std::time::SystemTime::now();
+    let undo = args.change_set.is_some();
+    let targets = if undo { ws.rollback_change_set(id).await? } else { ws.restore_change_set(id).await? };
+    let list: Vec<String> = targets.iter().map(|(name, n)| format!("`{name}` to version {n}")).collect();
+    let how = if undo { format!("change set {id} undone") } else { format!("back to change set {id}") };
+    output::note(&format!("{how}: {}, written as one change", list.join(", ")));
+    crate::apply::verdict(&ws, &configs, since, std::time::Duration::from_secs(10)).await
 }
 
 #[cfg(test)]

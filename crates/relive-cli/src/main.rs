@@ -22,11 +22,19 @@
 //!   children keep running.
 //! - relive reaps every child it has (it must, as a subreaper and as PID 1);
 //!   code in this process that started a child of its own without
-//!   [`reap::spawn`] would find it reaped already.
+//!   `reap::spawn` would find it reaped already.
+//! - The subreaper, the parent-death signal and PID 1 reaping are Linux's.
+//!   On macOS what the program double-forks is not stopped at a restart,
+//!   and a relive killed with SIGKILL leaves its program running. On
+//!   Windows `--exec` restarts only (no `--signal`), through a job object
+//!   ([`platform`]); a process the program starts in the instant before it
+//!   is put in the job is outside it. macOS and Windows are type-checked in
+//!   CI, not run.
 
 #![deny(missing_docs)]
 
 mod app;
+mod apply;
 mod backoff;
 mod check;
 mod cli;
@@ -36,7 +44,9 @@ mod fleet;
 mod history;
 mod inventory;
 mod output;
+mod platform;
 mod progress;
+#[cfg(unix)]
 mod reap;
 mod schema;
 mod serve;

@@ -176,6 +176,8 @@ pub fn print_event(event: &ChangeEvent, as_json: &Option<Value>) {
 ///   `renamed`), and `from` for a rename;
 /// - `validation_failed`: `config`, `error` (the message), `path`, `line`,
 ///   `column`, `key` where known, and `location` (`file:line:col: message`);
+/// - `change_set_applied`: `change_set` (its id, as `relive history`
+///   shows it), `configs` (in the order of their `config_changed` events);
 /// - `reload_completed`: `config`, `duration_ms`;
 /// - `handler_failed`: `handler`, `error`; `read_failed`: `path`, `error`.
 pub fn event_json(event: &ChangeEvent) -> Value {
@@ -215,6 +217,10 @@ pub fn event_json(event: &ChangeEvent) -> Value {
                 o.insert("key".into(), json!(key));
             }
             o.insert("location".into(), json!(config_error(Some(config_name), error)));
+        }
+        ChangeEvent::ChangeSetApplied { id, configs } => {
+            o.insert("change_set".into(), json!(id.to_string()));
+            o.insert("configs".into(), json!(configs.as_ref()));
         }
         ChangeEvent::ReloadCompleted { config_name, duration } => {
             o.insert("config".into(), json!(config_name));

@@ -8,6 +8,11 @@
 //! of a process started by [`spawn`] is kept for whoever started it; others
 //! are discarded. relive starts no other children: code that starts one
 //! in this process without [`spawn`] would find it reaped already.
+//!
+//! Unix only (Windows runs the program in a job object instead, see
+//! [`crate::platform`]). The subreaper and the parent-death signal are
+//! Linux's; on macOS [`become_subreaper`] does nothing and [`adopted`] is
+//! empty.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +22,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::process::{Pid, WaitOptions};
 
 /// The processes started by [`spawn`], with their exit status once reaped.
 static OWNED: Mutex<Option<HashMap<i32, Option<ExitStatus>>>> = Mutex::new(None);
@@ -49,28 +54,14 @@ fn spawner() -> &'static mpsc::Sender<Job> {
     })
 }
 
-/// Starts `command` in a process group of its own, with SIGKILL as its
-/// parent-death signal: if relive is killed (SIGKILL, a crash) the kernel
-/// kills the process it started. Returns its pid, which is also its
+/// Starts `command` in a process group of its own, on Linux with SIGKILL as
+/// its parent-death signal: if relive is killed (SIGKILL, a crash) the
+/// kernel kills the process it started. Returns its pid, which is also its
 /// process group; its exit status is kept for [`take_status`].
 pub async fn spawn(mut command: Command) -> io::Result<Pid> {
-    let parent = rustix::process::getpid();
     command.process_group(0);
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe work is allowed. It makes two system calls
-    // through rustix (prctl and getppid), which neither allocate nor lock,
-    // and builds an io::Error from a raw errno, which does not allocate.
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // relive died before the prctl: nobody would ever stop us.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
-            }
-            Ok(())
-        });
-    }
+    #[cfg(target_os = "linux")]
+    die_with_relive(&mut command);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         // Registered under the lock that reaping takes, so that a program
@@ -89,6 +80,29 @@ pub async fn spawn(mut command: Command) -> io::Result<Pid> {
     spawner().send(job).map_err(|_| io::Error::other("the spawning thread is gone"))?;
     let pid = rx.await.map_err(|_| io::Error::other("the spawning thread is gone"))??;
     Pid::from_raw(pid).ok_or_else(|| io::Error::other("the kernel returned pid 0"))
+}
+
+/// Sets SIGKILL as the parent-death signal of the process `command` starts.
+/// Linux only: macOS has no parent-death signal, so there a relive killed
+/// with SIGKILL leaves its program running.
+#[cfg(target_os = "linux")]
+fn die_with_relive(command: &mut Command) {
+    let parent = rustix::process::getpid();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe work is allowed. It makes two system calls
+    // through rustix (prctl and getppid), which neither allocate nor lock,
+    // and builds an io::Error from a raw errno, which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // relive died before the prctl: nobody would ever stop us.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Reaps every child that has exited, keeping the status of those started
@@ -169,8 +183,18 @@ pub fn is_gone(pid: Pid) -> bool {
 
 /// Makes relive the reaper of the orphans of its descendants, so that a
 /// process its program double-forked is still its child.
+#[cfg(target_os = "linux")]
 pub fn become_subreaper() -> io::Result<()> {
     Ok(rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?)
+}
+
+/// Nothing to do: other Unixes (macOS) have no subreaper. Orphans of the
+/// program go to init (launchd) instead of relive, and [`adopted`] finds
+/// none (it needs Linux's `/proc`), so what leaves the program's process
+/// group is not stopped at a restart; the README says so.
+#[cfg(not(target_os = "linux"))]
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(())
 }
 
 /// Whether relive is PID 1 (of a container, or a PID namespace): every

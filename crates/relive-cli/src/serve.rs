@@ -80,7 +80,6 @@ use axum::response::{Html, IntoResponse, Response};
 use relive::{ChangeEvent, ConfigError, ConfigErrorKind, Workspace};
 use relive_web::{Access, Assets, Change, ReloadHub, Templates};
 use serde_json::{Map, Value};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::app;
@@ -115,8 +114,7 @@ impl Pages {
 /// Runs `relive serve` until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<Exit> {
     let ws = app::workspace(args.dir.as_deref(), args.env.env.as_deref())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let mut shutdown = crate::platform::Shutdown::listen().map_err(Failure::runtime)?;
     let access = access(&args)?;
 
     let assets = Assets::new(&ws).map_err(web_failure)?;
@@ -185,8 +183,7 @@ pub async fn run(args: ServeArgs) -> Result<Exit> {
         served = extensions => {
             served.map(|()| Exit::Ok).map_err(|e| Failure::runtime(format!("the LiveReload port's server failed: {e}")))
         }
-        _ = sigint.recv() => Ok(Exit::Ok),
-        _ = sigterm.recv() => Ok(Exit::Ok),
+        _ = shutdown.recv() => Ok(Exit::Ok),
     };
     manager.shutdown().await?;
     result

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use relive::{ChangeEvent, ConfigStream, HotReloadConfig, Polling, ValidationError, WatcherMode, Workspace};
 use serde_json::Value;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::app;
@@ -22,6 +21,7 @@ use crate::exec::{self, Supervisor};
 use crate::exit::{Exit, Failure, Result};
 use crate::inventory;
 use crate::output;
+use crate::platform::{Shutdown, Stop};
 use crate::progress;
 use crate::schema::Schema;
 use crate::telemetry;
@@ -90,15 +90,15 @@ fn load_schema(path: &std::path::Path) -> Option<Schema> {
     }
 }
 
-/// Runs `relive watch` until SIGINT or SIGTERM.
+/// Runs `relive watch` until SIGINT or SIGTERM (Ctrl-C or Ctrl-Break on
+/// Windows).
 pub async fn run(args: WatchArgs) -> Result<Exit> {
     let ws = app::workspace(args.dir.as_deref(), args.env.env.as_deref())?;
     // The recorder must be in place before the engine records anything.
     if let Some(addr) = args.metrics_addr {
         telemetry::serve(addr).map_err(Failure::runtime)?;
     }
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Failure::runtime)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Failure::runtime)?;
+    let mut shutdown = Shutdown::listen().map_err(Failure::runtime)?;
 
     let configs = ws.configs()?;
     let files = inventory::files(&configs);
@@ -189,10 +189,9 @@ pub async fn run(args: WatchArgs) -> Result<Exit> {
                     }
                 }
                 Err(RecvError::Lagged(n)) => output::warn(&format!("output fell behind; {n} events skipped")),
-                Err(RecvError::Closed) => break (rustix::process::Signal::TERM, Err(Failure::runtime("the hot reload engine stopped"))),
+                Err(RecvError::Closed) => break (Stop::Terminate, Err(Failure::runtime("the hot reload engine stopped"))),
             },
-            _ = sigint.recv() => break (rustix::process::Signal::INT, Ok(Exit::Ok)),
-            _ = sigterm.recv() => break (rustix::process::Signal::TERM, Ok(Exit::Ok)),
+            stop = shutdown.recv() => break (stop, Ok(Exit::Ok)),
         }
     };
     if let Some(supervisor) = supervisor {

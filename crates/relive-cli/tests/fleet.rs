@@ -1,6 +1,10 @@
 //! `relive fleet`: the real binary against a real etcd started by the
 //! tests (relive-fleet's harness), with real agents and `relive watch`.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod common;
 #[path = "../../relive-fleet/tests/common/mod.rs"]
 mod etcd;

@@ -1,10 +1,14 @@
 //! `relive history`, `show`, `diff` and `rollback` against the history a
 //! running `relive watch` records.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod common;
 
 use common::{Watch, Ws, wait_until};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `relive history NAME --json`, once it has `count` versions.
 fn history_with(ws: &Ws, name: &str, count: usize) -> Vec<Value> {
@@ -156,4 +160,101 @@ fn show_without_a_version_is_the_value_now_with_its_layers_and_the_workspace_s_p
     let run = ws.run(&["show", "pay"]);
     assert_ne!(run.code(), 0);
     assert!(run.stderr().contains("relive.toml") && run.stderr().contains("paterns"), "{}", run.stderr());
+}
+
+/// `relive history --json` without NAME: the change sets, newest first.
+fn change_sets(ws: &Ws) -> Vec<Value> {
+    let run = ws.run(&["history", "--json"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    serde_json::from_str(&run.stdout()).expect("change sets JSON")
+}
+
+/// Starts a watcher on configs `a` and `b` (round 1) and applies round 2
+/// of both as one change set; returns the set's id.
+fn two_configs_in_one_change_set(ws: &Ws) -> (Watch, String) {
+    ws.write("config/a.toml", "round = 1\n");
+    ws.write("config/b.toml", "round = 1\n");
+    let mut watch = ws.watch(&[]);
+    ws.write("src/a.toml", "round = 2\n");
+    ws.write("src/b.toml", "round = 2\n");
+    let run = ws.run(&["apply", "src"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let set = watch.wait_event(|e| e["kind"] == "change_set_applied");
+    (watch, set["change_set"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_change_set_of_two_configs_is_one_group_in_history() {
+    let ws = Ws::new();
+    let (mut watch, id) = two_configs_in_one_change_set(&ws);
+    let sets = change_sets(&ws);
+    let newest = &sets[0];
+    assert_eq!((&newest["id"], &newest["configs"], &newest["applied"]), (&json!(id), &json!(["a", "b"]), &json!(true)));
+    let versions = newest["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "one version per config: {newest:#}");
+    for v in versions {
+        assert_eq!(v["change_set"], json!(id));
+        assert_eq!(v["diff"][0], json!({"op": "change", "path": "/round", "old": 1, "new": 2}));
+    }
+
+    // As text: one header for the set, its versions under it.
+    let text = ws.run(&["history"]).stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with(&format!("change set {id}  ")) && lines[0].ends_with("  a, b"), "{text}");
+    assert!(lines[1].starts_with("  a  ") && lines[1].contains("applied") && lines[1].ends_with("~/round"), "{text}");
+    assert!(lines[2].starts_with("  b  ") && lines[2].ends_with("~/round"), "{text}");
+    assert!(lines[3].starts_with("change set "), "the next set has a header of its own: {text}");
+
+    // One config's history names the set and its partner.
+    let run = ws.run(&["history", "a", "--json"]);
+    let entries: Vec<Value> = serde_json::from_str(&run.stdout()).unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last["change_set"], json!(id));
+    assert_eq!(last["partners"], json!([{"config": "b", "version": versions[1]["version"]}]));
+    let text = ws.run(&["history", "a"]).stdout();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains(&id) && first.contains("(with b 2)"), "{text}");
+    assert_eq!(watch.terminate(), 0);
+}
+
+#[test]
+fn rollback_by_change_set_restores_both_configs_in_one_change_set() {
+    let ws = Ws::new();
+    let (mut watch, id) = two_configs_in_one_change_set(&ws);
+
+    // Undo the set: both back to round 1, as one change set.
+    let from = watch.stdout_seen.len();
+    let run = ws.run(&["rollback", "--change-set", &id]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stderr().contains(&format!("change set {id} undone")), "{}", run.stderr());
+    let set = watch.wait_event(|e| e["kind"] == "change_set_applied");
+    assert_eq!(set["configs"].as_array().unwrap().len(), 2, "one change set of both: {set}");
+    let events: Vec<Value> = watch.stdout_seen[from..].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let changed: Vec<&Value> = events.iter().filter(|e| e["kind"] == "config_changed").collect();
+    assert_eq!(changed.len(), 2, "{events:#?}");
+    assert!(changed.iter().all(|e| e["new"]["round"] == 1), "{events:#?}");
+    assert_eq!((ws.read("config/a.toml"), ws.read("config/b.toml")), ("round = 1\n".into(), "round = 1\n".into()));
+
+    // One new version per config, sharing the rollback's id, each a
+    // rollback to version 1.
+    let undo = set["change_set"].as_str().unwrap();
+    let newest = &change_sets(&ws)[0];
+    assert_eq!((&newest["id"], &newest["configs"]), (&json!(undo), &json!(["a", "b"])));
+    for v in newest["versions"].as_array().unwrap() {
+        assert_eq!((&v["version"], &v["rollback_of"], &v["change_set"]), (&json!(3), &json!(1), &json!(undo)));
+    }
+
+    // And back to the set's own versions.
+    let run = ws.run(&["rollback", "--to-change-set", &id]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let set = watch.wait_event(|e| e["kind"] == "change_set_applied");
+    assert_eq!(set["configs"].as_array().unwrap().len(), 2, "{set}");
+    assert_eq!(ws.read("config/a.toml"), "round = 2\n");
+
+    // An unknown set, or one given with a config name, is refused.
+    let run = ws.run(&["rollback", "--change-set", "0000000000000001"]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stderr().contains("no change set 0000000000000001"), "{}", run.stderr());
+    assert_eq!(ws.run(&["rollback", "a", "--change-set", &id]).code(), 2);
+    assert_eq!(watch.terminate(), 0);
 }

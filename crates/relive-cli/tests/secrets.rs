@@ -4,6 +4,10 @@
 //! `diff` and the page `relive serve` renders with an error overlay, grepped
 //! for each secret's clear text.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -11,6 +11,10 @@
 //! maps `attacker.example` to 127.0.0.1 in Chromium, as DNS rebinding
 //! would, and checks that such a page gets neither the pages nor a socket.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod browser;
 
 use browser::{

@@ -9,6 +9,10 @@
 //! template errors are told on stderr as they come and go, a burst of
 //! saves is one reload, and the README's first command serves the demo.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod browser;
 
 use std::io::{Read, Write};

@@ -1,6 +1,10 @@
 //! `relive watch`: events as JSON lines, `--exec`, `--webhook` and
 //! `--metrics-addr`, against the real binary.
 
+// The harness (tests/common) stops relive with SIGTERM and watches its
+// processes with kill(2): Unix's. On Windows the CLI is type-checked in CI.
+#![cfg(unix)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

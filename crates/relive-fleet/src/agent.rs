@@ -15,6 +15,7 @@
 //! wider.
 
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use relive::{Format, HistoryConfig, HotReloadConfig, Workspace};
 use tokio::sync::broadcast;
 
 use crate::Error;
-use crate::cache::{DIR_MODE, FILE_MODE, create_private_dir, create_temp};
+#[cfg(unix)]
+use crate::cache::DIR_MODE;
+use crate::cache::{FILE_MODE, create_private_dir, create_temp};
 use crate::source::{Boot, FleetSource, FleetSourceBuilder, Mirror, SourceEvent};
 
 /// The extensions a config file can have; the agent removes a config's
@@ -126,6 +129,16 @@ impl FleetAgent {
 /// private all the same.
 fn narrow_dir(dir: &Path) -> std::io::Result<()> {
     create_private_dir(dir)?;
+    // Modes are Unix's: on Windows the directory keeps the ACL it
+    // inherited.
+    #[cfg(unix)]
+    narrow_mode(dir)?;
+    Ok(())
+}
+
+/// Makes `dir` 0700 if others may enter it, with a warning.
+#[cfg(unix)]
+fn narrow_mode(dir: &Path) -> std::io::Result<()> {
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
@@ -164,7 +177,7 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
         // Only a regular file's: a FIFO or a device in the way (a symlink to
         // /dev/zero is 0666, root's) says nothing about who may read this.
         let keep = match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid()))),
+            Ok(meta) if meta.is_file() => mode_and_owner(&meta),
             _ => (FILE_MODE, None),
         };
         let written = (|| {
@@ -187,6 +200,19 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
         }
     }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync the directory of", e))
+}
+
+/// A file's mode and owner, to keep them when it is replaced.
+#[cfg(unix)]
+fn mode_and_owner(meta: &std::fs::Metadata) -> (u32, Option<(u32, u32)>) {
+    (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid())))
+}
+
+/// Windows has no modes or owners to keep: the new file inherits the
+/// directory's ACL.
+#[cfg(not(unix))]
+fn mode_and_owner(_meta: &std::fs::Metadata) -> (u32, Option<(u32, u32)>) {
+    (FILE_MODE, None)
 }
 
 /// Whether `path` is a regular file holding exactly `document`. Anything
@@ -230,6 +256,8 @@ mod tests {
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
+    // Modes are Unix's.
+    #[cfg(unix)]
     #[test]
     fn a_new_file_is_private_and_a_replaced_one_keeps_its_mode() {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -242,6 +270,8 @@ mod tests {
         assert_eq!(mode(&dir.path().join("db/main.toml")), 0o640);
     }
 
+    // FIFOs and /dev/zero are Unix's.
+    #[cfg(unix)]
     #[test]
     fn a_fifo_or_an_endless_file_in_the_way_is_replaced_not_read() {
         // On main the agent read what was there to compare it: a FIFO
@@ -267,6 +297,7 @@ mod tests {
         assert_eq!((mode("server.toml"), mode("db.toml")), (0o600, 0o600), "not the FIFO's or /dev/zero's mode");
     }
 
+    #[cfg(unix)]
     fn mkfifo(path: &Path) {
         let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
         assert!(status.success());

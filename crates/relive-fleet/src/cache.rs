@@ -8,10 +8,13 @@
 //! directory synced.
 //!
 //! A value may hold a secret: cache files are 0600 and the directories the
-//! cache creates 0700, whatever the umask.
+//! cache creates 0700, whatever the umask. Modes and owners are Unix's; on
+//! Windows the files inherit the ACL of the directory they are in, as
+//! relive's own `data/` does.
 
-use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
@@ -24,12 +27,17 @@ const EXT: &str = "cached";
 /// The mode of the files the fleet crate writes for itself.
 pub(crate) const FILE_MODE: u32 = 0o600;
 /// The mode of the directories it creates.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Creates `dir` and its missing parents with mode 0700 (given at creation:
 /// a umask only takes bits away). Directories that exist are left alone.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+    let mut builder = DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(DIR_MODE);
+    builder.create(dir)
 }
 
 /// Creates a new file at `tmp` with exactly `mode` and, if given, owner
@@ -40,14 +48,25 @@ pub(crate) fn create_temp(tmp: &Path, mode: u32, owner: Option<(u32, u32)>) -> s
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let file = OpenOptions::new().write(true).create_new(true).mode(mode & 0o777).open(tmp)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(mode & 0o777);
+    let file = options.open(tmp)?;
+    #[cfg(unix)]
     let set = (|| {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
         // After the owner: chown clears set-id bits.
-        file.set_permissions(Permissions::from_mode(mode))
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
     })();
+    // No modes or owners to set on Windows (see the module's docs).
+    #[cfg(not(unix))]
+    let set: std::io::Result<()> = {
+        let _ = (mode, owner);
+        Ok(())
+    };
     if let Err(e) = set {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
@@ -215,6 +234,8 @@ mod tests {
         assert_eq!(leftovers.count(), 0, "temp files are renamed away");
     }
 
+    // Modes are Unix's.
+    #[cfg(unix)]
     #[test]
     fn cache_files_are_private_whatever_they_replace() {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -226,7 +247,7 @@ mod tests {
         }
         let file = dir.path().join("fleet/app/configs/db/main.cached");
         assert_eq!(mode(&file), 0o600);
-        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         cache.store("db/main", 2, b"password = 2").unwrap();
         assert_eq!(mode(&file), 0o600, "a replaced file is private again");
     }

@@ -512,7 +512,8 @@ async fn the_agent_writes_files_atomically_that_a_workspace_on_its_dir_follows()
 }
 
 /// Every directory under `dir` (itself included) and every file, with its
-/// permission bits.
+/// permission bits (Unix's).
+#[cfg(unix)]
 fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = vec![(dir.to_path_buf(), true, std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777)];
@@ -531,6 +532,8 @@ fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
 /// The agent replaces a file keeping its mode and owner, writes a new one
 /// 0600, and keeps its cache 0600 in 0700 directories, under a `data/` that
 /// was 0755: what comes from etcd may be a secret.
+// Modes and owners are Unix's.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_s_files_are_private_and_a_replaced_file_keeps_its_mode_and_owner() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

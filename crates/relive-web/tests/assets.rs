@@ -1,6 +1,10 @@
 //! Static assets: every way out of `static/` is refused, with real files
 //! and symlinks; the manifest follows content through the real engine.
 
+// Symlinks out of static/ are made here as Unix makes them (Windows needs
+// privileges for them).
+#![cfg(unix)]
+
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;

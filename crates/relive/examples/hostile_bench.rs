@@ -135,7 +135,7 @@ impl Hostile {
         let tmp = self.staging.join(format!("next{}", self.round));
         match &self.variants {
             Some(variants) => fs::hard_link(&variants[(self.round % 2) as usize], &tmp)?,
-            None => rustix::fs::mkfifoat(rustix::fs::CWD, &tmp, rustix::fs::Mode::from(0o600))?,
+            None => mkfifo(&tmp)?,
         }
         fs::rename(&tmp, &self.target)?;
         Ok(())
@@ -445,4 +445,19 @@ fn main() -> BoxResult<()> {
             result
         }
     }
+}
+
+/// Makes a FIFO at `path` (mode 0600). Linux has `mkfifoat`; macOS has
+/// none in rustix, so there the `mkfifo` command makes it.
+fn mkfifo(path: &std::path::Path) -> BoxResult<()> {
+    #[cfg(target_os = "linux")]
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from(0o600))?;
+    #[cfg(not(target_os = "linux"))]
+    {
+        let status = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(path).status()?;
+        if !status.success() {
+            return Err(format!("mkfifo {}: {status}", path.display()).into());
+        }
+    }
+    Ok(())
 }

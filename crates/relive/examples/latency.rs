@@ -283,7 +283,7 @@ fn write_update(config: &Path, kind: WriteKind, n: u64) -> std::io::Result<Write
             let dir = config.join(&version);
             fs::create_dir(&dir)?;
             fs::write(dir.join("app.json"), json_doc(n))?;
-            std::os::unix::fs::symlink(&version, config.join("..data_tmp"))?;
+            symlink(&version, config.join("..data_tmp"))?;
             fs::rename(config.join("..data_tmp"), config.join("..data"))?;
             let visible = Instant::now();
             fs::remove_dir_all(config.join(format!("..v{n}")))?;
@@ -343,8 +343,8 @@ impl Fixture {
             WriteKind::ConfigMap => {
                 fs::create_dir(config.join("..v1"))?;
                 fs::write(config.join("..v1/app.json"), json_doc(0))?;
-                std::os::unix::fs::symlink("..v1", config.join("..data"))?;
-                std::os::unix::fs::symlink("..data/app.json", config.join("app.json"))?;
+                symlink("..v1", config.join("..data"))?;
+                symlink("..data/app.json", config.join("app.json"))?;
             }
         }
         Ok(Fixture { dir, kind })
@@ -1284,4 +1284,20 @@ async fn compare_backends(opts: Opts) -> BoxResult<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A symbolic link, as a ConfigMap's `..data` is one. Unix's; Windows (where
+/// the benchmarks are type-checked, not run) needs to know a directory's.
+fn symlink(target: impl AsRef<Path>, link: impl AsRef<Path>) -> std::io::Result<()> {
+    #[cfg(unix)]
+    return std::os::unix::fs::symlink(target, link);
+    #[cfg(windows)]
+    {
+        let target = target.as_ref();
+        let resolved = link.as_ref().parent().unwrap_or(Path::new(".")).join(target);
+        match resolved.is_dir() {
+            true => std::os::windows::fs::symlink_dir(target, link),
+            false => std::os::windows::fs::symlink_file(target, link),
+        }
+    }
 }

@@ -23,6 +23,8 @@ pub(crate) enum Signal {
     /// Data was written (IN_MODIFY, or a truncate); the writer may still have the file open.
     Modified,
     /// A writer closed the file (IN_CLOSE_WRITE): what it wrote is complete.
+    /// Only inotify reports closes; the coalescer's cases use it everywhere.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Closed,
     /// A new entry appeared. `complete: false` for a regular file created by
     /// open(O_CREAT): its writer will close it later. `complete: true` for entries

@@ -167,6 +167,11 @@ pub struct HotReloadConfig {
     /// times it. A config of one file is applied at once. 0 turns it off.
     /// Default 10.
     pub change_set_window_ms: u64,
+    /// How long a [`Hold`](crate::Hold) is obeyed, in milliseconds: an
+    /// engine ignores an older one (and one whose process is gone), with a
+    /// warning, so that a copier that crashed or hangs cannot freeze the
+    /// service. Default 30,000.
+    pub hold_timeout_ms: u64,
     /// Bounds on what a config file may be, checked before its text reaches
     /// a parser. See [`Limits`].
     pub limits: Limits,
@@ -204,6 +209,7 @@ impl Default for HotReloadConfig {
             age_key_files: Vec::new(),
             env_layer: Some(EnvLayer::default()),
             change_set_window_ms: 10,
+            hold_timeout_ms: 30_000,
         }
     }
 }
@@ -372,8 +378,11 @@ pub(crate) struct EngineSettings {
     pub poll_interval: Duration,
     pub quiet: Duration,
     pub write_timeout: Duration,
+    /// Counts inotify watches, so only Linux's intake reads it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub watch_limit: Option<usize>,
     pub change_set_window: Duration,
+    pub hold_timeout: Duration,
     /// Limits, identities and secret names for parsing documents.
     pub decode: Decode,
 }
@@ -403,6 +412,7 @@ impl EngineSettings {
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             watch_limit: c.watch_limit,
             change_set_window: Duration::from_millis(c.change_set_window_ms),
+            hold_timeout: Duration::from_millis(c.hold_timeout_ms),
             decode: c.decode()?,
         })
     }

@@ -73,6 +73,24 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A group was asked for in a way that cannot work (no member, a
+    /// member named twice).
+    #[error("group {members:?}: {message}")]
+    Group {
+        /// The members as given.
+        members: Vec<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another process holds the workspace
+    /// ([`Workspace::hold`](crate::Workspace::hold)).
+    #[error("{}: the workspace is held by process {pid}", path.display())]
+    Held {
+        /// The hold file.
+        path: PathBuf,
+        /// The holder's pid (0 if it has not written it yet).
+        pid: u32,
+    },
     /// The history of a config has no such version (never recorded, or
     /// pruned).
     #[error("config `{name}` has no version {version} in its history")]
@@ -81,6 +99,13 @@ pub enum Error {
         name: String,
         /// The version asked for.
         version: u64,
+    },
+    /// No version in any config's history has this change-set id (never
+    /// recorded, or pruned).
+    #[error("no change set {id} in the history")]
+    UnknownChangeSet {
+        /// The id asked for.
+        id: crate::ChangeSetId,
     },
 }
 
@@ -147,6 +172,12 @@ impl ConfigError {
     pub fn with_position(mut self, line: usize, column: usize) -> ConfigError {
         self.line = Some(line);
         self.column = Some(column);
+        self
+    }
+
+    /// The same error, its message led by `prefix` (its location kept).
+    pub(crate) fn prefixed(mut self, prefix: &str) -> ConfigError {
+        self.message = format!("{prefix}{}", self.message);
         self
     }
 

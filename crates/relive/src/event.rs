@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::changeset::ChangeSetId;
 use crate::error::ConfigError;
 
 /// Something that happened in a watched workspace.
@@ -30,6 +31,21 @@ pub enum ChangeEvent {
         new_value: Arc<serde_json::Value>,
         /// The files the value was merged from, base first.
         files: Arc<[PathBuf]>,
+    },
+    /// The configs of one change set were applied together: it follows
+    /// their [`ConfigChanged`](ChangeEvent::ConfigChanged) events (one per
+    /// config, in this order). Every reload that applies anything is a
+    /// change set, of one config or of several (a group, a base and its
+    /// overlay, a ConfigMap swap, a released
+    /// [`Hold`](crate::Hold), a
+    /// [`publish_set`](crate::HotReloadManager::publish_set)).
+    ChangeSetApplied {
+        /// The set's identity, which the history records with each
+        /// version.
+        id: ChangeSetId,
+        /// The configs whose new values are live, in the order of their
+        /// `ConfigChanged` events.
+        configs: Arc<[String]>,
     },
     /// A watched file was created, modified, deleted or renamed.
     FileChanged {
@@ -101,6 +117,7 @@ impl ChangeEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             ChangeEvent::ConfigChanged { .. } => "config_changed",
+            ChangeEvent::ChangeSetApplied { .. } => "change_set_applied",
             ChangeEvent::FileChanged { .. } => "file_changed",
             ChangeEvent::ValidationFailed { .. } => "validation_failed",
             ChangeEvent::ReloadCompleted { .. } => "reload_completed",

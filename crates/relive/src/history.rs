@@ -48,7 +48,7 @@
 //! # Writing back
 //!
 //! A record says where its files go, and a record can be forged or damaged,
-//! so [`History::write_back`] checks every path before it writes anything: a
+//! so [`History::plan`] checks every path before it writes anything: a
 //! relative path under `config/`, without `..`, whose existing part resolves
 //! (symlinks followed) inside the workspace's `config/`, to a regular file
 //! (never a FIFO, a device or a directory) or to a file yet to be created.
@@ -76,6 +76,7 @@ use serde_json::Value;
 pub use diff::{Diff, DiffEntry};
 pub(crate) use writer::Recorder;
 
+use crate::ChangeSetId;
 use crate::document::{Decode, Document, Parsed, Sources};
 use crate::error::{ConfigError, Error, Result};
 use crate::format::Format;
@@ -199,6 +200,11 @@ pub struct HistoryEntry {
     /// Fed by [`HotReloadManager::publish`](crate::HotReloadManager::publish),
     /// not read from files. Such versions cannot be rolled back to.
     pub published: bool,
+    /// The change set it was applied (or rejected) in: the versions of
+    /// several configs that went live together share it
+    /// ([`Workspace::change_sets`](crate::Workspace::change_sets) groups
+    /// them). `None` for versions recorded before relive had change sets.
+    pub change_set: Option<ChangeSetId>,
 }
 
 impl HistoryEntry {
@@ -415,18 +421,11 @@ impl History {
         Error::History { name: self.name.clone(), message }
     }
 
-    /// Writes version `n` back to its files for [`Workspace::rollback`]:
-    /// checks it, leaves a marker for the engine, then replaces each file
-    /// atomically, keeping its mode and owner. Returns whether it wrote
-    /// anything, and whether the value differs from the newest applied
-    /// version's.
-    ///
-    /// A record says where its files go, and a record can be forged or
-    /// damaged: every path is checked (see [`History::target`]) before
-    /// anything is written.
-    ///
-    /// [`Workspace::rollback`]: crate::Workspace::rollback
-    pub(crate) fn write_back(&self, n: u64) -> Result<(bool, bool)> {
+    /// Checks everything about restoring version `n` (its status, its
+    /// content, every path it writes) and returns what to write, without
+    /// writing anything; `None` if the files hold its content already. So a
+    /// rollback of several configs is refused whole, before any file moves.
+    pub(crate) fn plan(&self, n: u64) -> Result<Option<WriteBack>> {
         let (target, origins) = self.load(n)?;
         if !target.entry.is_applied() {
             return Err(self.error(format!("version {n} was rejected; only applied versions can be restored")));
@@ -438,37 +437,25 @@ impl History {
             .iter()
             .zip(&target.documents)
             .zip(&target.entry.documents)
-            .map(|((origin, doc), info)| Ok((self.target(n, origin, info.mode)?, doc)))
+            .map(|((origin, doc), info)| Ok((self.target(n, origin, info.mode)?, doc.clone())))
             .collect::<Result<Vec<_>>>()?;
         let unchanged = writes.iter().all(|(t, d)| t.current.as_deref() == Some(&d.bytes()[..]));
         if unchanged {
-            return Ok((false, false));
+            return Ok(None);
         }
-        // Which engine applies the files, and when, is unknown here (another
-        // process, or the next one started): the marker tells it. It is
-        // consumed when the content comes back, as a new version or as the
-        // value already live.
-        let marker = Marker { to: n, hash: target.entry.hash.clone(), time: rfc3339(SystemTime::now()) };
-        let bytes = serde_json::to_vec(&marker).expect("marker serializes");
-        write_atomic(&self.dir.join(MARKER), &bytes).map_err(|e| Error::io(self.dir.join(MARKER), e))?;
         let changes_value = match self.latest_applied() {
             Some(latest) if latest.version == n => false,
             Some(latest) => self.version(latest.version).ok().and_then(|v| v.value) != target.value,
             None => true,
         };
-        for (t, doc) in &writes {
-            if let Some(parent) = t.path.parent() {
-                private::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
-            }
-            private::replace_file(&t.path, doc.bytes(), t.keep).map_err(|e| match t.keep.owner {
-                Some((uid, gid)) if e.kind() == std::io::ErrorKind::PermissionDenied => self.error(format!(
-                    "version {n}: cannot keep the owner (uid {uid}, gid {gid}) of {}: {e}",
-                    t.path.display()
-                )),
-                _ => Error::io(&t.path, e),
-            })?;
-        }
-        Ok((true, changes_value))
+        Ok(Some(WriteBack {
+            name: self.name.clone(),
+            n,
+            hash: target.entry.hash.clone(),
+            dir: self.dir.clone(),
+            writes,
+            changes_value,
+        }))
     }
 
     /// Where the document of version `n` recorded as `origin` may be
@@ -536,6 +523,145 @@ impl History {
     }
 }
 
+/// The versions of several configs that were applied (or rejected)
+/// together, as the history shows them: one per config, sharing one
+/// [`ChangeSetId`].
+///
+/// ```no_run
+/// # fn f(ws: relive::Workspace) -> relive::Result<()> {
+/// for set in ws.change_sets(10)? {
+///     let configs: Vec<&str> = set.configs().collect();
+///     println!("{:?} {}", set.id, configs.join(", "));
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChangeSet {
+    /// Its id; `None` for a version recorded before relive had change
+    /// sets, which is a set of its own.
+    pub id: Option<ChangeSetId>,
+    /// Its versions, by config name.
+    pub members: Vec<ChangeSetMember>,
+}
+
+/// One config's version in a [`ChangeSet`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChangeSetMember {
+    /// The config's name.
+    pub config: String,
+    /// Its version.
+    pub entry: HistoryEntry,
+}
+
+impl ChangeSet {
+    /// When it was applied: the newest of its versions' times.
+    pub fn time(&self) -> SystemTime {
+        self.members.iter().map(|m| m.entry.time).max().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// The configs it changed, by name.
+    pub fn configs(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| m.config.as_str())
+    }
+
+    /// True if every version in it was applied.
+    pub fn is_applied(&self) -> bool {
+        self.members.iter().all(|m| m.entry.is_applied())
+    }
+
+    /// The version of config `name` in it.
+    pub fn member(&self, name: &str) -> Option<&HistoryEntry> {
+        self.members.iter().find(|m| m.config == name).map(|m| &m.entry)
+    }
+}
+
+/// The histories of every config recorded under `root/data/history/`, by
+/// name (configs since removed included).
+pub(crate) fn open_all(root: &Path) -> Result<Vec<History>> {
+    let dir = root.join("data").join("history");
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        // Directories only (never the lock file), and only names that
+        // `config_dir` makes: anything else was not written by relive.
+        let Some(name) = entry.file_name().to_str().and_then(config_name) else { continue };
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && config_dir(&root.join("data"), &name).is_ok_and(|d| d == entry.path())
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.iter().map(|name| History::open(root, name)).collect()
+}
+
+/// True if an engine holds the history lock of the workspace at `root`:
+/// one records its history now. The lock is tried and let go at once; an
+/// engine starting in that instant waits for it (`LOCK_WAIT`).
+pub(crate) fn recording(root: &Path) -> bool {
+    let path = root.join("data").join("history").join(LOCK);
+    // Never created here, never a blocking open.
+    let Ok(file) = crate::engine::open_nonblocking(&path) else { return false };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    !writer::try_lock(&file).unwrap_or(false)
+}
+
+/// The config name a history directory's name stands for: the inverse of
+/// [`config_dir`]'s escaping (`%2F` is `/`, `%25` is `%`).
+fn config_name(dir_name: &str) -> Option<String> {
+    let mut out = String::with_capacity(dir_name.len());
+    let mut rest = dir_name;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        match rest.get(i + 1..i + 3) {
+            Some("2F") => out.push('/'),
+            Some("25") => out.push('%'),
+            _ => return None,
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Every version of `histories` grouped by change set, newest set first,
+/// at most `limit` sets. A version without an id is a set of its own.
+pub(crate) fn group(histories: &[History], limit: usize) -> Vec<ChangeSet> {
+    let mut sets: std::collections::HashMap<ChangeSetId, ChangeSet> = std::collections::HashMap::new();
+    let mut alone = Vec::new();
+    for history in histories {
+        for entry in history.entries() {
+            let member = ChangeSetMember { config: history.name().to_string(), entry: entry.clone() };
+            match entry.change_set {
+                Some(id) => sets
+                    .entry(id)
+                    .or_insert_with(|| ChangeSet { id: Some(id), members: Vec::new() })
+                    .members
+                    .push(member),
+                None => alone.push(ChangeSet { id: None, members: vec![member] }),
+            }
+        }
+    }
+    let mut all: Vec<ChangeSet> = sets.into_values().chain(alone).collect();
+    for set in &mut all {
+        set.members.sort_by(|a, b| a.config.cmp(&b.config).then(a.entry.version.cmp(&b.entry.version)));
+    }
+    // Ids increase in the order sets were made; times order the sets
+    // without one among them.
+    all.sort_by(|a, b| b.time().cmp(&a.time()).then(b.id.cmp(&a.id)));
+    all.truncate(limit);
+    all
+}
+
 /// Where and how one file of a rollback is written.
 struct Target {
     /// Resolved: no symlink in it.
@@ -545,7 +671,54 @@ struct Target {
     current: Option<Vec<u8>>,
 }
 
-/// A pending rollback, left by [`History::write_back`] for whichever engine
+/// A rollback of one config, checked by [`History::plan`] and ready to
+/// write.
+pub(crate) struct WriteBack {
+    name: String,
+    n: u64,
+    hash: String,
+    dir: PathBuf,
+    writes: Vec<(Target, Document)>,
+    /// Whether the value differs from the newest applied version's: if
+    /// not, an engine records nothing and says nothing when it comes back.
+    pub(crate) changes_value: bool,
+}
+
+impl WriteBack {
+    /// Leaves the marker for the engine, then replaces each file
+    /// atomically, keeping its mode and owner.
+    pub(crate) fn write(&self) -> Result<()> {
+        let n = self.n;
+        let error = |message: String| Error::History { name: self.name.clone(), message };
+        // Which engine applies the files, and when, is unknown here (another
+        // process, or the next one started): the marker tells it. It is
+        // consumed when the content comes back, as a new version or as the
+        // value already live.
+        let marker = Marker { to: n, hash: self.hash.clone(), time: rfc3339(SystemTime::now()) };
+        let bytes = serde_json::to_vec(&marker).expect("marker serializes");
+        write_atomic(&self.dir.join(MARKER), &bytes).map_err(|e| Error::io(self.dir.join(MARKER), e))?;
+        for (t, doc) in &self.writes {
+            if let Some(parent) = t.path.parent() {
+                private::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            private::replace_file(&t.path, doc.bytes(), t.keep).map_err(|e| match t.keep.owner {
+                Some((uid, gid)) if e.kind() == std::io::ErrorKind::PermissionDenied => error(format!(
+                    "version {n}: cannot keep the owner (uid {uid}, gid {gid}) of {}: {e}",
+                    t.path.display()
+                )),
+                _ => Error::io(&t.path, e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The config's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A pending rollback, left by [`WriteBack::write`] for whichever engine
 /// applies the restored files, in this process or another.
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -604,6 +777,7 @@ fn entry(root: &Path, r: &VersionRecord) -> HistoryEntry {
         rollback_of: r.rollback_of,
         error: r.error.as_ref().map(log::ErrorRecord::to_error),
         published: r.published,
+        change_set: r.change_set.map(ChangeSetId::from_u64),
     }
 }
 
@@ -665,6 +839,9 @@ pub(crate) struct Attempt {
     pub secrets: crate::document::SecretPaths,
     pub error: Option<ConfigError>,
     pub published: bool,
+    /// The change set the version was applied (or tried) in, `None` when
+    /// it was in none; stored with the version.
+    pub change_set: Option<crate::ChangeSetId>,
     pub time: SystemTime,
     /// The documents' lengths, when the version broke a [`Limits`] bound
     /// and their bytes were dropped before queueing: a file rewritten with

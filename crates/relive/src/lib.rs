@@ -145,6 +145,14 @@
 //! disk. The store survives a crash at any point: a record is complete or
 //! absent, and a damaged one is skipped with a warning.
 //!
+//! Each version records the [`ChangeSetId`] of the change set it was
+//! applied in: [`Workspace::change_sets`] groups every config's versions by
+//! set, and [`Workspace::rollback_change_set`] (undo a set) and
+//! [`Workspace::restore_change_set`] (back to a set's versions) write every
+//! config's files under one [`Workspace::hold`], so that they are applied,
+//! and recorded, as one change set. A rollback of a base and its overlay is
+//! one version.
+//!
 //! History holds secrets, so it is private: `data/` and the directories
 //! relive creates under it are 0700, its files 0600, whatever the umask (a
 //! wider `data/` is narrowed, with a warning). A file that resolves through
@@ -152,6 +160,51 @@
 //! ([`DocumentInfo::withheld`]). A rollback writes only to relative paths
 //! under `config/` that resolve inside `config/`, over regular files, and
 //! refuses any other record; the file it replaces keeps its mode and owner.
+//!
+//! # Change sets and groups
+//!
+//! Configs that change together are applied together: every step of the
+//! engine that applies values is one change set, with a [`ChangeSetId`]
+//! that the history records, and its configs' `ConfigChanged` events are
+//! followed by one [`ChangeEvent::ChangeSetApplied`]. Every value of a set
+//! is prepared (deserialized and validated by every subscriber) before any
+//! is committed.
+//!
+//! Configs that must agree with each other are a group:
+//! [`Workspace::group`] gives one typed value for several configs, with
+//! validators that see all of them. A change to any member is validated
+//! with the others as they are on disk, and every member's new value is
+//! committed, to the members' own subscribers and to the group's, or none
+//! is. A refusal names the member, with its file, line and column.
+//!
+//! ```no_run
+//! # async fn f(ws: relive::Workspace) -> relive::Result<()> {
+//! #[derive(serde::Deserialize)]
+//! struct Server { port: u16 }
+//! #[derive(serde::Deserialize)]
+//! struct Proxy { target: u16 }
+//! #[derive(serde::Deserialize)]
+//! struct Net { server: Server, proxy: Proxy }
+//!
+//! let net = ws
+//!     .group::<Net>(["server", "proxy"])
+//!     .validate(|n: &Net| match n.proxy.target == n.server.port {
+//!         true => Ok(()),
+//!         false => Err(relive::ValidationError::at("proxy.target", "must be the server's port")),
+//!     })
+//!     .live()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What makes several files one change:
+//!
+//! | writer | how |
+//! | --- | --- |
+//! | a deploy script, `git checkout`, `rsync` (members or a base and overlay written a few ms apart) | the members wait [`HotReloadConfig::change_set_window_ms`] (10 ms, restarted by each change, at most ten times); a config of one file in no group is not delayed |
+//! | a Kubernetes ConfigMap `..data` swap | one step for every config it changes |
+//! | a tool that wants certainty (`relive apply`) | [`Workspace::hold`]: the engine applies nothing while the [`Hold`] exists, then everything pending as one set |
+//! | a source in code (etcd) | [`HotReloadManager::publish_set`]: the whole set or nothing, the error naming the config |
 //!
 //! # Known problems
 //!
@@ -172,12 +225,19 @@
 //!   few milliseconds later, and a write whose event the kernel queues late
 //!   could in principle slip through. While relive holds a lease (for the
 //!   microseconds of one read) a writer's `open(2)` waits.
-//! - A config made of several files (a base and an overlay) is reloaded
-//!   once none of them changed for
+//! - A config made of several files (a base and an overlay), or a member
+//!   of a group, is reloaded once none of its files changed for
 //!   [`HotReloadConfig::change_set_window_ms`] (10 ms): a writer that
-//!   pauses longer than that between the two files has its mix applied (or
-//!   rejected) in between. Several configs that must agree with each other
-//!   (groups) are not validated together yet.
+//!   pauses longer than that between two files has its mix validated in
+//!   between (a group's validator refuses it; a lone config with an
+//!   overlay has no validator that sees both, and may apply it). Tools
+//!   that want certainty take a [`Hold`] (`relive apply`). A ConfigMap
+//!   swap, a released hold and a published set need no window.
+//! - A [`Hold`] is obeyed for at most
+//!   [`HotReloadConfig::hold_timeout_ms`] (30 s), and not at all once its
+//!   process is gone (on Windows only the bound applies): a copy that
+//!   takes longer is applied in parts. An engine in another process
+//!   notices a release within 5 ms.
 //! - Files that secret references read are looked at every 250 ms (their
 //!   metadata, symlinks followed), not watched by events: a rotation is
 //!   seen within that time. A reference inside a SOPS-encrypted value is
@@ -213,10 +273,11 @@
 //!   it. Network filesystems are detected (and polled) on Linux only; on
 //!   macOS and Windows a share mounted from another machine reports only
 //!   this machine's changes: set [`Polling::Always`] for one.
-//! - macOS and Windows builds are not compiled or tested by this
-//!   repository's CI (it runs on Linux, and checks with `cargo tree` that
-//!   no Linux-only dependency is pulled there); the portable backend's code
-//!   is tested on Linux through `notify`'s inotify. See the README.
+//! - macOS and Windows builds are type-checked by this repository's CI
+//!   (`cargo check --all-targets` for x86_64 and aarch64 macOS and x86_64
+//!   Windows, MSVC and GNU), not run: CI runs on Linux. The portable
+//!   backend's code is run there through `notify`'s inotify, not through
+//!   FSEvents or `ReadDirectoryChangesW`. See the README.
 //!
 //! # Metrics
 //!
@@ -228,6 +289,7 @@
 
 #![deny(missing_docs)]
 
+mod changeset;
 mod coalesce;
 mod config;
 mod document;
@@ -236,8 +298,10 @@ mod envlayer;
 mod error;
 mod event;
 mod format;
+mod group;
 mod handler;
 mod history;
+mod hold;
 mod inventory;
 #[cfg(target_os = "linux")]
 mod lease;
@@ -250,6 +314,7 @@ mod stream;
 mod watch;
 mod workspace;
 
+pub use changeset::{ChangeSetId, ParseChangeSetIdError};
 pub use config::{Backend, HotReloadConfig, Limits, Polling};
 pub use document::Document;
 pub use engine::{PauseGuard, WatcherMode};
@@ -257,10 +322,13 @@ pub use envlayer::EnvLayer;
 pub use error::{ConfigError, ConfigErrorKind, Error, Result, ValidationError};
 pub use event::{ChangeEvent, ChangeType};
 pub use format::Format;
+pub use group::GroupBuilder;
 pub use handler::{HandlerError, HandlerFn, ReloadHandler, handler_fn};
 pub use history::{
-    Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning, Version, VersionStatus,
+    ChangeSet, ChangeSetMember, Diff, DiffEntry, DocumentInfo, History, HistoryConfig, HistoryEntry, HistoryWarning,
+    Version, VersionStatus,
 };
+pub use hold::Hold;
 pub use inventory::{ConfigFiles, Layer, LoadedConfig};
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};

@@ -14,7 +14,9 @@
 //! private to that user by default), and the helpers below leave modes
 //! alone.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+#[cfg(unix)]
+use std::fs::Permissions;
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -105,6 +105,14 @@ impl<T> ConfigStream<T> {
     }
 }
 
+impl<T> ConfigStream<T> {
+    /// A stream over `rx`, with `live` as its lock-free handle.
+    pub(crate) fn from_parts(mut rx: watch::Receiver<Arc<T>>, live: Arc<ArcSwap<T>>) -> ConfigStream<T> {
+        let current = Arc::clone(&rx.borrow_and_update());
+        ConfigStream { rx, current, live: Live { inner: live } }
+    }
+}
+
 impl<T: fmt::Debug> fmt::Debug for ConfigStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConfigStream").field("current", &self.current).finish()
@@ -118,7 +126,7 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ValidationError>;
 }
 
-type Validator<T> = Arc<dyn Fn(&T) -> Result<(), ValidationError> + Send + Sync>;
+pub(crate) type Validator<T> = Arc<dyn Fn(&T) -> Result<(), ValidationError> + Send + Sync>;
 
 /// Sets up a typed, validated config: from
 /// [`Workspace::config`](crate::Workspace::config).

@@ -2,18 +2,21 @@
 //! engine.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use crate::changeset::ChangeSetId;
 use crate::config::{EngineSettings, HotReloadConfig};
 use crate::document::Document;
 use crate::engine::{Engine, HandlerKey, PauseGuard, WatcherMode};
 use crate::error::{ConfigError, Error, Result};
 use crate::event::ChangeEvent;
+use crate::group::GroupBuilder;
 use crate::handler::{DynHandler, HandlerError, ReloadHandler};
-use crate::history::{Diff, History, HistoryEntry, Version};
+use crate::history::{ChangeSet, Diff, History, HistoryEntry, Version};
+use crate::hold::Hold;
 use crate::redact::Redactor;
 use crate::stream::{ConfigBuilder, ConfigStream};
 
@@ -286,9 +289,11 @@ impl Workspace {
     }
 
     /// Restores version `n` of config `name`: writes its documents back to
-    /// the files they came from, each atomically (temp file + rename), so
-    /// that the engine validates and applies them like any change. The
-    /// history then records a new version with `rollback_of: Some(n)`.
+    /// the files they came from, each atomically (temp file + rename) and
+    /// all under one [`hold`](Workspace::hold), so that the engine
+    /// validates and applies them like any change, and a base and its
+    /// overlay as one version. The history then records a new version with
+    /// `rollback_of: Some(n)`.
     ///
     /// It works without an engine in this process: a marker in the history
     /// tells whichever engine applies the files (another process, or the
@@ -301,23 +306,144 @@ impl Workspace {
     /// now that version `n` did not have (an overlay added since) are left
     /// alone. A rollback to what is already on disk writes nothing.
     pub async fn rollback(&self, name: &str, n: u64) -> Result<()> {
+        self.restore(vec![(name.to_string(), n)]).await.map(|_| ())
+    }
+
+    /// Every config's versions grouped by change set, newest set first, at
+    /// most `limit` sets: the versions applied (or rejected) together share
+    /// one [`ChangeSetId`](crate::ChangeSetId). Reads `data/history/`; needs
+    /// no running engine.
+    pub fn change_sets(&self, limit: usize) -> Result<Vec<ChangeSet>> {
+        Ok(crate::history::group(&crate::history::open_all(&self.inner.root)?, limit))
+    }
+
+    /// Undoes change set `id`: every config it changed goes back to its
+    /// newest applied version before the set, and all of them are written
+    /// under one [`hold`](Workspace::hold), so that the engine (in this
+    /// process or another) applies them as one change set, which the
+    /// history records with one new version per config and one shared id.
+    /// Like [`rollback`](Workspace::rollback), an engine in this process is
+    /// waited for (up to 10 s) and its rejection is an error. Returns each
+    /// config with the version it goes back to.
+    ///
+    /// Everything is checked before any file is written: a set that was
+    /// rejected, or a config with no earlier applied version to go back to
+    /// (the set created it), is an error and nothing is written.
+    pub async fn rollback_change_set(&self, id: crate::ChangeSetId) -> Result<Vec<(String, u64)>> {
+        let set = self.find_change_set(id).await?;
+        if !set.is_applied() {
+            return Err(Error::History {
+                name: set.configs().collect::<Vec<_>>().join(", "),
+                message: format!("change set {id} was rejected; it changed nothing to undo"),
+            });
+        }
+        let mut targets = Vec::new();
+        for member in &set.members {
+            let history = self.open_history(&member.config)?;
+            let before = history
+                .entries()
+                .iter()
+                .rev()
+                .find(|e| e.version < member.entry.version && e.is_applied() && !e.published)
+                .ok_or_else(|| Error::History {
+                    name: member.config.clone(),
+                    message: format!("no applied version before change set {id} to go back to"),
+                })?;
+            targets.push((member.config.clone(), before.version));
+        }
+        self.restore(targets.clone()).await?;
+        Ok(targets)
+    }
+
+    /// Restores every config of change set `id` to its version in that
+    /// set, as one change set (see
+    /// [`rollback_change_set`](Workspace::rollback_change_set)). Returns
+    /// each config with its version.
+    pub async fn restore_change_set(&self, id: crate::ChangeSetId) -> Result<Vec<(String, u64)>> {
+        let set = self.find_change_set(id).await?;
+        let targets: Vec<(String, u64)> = set.members.iter().map(|m| (m.config.clone(), m.entry.version)).collect();
+        self.restore(targets.clone()).await?;
+        Ok(targets)
+    }
+
+    /// True if an engine, in this process or another, records this
+    /// workspace's history now (it holds the lock on
+    /// `data/history/.lock`): what tells a tool that wrote files whether a
+    /// verdict on them will be recorded.
+    pub fn is_recording(&self) -> bool {
+        crate::history::recording(&self.inner.root)
+    }
+
+    async fn find_change_set(&self, id: crate::ChangeSetId) -> Result<ChangeSet> {
+        let engine = self.inner.engine.lock().expect("engine lock").clone();
+        if let Some(engine) = &engine {
+            let _ = engine.flush_history().await;
+        }
+        let root = self.inner.root.clone();
+        let sets = tokio::task::spawn_blocking(move || crate::history::open_all(&root))
+            .await
+            .map_err(|e| Error::Watch(format!("reading the history failed: {e}")))??;
+        crate::history::group(&sets, usize::MAX)
+            .into_iter()
+            .find(|s| s.id == Some(id))
+            .ok_or(Error::UnknownChangeSet { id })
+    }
+
+    /// Writes back version `n` of each `(name, n)`: every version checked
+    /// first, then every file written under one hold, so that the engine
+    /// applies them as one change set. With an engine in this process,
+    /// waits (up to 10 s) for it to apply them, and returns
+    /// [`Error::Config`] if it rejected one.
+    async fn restore(&self, targets: Vec<(String, u64)>) -> Result<()> {
         let engine = self.inner.engine.lock().expect("engine lock").clone();
         if let Some(engine) = &engine {
             // The engine records on its own thread: let the history catch
             // up, so that it knows which version is live.
             let _ = engine.flush_history().await;
         }
-        let history = self.open_history(name)?;
-        let mut events = engine.as_ref().map(|e| e.events());
-        let (wrote, changes_value) = tokio::task::spawn_blocking(move || history.write_back(n))
-            .await
-            .map_err(|e| Error::History { name: name.to_string(), message: format!("rollback failed: {e}") })??;
-        let (Some(events), true, true) = (&mut events, wrote, changes_value) else { return Ok(()) };
+        let ws = self.clone();
+        let (changed, mut events) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let plans = targets
+                .iter()
+                .map(|(name, n)| ws.open_history(name)?.plan(*n))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>();
+            if plans.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+            // One hold over every file of every config: the engine, here or
+            // in another process, reads none of them before all are there.
+            let hold = ws.hold()?;
+            // Subscribed under the hold: what the engine says from now on
+            // is about this change, not about one it made before (a
+            // rejection of a file deleted a moment ago, say).
+            let events = engine.as_ref().map(|e| e.events());
+            for plan in &plans {
+                plan.write()?;
+            }
+            hold.release()?;
+            let changed = plans.iter().filter(|p| p.changes_value).map(|p| p.name().to_string()).collect();
+            Ok((changed, events))
+        })
+        .await
+        .map_err(|e| Error::Watch(format!("rollback failed: {e}")))??;
+        let Some(events) = &mut events else { return Ok(()) };
+        let mut pending: std::collections::BTreeSet<String> = changed.into_iter().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
                 match events.recv().await {
-                    Ok(ChangeEvent::ConfigChanged { config_name, .. }) if config_name == name => return Ok(()),
-                    Ok(ChangeEvent::ValidationFailed { config_name, error }) if config_name == name => {
+                    Ok(ChangeEvent::ConfigChanged { config_name, .. }) => {
+                        pending.remove(&config_name);
+                        if pending.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(ChangeEvent::ValidationFailed { config_name, error }) if pending.contains(&config_name) => {
                         return Err(Error::Config { name: config_name, error: Box::new(ConfigError::clone(&error)) });
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -327,6 +453,26 @@ impl Workspace {
         })
         .await;
         outcome.unwrap_or(Ok(()))
+    }
+
+    /// Holds the engine (of this process and of any other on this
+    /// workspace): until the [`Hold`] is dropped, it reads and validates
+    /// nothing and keeps every change pending; then it applies everything
+    /// pending as one change set, groups whole or not at all. For a tool
+    /// that copies several files in and wants them applied together with
+    /// certainty, rather than within
+    /// [`change_set_window_ms`](HotReloadConfig::change_set_window_ms):
+    /// take the hold, write each file (atomically), drop the hold.
+    ///
+    /// The hold is the file `data/hold` (mode 0600, created exclusively,
+    /// with this process's id). Fails with [`Error::Held`] while another
+    /// live process holds it; a hold whose process is gone, or older than
+    /// [`hold_timeout_ms`](HotReloadConfig::hold_timeout_ms), is cleared
+    /// and taken (and ignored by engines meanwhile).
+    pub fn hold(&self) -> Result<Hold> {
+        let timeout = std::time::Duration::from_millis(self.settings().unwrap_or_default().hold_timeout_ms);
+        let engine = self.inner.engine.lock().expect("engine lock").as_ref().map_or_else(Weak::new, Arc::downgrade);
+        Hold::take(&self.data_dir(), timeout, engine)
     }
 
     /// Watches config `name` as `T`: the stream starts at the current value
@@ -346,6 +492,23 @@ impl Workspace {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         ConfigBuilder::new(self, name)
+    }
+
+    /// Sets up a group of configs that go together (`["server", "proxy"]`)
+    /// as one `T`, which deserializes from an object with one key per
+    /// member (`struct Net { server: Server, proxy: Proxy }`). A change to
+    /// any member is validated with the others, and every member's new
+    /// value is applied with the group's, or none is. See [`GroupBuilder`].
+    ///
+    /// Named `group` rather than a plural of [`config`](Workspace::config)
+    /// because [`configs`](Workspace::configs) lists the workspace's
+    /// configs, and because what it sets up is more than several configs:
+    /// one value, one validator, one commit.
+    pub fn group<T>(&self, members: impl IntoIterator<Item = impl Into<String>>) -> GroupBuilder<'_, T>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        GroupBuilder::new(self, members.into_iter().map(Into::into).collect())
     }
 
     /// Runs `handler` for every event about a path matching `pattern` (a
@@ -472,7 +635,19 @@ impl HotReloadManager {
     /// no longer feed `name`. Returns whether the value changed, or the
     /// error that rejected it (the last good value stays live).
     pub async fn publish(&self, name: &str, documents: Vec<Document>) -> Result<bool> {
-        self.engine.publish(name, documents).await
+        let (_, changed) = self.engine.publish_set(vec![(name.to_string(), documents)]).await?;
+        Ok(changed.first().copied().unwrap_or(false))
+    }
+
+    /// Feeds several configs from a source other than files, as one change
+    /// set (one etcd revision, say): each is parsed, merged and validated
+    /// like [`publish`](HotReloadManager::publish), with the groups they are
+    /// in, and then all of them are applied, or none is. Returns the set's
+    /// id if any live value changed (`None` if all were the same), or the
+    /// error that refused the set, naming the config
+    /// ([`Error::Config`]); the last good values stay live.
+    pub async fn publish_set(&self, configs: Vec<(String, Vec<Document>)>) -> Result<Option<ChangeSetId>> {
+        Ok(self.engine.publish_set(configs).await?.0)
     }
 
     /// Waits until every version the engine has applied or rejected so far

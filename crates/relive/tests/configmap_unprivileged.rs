@@ -3,6 +3,9 @@
 //! own the files and so gets no read lease. This exercises relive's fallback
 //! guards, which once lost an update (see `ARCHITECTURE.md`, step 3).
 
+// Another user, modes and symlinks are Unix's.
+#![cfg(unix)]
+
 mod common;
 
 use std::fs;

@@ -2,6 +2,9 @@
 //! rollback (in process and across processes), crash safety under kill -9,
 //! damaged logs, and secrets.
 
+// Modes, the umask, FIFOs and kill -9 are Unix's.
+#![cfg(unix)]
+
 mod common;
 
 use std::fs;
@@ -677,8 +680,7 @@ async fn rollback_writes_only_inside_config() {
     std::os::unix::fs::symlink(outside.path().join("target.toml"), t.path("config/linked.toml")).unwrap();
     // Reading a FIFO to compare it would block the rollback forever.
     let fifo = t.path("config/fifo.toml");
-    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-        .unwrap();
+    common::mkfifo(&fifo, 0o600);
     let evil = outside.path().join("evil.sh");
     let escapes = [
         evil.display().to_string(),
@@ -893,4 +895,110 @@ async fn three_hundred_configs_do_not_hold_three_hundred_descriptors() {
         .filter(|target| target.starts_with(t.dir.path()) && target.ends_with("audit.log"))
         .count();
     assert!(ours <= 16, "{ours} audit logs held open for {CONFIGS} configs");
+}
+
+/// The newest change set's configs and versions, as `(config, version)`.
+fn newest_set(t: &TestWs) -> (Option<relive::ChangeSetId>, Vec<(String, u64)>) {
+    let set = t.ws.change_sets(1).unwrap().pop().expect("a change set");
+    (set.id, set.members.iter().map(|m| (m.config.clone(), m.entry.version)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_by_change_set_is_one_change_set_with_one_version_per_config() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1)), ("config/other.toml", &app_toml("o", 1))]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut events = manager.subscribe();
+    let mut app = t.ws.watch_config_changes::<App>("app").await.unwrap();
+    let mut other = t.ws.watch_config_changes::<App>("other").await.unwrap();
+    {
+        let _hold = t.ws.hold().unwrap();
+        save(&t, "config/app.toml", &app_toml("a", 2));
+        save(&t, "config/other.toml", &app_toml("o", 2));
+    }
+    let set_of_both = |e: &ChangeEvent| matches!(e, ChangeEvent::ChangeSetApplied { configs, .. } if configs.iter().any(|c| c == "app" || c == "other"));
+    event_until(&mut events, set_of_both).await;
+    next_until(&mut app, |a| a.value == 2).await;
+    next_until(&mut other, |a| a.value == 2).await;
+    manager.flush_history().await.unwrap();
+    let (id, members) = newest_set(&t);
+    let id = id.expect("recorded with its id");
+    assert_eq!(members, [("app".to_string(), 2), ("other".to_string(), 2)]);
+    let entry = t.ws.history("app").unwrap().pop().unwrap();
+    assert_eq!(entry.change_set, Some(id));
+
+    // Undo it: both configs back to version 1, as one change set, one new
+    // version each, sharing the rollback's id.
+    let restored = t.ws.rollback_change_set(id).await.unwrap();
+    assert_eq!(restored, [("app".to_string(), 1), ("other".to_string(), 1)]);
+    let (applied, _) = event_until(&mut events, set_of_both).await;
+    let ChangeEvent::ChangeSetApplied { id: undo, configs } = applied else { unreachable!() };
+    let mut configs = configs.to_vec();
+    configs.sort();
+    assert_eq!(configs, ["app", "other"], "one change set, never one config alone");
+    assert_eq!((app.live().load().value, other.live().load().value), (1, 1));
+    manager.flush_history().await.unwrap();
+    assert_eq!(newest_set(&t), (Some(undo), vec![("app".to_string(), 3), ("other".to_string(), 3)]));
+    for name in ["app", "other"] {
+        let last = t.ws.history(name).unwrap().pop().unwrap();
+        assert_eq!((last.rollback_of, last.change_set), (Some(1), Some(undo)), "{name}");
+    }
+
+    // Back to the set's own versions, the same way.
+    assert_eq!(t.ws.restore_change_set(id).await.unwrap(), [("app".to_string(), 2), ("other".to_string(), 2)]);
+    assert_eq!((app.live().load().value, other.live().load().value), (2, 2));
+    manager.flush_history().await.unwrap();
+    let (again, members) = newest_set(&t);
+    assert_eq!(members, [("app".to_string(), 4), ("other".to_string(), 4)]);
+    assert!(again != Some(undo) && again != Some(id));
+
+    let unknown: relive::ChangeSetId = "1".parse().unwrap();
+    assert!(matches!(t.ws.rollback_change_set(unknown).await, Err(Error::UnknownChangeSet { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_a_change_set_that_created_a_config_writes_nothing() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1))]);
+    let manager = t.ws.start_hot_reload().await.unwrap();
+    let mut app = t.ws.watch_config_changes::<App>("app").await.unwrap();
+    {
+        let _hold = t.ws.hold().unwrap();
+        save(&t, "config/app.toml", &app_toml("a", 2));
+        t.write("config/new.toml", &app_toml("n", 1));
+    }
+    next_until(&mut app, |a| a.value == 2).await;
+    manager.flush_history().await.unwrap();
+    let set = t.ws.change_sets(1).unwrap().pop().unwrap();
+    assert_eq!(set.configs().collect::<Vec<_>>(), ["app", "new"]);
+    let err = t.ws.rollback_change_set(set.id.unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("no applied version before change set"), "{err}");
+    assert_eq!(fs::read_to_string(t.path("config/app.toml")).unwrap(), app_toml("a", 2), "nothing written");
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_written_before_change_sets_still_reads() {
+    let t = TestWs::new(&[("config/app.toml", &app_toml("a", 1)), ("config/db/main.toml", &app_toml("d", 1))]);
+    // Records as relive wrote them before change sets: no `change_set`.
+    forge(&t, "app", 1, "config/app.toml", &app_toml("a", 1));
+    forge(&t, "db%2Fmain", 1, "config/db/main.toml", &app_toml("d", 1));
+    let history = t.ws.history("app").unwrap();
+    assert_eq!((history.len(), history[0].change_set), (1, None));
+    // Each old version is a set of its own, without an id.
+    let sets = t.ws.change_sets(10).unwrap();
+    let mut alone: Vec<(Option<relive::ChangeSetId>, Vec<&str>)> =
+        sets.iter().map(|s| (s.id, s.configs().collect())).collect();
+    alone.sort();
+    assert_eq!(alone, [(None, vec!["app"]), (None, vec!["db/main"])]);
+
+    // New versions after them carry ids, and the old ones still roll back
+    // (kept whatever their age: they were forged in January).
+    let (manager, mut stream) = start(&t, HistoryConfig { max_age: None, ..Default::default() }).await;
+    save(&t, "config/app.toml", &app_toml("a", 2));
+    next_until(&mut stream, |a| a.value == 2).await;
+    manager.flush_history().await.unwrap();
+    let history = t.ws.history("app").unwrap();
+    assert_eq!(history.iter().map(|e| e.change_set.is_some()).collect::<Vec<_>>(), [false, true]);
+    assert_eq!(t.ws.change_sets(10).unwrap()[0].configs().collect::<Vec<_>>(), ["app"]);
+    t.ws.rollback("app", 1).await.unwrap();
+    assert_eq!(stream.live().load().value, 1);
 }

@@ -2,6 +2,9 @@
 //! final failure is reported. Root reads any file whatever its mode, so the
 //! scenarios run in a child process as `nobody`.
 
+// Modes and `nobody` are Unix's.
+#![cfg(unix)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

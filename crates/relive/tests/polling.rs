@@ -79,8 +79,11 @@ async fn never_polling_makes_the_limit_an_error() {
 
 /// A user of its own for the instance-limit test: the limit counts every
 /// inotify instance of a user, so this test must not share one with others.
+#[cfg(target_os = "linux")]
 const INSTANCE_LIMIT_UID: u32 = 61_517;
 
+// inotify instances, and their limit, are Linux's.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reaching_the_inotify_instance_limit_falls_back_to_polling() {
     const NAME: &str = "reaching_the_inotify_instance_limit_falls_back_to_polling";

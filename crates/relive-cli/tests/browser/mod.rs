@@ -21,6 +21,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,9 +134,12 @@ impl Drop for Group {
     }
 }
 
-/// Starts `cmd` in a process group of its own.
+/// Starts `cmd` in a process group of its own (Unix's; on Windows, where
+/// the benchmark is type-checked, not run, only the child is killed).
 pub fn spawn_group(cmd: &mut Command) -> Group {
-    Group(cmd.process_group(0).spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
+    #[cfg(unix)]
+    cmd.process_group(0);
+    Group(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
 }
 
 /// Text a thread keeps appending to (a child's output).

@@ -10,9 +10,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for the bench and its writer
 /// process.
+#[cfg(unix)]
 pub fn mono_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Elsewhere (Windows, where the benchmarks are type-checked, not run) the
+/// wall clock: shared by both processes too, but a clock step during a run
+/// would distort its figures.
+#[cfg(not(unix))]
+pub fn mono_ns() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    since.as_nanos() as u64
 }
 
 /// This binary run again as a writer, driven a line at a time over its

@@ -8,42 +8,13 @@
 //! thread, the other configs and the last good value carry on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use super::sink::{Commit, Sink, SinkFactory};
+use super::sink::{Commit, GroupSink, Sink, SinkFactory};
 use crate::document::{SecretPaths, Sources};
 use crate::error::{ConfigError, ConfigErrorKind};
-
-/// What happened to one config in one reload.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    /// Every subscriber took the new value; it is live.
-    Applied {
-        /// The value before, `None` for the first, with its secret paths.
-        old: Option<(Arc<Value>, SecretPaths)>,
-        /// The value now live (unredacted).
-        new: Arc<Value>,
-        /// The values in it that are secret by where they came from.
-        secrets: SecretPaths,
-        /// The files it was merged from, base first.
-        files: Arc<[PathBuf]>,
-        /// From the first event of the change to the value being live.
-        duration: Duration,
-    },
-    /// The same data as the live value (or a config fed from elsewhere):
-    /// nothing to swap.
-    Unchanged,
-    /// A write raced with the read: re-evaluated once the files settle.
-    Deferred,
-    /// The value failed to load or was refused; the last good value stays.
-    Rejected(ConfigError),
-    /// No such config, and there never was one: nothing to say.
-    Absent,
-}
 
 /// The result of preparing a value with every subscriber.
 pub(super) enum Prepared {
@@ -53,6 +24,13 @@ pub(super) enum Prepared {
     Unchanged,
     /// Refused by a subscriber.
     Rejected(ConfigError),
+}
+
+/// A group of configs as the engine holds it: its members and its
+/// subscribers.
+pub(super) struct GroupState {
+    pub members: Vec<String>,
+    pub sinks: Vec<Box<dyn GroupSink>>,
 }
 
 /// One config as the engine holds it.
@@ -144,7 +122,7 @@ impl ConfigState {
 
 /// A panic in a validator or `Deserialize` impl, as the rejection of the
 /// value it was looking at.
-fn panicked(panic: &(dyn std::any::Any + Send)) -> ConfigError {
+pub(super) fn panicked(panic: &(dyn std::any::Any + Send)) -> ConfigError {
     // The first line only, and short: a panic message is user text that
     // may quote the value it choked on.
     let message = crate::handler::panic_message(panic);

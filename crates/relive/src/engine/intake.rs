@@ -37,6 +37,8 @@ pub(super) enum Seen {
     /// with what is known.
     Lost,
     /// Intake fell back to polling: the coalescer needs polling's timing.
+    /// Only the inotify intake falls back (at its watch limits).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     NowPolling,
 }
 

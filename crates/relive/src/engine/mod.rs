@@ -13,7 +13,9 @@
 //!   what is known of each file, and stores new content as a
 //!   [`read::Stored`].
 //! - `apply.rs`: one config's subscribers; prepares a value with all of
-//!   them and commits it to all of them, as an [`apply::Outcome`].
+//!   them and commits it to all of them.
+//! - `step.rs`: one change set: every config of a step and the groups
+//!   they are in, prepared, then committed together or refused.
 //! - `notify.rs`: events out, to the broadcast channel and handlers.
 //! - `sink.rs`: the prepare → commit contract that subscribers implement.
 //!
@@ -30,6 +32,7 @@ mod portable;
 mod read;
 mod refs;
 pub(crate) mod sink;
+mod step;
 mod wake;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +45,7 @@ use globset::GlobMatcher;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::changeset::ChangeSetId;
 use crate::coalesce::{Backoff, Coalescer, Ready, Signal, Timing};
 use crate::config::EngineSettings;
 use crate::document::{Document, Parsed, SecretPaths, Sources};
@@ -51,12 +55,12 @@ use crate::handler::{self, DynHandler, HANDLER_QUEUE};
 use crate::history::Recorder;
 use crate::paths;
 
-use apply::{ConfigState, Outcome, Prepared};
+use apply::{ConfigState, GroupState, Prepared};
 use intake::{Intake, Seen};
 use notify::Notifier;
 pub(crate) use read::open_nonblocking;
 use read::{Files, Stored};
-use sink::SinkFactory;
+use sink::{GroupSinkFactory, MemberError, SinkFactory};
 use wake::{Waker, Wakeup};
 
 /// How long a deleted file waits before it is reported, so that a
@@ -74,6 +78,11 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// writer that rewrites it without pause must not take that thread from
 /// the other configs.
 const HOSTILE_COOLDOWN: Duration = Duration::from_millis(100);
+
+/// How often a held engine looks at the hold file: a hold released by
+/// another process (whose release cannot wake this thread) is noticed
+/// within this time.
+const HOLD_POLL: Duration = Duration::from_millis(5);
 
 /// How the engine learns about changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +114,10 @@ pub enum WatcherMode {
     },
 }
 
+/// What a publish returns: the change set and which configs changed, or
+/// the config that was refused and why.
+type PublishReply = Result<(Option<ChangeSetId>, Vec<bool>), MemberError>;
+
 /// A handler's identity, to remove it later.
 pub(crate) type HandlerKey = u64;
 
@@ -112,7 +125,8 @@ enum Command {
     Subscribe { name: String, factory: SinkFactory, reply: oneshot::Sender<Result<(), ConfigError>> },
     AddHandler { key: HandlerKey, name: String, glob: Option<GlobMatcher>, tx: mpsc::Sender<ChangeEvent> },
     RemoveHandler { key: HandlerKey },
-    Publish { name: String, docs: Vec<Document>, reply: oneshot::Sender<Result<bool, ConfigError>> },
+    SubscribeGroup { members: Vec<String>, factory: GroupSinkFactory, reply: oneshot::Sender<Result<(), MemberError>> },
+    Publish { set: Vec<(String, Vec<Document>)>, reply: oneshot::Sender<PublishReply> },
     Pause { paused: std::sync::mpsc::SyncSender<()>, resume: std::sync::mpsc::Receiver<()> },
     FlushHistory { reply: oneshot::Sender<()> },
     Shutdown,
@@ -189,12 +203,21 @@ impl Engine {
             .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
     }
 
-    pub(crate) async fn publish(&self, name: &str, docs: Vec<Document>) -> Result<bool, Error> {
+    pub(crate) async fn subscribe_group(&self, members: Vec<String>, factory: GroupSinkFactory) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Publish { name: name.to_string(), docs, reply })?;
-        rx.await
-            .map_err(|_| Error::Stopped)?
-            .map_err(|error| Error::Config { name: name.to_string(), error: Box::new(error) })
+        self.send(Command::SubscribeGroup { members, factory, reply })?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(|e| Error::Config { name: e.member, error: e.error })
+    }
+
+    /// Publishes configs as one change set: the set's id if anything
+    /// changed, and whether each config's live value did.
+    pub(crate) async fn publish_set(
+        &self,
+        set: Vec<(String, Vec<Document>)>,
+    ) -> Result<(Option<ChangeSetId>, Vec<bool>), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish { set, reply })?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(|e| Error::Config { name: e.member, error: e.error })
     }
 
     /// Waits until every version the engine has applied or rejected so far
@@ -226,6 +249,11 @@ impl Engine {
         let known = self.tasks.lock().expect("tasks lock").remove(&key).is_some();
         // Dropping the queue's sender (on the engine thread) ends the task.
         known && self.send(Command::RemoveHandler { key }).is_ok()
+    }
+
+    /// Wakes the engine thread, to look at the hold again.
+    pub(crate) fn nudge(&self) {
+        self.wake.wake();
     }
 
     pub(crate) fn events(&self) -> broadcast::Receiver<ChangeEvent> {
@@ -292,6 +320,8 @@ struct Worker {
     coalescer: Coalescer,
     files: Files,
     configs: HashMap<String, ConfigState>,
+    /// Groups of configs validated and applied together.
+    groups: Vec<GroupState>,
     /// Configs whose commit the pre-commit fence deferred, with when their
     /// change was first seen: re-evaluated once their files settle, because
     /// their new content is already recorded as known and a re-read of an
@@ -308,6 +338,8 @@ struct Worker {
     cooldown: HashMap<PathBuf, Instant>,
     /// Ready paths waiting out their cooldown: the newest readiness of each.
     held: BTreeMap<PathBuf, Ready>,
+    /// The workspace's hold (`data/hold`), and what waits for its release.
+    hold: HoldWatch,
     notifier: Notifier,
     /// Files that secret references read, and the configs reading them.
     references: refs::References,
@@ -316,12 +348,68 @@ struct Worker {
     stop: bool,
 }
 
+/// The hold as the engine sees it.
+struct HoldWatch {
+    path: PathBuf,
+    timeout: Duration,
+    /// A hold was in force at the last look.
+    holding: bool,
+    /// Ready paths parked while held, read on release.
+    parked: BTreeMap<PathBuf, Ready>,
+    /// When the hold was seen gone, while what was written under it is
+    /// still settling in the coalescer.
+    released: Option<Instant>,
+    /// The stale hold last warned about, to warn once per hold.
+    warned: Option<String>,
+}
+
+impl HoldWatch {
+    /// Whether a hold is in force now. A stale one is not, with a warning
+    /// (once).
+    fn look(&mut self) -> bool {
+        match crate::hold::state(&self.path, self.timeout, SystemTime::now()) {
+            crate::hold::HoldState::Free => false,
+            crate::hold::HoldState::Held { .. } => true,
+            crate::hold::HoldState::Stale { content, reason } => {
+                if self.warned.as_deref() != Some(&content) {
+                    tracing::warn!(path = %self.path.display(), reason, "ignoring a stale hold");
+                    self.warned = Some(content);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Whether a step may wait for the rest of a change set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Configs of several files wait out the window (`settling`).
+    Window,
+    /// A hold was released: everything pending is one change set, now.
+    Release,
+}
+
 /// What the reads of one batch had in common, for the commits that follow.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Batch {
     /// Some file was read without a lease, so commits need the second
     /// fence (see [`Worker::reload`]).
     unleased: bool,
+    /// The change set that what this batch applies belongs to.
+    change_set: ChangeSetId,
+}
+
+impl Batch {
+    /// A batch of its own change set.
+    fn new(unleased: bool) -> Batch {
+        Batch { unleased, change_set: ChangeSetId::next() }
+    }
+}
+
+/// The event that closes a change set, if it applied anything.
+fn set_applied(batch: Batch, configs: Vec<String>) -> Option<ChangeEvent> {
+    (!configs.is_empty()).then(|| ChangeEvent::ChangeSetApplied { id: batch.change_set, configs: configs.into() })
 }
 
 impl Worker {
@@ -351,6 +439,7 @@ impl Worker {
         let intake = Intake::start(&s, mode, waker)?;
         let coalescer = Coalescer::new(timing(&s, intake.quiet(&s)));
         let notifier = Notifier::new(s.root.clone(), events);
+        let (hold_path, hold_timeout) = (s.data_dir.join(crate::hold::HOLD_FILE), s.hold_timeout);
         let mut worker = Worker {
             s,
             rx,
@@ -359,10 +448,19 @@ impl Worker {
             coalescer,
             files: Files::default(),
             configs: HashMap::new(),
+            groups: Vec::new(),
             deferred: BTreeMap::new(),
             settling: BTreeMap::new(),
             cooldown: HashMap::new(),
             held: BTreeMap::new(),
+            hold: HoldWatch {
+                path: hold_path,
+                timeout: hold_timeout,
+                holding: false,
+                parked: BTreeMap::new(),
+                released: None,
+                warned: None,
+            },
             notifier,
             references: refs::References::default(),
             history,
@@ -384,22 +482,32 @@ impl Worker {
             }
         }
         let now = Instant::now();
-        for name in self.files.config_names() {
-            // Nobody listens yet: the outcome is recorded, not reported.
-            let _ = self.reload(&name, now, Batch::default());
-        }
+        // The values found at start are one change set. Nobody listens
+        // yet: the outcome is recorded, not reported.
+        let inputs = self.files.config_names().into_iter().map(|name| step::Input::files(name, now)).collect();
+        let _ = self.step(inputs, Batch::new(false), false);
     }
 
     fn run(&mut self) {
         while !self.stop {
             let now = Instant::now();
-            let settle = self.settling.values().map(|(_, due)| *due).min();
+            let holding = self.hold.holding;
+            // While held, settled configs wait for the release, which a
+            // look at the hold every few milliseconds notices.
+            let settle = self.settling.values().map(|(_, due)| *due).min().filter(|_| !holding);
+            let hold_poll = holding.then(|| now + HOLD_POLL);
             let cooled = self.held.keys().filter_map(|p| self.cooldown.get(p).copied()).min();
-            let deadline =
-                [self.coalescer.next_deadline(), self.intake.next_scan(), self.references.next_check(), settle, cooled]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [
+                self.coalescer.next_deadline(),
+                self.intake.next_scan(),
+                self.references.next_check(),
+                settle,
+                cooled,
+                hold_poll,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             self.wait(deadline.map(|d| d.saturating_duration_since(now)));
             self.drain_wake();
             while let Ok(command) = self.rx.try_recv() {
@@ -413,9 +521,48 @@ impl Worker {
             let seen = self.intake.poll(&self.s, Instant::now());
             self.take_in(seen);
             let ready = self.coalescer.take_ready(Instant::now());
-            let ready = self.cool_down(ready);
-            if !ready.is_empty() {
-                self.process(ready);
+            let mut ready = self.cool_down(ready);
+            if self.hold.look() {
+                // Held: read nothing, validate nothing; park what is ready.
+                if !self.hold.holding {
+                    tracing::info!(path = %self.hold.path.display(), "held: changes wait for the release");
+                }
+                self.hold.holding = true;
+                self.hold.released = None;
+                for r in ready {
+                    self.hold.parked.insert(r.path.clone(), r);
+                }
+                continue;
+            }
+            if self.hold.holding {
+                // Released. Every write made under the hold was queued by
+                // the kernel in the writer's own system call, before the
+                // holder removed the file: take in what came since the
+                // reads above, or a write that raced with this look would
+                // be left out of the set.
+                self.fence();
+                let more = self.coalescer.take_ready(Instant::now());
+                ready.extend(self.cool_down(more));
+                // What was written under the hold may still be
+                // settling (the portable backend's quiet window, a writer
+                // not yet closed): wait for it, within the write timeout,
+                // so that it is part of the set.
+                let now = Instant::now();
+                let released = *self.hold.released.get_or_insert(now);
+                if self.coalescer.next_deadline().is_some() && now < released + self.s.write_timeout {
+                    for r in ready {
+                        self.hold.parked.insert(r.path.clone(), r);
+                    }
+                    continue;
+                }
+                self.hold.holding = false;
+                self.hold.released = None;
+                // Everything pending is one change set.
+                ready.extend(std::mem::take(&mut self.hold.parked).into_values());
+                tracing::info!(paths = ready.len(), "hold released: applying what waited as one change set");
+                self.process(ready, Step::Release);
+            } else if !ready.is_empty() {
+                self.process(ready, Step::Window);
             }
             self.check_references();
             self.settle();
@@ -459,16 +606,13 @@ impl Worker {
         if due.is_empty() {
             return;
         }
-        let mut events = Vec::new();
-        for (name, first_seen) in due {
-            self.settling.remove(&name);
-            // The reads are behind us: fence again before the commit.
-            let outcome = self.reload(&name, first_seen, Batch { unleased: true });
-            events.extend(self.report(&name, outcome));
+        for (name, _) in &due {
+            self.settling.remove(name);
         }
-        for event in events {
-            self.emit(event);
-        }
+        // The reads are behind us: fence again before the commit.
+        let inputs = due.into_iter().map(|(name, first_seen)| step::Input::files(name, first_seen)).collect();
+        let result = self.step(inputs, Batch::new(true), false);
+        self.emit_step(result);
     }
 
     /// Reloads the configs whose referenced files changed, if a look is due.
@@ -478,16 +622,13 @@ impl Worker {
         if changed.is_empty() {
             return;
         }
-        let mut events = Vec::new();
-        for name in changed {
+        for name in &changed {
             // The documents' parses hold the old content: parse again.
-            self.files.invalidate(&name);
-            let outcome = self.reload(&name, now, Batch::default());
-            events.extend(self.report(&name, outcome));
+            self.files.invalidate(name);
         }
-        for event in events {
-            self.emit(event);
-        }
+        let inputs = changed.into_iter().map(|name| step::Input::files(name, now)).collect();
+        let result = self.step(inputs, Batch::new(false), false);
+        self.emit_step(result);
     }
 
     /// Sleeps until an event, a command or `timeout`. With nothing pending
@@ -514,8 +655,12 @@ impl Worker {
             }
             Command::AddHandler { key, name, glob, tx } => self.notifier.add(key, name, glob, tx),
             Command::RemoveHandler { key } => self.notifier.remove(key),
-            Command::Publish { name, docs, reply } => {
-                let result = self.publish(&name, docs);
+            Command::SubscribeGroup { members, factory, reply } => {
+                let result = self.subscribe_group(members, factory);
+                let _ = reply.send(result);
+            }
+            Command::Publish { set, reply } => {
+                let result = self.publish_set(set);
                 let _ = reply.send(result);
             }
             Command::Pause { paused, resume } => {
@@ -582,12 +727,12 @@ impl Worker {
 
     /// Reads the ready paths, stores what changed, reloads the configs it
     /// touched, and reports it all.
-    fn process(&mut self, ready: Vec<Ready>) {
+    fn process(&mut self, ready: Vec<Ready>, step: Step) {
         let (config_dir, max_len) = (&self.s.config_dir, self.s.decode.limits.max_file_size);
         let keep = |path: &Path| read::keep(config_dir, path, max_len);
         let reads = read::read_ready(ready, &mut self.coalescer, keep, self.intake.leases());
         self.fence();
-        let batch = Batch { unleased: reads.iter().any(|r| r.result.is_ok() && !r.leased) };
+        let batch = Batch::new(reads.iter().any(|r| r.result.is_ok() && !r.leased));
         let now = Instant::now();
         let mut file_events = Vec::new();
         let mut dirty: BTreeMap<String, Instant> = BTreeMap::new();
@@ -653,23 +798,45 @@ impl Worker {
                 dirty.entry(name).or_insert(first_seen);
             }
         }
-        let mut config_events = Vec::new();
+        if step == Step::Release {
+            // What was settling when the hold came is part of the set.
+            for (name, (first_seen, _)) in std::mem::take(&mut self.settling) {
+                dirty.entry(name).or_insert(first_seen);
+            }
+        }
         let window = self.s.change_set_window;
+        let mut inputs = Vec::new();
         for (name, first_seen) in dirty {
-            // A config of one file is applied at once; one of several files
-            // waits for the window after its last change (at most ten).
-            if !window.is_zero() && self.files.is_layered(&name, self.s.env.as_deref()) {
+            // A config of one file is applied at once; one of several files,
+            // or a member of a group, waits for the window after its last
+            // change (at most ten), and so do the members of its groups
+            // that are waiting.
+            let waits = self.files.is_layered(&name, self.s.env.as_deref()) || self.in_group(&name);
+            if step == Step::Window && !window.is_zero() && waits {
                 let cap = first_seen + window * 10;
-                let entry = self.settling.entry(name).or_insert((first_seen, now));
+                let entry = self.settling.entry(name.clone()).or_insert((first_seen, now));
                 entry.1 = (now + window).min(cap.max(now));
+                let due = entry.1;
+                let partners: Vec<String> = self
+                    .groups
+                    .iter()
+                    .filter(|g| g.members.contains(&name))
+                    .flat_map(|g| g.members.iter().cloned())
+                    .collect();
+                for partner in partners {
+                    if let Some(entry) = self.settling.get_mut(&partner) {
+                        entry.1 = entry.1.max(due);
+                    }
+                }
                 continue;
             }
-            let outcome = self.reload(&name, first_seen, batch);
-            config_events.extend(self.report(&name, outcome));
+            inputs.push(step::Input::files(name, first_seen));
         }
-        for event in file_events.into_iter().chain(config_events) {
+        let result = self.step(inputs, batch, false);
+        for event in file_events {
             self.emit(event);
         }
+        self.emit_step(result);
     }
 
     /// The deferred configs none of whose files is pending any more.
@@ -721,86 +888,9 @@ impl Worker {
         }
     }
 
-    /// Loads config `name` from its files and applies it. Records the
-    /// outcome in the history; reporting it is the caller's.
-    fn reload(&mut self, name: &str, first_seen: Instant, batch: Batch) -> Outcome {
-        if self.configs.get(name).is_some_and(|c| c.external) {
-            return Outcome::Unchanged;
-        }
-        match self.files.sources(name, self.s.env.as_deref(), &self.s.config_dir, &self.s.decode) {
-            Ok(sources) => {
-                self.references.set(name, &sources.references(), Instant::now());
-                let merged = sources.merge();
-                self.apply(name, merged, &sources, first_seen, batch)
-            }
-            Err(error) => {
-                self.references.set(name, &self.files.referenced(name), Instant::now());
-                let had_value = self.configs.get(name).is_some_and(|c| c.value.is_some());
-                // A config that never existed is not an error; one whose
-                // files went away keeps its last good value, and says so.
-                if error.kind() == ConfigErrorKind::Missing && !had_value {
-                    return Outcome::Absent;
-                }
-                if error.kind() == ConfigErrorKind::Limit {
-                    let until = Instant::now() + HOSTILE_COOLDOWN;
-                    let files: Vec<PathBuf> = self.files.of_config(name).cloned().collect();
-                    self.cooldown.extend(files.into_iter().map(|f| (f, until)));
-                }
-                self.record(name, self.files.documents(name, self.s.env.as_deref()), None, Some(&error), false);
-                Outcome::Rejected(error)
-            }
-        }
-    }
-
-    /// Validates `merged` with every subscriber, then makes it live for all
-    /// of them, or for none.
-    fn apply(&mut self, name: &str, merged: Value, sources: &Sources, first_seen: Instant, batch: Batch) -> Outcome {
-        let state = self.configs.entry(name.to_string()).or_default();
-        let external = state.external;
-        // What history records: the files, not the environment layer.
-        let docs = || sources.docs.iter().filter(|p| !p.env).map(|p| p.doc.clone()).collect::<Vec<_>>();
-        let commits = match state.prepare(&merged, sources, self.s.validate) {
-            Prepared::Unchanged => {
-                // Same data (whitespace, comments, key order): nothing to
-                // do. The history is told all the same: a rollback to the
-                // live value is done when its content comes back.
-                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), None, external);
-                return Outcome::Unchanged;
-            }
-            Prepared::Rejected(error) => {
-                self.record(name, docs(), Some((Arc::new(merged), sources.secrets())), Some(&error), external);
-                return Outcome::Rejected(error);
-            }
-            Prepared::Ready(commits) => commits,
-        };
-        // Parsing and validating took time: look at the kernel queue once
-        // more, so that a write which raced with the read (a multi-page
-        // write caught mid-copy, a truncation queued late) defers the value
-        // instead of delivering it. The path is pending again and will be
-        // re-read when its writer is done. Reads under a lease cannot be
-        // torn, so only a batch with a read that had none needs this.
-        if self.intake.has_events() && batch.unleased {
-            self.fence();
-            if sources.docs.iter().any(|d| self.coalescer.is_pending(d.doc.origin())) {
-                self.deferred.entry(name.to_string()).or_insert(first_seen);
-                return Outcome::Deferred;
-            }
-        }
-        let merged = Arc::new(merged);
-        let secrets = sources.secrets();
-        let state = self.configs.get_mut(name).expect("prepared above");
-        let old = state.commit(commits, Arc::clone(&merged), Arc::clone(&secrets));
-        // Off the reload path: the writer thread hashes, diffs and syncs.
-        self.record(name, docs(), Some((Arc::clone(&merged), Arc::clone(&secrets))), None, external);
-        let duration = first_seen.elapsed();
-        metrics::counter!("relive_reloads_total", "config" => name.to_string(), "result" => "applied").increment(1);
-        metrics::histogram!("relive_reload_duration_seconds", "config" => name.to_string())
-            .record(duration.as_secs_f64());
-        tracing::info!(config = name, duration_us = duration.as_micros() as u64, "config applied");
-        Outcome::Applied { old, new: merged, secrets, files: sources.files(), duration }
-    }
-
-    /// Hands a version to the history's writer thread, if history is on.
+    /// Hands a version to the history's writer thread, if history is on,
+    /// with the change set it was applied (or tried) in: `None` for a
+    /// value that changed nothing live.
     fn record(
         &self,
         name: &str,
@@ -808,31 +898,11 @@ impl Worker {
         merged: Option<(Arc<Value>, SecretPaths)>,
         error: Option<&ConfigError>,
         published: bool,
+        change_set: Option<ChangeSetId>,
     ) {
         if let Some(history) = &self.history {
             let (value, secrets) = merged.map_or((None, SecretPaths::default()), |(v, s)| (Some(v), s));
-            history.record(name, docs, value, secrets, error.cloned(), published);
-        }
-    }
-
-    /// The events that say what a reload did.
-    fn report(&self, name: &str, outcome: Outcome) -> Vec<ChangeEvent> {
-        match outcome {
-            Outcome::Applied { old, new, secrets, files, duration } if self.notifier.has_listeners() => {
-                let redactor = &self.s.redactor;
-                let old_value = old.map_or(Value::Null, |(v, s)| redactor.redact_secrets(&v, &s));
-                vec![
-                    ChangeEvent::ConfigChanged {
-                        config_name: name.to_string(),
-                        old_value: Arc::new(old_value),
-                        new_value: Arc::new(redactor.redact_secrets(&new, &secrets)),
-                        files,
-                    },
-                    ChangeEvent::ReloadCompleted { config_name: name.to_string(), duration },
-                ]
-            }
-            Outcome::Rejected(error) => vec![notify::rejected(name, error)],
-            Outcome::Applied { .. } | Outcome::Unchanged | Outcome::Deferred | Outcome::Absent => Vec::new(),
+            history.record(name, docs, value, secrets, error.cloned(), published, change_set);
         }
     }
 
@@ -855,34 +925,102 @@ impl Worker {
         Ok(())
     }
 
-    fn publish(&mut self, name: &str, docs: Vec<Document>) -> Result<bool, ConfigError> {
-        let raw = self.history.as_ref().map(|_| docs.clone());
-        let parsed = docs.into_iter().map(|d| Parsed::parse(d, &self.s.decode)).collect::<Result<Vec<_>, _>>();
-        let sources = match parsed {
-            Ok(docs) => Sources { docs, redactor: self.s.redactor.clone() },
-            Err(error) => {
-                if let Some(raw) = raw {
-                    self.record(name, raw, None, Some(&error), true);
+    /// Feeds configs from documents given in code (etcd, an HTTP
+    /// endpoint) as one change set: every config applied, or none, with
+    /// the error of the first refused and its name.
+    fn publish_set(
+        &mut self,
+        set: Vec<(String, Vec<Document>)>,
+    ) -> Result<(Option<ChangeSetId>, Vec<bool>), MemberError> {
+        let batch = Batch::new(false);
+        let now = Instant::now();
+        let mut inputs = Vec::with_capacity(set.len());
+        let mut failed = None;
+        for (name, docs) in &set {
+            let parsed = docs.iter().map(|d| Parsed::parse(d.clone(), &self.s.decode)).collect::<Result<Vec<_>, _>>();
+            match parsed {
+                Ok(docs) => inputs.push(step::Input {
+                    name: name.clone(),
+                    first_seen: now,
+                    published: Some(Sources { docs, redactor: self.s.redactor.clone() }),
+                }),
+                Err(error) => {
+                    failed = Some((name.clone(), error));
+                    break;
                 }
-                self.emit(notify::rejected(name, error.clone()));
-                return Err(error);
             }
-        };
-        self.configs.entry(name.to_string()).or_default().external = true;
-        let outcome = self.apply(name, sources.merge(), &sources, Instant::now(), Batch::default());
-        let result = match &outcome {
-            Outcome::Rejected(error) => Err(error.clone()),
-            Outcome::Applied { .. } | Outcome::Unchanged | Outcome::Deferred | Outcome::Absent => {
-                self.configs.get_mut(name).expect("state exists").published = Some(sources);
-                // `apply` accepts an unchanged value without swapping it;
-                // tell the caller whether the live value changed.
-                Ok(matches!(outcome, Outcome::Applied { .. }))
+        }
+        if let Some((name, error)) = failed {
+            // Nothing of the set is applied: each config's documents are
+            // recorded as refused, the one that failed with its error.
+            for (other, docs) in set {
+                let error = if other == name {
+                    error.clone()
+                } else {
+                    error.clone().prefixed(&format!("not applied: `{name}` in the same change set was rejected: "))
+                };
+                self.record(&other, docs, None, Some(&error), true, Some(batch.change_set));
+                self.emit(notify::rejected(&other, error));
             }
-        };
-        for event in self.report(name, outcome) {
+            return Err(MemberError::new(name, error));
+        }
+        let names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
+        let published: Vec<Sources> = inputs.iter().filter_map(|i| i.published.clone()).collect();
+        let result = self.step(inputs, batch, true);
+        for event in result.events {
             self.emit(event);
         }
-        result
+        if let Some((name, error)) = result.refused {
+            return Err(MemberError::new(name, error));
+        }
+        for (name, sources) in names.iter().zip(published) {
+            self.configs.get_mut(name).expect("state exists").published = Some(sources);
+        }
+        let changed =
+            names.iter().map(|n| result.outcomes.iter().any(|(o, r)| o == n && matches!(r, Ok(true)))).collect();
+        Ok((result.applied, changed))
+    }
+
+    /// Adds a subscriber of a group, built from its members' live values.
+    fn subscribe_group(&mut self, members: Vec<String>, factory: GroupSinkFactory) -> Result<(), MemberError> {
+        let mut object = serde_json::Map::new();
+        let mut sources = Vec::with_capacity(members.len());
+        for m in &members {
+            let loaded = self.current_sources(m);
+            let value = self.configs.get(m).and_then(|c| c.value.clone());
+            let value = match (value, &loaded) {
+                (Some(value), _) => value,
+                (None, Err(error)) => return Err(MemberError::new(m.clone(), error.clone())),
+                (None, Ok(_)) => {
+                    let error = ConfigError::new(ConfigErrorKind::Missing, format!("config `{m}` has no valid value"));
+                    return Err(MemberError::new(m.clone(), error));
+                }
+            };
+            object.insert(m.clone(), Value::clone(&value));
+            sources.push(loaded.unwrap_or_default());
+        }
+        let view = sink::Members { members: members.iter().map(String::as_str).zip(sources.iter()).collect() };
+        let value = Value::Object(object);
+        let validate = self.s.validate;
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&value, &view, validate)));
+        let sink = built.unwrap_or_else(|panic| Err(MemberError::new(members[0].clone(), apply::panicked(&*panic))))?;
+        match self.groups.iter_mut().find(|g| g.members == members) {
+            Some(group) => group.sinks.push(sink),
+            None => self.groups.push(GroupState { members, sinks: vec![sink] }),
+        }
+        Ok(())
+    }
+
+    /// Whether config `name` is a member of a group that has subscribers.
+    fn in_group(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| g.members.iter().any(|m| m == name))
+    }
+
+    /// Emits what a step did.
+    fn emit_step(&self, result: step::StepResult) {
+        for event in result.events {
+            self.emit(event);
+        }
     }
 }
 

@@ -62,7 +62,8 @@ impl Notifier {
     }
 
     /// Whether a handler's glob selects `event`: a file event by its path, a
-    /// config event by any of the config's files.
+    /// config event by any of the config's files, a change set by any of
+    /// its configs' files.
     fn routes(&self, slot: &HandlerSlot, event: &ChangeEvent, files: &Files) -> bool {
         if matches!(event, ChangeEvent::HandlerFailed { .. }) {
             return false;
@@ -71,6 +72,10 @@ impl Notifier {
         let matches = |p: &Path| p.strip_prefix(&self.root).is_ok_and(|rel| glob.is_match(rel));
         match event {
             ChangeEvent::ConfigChanged { files, .. } => files.iter().any(|f| matches(f)),
+            // A set goes to the handlers of any of its configs.
+            ChangeEvent::ChangeSetApplied { configs, .. } => {
+                configs.iter().any(|name| files.of_config(name).any(|f| matches(f)))
+            }
             _ => match (event.path(), event.config_name()) {
                 (Some(path), _) => matches(path),
                 (None, Some(name)) => files.of_config(name).any(|f| matches(f)),

@@ -167,6 +167,11 @@ pub(super) fn read_at_start(path: &Path, keep: Keep, lease: bool) -> io::Result<
 /// modification time is not what it was when the read began (or the read
 /// did not find as many bytes as the file had), a writer was at work, and
 /// the answer is [`Attempt::Busy`].
+/// Where a read lease would be held on Linux: none, and (unlike `()`) not
+/// `Copy`, so that dropping it reads the same on every platform.
+#[cfg(not(target_os = "linux"))]
+struct NoLease;
+
 fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
     let before = fs::metadata(path)?;
     if !before.is_file() {
@@ -184,7 +189,7 @@ fn read_file(path: &Path, lease: bool, keep: Keep) -> io::Result<Attempt> {
         Some(lease::Lease::Unsupported) | None => None,
     };
     #[cfg(not(target_os = "linux"))]
-    let held: Option<()> = {
+    let held: Option<NoLease> = {
         // No platform but Linux has read leases.
         let _ = lease;
         None

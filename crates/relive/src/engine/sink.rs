@@ -36,3 +36,67 @@ pub(crate) trait Sink: Send {
 
 /// Makes a prepared value live.
 pub(crate) type Commit = Box<dyn FnOnce() + Send>;
+
+/// What the engine drives for a group: one typed subscriber of several
+/// configs at once, whose value is an object with one key per member.
+pub(crate) trait GroupSink: Send {
+    /// Deserializes and validates the group's `value`; returns a commit
+    /// that makes it live, or the error and the member it is about.
+    fn prepare(&self, value: &Value, members: &Members<'_>, run_validators: bool) -> Result<Commit, MemberError>;
+    /// True once no stream or `Live` handle is left.
+    fn is_closed(&self) -> bool;
+}
+
+/// Builds a group's subscriber from its members' current values, on the
+/// engine's thread.
+pub(crate) type GroupSinkFactory =
+    Box<dyn FnOnce(&Value, &Members<'_>, bool) -> Result<Box<dyn GroupSink>, MemberError> + Send>;
+
+/// A group's members and their documents, to locate an error on the member
+/// its key names.
+pub(crate) struct Members<'a> {
+    /// Name and documents of each member, in the group's order.
+    pub members: Vec<(&'a str, &'a Sources)>,
+}
+
+/// An error about one member of a group.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberError {
+    /// The member the error is located on.
+    pub member: String,
+    /// The error, at the member's file, line and column.
+    pub error: Box<ConfigError>,
+}
+
+impl MemberError {
+    /// The error `error`, about member `member`.
+    pub fn new(member: impl Into<String>, error: ConfigError) -> MemberError {
+        MemberError { member: member.into(), error: Box::new(error) }
+    }
+}
+
+impl Members<'_> {
+    /// The error about group key `key` (`proxy.target`): located on the
+    /// member its first segment names, at the rest of the key. A key that
+    /// names no member (a validator's error without a key) is put on the
+    /// group's first member, without a position.
+    pub fn error_at(&self, kind: crate::error::ConfigErrorKind, key: &str, message: String) -> MemberError {
+        let named = self
+            .members
+            .iter()
+            .filter(|(name, _)| {
+                key.strip_prefix(name).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+            .max_by_key(|(name, _)| name.len());
+        match named {
+            Some((name, sources)) => {
+                let rest = key[name.len()..].trim_start_matches('.');
+                MemberError::new(name.to_string(), sources.error_at(kind, rest, message))
+            }
+            None => match self.members.first() {
+                Some((name, sources)) => MemberError::new(name.to_string(), sources.error_at(kind, "", message)),
+                None => MemberError::new(String::new(), ConfigError::new(kind, message)),
+            },
+        }
+    }
+}

@@ -28,8 +28,26 @@ mod pipe {
     pub(crate) struct Wakeup(OwnedFd);
 
     pub(crate) fn pair() -> io::Result<(Waker, Wakeup)> {
-        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        let (rx, tx) = nonblocking_pipe()?;
         Ok((Waker(Arc::new(tx)), Wakeup(rx)))
+    }
+
+    #[cfg(not(target_vendor = "apple"))]
+    fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?)
+    }
+
+    /// macOS has no `pipe2`: the flags are set right after `pipe`. A thread
+    /// of the program that forks and execs in that instant leaks the two
+    /// ends into its child; harmless, the pipe only wakes the engine.
+    #[cfg(target_vendor = "apple")]
+    fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let (rx, tx) = rustix::pipe::pipe()?;
+        for fd in [&rx, &tx] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+            rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK)?;
+        }
+        Ok((rx, tx))
     }
 
     impl Waker {

@@ -43,6 +43,11 @@ pub(crate) struct VersionRecord {
     pub error: Option<ErrorRecord>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub published: bool,
+    /// The change set the version was applied (or rejected) in: versions
+    /// of several configs that went live together share it. Absent from
+    /// records written before change sets, which read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_set: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,10 +304,9 @@ pub(crate) struct ReadLog {
 /// truncated records are skipped with a warning.
 pub(crate) fn read(path: &Path) -> std::io::Result<ReadLog> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // Never a blocking open: a FIFO put where the log goes would hang
     // whoever reads the history (`relive history`, a rollback).
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+    let file = match crate::engine::open_nonblocking(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parse(path, &[])),
         Err(e) => return Err(e),
@@ -379,6 +383,7 @@ mod tests {
             rollback_of: None,
             error: None,
             published: false,
+            change_set: None,
         }))
     }
 
@@ -447,5 +452,25 @@ mod tests {
         let read = parse(Path::new("log"), &log);
         assert_eq!(read.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
         assert_eq!((read.max_version, read.warnings.len()), (1, 1));
+    }
+
+    #[test]
+    fn records_without_a_change_set_still_read() {
+        // A line as relive wrote it before change sets, byte for byte.
+        let json = r#"{"type":"version","version":7,"status":"applied","time":"2026-06-01T10:00:00.000000Z","env":null,"hash":"ab","documents":[{"origin":"config/app.toml","format":"toml","len":9,"sha256":"cd","mode":384}],"diff":[{"op":"change","path":"/port","old":1,"new":2}],"rollback_of":3}"#;
+        let line = format!("{:016x} {json}\n", xxhash_rust::xxh3::xxh3_64(json.as_bytes()));
+        let read = parse(Path::new("log"), line.as_bytes());
+        assert!(read.warnings.is_empty(), "{:?}", read.warnings);
+        let v = &read.versions[0];
+        assert_eq!((v.version, v.rollback_of, v.change_set), (7, Some(3), None));
+
+        // A new record keeps its change set, and writes no field without one.
+        let mut record = version(8);
+        if let LogRecord::Version(v) = &mut record {
+            v.change_set = Some(42);
+        }
+        let read = parse(Path::new("log"), &encode(&record));
+        assert_eq!(read.versions[0].change_set, Some(42));
+        assert!(!String::from_utf8(encode(&version(9))).unwrap().contains("change_set"));
     }
 }

@@ -60,6 +60,7 @@ impl Recorder {
     }
 
     /// Queues a version; returns at once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         name: &str,
@@ -68,6 +69,7 @@ impl Recorder {
         secrets: crate::document::SecretPaths,
         error: Option<crate::ConfigError>,
         published: bool,
+        change_set: Option<crate::ChangeSetId>,
     ) {
         // A version over the limits is recorded without its bytes, dropped
         // here rather than queued: the writer may be behind, and each such
@@ -87,6 +89,7 @@ impl Recorder {
             secrets,
             error,
             published,
+            change_set,
             time: (self.clock)(),
             over_limits,
         };
@@ -231,7 +234,7 @@ fn take_lock(data_dir: &Path, dir: &Path) -> io::Result<Option<File>> {
 /// Takes an exclusive lock on `file` without waiting: false if another
 /// holds it.
 #[cfg(unix)]
-fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+pub(super) fn try_lock(file: &fs::File) -> std::io::Result<bool> {
     match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
@@ -242,7 +245,7 @@ fn try_lock(file: &fs::File) -> std::io::Result<bool> {
 /// Takes an exclusive lock on `file` without waiting: false if another
 /// holds it. (`File::try_lock`: Rust 1.89 on Windows.)
 #[cfg(not(unix))]
-fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+pub(super) fn try_lock(file: &fs::File) -> std::io::Result<bool> {
     match file.try_lock() {
         Ok(()) => Ok(true),
         Err(fs::TryLockError::WouldBlock) => Ok(false),
@@ -443,6 +446,7 @@ impl Store {
             rollback_of,
             error,
             published: a.published,
+            change_set: a.change_set.map(crate::ChangeSetId::get),
         };
         self.append(&LogRecord::Version(Box::new(record.clone())))?;
         if rollback_of.is_some() {

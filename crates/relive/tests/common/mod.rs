@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -144,6 +145,7 @@ pub fn assert_child_passed(out: &Output) {
 /// `uid`, when we are root, and checks that it passed there. Returns true
 /// if it did so; false in the child, or when not root, where the caller
 /// runs the test's body itself.
+#[cfg(unix)]
 pub fn rerun_as(name: &str, uid: u32) -> bool {
     if std::env::var_os(CHILD).is_some() || !rustix::process::geteuid().is_root() {
         return false;
@@ -151,6 +153,19 @@ pub fn rerun_as(name: &str, uid: u32) -> bool {
     let out = child(name, "").env("TMPDIR", "/tmp").uid(uid).gid(uid).output().unwrap();
     assert_child_passed(&out);
     true
+}
+
+/// Makes a FIFO at `path` with `mode` (FIFOs are Unix's). Linux has `mkfifoat`; macOS has no
+/// `mkfifoat` in rustix, so there the `mkfifo` command makes it.
+#[cfg(unix)]
+pub fn mkfifo(path: &Path, mode: u32) {
+    #[cfg(target_os = "linux")]
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_raw_mode(mode)).unwrap();
+    #[cfg(not(target_os = "linux"))]
+    {
+        let status = Command::new("mkfifo").arg("-m").arg(format!("{mode:o}")).arg(path).status().unwrap();
+        assert!(status.success(), "mkfifo {}: {status}", path.display());
+    }
 }
 
 /// Whether the engine runs the inotify backend, which sees writers close
