@@ -22,6 +22,9 @@ use crate::layout::{
 };
 use crate::status::FleetStatus;
 
+mod set;
+pub use set::{MAX_SET, PushedSet};
+
 /// Settings of an operator's connection to a fleet;
 /// [`connect`](FleetBuilder::connect) makes a [`Fleet`].
 ///

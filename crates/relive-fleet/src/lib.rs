@@ -336,8 +336,8 @@ fn watcher(client: &etcd_client::Client) -> etcd_client::WatchClient {
 use std::path::PathBuf;
 
 pub use admin::{
-    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, Promoted, Pushed, Versions,
-    choose_canaries,
+    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, MAX_SET, Promoted, Pushed, PushedSet,
+    Versions, choose_canaries,
 };
 pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
@@ -501,6 +501,13 @@ pub enum Error {
     BadRollout {
         /// Its key.
         key: String,
+        /// Why.
+        message: String,
+    },
+    /// A change set that cannot be pushed (empty, too large, a config
+    /// twice).
+    #[error("invalid change set: {message}")]
+    InvalidSet {
         /// Why.
         message: String,
     },

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use relive::{Document, Format, HotReloadManager, Workspace};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::timeout;
@@ -539,8 +539,15 @@ impl Worker {
                 touched.extend(self.record(kv.key(), Some((kv.value(), kv.mod_revision()))));
             }
             touched.extend(self.versions.keys().cloned());
-            for name in &touched {
-                self.reconcile(None, name).await?;
+            // The configs one transaction wrote (one revision) are one
+            // change set here too, as they are when watched.
+            let mut by_revision: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+            for name in touched {
+                let at = self.target(&name).map_or(0, |(version, _)| *version);
+                by_revision.entry(at).or_default().insert(name);
+            }
+            for names in by_revision.values() {
+                self.reconcile_set(None, names).await?;
             }
             self.revision = revision;
         }
@@ -600,12 +607,10 @@ impl Worker {
                             };
                             touched.extend(self.record(kv.key(), value));
                         }
-                        for name in &touched {
-                            match self.reconcile(Some((&mut s.client, s.lease)), name).await {
-                                Ok(()) => {}
-                                Err(Stop::Engine) => return Served::Engine,
-                                Err(Stop::Lost(e)) => return Served::Lost(e),
-                            }
+                        match self.reconcile_set(Some((&mut s.client, s.lease)), &touched).await {
+                            Ok(()) => {}
+                            Err(Stop::Engine) => return Served::Engine,
+                            Err(Stop::Lost(e)) => return Served::Lost(e),
                         }
                         // Only now: a lost connection above replays this
                         // revision, and handled versions are skipped.
@@ -667,20 +672,107 @@ impl Worker {
         None
     }
 
-    /// Publishes and answers the version `name` should run here, unless it
-    /// was handled already: the canary's if this instance is in one, else
-    /// the config key's. Without a config key (deleted) the last value stays.
-    async fn reconcile(&mut self, client: Option<(&mut Client, i64)>, name: &str) -> Result<(), Stop> {
-        let Some((version, value)) = self.canaries.get(name).or_else(|| self.stable.get(name)) else {
-            return Ok(());
-        };
-        if self.versions.get(name) == Some(version) {
-            // Never left the stable version: nothing to explain.
-            self.aborted.remove(name);
-            return Ok(());
+    /// The version `name` should run here: the canary's if this instance
+    /// is in one, else the config key's; none if deleted (the last value
+    /// stays).
+    fn target(&self, name: &str) -> Option<&(i64, Vec<u8>)> {
+        self.canaries.get(name).or_else(|| self.stable.get(name))
+    }
+
+    /// Publishes and answers the versions `names` should run here, those
+    /// not handled already, as one change set: the configs of one
+    /// revision, applied all or none.
+    async fn reconcile_set(
+        &mut self,
+        client: Option<(&mut Client, i64)>,
+        names: &BTreeSet<String>,
+    ) -> Result<(), Stop> {
+        let mut due = Vec::new();
+        for name in names {
+            let Some((version, value)) = self.target(name) else { continue };
+            if self.versions.get(name) == Some(version) {
+                // Never left the stable version: nothing to explain.
+                self.aborted.remove(name);
+                continue;
+            }
+            due.push((name.clone(), *version, value.clone()));
         }
-        let (version, value) = (*version, value.clone());
-        self.handle(client, name, &value, version).await
+        match due.len() {
+            0 => Ok(()),
+            1 => {
+                let (name, version, value) = due.pop().expect("one");
+                self.handle(client, &name, &value, version).await
+            }
+            _ => self.handle_set(client, due).await,
+        }
+    }
+
+    /// Publishes several configs as one change set, all or none, and
+    /// answers every one with the set's outcome: all applied, or all
+    /// rejected with the reason naming the config that failed. The
+    /// statuses are written in one transaction.
+    async fn handle_set(
+        &mut self,
+        client: Option<(&mut Client, i64)>,
+        due: Vec<(String, i64, Vec<u8>)>,
+    ) -> Result<(), Stop> {
+        let names: Vec<&str> = due.iter().map(|(name, _, _)| name.as_str()).collect();
+        let list = names.join(", ");
+        let mut set = Vec::new();
+        let mut refused = None;
+        for (name, _, value) in &due {
+            let origin = format!("etcd:{}{name}", self.opts.layout.configs_prefix());
+            match decode_config(value) {
+                Ok((format, document)) => {
+                    set.push((name.clone(), vec![Document::new(&origin, format, document.to_vec())]))
+                }
+                Err(message) => {
+                    refused = Some((name.clone(), format!("{origin}: {message}")));
+                    break;
+                }
+            }
+        }
+        if refused.is_none() {
+            match self.manager.publish_set(set).await {
+                Ok(_) => {}
+                Err(relive::Error::Config { name, error }) => refused = Some((name, error.to_string())),
+                Err(e) => {
+                    tracing::error!(error = %e, "the hot reload engine stopped; the etcd source stops");
+                    return Err(Stop::Engine);
+                }
+            }
+        }
+        let mut statuses = Vec::new();
+        for (name, version, value) in &due {
+            let result = match &refused {
+                Some((bad, error)) if bad == name => Err(format!("{error} (its change set of {list} was not applied)")),
+                Some((bad, error)) => {
+                    Err(format!("not applied: {bad}, in the same change set ({list}), was rejected: {error}"))
+                }
+                None => match decode_config(value) {
+                    Ok((format, document)) => self.mirror(name, format, document).await,
+                    Err(message) => Err(message),
+                },
+            };
+            let applied = self.outcome(name, *version as u64, &result);
+            self.versions.insert(name.clone(), *version);
+            if applied {
+                self.cache_writer.store(name, *version as u64, value);
+            }
+            statuses.push(name.clone());
+        }
+        let Some((client, lease)) = client else { return Ok(()) };
+        let puts = statuses
+            .iter()
+            .map(|name| {
+                let key = self.opts.layout.status_key(&self.opts.instance, name).expect("checked names");
+                TxnOp::put(key, self.statuses[name].to_json(), Some(PutOptions::new().with_lease(lease)))
+            })
+            .collect::<Vec<_>>();
+        call(self.opts.request_timeout, crate::kv(client).txn(Txn::new().and_then(puts)))
+            .await
+            .map(drop)
+            .map_err(Stop::Lost)
     }
 
     /// Publishes one version of a config and acknowledges or rejects it.
@@ -731,8 +823,14 @@ impl Worker {
                 }
             }
         };
+        Ok(self.outcome(name, version, &result))
+    }
+
+    /// Records the outcome of a version: the event and the status to
+    /// write. True if it was applied.
+    fn outcome(&mut self, name: &str, version: u64, result: &Result<(), String>) -> bool {
         let aborted = self.aborted.remove(name).map(|reason| format!("rollout aborted: {reason}"));
-        let (state, error) = match &result {
+        let (state, error) = match result {
             Ok(()) => {
                 self.applied.insert(name.to_string(), version);
                 let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
@@ -757,7 +855,7 @@ impl Worker {
             labels: self.opts.labels.clone(),
         };
         self.statuses.insert(name.to_string(), status);
-        Ok(result.is_ok())
+        result.is_ok()
     }
 
     /// Runs the mirror, if any, for an applied version.
