@@ -962,3 +962,78 @@ fn rollout_abort_returns_the_instances_and_ends_the_driver() {
     }
     assert_eq!(rollout_json(&ws, &etcd)["phase"], "aborted");
 }
+
+/// `relive fleet push --set DIR`: every config under DIR in one
+/// transaction, one version for all; an instance that refuses one member
+/// refuses the set, and `--wait` says so for both; CAS on each config.
+#[test]
+fn push_set_publishes_a_directory_as_one_version_applied_whole() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("deploy/server.toml", "port = 2000\nworkers = 1\n");
+    ws.write("deploy/net/proxy.yaml", "target_port: 2000\n");
+    ws.write("deploy/server.schema.json", r#"{"properties": {"port": {"type": "integer", "maximum": 65535}}}"#);
+    let out = ok(&ws, &etcd, &["push", "--set", "deploy"]);
+    assert!(out.starts_with("pushed a change set of 2 configs: version "), "{out}");
+    let v1 = version_in(&out);
+    assert!(out.contains(&format!("pushed net/proxy: version {v1} (new)")), "{out}");
+    assert!(out.contains(&format!("pushed server: version {v1} (new)")), "{out}");
+
+    // A service whose stream refuses `workers = 0`.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let service = Ws::new();
+    let (_source, _stream) = rt.block_on(async {
+        let w = relive::Workspace::new(service.root());
+        let source = etcd::source(&etcd.endpoint(), PREFIX, "service").start(&w).await.unwrap();
+        let stream = w
+            .config::<Value>("server")
+            .validate(|v: &Value| {
+                if v["workers"] == 0 {
+                    Err(relive::ValidationError::at("workers", "must be at least 1"))
+                } else {
+                    Ok(())
+                }
+            })
+            .watch()
+            .await
+            .unwrap();
+        (source, stream)
+    });
+    wait_row(&ws, &etcd, "service", v1, "SYNCED");
+
+    // The schema beside a file is checked; nothing is sent.
+    ws.write("deploy/server.toml", "port = 70000\nworkers = 1\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string()]);
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    assert!(run.stdout().contains("server.toml:1:1: 70000 is greater than"), "{}", run.stdout());
+
+    // One member the service refuses: the set is refused there, both
+    // configs say so, and the proxy's reason names the server.
+    ws.write("deploy/server.toml", "port = 3000\nworkers = 0\n");
+    ws.write("deploy/net/proxy.yaml", "target_port: 3000\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string(), "--wait", "30"]);
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    let v2 = version_in(&run.stdout());
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("service rejected server version {v2}: ")) && err.contains("must be at least 1"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("service rejected net/proxy version {v2}: not applied: server")), "{err}");
+
+    // Compare-and-set on each config: a stale --expect writes nothing.
+    ws.write("deploy/server.toml", "port = 3000\nworkers = 3\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string()]);
+    assert_eq!(run.code(), 4, "{}{}", run.stdout(), run.stderr());
+    let out = ok(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v2.to_string(), "--wait", "30"]);
+    let v3 = version_in(&out);
+    assert!(out.contains(&format!("server version {v3}: 1 applied, 0 rejected")), "{out}");
+    // The proxy's document did not change, but it is in the set again: the
+    // service that refused the last set gets both, not a mix.
+    assert!(out.contains(&format!("net/proxy version {v3}: 1 applied, 0 rejected")), "{out}");
+    let row = wait_row(&ws, &etcd, "service", v3, "SYNCED");
+    assert_eq!(row["error"], Value::Null, "{row}");
+
+    let run = fleet(&ws, &etcd, &["push", "server", "deploy/server.toml", "--set", "deploy"]);
+    assert_eq!(run.code(), 2, "NAME FILE and --set are one or the other");
+}

@@ -871,10 +871,20 @@ impl Worker {
     async fn boot_from_cache(&mut self) -> Result<usize, Error> {
         let cache = self.cache.clone();
         let cached = tokio::task::spawn_blocking(move || cache.load()).await.unwrap_or_default();
+        // The configs of one revision (a change set) were cached with that
+        // version: they are published together again.
+        let mut by_version: BTreeMap<u64, Vec<(String, i64, Vec<u8>)>> = BTreeMap::new();
         for c in &cached {
-            self.handle(None, &c.name, &c.value, c.version as i64)
-                .await
-                .map_err(|_| Error::Relive(relive::Error::Stopped))?;
+            by_version.entry(c.version).or_default().push((c.name.clone(), c.version as i64, c.value.clone()));
+        }
+        for (_, mut set) in by_version {
+            let done = if set.len() == 1 {
+                let (name, version, value) = set.pop().expect("one");
+                self.handle(None, &name, &value, version).await
+            } else {
+                self.handle_set(None, set).await
+            };
+            done.map_err(|_| Error::Relive(relive::Error::Stopped))?;
         }
         Ok(cached.len())
     }

@@ -242,14 +242,22 @@ async fn a_set_is_compared_on_every_config_and_written_whole_or_not_at_all() {
     let e = fleet.push_set(&[("server", &s, Expect::Current), ("server", &s, Expect::Current)]).await.unwrap_err();
     assert!(e.to_string().contains("server is in the set twice"), "{e}");
 
-    // Unchanged members are compared, not written; the others share one
-    // revision and one push id.
+    // A member whose document is unchanged is written with the others:
+    // the set is whole in its revision, with one push id.
     let pushed = fleet
         .push_set(&[("server", &server(2000), Expect::Version(first)), ("proxy", &p, Expect::Version(later))])
         .await
         .unwrap();
-    assert!(pushed.configs[0].unchanged && !pushed.configs[1].unchanged, "{pushed:?}");
-    assert_eq!(pushed.configs[1].version, pushed.revision.unwrap());
-    let version = fleet.version("proxy", pushed.revision.unwrap()).await.unwrap();
-    assert_eq!(version.push, Some(pushed.push.clone()));
+    let revision = pushed.revision.unwrap();
+    assert!(pushed.configs.iter().all(|c| c.version == revision && !c.unchanged), "{pushed:?}");
+    for name in ["server", "proxy"] {
+        assert_eq!(fleet.version(name, revision).await.unwrap().push, Some(pushed.push.clone()), "{name}");
+    }
+    // Nothing changed at all: nothing is written.
+    let again = fleet
+        .push_set(&[("server", &server(2000), Expect::Version(revision)), ("proxy", &p, Expect::Version(revision))])
+        .await
+        .unwrap();
+    assert_eq!(again.revision, None);
+    assert!(again.configs.iter().all(|c| c.unchanged && c.version == revision), "{again:?}");
 }

@@ -400,7 +400,10 @@ async fn a_rollout_on_a_secured_cluster_runs_with_least_privilege_roles() {
     }
     let base = fleet.versions("server", 1).await.unwrap().versions[0].version;
     let statuses = applied(&etcd, 4, base).await;
-    assert!(statuses.iter().all(|s| s.labels.get("zone").is_some()), "labels in every status: {statuses:?}");
+    for s in &statuses {
+        let zone = zones.iter().find(|(id, _)| *id == s.instance).map(|(_, zone)| *zone);
+        assert_eq!(s.labels.get("zone").map(String::as_str), zone, "{} publishes its label", s.instance);
+    }
 
     // Stopped in wave 2 by b-1's rejection: everyone returns to the base.
     fleet.start_rollout("server", &toml(80), Expect::Version(base), plan("zone=a,zone=b,100%", 100)).await.unwrap();

@@ -40,9 +40,11 @@ impl Fleet {
     ///
     /// Instances apply the configs of one revision as one change set:
     /// every one of them or none ([`relive::HotReloadManager::publish_set`]),
-    /// and answer each config's status with the set's outcome. A config
-    /// whose bytes are those of its current version is compared but not
-    /// written. Each draft is checked first ([`Draft::check`]).
+    /// and answer each config's status with the set's outcome. Every
+    /// config is written, even one whose document is the current one, so
+    /// that the set is whole in its revision; when every document is the
+    /// current one nothing is written ([`PushedSet::revision`] is `None`).
+    /// Each draft is checked first ([`Draft::check`]).
     pub async fn push_set(&self, configs: &[(&str, &Draft, Expect)]) -> Result<PushedSet, Error> {
         if configs.is_empty() || configs.len() > MAX_SET {
             let message = format!("a change set holds 1 to {MAX_SET} configs, not {}", configs.len());
@@ -68,17 +70,20 @@ impl Fleet {
             expected.push(at);
             let value = with_author_and_push(&draft.encoded(), &self.operator, &push);
             let unchanged = snap.config.as_ref().is_some_and(|kv| same_document(kv.value(), &value));
-            if !unchanged {
-                writes.push(TxnOp::put(snap.key.clone(), value, None));
-            }
+            writes.push(TxnOp::put(snap.key.clone(), value, None));
             out.push(Pushed { config: name.to_string(), version: at, previous: snap.version(), unchanged });
         }
-        if writes.is_empty() {
+        if out.iter().all(|p| p.unchanged) {
             return Ok(PushedSet { revision: None, push, configs: out });
         }
+        // Every member is written, the unchanged ones too: the set is then
+        // whole in this one revision, and an instance that refused an
+        // earlier set with these members gets all of them again, not a
+        // mix of this set and the one before.
         let version = self.publish_set_once(&snaps, &expected, writes, &push).await?;
-        for pushed in out.iter_mut().filter(|p| !p.unchanged) {
+        for pushed in &mut out {
             pushed.version = version;
+            pushed.unchanged = false;
         }
         Ok(PushedSet { revision: Some(version), push, configs: out })
     }
