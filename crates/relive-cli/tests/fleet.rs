@@ -1034,6 +1034,18 @@ fn push_set_publishes_a_directory_as_one_version_applied_whole() {
     let row = wait_row(&ws, &etcd, "service", v3, "SYNCED");
     assert_eq!(row["error"], Value::Null, "{row}");
 
+    // A new member: --expect-each gives its version (0: new).
+    ws.write("deploy/cache.json", r#"{"size": 10}"#);
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v3.to_string()]);
+    assert_eq!(run.code(), 4, "cache is not at {v3}: {}{}", run.stdout(), run.stderr());
+    let out = ok(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v3.to_string(), "--expect-each", "cache=0"]);
+    let v4 = version_in(&out);
+    assert!(out.contains(&format!("pushed cache: version {v4} (new)")), "{out}");
+    assert!(out.contains(&format!("pushed server: version {v4} (was {v3})")), "{out}");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect-each", "nope=1"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("nope is not in deploy"), "{}", run.stderr());
+
     let run = fleet(&ws, &etcd, &["push", "server", "deploy/server.toml", "--set", "deploy"]);
     assert_eq!(run.code(), 2, "NAME FILE and --set are one or the other");
 }
