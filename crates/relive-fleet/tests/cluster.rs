@@ -322,3 +322,27 @@ async fn applied_event(events: &mut tokio::sync::broadcast::Receiver<SourceEvent
     .await
     .unwrap_or_else(|_| panic!("version {version} was not applied within {WAIT:?}"));
 }
+
+/// An operator that signs in with a password, whose first endpoint is a
+/// member that is down: it signs in through the live one, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_whose_first_member_is_down_signs_in_through_another() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&pki, &[]);
+    etcd.enable_auth().await;
+    let down = format!("https://{}", common::free_port());
+    let (crt, key) = pki.client("ops");
+    for round in 0..5 {
+        let fleet = FleetBuilder::new(down.clone(), PREFIX)
+            .unwrap()
+            .endpoint(etcd.endpoint())
+            .ca_certificate(pki.ca())
+            .client_certificate(&crt, &key)
+            .user("root", "root-pw")
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        fleet.push("server", &draft(round), Expect::Current).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}
