@@ -261,3 +261,50 @@ async fn a_set_is_compared_on_every_config_and_written_whole_or_not_at_all() {
     assert_eq!(again.revision, None);
     assert!(again.configs.iter().all(|c| c.unchanged && c.version == revision), "{again:?}");
 }
+
+/// A set whose transaction etcd commits but whose answer is lost (the
+/// connection dies just after the commit): the push answers with the
+/// revision it wrote, found by its push id, not a conflict with itself,
+/// and it is one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_answer_is_lost_is_one_revision_not_a_conflict() {
+    use std::sync::Arc;
+    let etcd = Etcd::start();
+    let proxy_to_etcd = Arc::new(common::Proxy::start(etcd.addr()).await);
+    let fleet = FleetBuilder::new(proxy_to_etcd.endpoint(), PREFIX)
+        .unwrap()
+        .request_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let first = push_pair(&fleet, 2000, (0, 0)).await;
+
+    let client = etcd.client().await;
+    let mut watcher = client.clone();
+    let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(first as i64 + 1);
+    let mut changes = watcher.watch(format!("/{PREFIX}/configs/"), Some(options)).await.unwrap();
+    // The write is the only request that carries the new documents.
+    proxy_to_etcd.hold_answers_after(b"port = 2001");
+    let cutter = Arc::clone(&proxy_to_etcd);
+    let cut = tokio::spawn(async move {
+        loop {
+            let resp = changes.message().await.unwrap().expect("watch stream");
+            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+                cutter.cut();
+                cutter.heal();
+                return (kv.mod_revision() as u64, resp.events().len());
+            }
+        }
+    });
+    let (s, p) = (server(2001), proxy(2001));
+    let pushed = fleet.push_set(&[("server", &s, Expect::Version(first)), ("proxy", &p, Expect::Version(first))]).await;
+    let (landed, events) = tokio::time::timeout(WAIT, cut).await.expect("the set reached etcd").unwrap();
+    assert_eq!(events, 2, "both configs in the one revision");
+    let pushed = pushed.unwrap_or_else(|e| panic!("the set landed at revision {landed}, yet it answered: {e}"));
+    assert_eq!(pushed.revision, Some(landed));
+    for name in ["server", "proxy"] {
+        let versions = fleet.versions(name, 10).await.unwrap();
+        let order: Vec<u64> = versions.versions.iter().rev().map(|v| v.version).collect();
+        assert_eq!(order, [first, landed], "{name}: one version for the set");
+    }
+}
