@@ -295,6 +295,12 @@
 //!   [`MAX_SET`] configs (etcd's default `--max-txn-ops` is 128). An
 //!   instance of a version before change sets applies a set's configs one
 //!   by one.
+//! - The agent writes a set's files one after the other, each atomically,
+//!   after the set was applied whole: a program that reads the files may
+//!   see a mix for a moment (`relive watch` on that directory joins them
+//!   for its groups with its change-set window). A file it cannot write
+//!   makes that config's status `rejected` while the others of the set say
+//!   `applied`.
 //! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
 //!   restarted, not on one whose network is partitioned: a member cut off
 //!   from the others but still answering serves a watch that stays silent
