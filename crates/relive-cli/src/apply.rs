@@ -270,12 +270,7 @@ fn located(error: &relive::ConfigError) -> Located {
 
 /// The bytes of the regular file at `path`, at most `limit` of them.
 fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| e.to_string())?;
+    let file = os::open_for_read(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file; refused".to_string());
@@ -349,13 +344,11 @@ fn target(config: &Path, real_config: &Path, rel: &Path) -> Result<(PathBuf, Opt
 /// files that SRC_DIR does not have. Files whose bytes are already there
 /// are left out.
 fn plan(ws: &Workspace, files: Vec<Incoming>, delete: bool, limit: u64, problems: &mut Problems) -> Result<Vec<Step>> {
-    use std::os::unix::fs::MetadataExt;
     let config = ws.config_dir();
     if !config.exists() {
         fs::create_dir_all(&config).map_err(|e| Failure::runtime(format!("{}: {e}", config.display())))?;
     }
     let real_config = fs::canonicalize(&config).map_err(|e| Failure::runtime(format!("{}: {e}", config.display())))?;
-    let euid = rustix::process::geteuid();
     let mut steps = Vec::new();
     let incoming: BTreeSet<PathBuf> = files.iter().map(|f| f.rel.clone()).collect();
     for file in files {
@@ -375,11 +368,13 @@ fn plan(ws: &Workspace, files: Vec<Incoming>, delete: bool, limit: u64, problems
                 }
                 // Keeping another user's file theirs needs root; refused
                 // now rather than found half-way through the writes.
-                if !euid.is_root() && meta.uid() != euid.as_raw() {
-                    problems.add(&shown, format!("owned by uid {}; cannot keep its owner", meta.uid()));
-                    continue;
+                match os::keep(meta) {
+                    Ok((mode, owner)) => (Change::Modify, mode, owner),
+                    Err(message) => {
+                        problems.add(&shown, message);
+                        continue;
+                    }
                 }
-                (Change::Modify, meta.mode() & 0o777, Some((meta.uid(), meta.gid())))
             }
             None => (Change::Create, 0o600, None),
         };
@@ -438,25 +433,17 @@ fn config_files(config: &Path) -> Vec<PathBuf> {
 /// is staged before the hold, so that the hold covers renames only, and an
 /// error here leaves `config/` as it was.
 fn stage(step: &Step) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = step.path.parent().expect("a file under config/");
     if !dir.exists() {
-        let mut builder = fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
-        builder.create(dir)?;
+        os::create_private_dir(dir)?;
     }
     let name = step.path.file_name().expect("a file name").to_string_lossy();
     // Hidden: the engine ignores it.
     let tmp = dir.join(format!(".{name}.{}.relive-apply.tmp", std::process::id()));
     let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut file = os::create_private(&tmp)?;
         file.write_all(&step.bytes)?;
-        if let Some((uid, gid)) = step.owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
-        }
-        // After the owner: a chown clears set-id bits, and the umask must
-        // not narrow the mode kept.
-        file.set_permissions(fs::Permissions::from_mode(step.mode))?;
+        os::give(&file, step.mode, step.owner)?;
         file.sync_all()
     })();
     if result.is_err() {
@@ -639,6 +626,86 @@ pub(crate) async fn verdict(
 /// first is in the history: they are appended one after the other by the
 /// same writer.
 const SET_GRACE: Duration = Duration::from_millis(500);
+
+/// What differs by system: how a file is opened without blocking on a
+/// FIFO, and what of a replaced file (mode, owner) is kept.
+mod os {
+    use std::fs::{self, File, Metadata};
+    use std::io;
+    use std::path::Path;
+
+    /// Opens `path` for reading. On Unix with `O_NONBLOCK`, so that a FIFO
+    /// put in place of a file after it was listed cannot hang the command;
+    /// the caller then refuses anything that is not a regular file.
+    #[cfg(unix)]
+    pub(super) fn open_for_read(path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)
+    }
+
+    /// Opens `path` for reading. Windows has no FIFOs in the file tree
+    /// (named pipes live under `\\.\pipe\`), so a plain open cannot block.
+    #[cfg(not(unix))]
+    pub(super) fn open_for_read(path: &Path) -> io::Result<File> {
+        File::open(path)
+    }
+
+    /// The mode and owner to keep of the file `meta` describes, or why they
+    /// cannot be kept (another user's file, and not root).
+    #[cfg(unix)]
+    pub(super) fn keep(meta: &Metadata) -> Result<(u32, Option<(u32, u32)>), String> {
+        use std::os::unix::fs::MetadataExt;
+        let euid = rustix::process::geteuid();
+        if !euid.is_root() && meta.uid() != euid.as_raw() {
+            return Err(format!("owned by uid {}; cannot keep its owner", meta.uid()));
+        }
+        Ok((meta.mode() & 0o777, Some((meta.uid(), meta.gid()))))
+    }
+
+    /// Windows: a file renamed over another takes its directory's
+    /// inherited ACL; there is no mode or owner to carry over.
+    #[cfg(not(unix))]
+    pub(super) fn keep(_meta: &Metadata) -> Result<(u32, Option<(u32, u32)>), String> {
+        Ok((0, None))
+    }
+
+    /// Creates `dir` and its parents, private (0700) on Unix whatever the
+    /// umask.
+    pub(super) fn create_private_dir(dir: &Path) -> io::Result<()> {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)
+    }
+
+    /// Creates `path` exclusively, private (0600) on Unix from the start.
+    pub(super) fn create_private(path: &Path) -> io::Result<File> {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)
+    }
+
+    /// Gives `file` the owner, then the mode, kept from the file it
+    /// replaces. After the owner: a chown clears set-id bits, and the umask
+    /// must not narrow the mode kept.
+    #[cfg(unix)]
+    pub(super) fn give(file: &File, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))
+    }
+
+    /// Windows: nothing to give (see [`keep`]).
+    #[cfg(not(unix))]
+    pub(super) fn give(_file: &File, _mode: u32, _owner: Option<(u32, u32)>) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

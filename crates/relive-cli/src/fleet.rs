@@ -1040,21 +1040,18 @@ fn gate_blocking(
     limit: Duration,
 ) -> (GateOutcome, Vec<u8>, Vec<u8>) {
     use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let spawned = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("RELIVE_ROLLOUT_CONFIG", config)
-        .env("RELIVE_ROLLOUT_WAVE", wave.to_string())
-        .env("RELIVE_ROLLOUT_INSTANCES", instances)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => return (GateOutcome::Failed(format!("cannot run sh: {e}")), vec![], vec![]),
+    let spawned = gate::Tree::spawn(
+        gate::shell(command)
+            .env("RELIVE_ROLLOUT_CONFIG", config)
+            .env("RELIVE_ROLLOUT_WAVE", wave.to_string())
+            .env("RELIVE_ROLLOUT_INSTANCES", instances)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let (mut child, tree) = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => return (GateOutcome::Failed(format!("cannot run {}: {e}", gate::SHELL)), vec![], vec![]),
     };
     // Each stream is read to its end (so the gate never blocks on a full
     // pipe) and only its first bytes kept.
@@ -1082,10 +1079,8 @@ fn gate_blocking(
             Ok(Some(status)) if status.success() => break GateOutcome::Passed,
             Ok(Some(status)) => break GateOutcome::Failed(status.to_string()),
             Ok(None) if Instant::now() >= deadline => {
-                // The whole group: `sh -c` may have started others.
-                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
+                // The whole tree: the shell may have started others.
+                tree.kill(&child);
                 let _ = child.wait();
                 break GateOutcome::Failed(format!("no exit within {}", humantime_short(limit)));
             }
@@ -1094,4 +1089,77 @@ fn gate_blocking(
         }
     };
     (outcome, out.join().unwrap_or_default(), err.join().unwrap_or_default())
+}
+
+/// How a gate command runs, and how all it started is stopped: a process
+/// group on Unix, a job object on Windows.
+mod gate {
+    use std::io;
+    use std::process::{Child, Command};
+
+    /// The shell a gate command runs in.
+    #[cfg(unix)]
+    pub(super) const SHELL: &str = "sh";
+    /// The shell a gate command runs in.
+    #[cfg(windows)]
+    pub(super) const SHELL: &str = "cmd";
+
+    /// `command` run by the shell.
+    pub(super) fn shell(command: &str) -> Command {
+        #[cfg(unix)]
+        {
+            let mut shell = Command::new(SHELL);
+            shell.arg("-c").arg(command);
+            shell
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::process::CommandExt;
+            let mut shell = Command::new(SHELL);
+            shell.arg("/S").arg("/C").raw_arg(format!("\"{command}\""));
+            shell
+        }
+    }
+
+    /// Everything a gate started, to be killed at its deadline.
+    pub(super) struct Tree {
+        #[cfg(windows)]
+        job: crate::platform::Job,
+    }
+
+    impl Tree {
+        /// Starts `command` in a tree of its own.
+        pub(super) fn spawn(command: &mut Command) -> io::Result<(Child, Tree)> {
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::CommandExt;
+                Ok((command.process_group(0).spawn()?, Tree {}))
+            }
+            #[cfg(windows)]
+            {
+                let job = crate::platform::Job::new()?;
+                let child = command.spawn()?;
+                if let Err(e) = job.assign(&child) {
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+                Ok((child, Tree { job }))
+            }
+        }
+
+        /// Kills the gate and everything it started.
+        pub(super) fn kill(&self, child: &Child) {
+            #[cfg(unix)]
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            #[cfg(windows)]
+            {
+                let _ = child;
+                let _ = self.job.terminate();
+            }
+        }
+    }
 }

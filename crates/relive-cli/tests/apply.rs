@@ -2,6 +2,10 @@
 //! set, seen so by a running `relive watch`; checked whole before anything
 //! is written.
 
+// Unix only: the tests check modes and owners kept, symlinks and FIFOs in
+// SRC_DIR, and the shared helpers signal `relive watch` children.
+#![cfg(unix)]
+
 mod common;
 
 use std::fs;
