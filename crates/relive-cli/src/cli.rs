@@ -150,6 +150,7 @@ Examples:
   relive fleet push server config/server.toml            check it, then publish it to every instance
   relive fleet push server server.toml --expect 41       only if server is still at version 41
   relive fleet push server server.toml --canary 10%      to 10% of the instances first
+  relive fleet push --set deploy/ --expect 52            every config under deploy/ as one change set
   relive fleet status server                             who runs what: SYNCED, STALE, REJECTED
   relive fleet promote server                            the canary for everyone (or: abort)
   relive fleet versions server                           the versions etcd still holds
@@ -268,15 +269,29 @@ pub struct RolloutArgs {
 #[derive(Debug, Args)]
 pub struct FleetPushArgs {
     /// The config's name in the fleet (`server`, `db/main`).
-    pub name: String,
+    #[arg(required_unless_present = "set")]
+    pub name: Option<String>,
     /// The file to publish; its extension gives the format (.toml, .yaml,
     /// .yml, .json).
-    pub file: PathBuf,
+    #[arg(required_unless_present = "set")]
+    pub file: Option<PathBuf>,
+    /// Publish every config file under DIR as one change set: one etcd
+    /// transaction, one version for all of them, applied by each instance
+    /// whole or not at all. A config's name is its path under DIR without
+    /// the extension (`db/main.toml` is `db/main`); `*.schema.json` files
+    /// are the schemas the files beside them are checked against.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["name", "file", "schema", "canary", "canary_instances", "waves"])]
+    pub set: Option<PathBuf>,
     /// Publish only if the config is still at this version, the one you
     /// reviewed (`relive fleet show NAME`); 0: only if it does not exist.
-    /// Required once the config exists, unless --force.
+    /// Required once the config exists, unless --force. With --set: every
+    /// config of the set (a set pushed before is at one version).
     #[arg(long, value_name = "REV")]
     pub expect: Option<u64>,
+    /// With --set: the versions of configs that are not at --expect's, as
+    /// `NAME=REV` (comma separated or repeated).
+    #[arg(long, value_name = "NAME=REV", value_delimiter = ',', requires = "set")]
+    pub expect_each: Vec<String>,
     /// Replace whatever version is current, without --expect.
     #[arg(long, conflicts_with = "expect")]
     pub force: bool,

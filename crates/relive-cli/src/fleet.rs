@@ -261,29 +261,20 @@ async fn expect(fleet: &Fleet, name: &str, rev: Option<u64>, force: bool) -> Res
 
 /// `relive fleet push NAME FILE`.
 async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
-    let draft = Draft::read(&args.file).map_err(failure)?;
-    let checked = match draft.check() {
-        Ok(checked) => checked,
-        Err(error) => return invalid(&[error]),
-    };
-    if let Some(recipients) = checked.sealed() {
-        output::note(&format!(
-            "{} is encrypted (sops) to {}, and no age key here opens it: its shape is checked, not its values \
-             nor its MAC; each instance decrypts it with its own key",
-            output::display_path(&args.file),
-            recipients.join(", ")
-        ));
-    } else if let Some(path) = schema_for(&args.file, args.schema.as_deref()) {
-        let schema = Schema::load(&path).map_err(|e| Failure::invalid(output::config_error(None, &e)))?;
-        let errors: Vec<_> =
-            schema.errors(checked.value()).into_iter().map(|e| checked.error_at(&e.key, e.message)).collect();
-        if !errors.is_empty() {
-            return invalid(&errors);
-        }
+    if let Some(dir) = &args.set {
+        return run_push_set(fleet, dir, &args).await;
     }
+    let (Some(name), Some(file)) = (args.name.clone(), args.file.clone()) else {
+        return Err(Failure { exit: Exit::Usage, message: "give NAME FILE, or --set DIR".into() });
+    };
+    let draft = match checked_draft(&file, args.schema.as_deref())? {
+        Ok(draft) => draft,
+        Err(errors) => return invalid(&errors),
+    };
+    let name = name.as_str();
     if let Some(waves) = &args.rollout.waves {
-        let expect = expect(fleet, &args.name, args.expect, args.force).await?;
-        return start_rollout(fleet, &args.name, &draft, expect, waves, &args.rollout).await;
+        let expect = expect(fleet, name, args.expect, args.force).await?;
+        return start_rollout(fleet, name, &draft, expect, waves, &args.rollout).await;
     }
     let canaries = match (args.canary, args.canary_instances) {
         (Some(percent), _) => Some(Canaries::Percent(percent)),
@@ -292,26 +283,148 @@ async fn run_push(fleet: &Fleet, args: FleetPushArgs) -> Result<Exit> {
     };
     match canaries {
         None => {
-            let expect = expect(fleet, &args.name, args.expect, args.force).await?;
-            let pushed = fleet.push(&args.name, &draft, expect).await.map_err(failure)?;
+            let expect = expect(fleet, name, args.expect, args.force).await?;
+            let pushed = fleet.push(name, &draft, expect).await.map_err(failure)?;
             print_pushed(&pushed);
-            wait_if_asked(fleet, &args.name, pushed.version, &args.wait).await
+            wait_if_asked(fleet, name, pushed.version, &args.wait).await
         }
         Some(canaries) => {
-            let expect = expect(fleet, &args.name, args.expect, args.force).await?;
-            let canary = fleet.canary(&args.name, &draft, expect, &canaries).await.map_err(failure)?;
+            let expect = expect(fleet, name, args.expect, args.force).await?;
+            let canary = fleet.canary(name, &draft, expect, &canaries).await.map_err(failure)?;
             println!(
                 "canary {}: version {} on {} (the others stay at version {}); then `relive fleet promote {}` or `relive fleet abort {}`",
-                args.name,
+                name,
                 canary.version,
                 esc(&canary.instances.join(", ")),
                 canary.base_version,
-                args.name,
-                args.name
+                name,
+                name
             );
-            wait_if_asked(fleet, &args.name, canary.version, &args.wait).await
+            wait_if_asked(fleet, name, canary.version, &args.wait).await
         }
     }
+}
+
+/// `relive fleet push --set DIR`: every config file under DIR, checked,
+/// then pushed as one change set.
+async fn run_push_set(fleet: &Fleet, dir: &Path, args: &FleetPushArgs) -> Result<Exit> {
+    let files = set_files(dir)?;
+    if files.is_empty() {
+        return Err(Failure::runtime(format!("{}: no config file (.toml, .yaml, .yml, .json) in it", dir.display())));
+    }
+    let mut drafts = Vec::new();
+    let mut errors = Vec::new();
+    for (name, file) in &files {
+        match checked_draft(file, None)? {
+            Ok(draft) => drafts.push((name.clone(), draft)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return invalid(&errors);
+    }
+    let mut each = std::collections::BTreeMap::new();
+    for pair in &args.expect_each {
+        let parsed = pair.split_once('=').and_then(|(name, rev)| Some((name.to_string(), rev.parse::<u64>().ok()?)));
+        let (name, rev) = parsed.ok_or_else(|| Failure {
+            exit: Exit::Usage,
+            message: format!("--expect-each {}: give NAME=REV (`server=41`)", esc(pair)),
+        })?;
+        if !files.iter().any(|(n, _)| *n == name) {
+            return Err(Failure {
+                exit: Exit::Usage,
+                message: format!("--expect-each {}: {} is not in {}", esc(pair), esc(&name), dir.display()),
+            });
+        }
+        each.insert(name, rev);
+    }
+    let mut set = Vec::new();
+    for (name, draft) in &drafts {
+        let rev = each.get(name).copied().or(args.expect);
+        set.push((name.as_str(), draft, expect(fleet, name, rev, args.force).await?));
+    }
+    let pushed = fleet.push_set(&set).await.map_err(failure)?;
+    match pushed.revision {
+        Some(revision) => println!("pushed a change set of {} configs: version {revision}", pushed.configs.len()),
+        None => println!("unchanged: every config of the set is already at its version"),
+    }
+    for config in &pushed.configs {
+        print_pushed(config);
+    }
+    let mut exit = Exit::Ok;
+    if let Some(revision) = pushed.revision {
+        for config in pushed.configs.iter().filter(|c| !c.unchanged) {
+            let waited = wait_if_asked(fleet, &config.config, revision, &args.wait).await?;
+            if waited != Exit::Ok && exit == Exit::Ok {
+                exit = waited;
+            }
+        }
+    }
+    Ok(exit)
+}
+
+/// The config files under `dir`, recursively, with their config names
+/// (the path under `dir` without the extension), sorted by name. Schemas
+/// (`*.schema.json`) and files of other kinds are left out.
+fn set_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(at) = dirs.pop() {
+        let entries = std::fs::read_dir(&at).map_err(|e| Failure::runtime(format!("{}: {e}", at.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Failure::runtime(format!("{}: {e}", at.display())))?;
+            let path = entry.path();
+            if entry.file_type().map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            if file_name.starts_with('.') || file_name.ends_with(".schema.json") {
+                continue;
+            }
+            let Some((stem, ext)) = file_name.rsplit_once('.') else { continue };
+            if !matches!(ext, "toml" | "yaml" | "yml" | "json") {
+                continue;
+            }
+            let parent = path.parent().and_then(|p| p.strip_prefix(dir).ok()).unwrap_or(Path::new(""));
+            let name = parent.join(stem).to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            if out.iter().any(|(n, _): &(String, PathBuf)| *n == name) {
+                return Err(Failure {
+                    exit: Exit::Usage,
+                    message: format!("{}: two files for config {} (one format per config)", dir.display(), esc(&name)),
+                });
+            }
+            out.push((name, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `file` read and checked (and against its schema, if any): the draft,
+/// or the errors to print.
+fn checked_draft(file: &Path, schema: Option<&Path>) -> Result<std::result::Result<Draft, Vec<relive::ConfigError>>> {
+    let draft = Draft::read(file).map_err(failure)?;
+    let checked = match draft.check() {
+        Ok(checked) => checked,
+        Err(error) => return Ok(Err(vec![error])),
+    };
+    if let Some(recipients) = checked.sealed() {
+        output::note(&format!(
+            "{} is encrypted (sops) to {}, and no age key here opens it: its shape is checked, not its values \
+             nor its MAC; each instance decrypts it with its own key",
+            output::display_path(file),
+            recipients.join(", ")
+        ));
+    } else if let Some(path) = schema_for(file, schema) {
+        let schema = Schema::load(&path).map_err(|e| Failure::invalid(output::config_error(None, &e)))?;
+        let errors: Vec<_> =
+            schema.errors(checked.value()).into_iter().map(|e| checked.error_at(&e.key, e.message)).collect();
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+    }
+    Ok(Ok(draft))
 }
 
 /// How often `--wait` reads the fleet's status.

@@ -962,3 +962,114 @@ fn rollout_abort_returns_the_instances_and_ends_the_driver() {
     }
     assert_eq!(rollout_json(&ws, &etcd)["phase"], "aborted");
 }
+
+/// The README's "Fleet change sets" commands, the n-th (from 0), with its
+/// version 52 replaced by `rev` and its 60 s wait by 30 s.
+fn readme_set_command(n: usize, rev: u64) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme.split("### Fleet change sets").nth(1).expect("the README's section");
+    let script = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let line = script.lines().filter(|l| l.starts_with("relive fleet push --set")).nth(n).expect("the command");
+    shell_words(line.split(" #").next().unwrap())[2..]
+        .iter()
+        .map(|w| match w.as_str() {
+            "52" => rev.to_string(),
+            "60" => "30".to_string(),
+            w => w.to_string(),
+        })
+        .collect()
+}
+
+/// `relive fleet push --set DIR`, as the README runs it: every config under
+/// DIR in one transaction, one version for all; an instance that refuses
+/// one member refuses the set, and `--wait` says so for both; CAS on each
+/// config.
+#[test]
+fn push_set_publishes_a_directory_as_one_version_applied_whole() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    ws.write("deploy/server.toml", "port = 2000\nworkers = 1\n");
+    ws.write("deploy/net/proxy.yaml", "target_port: 2000\n");
+    ws.write("deploy/server.schema.json", r#"{"properties": {"port": {"type": "integer", "maximum": 65535}}}"#);
+    let first = readme_set_command(0, 0);
+    assert_eq!(first, ["push", "--set", "deploy/"]);
+    let out = ok(&ws, &etcd, &first.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.starts_with("pushed a change set of 2 configs: version "), "{out}");
+    let v1 = version_in(&out);
+    assert!(out.contains(&format!("pushed net/proxy: version {v1} (new)")), "{out}");
+    assert!(out.contains(&format!("pushed server: version {v1} (new)")), "{out}");
+
+    // A service whose stream refuses `workers = 0`.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let service = Ws::new();
+    let (_source, _stream) = rt.block_on(async {
+        let w = relive::Workspace::new(service.root());
+        let source = etcd::source(&etcd.endpoint(), PREFIX, "service").start(&w).await.unwrap();
+        let stream = w
+            .config::<Value>("server")
+            .validate(|v: &Value| {
+                if v["workers"] == 0 {
+                    Err(relive::ValidationError::at("workers", "must be at least 1"))
+                } else {
+                    Ok(())
+                }
+            })
+            .watch()
+            .await
+            .unwrap();
+        (source, stream)
+    });
+    wait_row(&ws, &etcd, "service", v1, "SYNCED");
+
+    // The schema beside a file is checked; nothing is sent.
+    ws.write("deploy/server.toml", "port = 70000\nworkers = 1\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string()]);
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    assert!(run.stdout().contains("server.toml:1:1: 70000 is greater than"), "{}", run.stdout());
+
+    // One member the service refuses: the set is refused there, both
+    // configs say so, and the proxy's reason names the server.
+    ws.write("deploy/server.toml", "port = 3000\nworkers = 0\n");
+    ws.write("deploy/net/proxy.yaml", "target_port: 3000\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string(), "--wait", "30"]);
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    let v2 = version_in(&run.stdout());
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("service rejected server version {v2}: ")) && err.contains("must be at least 1"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("service rejected net/proxy version {v2}: not applied: server")), "{err}");
+
+    // Compare-and-set on each config: a stale --expect writes nothing.
+    ws.write("deploy/server.toml", "port = 3000\nworkers = 3\n");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v1.to_string()]);
+    assert_eq!(run.code(), 4, "{}{}", run.stdout(), run.stderr());
+    let second = readme_set_command(1, v2);
+    assert!(second.contains(&"--wait".to_string()), "{second:?}");
+    let out = ok(&ws, &etcd, &second.iter().map(String::as_str).collect::<Vec<_>>());
+    let v3 = version_in(&out);
+    assert!(out.contains(&format!("server version {v3}: 1 applied, 0 rejected")), "{out}");
+    // The proxy's document did not change, but it is in the set again: the
+    // service that refused the last set gets both, not a mix.
+    assert!(out.contains(&format!("net/proxy version {v3}: 1 applied, 0 rejected")), "{out}");
+    let row = wait_row(&ws, &etcd, "service", v3, "SYNCED");
+    assert_eq!(row["error"], Value::Null, "{row}");
+
+    // A new member: --expect-each gives its version (0: new).
+    ws.write("deploy/cache.json", r#"{"size": 10}"#);
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect", &v3.to_string()]);
+    assert_eq!(run.code(), 4, "cache is not at {v3}: {}{}", run.stdout(), run.stderr());
+    let third = readme_set_command(2, v3);
+    assert!(third.ends_with(&["--expect-each".to_string(), "cache=0".to_string()]), "{third:?}");
+    let out = ok(&ws, &etcd, &third.iter().map(String::as_str).collect::<Vec<_>>());
+    let v4 = version_in(&out);
+    assert!(out.contains(&format!("pushed cache: version {v4} (new)")), "{out}");
+    assert!(out.contains(&format!("pushed server: version {v4} (was {v3})")), "{out}");
+    let run = fleet(&ws, &etcd, &["push", "--set", "deploy", "--expect-each", "nope=1"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("nope is not in deploy"), "{}", run.stderr());
+
+    let run = fleet(&ws, &etcd, &["push", "server", "deploy/server.toml", "--set", "deploy"]);
+    assert_eq!(run.code(), 2, "NAME FILE and --set are one or the other");
+}

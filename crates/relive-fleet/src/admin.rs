@@ -22,6 +22,9 @@ use crate::layout::{
 };
 use crate::status::FleetStatus;
 
+mod set;
+pub use set::{MAX_SET, PushedSet};
+
 /// Settings of an operator's connection to a fleet;
 /// [`connect`](FleetBuilder::connect) makes a [`Fleet`].
 ///
@@ -120,10 +123,35 @@ impl FleetBuilder {
                 format!("{user}@{host} (unauthenticated)")
             }
         };
-        let client = bounded(self.request_timeout, Client::connect(&self.conn.endpoints, Some(options)))
-            .await
-            .map_err(|e| self.etcd("connect", e))?;
+        let client = self.sign_in(options).await?;
         Ok(Fleet { client, operator: clean(&operator), opts: self })
+    }
+
+    /// A client of every endpoint, signed in (with a user) through the
+    /// first member that answers, the others added once it did.
+    ///
+    /// Signing in is the one call etcd-client makes itself, without this
+    /// crate's retries; over a fresh balanced channel it goes to whichever
+    /// member is ready first, and a dead member is "ready" at once (its
+    /// refused connection is an error to hand out), so an operator whose
+    /// first endpoint was down could not sign in at all. Later calls are
+    /// balanced over every member and sent again when one fails.
+    async fn sign_in(&self, options: etcd_client::ConnectOptions) -> Result<Client, Error> {
+        let endpoints = &self.conn.endpoints;
+        let mut errors = Vec::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match bounded(self.request_timeout, Client::connect([endpoint], Some(options.clone()))).await {
+                Ok(client) => {
+                    for other in endpoints.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, e)| e) {
+                        client.add_endpoint(other).await.map_err(|e| self.etcd("connect", Failed::Etcd(e)))?;
+                    }
+                    return Ok(client);
+                }
+                Err(e) if endpoints.len() == 1 => return Err(self.etcd("connect", e)),
+                Err(e) => errors.push(format!("{endpoint}: {}", self.conn.explain(e.to_string()))),
+            }
+        }
+        Err(Error::Etcd { endpoints: self.conn.endpoints_text(), action: "connect".into(), message: errors.join("; ") })
     }
 
     fn etcd(&self, action: impl Into<String>, error: Failed) -> Error {

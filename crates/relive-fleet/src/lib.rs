@@ -51,7 +51,9 @@
 //! | `/shop/canary/<name>` | a [`Canary`] in progress, JSON: the canary document (header included), the instances it goes to, the base version, who started it and when |
 //! | `/shop/rollout/<name>` | the config's [`Rollout`], JSON: plan, document, base (stable) version, current wave, the instances of each wave, `phase` `running`\|`baking`\|`done`\|`stopped`\|`aborted` with its reason, who started it, when it changed; it stays after it ends |
 //!
-//! A config's version is its key's `mod_revision`. A status is
+//! A config's version is its key's `mod_revision`. The configs written by
+//! one transaction share it: a change set ([`Fleet::push_set`]) is the
+//! config keys of one revision. A status is
 //! `{"instance", "host", "config", "version", "applied_version", "state":
 //! "applied"|"rejected", "error", "at"}`: `version` is the one it answers,
 //! `applied_version` the one the instance serves. Publish a config with
@@ -114,6 +116,18 @@
 //!   died, a leader that changed), it sends the same transaction again and
 //!   finds the version it wrote by that id, so it is one version and never
 //!   a conflict with itself.
+//! - **Push a change set** ([`Fleet::push_set`], `relive fleet push --set
+//!   DIR`) writes several configs in one transaction: one revision, a
+//!   compare-and-set on each config's expected version (and that none has
+//!   a canary), one push id in every document. Every member is written,
+//!   unchanged ones too, so the set is whole in its revision. An instance
+//!   publishes the configs of one revision as one change set
+//!   ([`relive::HotReloadManager::publish_set`]: every one or none, the
+//!   groups they are in validated with them) and answers the set as a
+//!   whole, its statuses in one transaction: all `applied`, or all
+//!   `rejected`, the failing config's with its own error and the others'
+//!   with `not applied: <config>, in the same change set (...), was
+//!   rejected: <error>`.
 //! - **Canary** ([`Fleet::canary`]) writes `/shop/canary/<name>` instead,
 //!   with the same compare-and-set. Its instances are named, or chosen by
 //!   percentage among the instances that report a status for the config at
@@ -173,6 +187,16 @@
 //! - It reads every config under the prefix, publishes each, then watches
 //!   from the next revision. Every version is applied or rejected, and the
 //!   instance's status key says which.
+//! - The configs of one revision (a change set, or a promotion) are
+//!   published together, all or none, when watched, when read at
+//!   connection (grouped by `mod_revision`) and when read from the cache.
+//! - It talks to one member at a time: its watch and lease live on one
+//!   connection anyway. When it loses that member it tries the next one at
+//!   once, each in turn, and backs off only once every member failed. (A
+//!   balanced channel over all members, rebuilt on each attempt, sent its
+//!   first calls to a dead member, whose refusal is quicker than a live
+//!   member's TLS handshake: an instance stayed deaf for as long as the
+//!   member was down.)
 //! - After a disconnect it reconnects with bounded exponential backoff
 //!   ([`FleetSourceBuilder::backoff`], with jitter) and resumes the watch from the
 //!   last revision it handled, so no version is skipped.
@@ -265,6 +289,18 @@
 //!   command again reports a conflict or [`Error::CanaryChanged`] although
 //!   the first one did its work (`relive fleet status` shows what is
 //!   there).
+//! - A change set is one revision: configs pushed one by one are not a
+//!   set, and a canary or a rollout takes one config (a set is refused
+//!   while one of its configs has a canary). A set holds at most
+//!   [`MAX_SET`] configs (etcd's default `--max-txn-ops` is 128). An
+//!   instance of a version before change sets applies a set's configs one
+//!   by one.
+//! - The agent writes a set's files one after the other, each atomically,
+//!   after the set was applied whole: a program that reads the files may
+//!   see a mix for a moment (`relive watch` on that directory joins them
+//!   for its groups with its change-set window). A file it cannot write
+//!   makes that config's status `rejected` while the others of the set say
+//!   `applied`.
 //! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
 //!   restarted, not on one whose network is partitioned: a member cut off
 //!   from the others but still answering serves a watch that stays silent
@@ -336,8 +372,8 @@ fn watcher(client: &etcd_client::Client) -> etcd_client::WatchClient {
 use std::path::PathBuf;
 
 pub use admin::{
-    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, Promoted, Pushed, Versions,
-    choose_canaries,
+    Aborted, Canaries, CanaryStarted, ConfigVersion, Expect, Fleet, FleetBuilder, MAX_SET, Promoted, Pushed, PushedSet,
+    Versions, choose_canaries,
 };
 pub use agent::{FleetAgent, FleetAgentBuilder};
 pub use draft::{Checked, Draft};
@@ -501,6 +537,13 @@ pub enum Error {
     BadRollout {
         /// Its key.
         key: String,
+        /// Why.
+        message: String,
+    },
+    /// A change set that cannot be pushed (empty, too large, a config
+    /// twice).
+    #[error("invalid change set: {message}")]
+    InvalidSet {
         /// Why.
         message: String,
     },

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream};
 use relive::{Document, Format, HotReloadManager, Workspace};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::timeout;
@@ -88,7 +88,10 @@ impl FleetSourceBuilder {
         })
     }
 
-    /// More endpoints of the same cluster; the client balances over all.
+    /// More endpoints of the same cluster. The source talks to one member
+    /// at a time (its watch and lease live on one connection anyway) and,
+    /// when it loses it, tries the next member at once, each in turn,
+    /// before it backs off.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> FleetSourceBuilder {
         self.conn.endpoints.push(endpoint.into());
         self
@@ -202,7 +205,7 @@ impl FleetSourceBuilder {
     /// default settings if it is not running (start it first for others).
     ///
     /// Returns once the configs are published: read from etcd, or, when
-    /// etcd does not answer within the request timeout, from the local
+    /// no endpoint answers within the request timeout, from the local
     /// cache under `ws.data_dir()`. Subscribe to configs after this, so
     /// that they start from those values. The source then runs on the
     /// current Tokio runtime until [`FleetSource::shutdown`] or drop.
@@ -222,6 +225,7 @@ impl FleetSourceBuilder {
             cache_writer: CacheWriter::start(Cache::new(cache_dir.clone()))
                 .map_err(|source| Error::Io { path: cache_dir, source })?,
             events: events.clone(),
+            member: 0,
             revision: 0,
             stable: BTreeMap::new(),
             canaries: BTreeMap::new(),
@@ -376,6 +380,8 @@ struct Worker {
     cache_writer: CacheWriter,
     events: broadcast::Sender<SourceEvent>,
     backoff: Backoff,
+    /// The index of the endpoint the next connection tries first.
+    member: usize,
     /// Every event up to this revision has been handled; 0: nothing read
     /// yet, or a re-read is needed.
     revision: i64,
@@ -468,10 +474,41 @@ impl Worker {
         }
     }
 
-    /// Connects, takes a lease, reads what was missed (everything, the
-    /// first time and after a compaction), writes every status under the
-    /// new lease and watches from the next revision.
+    /// Connects to one member after another, from the one after the
+    /// member last used, until one serves a whole session; fails once each
+    /// was tried.
+    ///
+    /// One member at a time, not etcd-client's balanced channel over all of
+    /// them: a fresh balanced channel sends its first calls to whichever
+    /// member is ready first, and a dead member is "ready" at once (its
+    /// refused connection is an error to hand out), while a live one is
+    /// still in its TLS handshake. A source rebuilding its client after
+    /// losing a member then lost the race on every attempt, for as long as
+    /// the member stayed dead (77 attempts, 27 s, in one run under load).
     async fn connect(&mut self) -> Result<Session, Stop> {
+        let count = self.opts.conn.endpoints.len();
+        let mut errors = Vec::new();
+        for k in 0..count {
+            let i = (self.member + k) % count;
+            let endpoint = self.opts.conn.endpoints[i].clone();
+            match self.connect_to(&endpoint).await {
+                Ok(session) => {
+                    // A session lost later resumes with the next member.
+                    self.member = (i + 1) % count;
+                    return Ok(session);
+                }
+                Err(Stop::Engine) => return Err(Stop::Engine),
+                Err(Stop::Lost(error)) if count == 1 => return Err(Stop::Lost(error)),
+                Err(Stop::Lost(error)) => errors.push(format!("{endpoint}: {error}")),
+            }
+        }
+        Err(Stop::Lost(errors.join("; ")))
+    }
+
+    /// Connects to `endpoint`, takes a lease, reads what was missed
+    /// (everything, the first time and after a compaction), writes every
+    /// status under the new lease and watches from the next revision.
+    async fn connect_to(&mut self, endpoint: &str) -> Result<Session, Stop> {
         let limit = self.opts.request_timeout;
         let conn = self.opts.conn.clone();
         let lost = |e: String| Stop::Lost(conn.explain(e));
@@ -484,7 +521,7 @@ impl Worker {
             // (too_many_pings) once no data flowed between three of them.
             .with_keep_alive(Duration::from_secs(6), limit)
             .with_keep_alive_while_idle(true);
-        let mut client = call(limit, Client::connect(&self.opts.conn.endpoints, Some(options))).await.map_err(lost)?;
+        let mut client = call(limit, Client::connect([endpoint], Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
         let (keeper, keep_alive) = call(limit, client.lease_keep_alive(lease)).await.map_err(lost)?;
@@ -502,8 +539,15 @@ impl Worker {
                 touched.extend(self.record(kv.key(), Some((kv.value(), kv.mod_revision()))));
             }
             touched.extend(self.versions.keys().cloned());
-            for name in &touched {
-                self.reconcile(None, name).await?;
+            // The configs one transaction wrote (one revision) are one
+            // change set here too, as they are when watched.
+            let mut by_revision: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+            for name in touched {
+                let at = self.target(&name).map_or(0, |(version, _)| *version);
+                by_revision.entry(at).or_default().insert(name);
+            }
+            for names in by_revision.values() {
+                self.reconcile_set(None, names).await?;
             }
             self.revision = revision;
         }
@@ -563,12 +607,10 @@ impl Worker {
                             };
                             touched.extend(self.record(kv.key(), value));
                         }
-                        for name in &touched {
-                            match self.reconcile(Some((&mut s.client, s.lease)), name).await {
-                                Ok(()) => {}
-                                Err(Stop::Engine) => return Served::Engine,
-                                Err(Stop::Lost(e)) => return Served::Lost(e),
-                            }
+                        match self.reconcile_set(Some((&mut s.client, s.lease)), &touched).await {
+                            Ok(()) => {}
+                            Err(Stop::Engine) => return Served::Engine,
+                            Err(Stop::Lost(e)) => return Served::Lost(e),
                         }
                         // Only now: a lost connection above replays this
                         // revision, and handled versions are skipped.
@@ -630,20 +672,107 @@ impl Worker {
         None
     }
 
-    /// Publishes and answers the version `name` should run here, unless it
-    /// was handled already: the canary's if this instance is in one, else
-    /// the config key's. Without a config key (deleted) the last value stays.
-    async fn reconcile(&mut self, client: Option<(&mut Client, i64)>, name: &str) -> Result<(), Stop> {
-        let Some((version, value)) = self.canaries.get(name).or_else(|| self.stable.get(name)) else {
-            return Ok(());
-        };
-        if self.versions.get(name) == Some(version) {
-            // Never left the stable version: nothing to explain.
-            self.aborted.remove(name);
-            return Ok(());
+    /// The version `name` should run here: the canary's if this instance
+    /// is in one, else the config key's; none if deleted (the last value
+    /// stays).
+    fn target(&self, name: &str) -> Option<&(i64, Vec<u8>)> {
+        self.canaries.get(name).or_else(|| self.stable.get(name))
+    }
+
+    /// Publishes and answers the versions `names` should run here, those
+    /// not handled already, as one change set: the configs of one
+    /// revision, applied all or none.
+    async fn reconcile_set(
+        &mut self,
+        client: Option<(&mut Client, i64)>,
+        names: &BTreeSet<String>,
+    ) -> Result<(), Stop> {
+        let mut due = Vec::new();
+        for name in names {
+            let Some((version, value)) = self.target(name) else { continue };
+            if self.versions.get(name) == Some(version) {
+                // Never left the stable version: nothing to explain.
+                self.aborted.remove(name);
+                continue;
+            }
+            due.push((name.clone(), *version, value.clone()));
         }
-        let (version, value) = (*version, value.clone());
-        self.handle(client, name, &value, version).await
+        match due.len() {
+            0 => Ok(()),
+            1 => {
+                let (name, version, value) = due.pop().expect("one");
+                self.handle(client, &name, &value, version).await
+            }
+            _ => self.handle_set(client, due).await,
+        }
+    }
+
+    /// Publishes several configs as one change set, all or none, and
+    /// answers every one with the set's outcome: all applied, or all
+    /// rejected with the reason naming the config that failed. The
+    /// statuses are written in one transaction.
+    async fn handle_set(
+        &mut self,
+        client: Option<(&mut Client, i64)>,
+        due: Vec<(String, i64, Vec<u8>)>,
+    ) -> Result<(), Stop> {
+        let names: Vec<&str> = due.iter().map(|(name, _, _)| name.as_str()).collect();
+        let list = names.join(", ");
+        let mut set = Vec::new();
+        let mut refused = None;
+        for (name, _, value) in &due {
+            let origin = format!("etcd:{}{name}", self.opts.layout.configs_prefix());
+            match decode_config(value) {
+                Ok((format, document)) => {
+                    set.push((name.clone(), vec![Document::new(&origin, format, document.to_vec())]))
+                }
+                Err(message) => {
+                    refused = Some((name.clone(), format!("{origin}: {message}")));
+                    break;
+                }
+            }
+        }
+        if refused.is_none() {
+            match self.manager.publish_set(set).await {
+                Ok(_) => {}
+                Err(relive::Error::Config { name, error }) => refused = Some((name, error.to_string())),
+                Err(e) => {
+                    tracing::error!(error = %e, "the hot reload engine stopped; the etcd source stops");
+                    return Err(Stop::Engine);
+                }
+            }
+        }
+        let mut statuses = Vec::new();
+        for (name, version, value) in &due {
+            let result = match &refused {
+                Some((bad, error)) if bad == name => Err(format!("{error} (its change set of {list} was not applied)")),
+                Some((bad, error)) => {
+                    Err(format!("not applied: {bad}, in the same change set ({list}), was rejected: {error}"))
+                }
+                None => match decode_config(value) {
+                    Ok((format, document)) => self.mirror(name, format, document).await,
+                    Err(message) => Err(message),
+                },
+            };
+            let applied = self.outcome(name, *version as u64, &result);
+            self.versions.insert(name.clone(), *version);
+            if applied {
+                self.cache_writer.store(name, *version as u64, value);
+            }
+            statuses.push(name.clone());
+        }
+        let Some((client, lease)) = client else { return Ok(()) };
+        let puts = statuses
+            .iter()
+            .map(|name| {
+                let key = self.opts.layout.status_key(&self.opts.instance, name).expect("checked names");
+                TxnOp::put(key, self.statuses[name].to_json(), Some(PutOptions::new().with_lease(lease)))
+            })
+            .collect::<Vec<_>>();
+        call(self.opts.request_timeout, crate::kv(client).txn(Txn::new().and_then(puts)))
+            .await
+            .map(drop)
+            .map_err(Stop::Lost)
     }
 
     /// Publishes one version of a config and acknowledges or rejects it.
@@ -694,8 +823,14 @@ impl Worker {
                 }
             }
         };
+        Ok(self.outcome(name, version, &result))
+    }
+
+    /// Records the outcome of a version: the event and the status to
+    /// write. True if it was applied.
+    fn outcome(&mut self, name: &str, version: u64, result: &Result<(), String>) -> bool {
         let aborted = self.aborted.remove(name).map(|reason| format!("rollout aborted: {reason}"));
-        let (state, error) = match &result {
+        let (state, error) = match result {
             Ok(()) => {
                 self.applied.insert(name.to_string(), version);
                 let _ = self.events.send(SourceEvent::Applied { config: name.to_string(), version });
@@ -720,7 +855,7 @@ impl Worker {
             labels: self.opts.labels.clone(),
         };
         self.statuses.insert(name.to_string(), status);
-        Ok(result.is_ok())
+        result.is_ok()
     }
 
     /// Runs the mirror, if any, for an applied version.
@@ -736,10 +871,20 @@ impl Worker {
     async fn boot_from_cache(&mut self) -> Result<usize, Error> {
         let cache = self.cache.clone();
         let cached = tokio::task::spawn_blocking(move || cache.load()).await.unwrap_or_default();
+        // The configs of one revision (a change set) were cached with that
+        // version: they are published together again.
+        let mut by_version: BTreeMap<u64, Vec<(String, i64, Vec<u8>)>> = BTreeMap::new();
         for c in &cached {
-            self.handle(None, &c.name, &c.value, c.version as i64)
-                .await
-                .map_err(|_| Error::Relive(relive::Error::Stopped))?;
+            by_version.entry(c.version).or_default().push((c.name.clone(), c.version as i64, c.value.clone()));
+        }
+        for (_, mut set) in by_version {
+            let done = if set.len() == 1 {
+                let (name, version, value) = set.pop().expect("one");
+                self.handle(None, &name, &value, version).await
+            } else {
+                self.handle_set(None, set).await
+            };
+            done.map_err(|_| Error::Relive(relive::Error::Stopped))?;
         }
         Ok(cached.len())
     }

@@ -265,6 +265,46 @@ async fn a_tls_cluster_loses_its_leader_and_the_fleet_carries_on() {
     source.shutdown().await;
 }
 
+/// A source whose first endpoint is a member that is down (nothing listens
+/// there: its connections are refused at once) reads its configs from the
+/// live member behind it, every time, not from its cache. The member's
+/// refusal is quicker than the live member's TLS handshake, and a
+/// balanced channel over both handed the first calls to the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_first_member_is_down_reads_etcd_not_its_cache() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&pki, &[]);
+    let down = format!("https://{}", common::free_port());
+    let (crt, key) = pki.client("ops");
+    let fleet = FleetBuilder::new(etcd.endpoint(), PREFIX)
+        .unwrap()
+        .ca_certificate(pki.ca())
+        .client_certificate(&crt, &key)
+        .connect()
+        .await
+        .expect("connect over TLS");
+    let version = fleet.push("server", &draft(1), Expect::Version(0)).await.expect("push").version;
+    let (crt, key) = pki.client("web-1");
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let ws = Workspace::new(dir.path());
+        let source = common::source(&down, PREFIX, "web-1")
+            .ca_certificate(pki.ca())
+            .client_certificate(&crt, &key)
+            .endpoint(etcd.endpoint())
+            .start(&ws)
+            .await
+            .expect("start the source");
+        assert!(
+            matches!(source.boot(), relive_fleet::Boot::Etcd { revision } if revision >= version),
+            "round {round}: booted from {:?}",
+            source.boot()
+        );
+        source.shutdown().await;
+    }
+}
+
 /// Waits for the event that says `version` was applied.
 async fn applied_event(events: &mut tokio::sync::broadcast::Receiver<SourceEvent>, version: u64) {
     tokio::time::timeout(WAIT, async {
@@ -281,4 +321,28 @@ async fn applied_event(events: &mut tokio::sync::broadcast::Receiver<SourceEvent
     })
     .await
     .unwrap_or_else(|_| panic!("version {version} was not applied within {WAIT:?}"));
+}
+
+/// An operator that signs in with a password, whose first endpoint is a
+/// member that is down: it signs in through the live one, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_whose_first_member_is_down_signs_in_through_another() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&pki, &[]);
+    etcd.enable_auth().await;
+    let down = format!("https://{}", common::free_port());
+    let (crt, key) = pki.client("ops");
+    for round in 0..5 {
+        let fleet = FleetBuilder::new(down.clone(), PREFIX)
+            .unwrap()
+            .endpoint(etcd.endpoint())
+            .ca_certificate(pki.ca())
+            .client_certificate(&crt, &key)
+            .user("root", "root-pw")
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        fleet.push("server", &draft(round), Expect::Current).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
 }

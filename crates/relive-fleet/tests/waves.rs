@@ -332,3 +332,119 @@ async fn a_driver_rides_out_an_etcd_restart() {
     applied(&etcd, 3, done.version.unwrap()).await;
     drop(instances);
 }
+
+/// A rollout on a secured etcd (mutual TLS, authentication on): the
+/// operator signs in with its certificate and holds only the fleet's
+/// operator role; each instance holds only its own role (`add_instance`),
+/// publishes a label, and writes its statuses. A label rollout that a
+/// validating instance stops in wave 2 returns everyone with "rollout
+/// aborted" in their statuses, and the next one completes: every key a
+/// rollout writes (its record, the canary, the promotion, the statuses)
+/// is allowed by those roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_on_a_secured_cluster_runs_with_least_privilege_roles() {
+    let pki = common::Pki::new();
+    let etcd = Etcd::start_tls(&pki, &[]);
+    etcd.enable_auth().await;
+    let as_user = |user: &str| {
+        let (cert, key) = pki.client(user);
+        FleetBuilder::new(etcd.endpoint(), PREFIX)
+            .unwrap()
+            .ca_certificate(pki.ca())
+            .client_certificate(cert, key)
+            .request_timeout(Duration::from_secs(3))
+    };
+    let root = as_user("root").connect().await.unwrap();
+    root.create_roles().await.unwrap();
+    root.add_operator("alice", None).await.unwrap();
+    let zones = [("a-1", "a"), ("a-2", "a"), ("b-1", "b"), ("c-1", "c")];
+    for (id, _) in zones {
+        root.add_instance(id, None).await.unwrap();
+    }
+    let fleet = as_user("alice").connect().await.unwrap();
+    fleet.push("server", &toml(2000), Expect::Version(0)).await.unwrap();
+
+    let mut instances = Vec::new();
+    for (id, zone) in zones {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let ws = Workspace::new(dir.path());
+        let (cert, key) = pki.client(&format!("{PREFIX}-instance-{id}"));
+        let source = common::source(&etcd.endpoint(), PREFIX, id)
+            .ca_certificate(pki.ca())
+            .client_certificate(cert, key)
+            .label("zone", zone)
+            .unwrap()
+            .start(&ws)
+            .await
+            .unwrap();
+        // b-1 refuses ports below 1024.
+        let strict = if id == "b-1" {
+            let stream = ws
+                .config::<Server>("server")
+                .validate(|s: &Server| {
+                    if s.port < 1024 {
+                        Err(relive::ValidationError::at("port", "must be 1024 or more"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .watch()
+                .await
+                .unwrap();
+            Some(stream)
+        } else {
+            None
+        };
+        instances.push(Instance { _dir: dir, _ws: ws, _source: source, _strict: strict });
+    }
+    let base = fleet.versions("server", 1).await.unwrap().versions[0].version;
+    let statuses = applied(&etcd, 4, base).await;
+    for s in &statuses {
+        let zone = zones.iter().find(|(id, _)| *id == s.instance).map(|(_, zone)| *zone);
+        assert_eq!(s.labels.get("zone").map(String::as_str), zone, "{} publishes its label", s.instance);
+    }
+
+    // Stopped in wave 2 by b-1's rejection: everyone returns to the base.
+    fleet.start_rollout("server", &toml(80), Expect::Version(base), plan("zone=a,zone=b,100%", 100)).await.unwrap();
+    let (done, waves) = drive(&fleet, None).await;
+    assert_eq!((done.phase, done.wave, done.settled), (Phase::Stopped, 1, true), "{done:?}");
+    assert_eq!(waves, [vec!["a-1", "a-2"], vec!["a-1", "a-2", "b-1"]]);
+    let reason = done.reason.clone().unwrap();
+    assert!(reason.contains("b-1 rejected version") && reason.contains("1024"), "{reason}");
+    let statuses = applied(&etcd, 4, base).await;
+    for s in &statuses {
+        let note = s.error.as_deref().unwrap_or("");
+        if s.instance == "c-1" {
+            assert_eq!(s.error, None, "c-1 never left the stable version");
+        } else {
+            assert!(note.starts_with("rollout aborted: "), "{}: {note:?}", s.instance);
+        }
+    }
+    assert!(fleet.status().await.unwrap().only("server").configs[0].canary.is_none(), "the canary key is gone");
+
+    // The next rollout completes: the operator promotes it.
+    fleet.start_rollout("server", &toml(3000), Expect::Version(base), plan("zone=a,100%", 100)).await.unwrap();
+    let (done, waves) = drive(&fleet, None).await;
+    assert_eq!(done.phase, Phase::Done, "{done:?}");
+    assert_eq!(waves.len(), 2);
+    let version = done.version.expect("the promoted version");
+    let statuses = applied(&etcd, 4, version).await;
+    assert!(statuses.iter().all(|s| s.error.is_none()), "{statuses:?}");
+    let rollout = fleet.rollout("server").await.unwrap().unwrap();
+    assert_eq!(rollout.phase, Phase::Done);
+
+    // What the roles refuse: an instance cannot drive a rollout nor write
+    // another instance's status.
+    let (cert, key) = pki.client(&format!("{PREFIX}-instance-a-1"));
+    let intruder = FleetBuilder::new(etcd.endpoint(), PREFIX)
+        .unwrap()
+        .ca_certificate(pki.ca())
+        .client_certificate(cert, key)
+        .connect()
+        .await
+        .unwrap();
+    let e = intruder.start_rollout("server", &toml(4000), Expect::Version(version), plan("100%", 0)).await.unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    drop(instances);
+}

@@ -390,7 +390,7 @@ impl Cluster {
 
     /// A client of member `i` alone (as `root` with TLS).
     pub async fn member_client(&self, i: usize) -> etcd_client::Client {
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
         let options = match &self.tls {
             Some(pki) => options.with_tls(pki.tls_options("root")),
             None => options,
@@ -408,12 +408,18 @@ impl Cluster {
     /// members agree on one of them: each member's `status()` names the
     /// leader's id and its own.
     pub async fn leader(&self) -> usize {
-        eventually("a leader among the running members", Duration::from_secs(20), || async {
+        // One client per member for every round, so that its connection
+        // (a TLS handshake, slow on a loaded machine) is made once.
+        let mut clients = Vec::new();
+        for i in (0..self.members.len()).filter(|&i| self.running(i)) {
+            clients.push((i, self.member_client(i).await));
+        }
+        eventually("a leader among the running members", Duration::from_secs(30), || async {
             let mut ids = Vec::new();
             let mut leaders = Vec::new();
-            for i in (0..self.members.len()).filter(|&i| self.running(i)) {
-                let mut client = self.member_client(i).await;
-                let status = tokio::time::timeout(Duration::from_secs(1), client.status()).await.ok()?.ok()?;
+            for (i, client) in &clients {
+                let (i, mut client) = (*i, client.clone());
+                let status = tokio::time::timeout(Duration::from_secs(3), client.status()).await.ok()?.ok()?;
                 ids.push((status.header()?.member_id(), i));
                 leaders.push(status.leader());
             }
