@@ -15,10 +15,10 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use relive::{Format, HistoryEntry, LoadedConfig, Workspace};
+use relive::{ConfigPath, Format, HistoryEntry, LoadedConfig, Workspace};
 
 use crate::app;
 use crate::cli::ApplyArgs;
@@ -52,35 +52,15 @@ enum Kind {
 }
 
 /// What a relative path under `config/` is to relive: a config document, a
-/// schema, or nothing it loads (`None`). The same rule as the library's
-/// (`paths::config_file`): a known extension, no hidden component, a base
-/// name, and an environment that is not empty.
+/// schema, or nothing it loads (`None`). The library's rule
+/// ([`relive::config_path`]), so that what apply installs is what the
+/// engine loads.
 fn kind(rel: &Path) -> Option<Kind> {
-    let format = Format::from_path(rel)?;
-    let file_name = rel.file_name()?.to_str()?;
-    let stem = file_name.rsplit_once('.')?.0;
-    let (base, env) = match stem.split_once('.') {
-        Some((base, env)) => (base, Some(env)),
-        None => (stem, None),
-    };
-    if base.is_empty() || env == Some("") || file_name.starts_with('.') {
-        return None;
+    match relive::config_path(rel)? {
+        ConfigPath::Document { name, format, .. } => Some(Kind::Config { name, format }),
+        ConfigPath::Schema { .. } => Some(Kind::Schema),
+        _ => None,
     }
-    let mut name = String::new();
-    for component in rel.parent()?.components() {
-        let Component::Normal(part) = component else { return None };
-        let part = part.to_str()?;
-        if part.starts_with('.') {
-            return None;
-        }
-        name.push_str(part);
-        name.push('/');
-    }
-    if env == Some("schema") {
-        return (format == Format::Json).then_some(Kind::Schema);
-    }
-    name.push_str(base);
-    Some(Kind::Config { name, format })
 }
 
 /// Problems found before anything is written.

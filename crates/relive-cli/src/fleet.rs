@@ -364,8 +364,11 @@ async fn run_push_set(fleet: &Fleet, dir: &Path, args: &FleetPushArgs) -> Result
 }
 
 /// The config files under `dir`, recursively, with their config names
-/// (the path under `dir` without the extension), sorted by name. Schemas
-/// (`*.schema.json`) and files of other kinds are left out.
+/// (the path under `dir` without the extension), sorted by name: the
+/// workspace's rule ([`relive::config_path`]), so schemas
+/// (`*.schema.json`), hidden files and directories (`.git/`, `.github/`)
+/// and files of other kinds are left out. An overlay (`name.env.ext`) is
+/// refused: a fleet config is one document.
 fn set_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
@@ -375,19 +378,28 @@ fn set_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             let entry = entry.map_err(|e| Failure::runtime(format!("{}: {e}", at.display())))?;
             let path = entry.path();
             if entry.file_type().map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?.is_dir() {
-                dirs.push(path);
+                // `.git/` and the like hold nothing to push.
+                if !entry.file_name().to_string_lossy().starts_with('.') {
+                    dirs.push(path);
+                }
                 continue;
             }
-            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            if file_name.starts_with('.') || file_name.ends_with(".schema.json") {
-                continue;
-            }
-            let Some((stem, ext)) = file_name.rsplit_once('.') else { continue };
-            if !matches!(ext, "toml" | "yaml" | "yml" | "json") {
-                continue;
-            }
-            let parent = path.parent().and_then(|p| p.strip_prefix(dir).ok()).unwrap_or(Path::new(""));
-            let name = parent.join(stem).to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            let Ok(rel) = path.strip_prefix(dir) else { continue };
+            let name = match relive::config_path(rel) {
+                Some(relive::ConfigPath::Document { name, env: None, .. }) => name,
+                Some(relive::ConfigPath::Document { name, env: Some(env), .. }) => {
+                    return Err(Failure {
+                        exit: Exit::Usage,
+                        message: format!(
+                            "{}: the {} overlay of config {}; a fleet config is one document (push the merged one)",
+                            output::display_path(&path),
+                            esc(&env),
+                            esc(&name)
+                        ),
+                    });
+                }
+                _ => continue,
+            };
             if out.iter().any(|(n, _): &(String, PathBuf)| *n == name) {
                 return Err(Failure {
                     exit: Exit::Usage,
@@ -1161,5 +1173,31 @@ mod gate {
                 let _ = self.job.terminate();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(dir: &Path, rel: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "a = 1\n").unwrap();
+    }
+
+    #[test]
+    fn a_set_directory_is_read_by_the_workspace_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in ["a.toml", "db/main.yaml", "a.schema.json", "notes.txt", ".github/workflows/ci.yml", ".env.json"] {
+            put(dir.path(), rel);
+        }
+        let names: Vec<String> = set_files(dir.path()).unwrap().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["a", "db/main"]);
+
+        put(dir.path(), "db/main.production.yaml");
+        let err = set_files(dir.path()).unwrap_err();
+        assert_eq!(err.exit, Exit::Usage);
+        assert!(err.message.contains("the production overlay of config db/main"), "{}", err.message);
     }
 }

@@ -330,6 +330,7 @@ pub use history::{
 };
 pub use hold::Hold;
 pub use inventory::{ConfigFiles, Layer, LoadedConfig};
+pub use paths::{ConfigPath, config_path};
 pub use redact::{REDACTED, Redactor};
 pub use stream::{ConfigBuilder, ConfigStream, Live, Validate};
 pub use workspace::{HandlerId, HotReloadManager, Workspace};

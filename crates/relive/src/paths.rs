@@ -20,11 +20,46 @@ pub(crate) struct ConfigFile {
 /// not config documents.
 const SCHEMA_ENV: &str = "schema";
 
-/// Reads a config file's name, env and format from `path`, which must be
-/// under `config_dir`. Returns `None` for anything that is not a config
-/// document: other extensions, hidden files, schemas.
-pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> {
-    let rel = path.strip_prefix(config_dir).ok()?;
+/// What a file under `config/` is to relive, by its path alone (see
+/// [`config_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigPath {
+    /// `name[.env].ext`: a document of config `name`, the overlay for
+    /// environment `env` if there is one.
+    Document {
+        /// The config's name: `db/main` for `db/main.production.yaml`.
+        name: String,
+        /// The overlay's environment: `production` there.
+        env: Option<String>,
+        /// The document's format, from the extension.
+        format: Format,
+    },
+    /// `name.schema.json`: the JSON Schema of config `name`.
+    Schema {
+        /// The config the schema is for.
+        name: String,
+    },
+}
+
+/// What `rel`, a path relative to the workspace's `config/`, is to relive:
+/// a config document, a schema, or nothing it loads (`None`: another
+/// extension, a hidden component, an empty name or environment). The one
+/// rule the engine, `relive check` and `relive apply` share.
+///
+/// ```
+/// use relive::{ConfigPath, Format, config_path};
+/// use std::path::Path;
+///
+/// let doc = config_path(Path::new("db/main.production.yaml"));
+/// assert_eq!(
+///     doc,
+///     Some(ConfigPath::Document { name: "db/main".into(), env: Some("production".into()), format: Format::Yaml })
+/// );
+/// assert_eq!(config_path(Path::new("app.schema.json")), Some(ConfigPath::Schema { name: "app".into() }));
+/// assert_eq!(config_path(Path::new(".hidden/app.toml")), None);
+/// ```
+pub fn config_path(rel: &Path) -> Option<ConfigPath> {
     let format = Format::from_path(rel)?;
     let file_name = rel.file_name()?.to_str()?;
     let stem = file_name.rsplit_once('.')?.0;
@@ -32,7 +67,7 @@ pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> 
         Some((base, env)) => (base, Some(env)),
         None => (stem, None),
     };
-    if base.is_empty() || env == Some("") || env == Some(SCHEMA_ENV) {
+    if base.is_empty() || env == Some("") {
         return None;
     }
     let mut name = String::new();
@@ -46,7 +81,20 @@ pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> 
         name.push('/');
     }
     name.push_str(base);
-    Some(ConfigFile { name, env: env.map(str::to_string), format })
+    if env == Some(SCHEMA_ENV) {
+        return (format == Format::Json).then_some(ConfigPath::Schema { name });
+    }
+    Some(ConfigPath::Document { name, env: env.map(str::to_string), format })
+}
+
+/// Reads a config file's name, env and format from `path`, which must be
+/// under `config_dir`. Returns `None` for anything that is not a config
+/// document: other extensions, hidden files, schemas.
+pub(crate) fn config_file(config_dir: &Path, path: &Path) -> Option<ConfigFile> {
+    match config_path(path.strip_prefix(config_dir).ok()?)? {
+        ConfigPath::Document { name, env, format } => Some(ConfigFile { name, env, format }),
+        ConfigPath::Schema { .. } => None,
+    }
 }
 
 /// The files that make up config `name` for environment `env`, base first:
