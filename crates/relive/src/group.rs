@@ -9,9 +9,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::engine::sink::{Commit, GroupSink, GroupSinkFactory, MemberError, Members};
-use crate::error::{ConfigErrorKind, Error, ValidationError};
-use crate::locate;
-use crate::stream::{ConfigStream, Live, Validator};
+use crate::error::{Error, ValidationError};
+use crate::stream::{ConfigStream, Live, Validator, check};
 use crate::workspace::Workspace;
 
 /// Sets up a group of configs that go together: from
@@ -112,25 +111,6 @@ where
     pub async fn live(self) -> Result<Live<T>, Error> {
         Ok(self.watch().await?.live())
     }
-}
-
-fn check<T: DeserializeOwned>(
-    validators: &[Validator<T>],
-    value: &Value,
-    members: &Members<'_>,
-    run_validators: bool,
-) -> Result<T, MemberError> {
-    let typed: T = serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = locate::render_path(e.path());
-        members.error_at(ConfigErrorKind::Type, &key, e.into_inner().to_string())
-    })?;
-    if run_validators {
-        for validator in validators {
-            validator(&typed)
-                .map_err(|e| members.error_at(ConfigErrorKind::Invalid, e.key.as_deref().unwrap_or(""), e.message))?;
-        }
-    }
-    Ok(typed)
 }
 
 struct TypedGroupSink<T> {

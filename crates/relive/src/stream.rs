@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::document::Sources;
-use crate::engine::sink::{Commit, Sink, SinkFactory};
+use crate::engine::sink::{Commit, Locate, Sink, SinkFactory};
 use crate::error::{ConfigError, ConfigErrorKind, Error, ValidationError};
 use crate::locate;
 use crate::workspace::Workspace;
@@ -224,20 +224,23 @@ where
     }
 }
 
-fn check<T: DeserializeOwned>(
+/// `value` as a `T`, checked by `validators` (when `run_validators`), or
+/// the first error, located by `at`: in a config's files, or in a group's
+/// member.
+pub(crate) fn check<T: DeserializeOwned, L: Locate>(
     validators: &[Validator<T>],
     value: &Value,
-    sources: &Sources,
+    at: &L,
     run_validators: bool,
-) -> Result<T, ConfigError> {
+) -> Result<T, L::Error> {
     let typed: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = locate::render_path(e.path());
-        sources.error_at(ConfigErrorKind::Type, &key, e.into_inner().to_string())
+        at.error_at(ConfigErrorKind::Type, &key, e.into_inner().to_string())
     })?;
     if run_validators {
         for validator in validators {
             validator(&typed)
-                .map_err(|e| sources.error_at(ConfigErrorKind::Invalid, e.key.as_deref().unwrap_or(""), e.message))?;
+                .map_err(|e| at.error_at(ConfigErrorKind::Invalid, e.key.as_deref().unwrap_or(""), e.message))?;
         }
     }
     Ok(typed)

@@ -100,3 +100,28 @@ impl Members<'_> {
         }
     }
 }
+
+/// Where the errors of a typed value are located: in one config's files
+/// ([`Sources`](crate::document::Sources)), or in the member of a group
+/// that a key names ([`Members`]). What the typed sinks of a config and of
+/// a group share.
+pub(crate) trait Locate {
+    /// The located error.
+    type Error;
+    /// An error of `kind` about `key` (`a.b[2]`, or empty for the whole).
+    fn error_at(&self, kind: crate::error::ConfigErrorKind, key: &str, message: String) -> Self::Error;
+}
+
+impl Locate for crate::document::Sources {
+    type Error = crate::error::ConfigError;
+    fn error_at(&self, kind: crate::error::ConfigErrorKind, key: &str, message: String) -> Self::Error {
+        crate::document::Sources::error_at(self, kind, key, message)
+    }
+}
+
+impl Locate for Members<'_> {
+    type Error = MemberError;
+    fn error_at(&self, kind: crate::error::ConfigErrorKind, key: &str, message: String) -> Self::Error {
+        Members::error_at(self, kind, key, message)
+    }
+}
