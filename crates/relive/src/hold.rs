@@ -26,6 +26,24 @@ use crate::private;
 /// The hold file's name under `data/`.
 pub(crate) const HOLD_FILE: &str = "hold";
 
+/// The file a holder replaces (temp + rename) just before it removes the
+/// hold: an engine that never saw a short hold still learns, from the
+/// change, that one came and went, and takes what was written under it as
+/// one change set. Needed where events arrive late (the portable backend,
+/// polling); with inotify the queue read after the look already has them.
+pub(crate) const RELEASED_FILE: &str = "hold.released";
+
+/// What identifies the last release: the marker's inode (a rename makes a
+/// new one) and modification time. `None` while there is none.
+pub(crate) fn release_stamp(data_dir: &Path) -> Option<(u64, SystemTime, u64)> {
+    let meta = fs::symlink_metadata(data_dir.join(RELEASED_FILE)).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((ino, meta.modified().ok()?, meta.len()))
+}
+
 /// The most of the hold file that is read: a pid and a token.
 const MAX_LEN: u64 = 128;
 
@@ -131,6 +149,14 @@ impl Hold {
         // process since is theirs.
         let ours = read_bounded(&self.path).is_ok_and(|c| c == self.content);
         let removed = if ours {
+            // Before the removal: an engine that finds the hold gone has
+            // already a new marker to compare.
+            if let Some(dir) = self.path.parent() {
+                let marker = dir.join(RELEASED_FILE);
+                if let Err(e) = private::replace_file(&marker, self.content.as_bytes(), private::Keep::PRIVATE) {
+                    tracing::warn!(path = %marker.display(), error = %e, "cannot mark the hold's release");
+                }
+            }
             match fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(&self.path, e)),
                 _ => Ok(()),

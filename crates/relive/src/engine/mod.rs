@@ -365,6 +365,8 @@ struct HoldWatch {
     released: Option<Instant>,
     /// The stale hold last warned about, to warn once per hold.
     warned: Option<String>,
+    /// The last release marker seen ([`crate::hold::release_stamp`]).
+    last_release: Option<(u64, SystemTime, u64)>,
 }
 
 impl HoldWatch {
@@ -382,6 +384,12 @@ impl HoldWatch {
                 false
             }
         }
+    }
+
+    /// Whether a hold was released since the last call, seen or not.
+    fn came_and_went(&mut self) -> bool {
+        let stamp = self.path.parent().and_then(crate::hold::release_stamp);
+        stamp.is_some() && std::mem::replace(&mut self.last_release, stamp) != stamp
     }
 }
 
@@ -444,6 +452,7 @@ impl Worker {
         let coalescer = Coalescer::new(timing(&s, intake.quiet(&s)));
         let notifier = Notifier::new(s.root.clone(), events);
         let (hold_path, hold_timeout) = (s.data_dir.join(crate::hold::HOLD_FILE), s.hold_timeout);
+        let hold_dir_stamp = crate::hold::release_stamp(&s.data_dir);
         let mut worker = Worker {
             s,
             rx,
@@ -464,6 +473,7 @@ impl Worker {
                 parked: BTreeMap::new(),
                 released: None,
                 warned: None,
+                last_release: hold_dir_stamp,
             },
             notifier,
             references: refs::References::default(),
@@ -557,6 +567,12 @@ impl Worker {
                 }
                 continue;
             }
+            // A hold taken and released between two looks: what was
+            // written under it is one change set all the same.
+            if self.hold.came_and_went() && !self.hold.holding {
+                self.hold.holding = true;
+                self.hold.released = None;
+            }
             if self.hold.holding {
                 // Released. Every write made under the hold was queued by
                 // the kernel in the writer's own system call, before the
@@ -564,6 +580,14 @@ impl Worker {
                 // reads above, or a write that raced with this look would
                 // be left out of the set.
                 self.fence();
+                // Without a kernel queue read here (the portable backend's
+                // events come from notify's thread, polling's from the next
+                // scan), a write made under the hold may not have been seen
+                // yet: compare the files with what was read, once, at the
+                // release, so that every one of them is in the set.
+                if self.hold.released.is_none() && self.intake.quiet(&self.s).is_some() {
+                    self.compare_with_disk(Instant::now());
+                }
                 let more = self.coalescer.take_ready(Instant::now());
                 ready.extend(self.cool_down(more));
                 // What was written under the hold may still be
@@ -580,8 +604,11 @@ impl Worker {
                 }
                 self.hold.holding = false;
                 self.hold.released = None;
-                // Everything pending is one change set.
-                ready.extend(std::mem::take(&mut self.hold.parked).into_values());
+                // Everything pending is one change set, each path once.
+                for r in ready {
+                    self.hold.parked.insert(r.path.clone(), r);
+                }
+                let ready: Vec<Ready> = std::mem::take(&mut self.hold.parked).into_values().collect();
                 tracing::info!(paths = ready.len(), "hold released: applying what waited as one change set");
                 self.process(ready, Step::Release);
             } else if !ready.is_empty() {
@@ -728,6 +755,12 @@ impl Worker {
         let now = Instant::now();
         let switched = self.intake.rewatch(&self.s);
         self.take_in(switched);
+        self.compare_with_disk(now);
+    }
+
+    /// Marks every watched file whose size or mtime differs from what was
+    /// read, or that is gone, as changed: what a rescan finds.
+    fn compare_with_disk(&mut self, now: Instant) {
         let found = self.intake.scan(&self.s);
         for path in self.files.gone(&found) {
             self.coalescer.observe(&path, Signal::Removed, now);
