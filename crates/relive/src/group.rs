@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::engine::sink::{Commit, GroupSink, GroupSinkFactory, MemberError, Members};
+use crate::engine::sink::{GroupSink, GroupSinkFactory};
 use crate::error::{Error, ValidationError};
-use crate::stream::{ConfigStream, Live, Validator, check};
+use crate::stream::{ConfigStream, Live, TypedSink, Validator, check};
 use crate::workspace::Workspace;
 
 /// Sets up a group of configs that go together: from
@@ -99,7 +98,7 @@ where
             let (tx, rx) = watch::channel(Arc::clone(&initial));
             let live = Arc::new(ArcSwap::new(initial));
             let _ = parts_tx.send((rx, Arc::clone(&live)));
-            let sink: Box<dyn GroupSink> = Box::new(TypedGroupSink { tx, live, validators });
+            let sink: Box<dyn GroupSink> = Box::new(TypedSink { tx, live, validators });
             Ok(sink)
         });
         ws.engine().await?.subscribe_group(members, factory).await?;
@@ -110,30 +109,5 @@ where
     /// Starts watching and returns only the lock-free handle.
     pub async fn live(self) -> Result<Live<T>, Error> {
         Ok(self.watch().await?.live())
-    }
-}
-
-struct TypedGroupSink<T> {
-    tx: watch::Sender<Arc<T>>,
-    live: Arc<ArcSwap<T>>,
-    validators: Vec<Validator<T>>,
-}
-
-impl<T> GroupSink for TypedGroupSink<T>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-{
-    fn prepare(&self, value: &Value, members: &Members<'_>, run_validators: bool) -> Result<Commit, MemberError> {
-        let value = Arc::new(check(&self.validators, value, members, run_validators)?);
-        let tx = self.tx.clone();
-        let live = Arc::clone(&self.live);
-        Ok(Box::new(move || {
-            live.store(Arc::clone(&value));
-            tx.send_replace(value);
-        }))
-    }
-
-    fn is_closed(&self) -> bool {
-        self.tx.is_closed() && Arc::strong_count(&self.live) == 1
     }
 }

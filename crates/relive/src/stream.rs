@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::document::Sources;
-use crate::engine::sink::{Commit, Locate, Sink, SinkFactory};
+use crate::engine::sink::{Commit, GroupSink, Locate, MemberError, Members, Sink, SinkFactory};
 use crate::error::{ConfigError, ConfigErrorKind, Error, ValidationError};
 use crate::locate;
 use crate::workspace::Workspace;
@@ -246,18 +246,23 @@ pub(crate) fn check<T: DeserializeOwned, L: Locate>(
     Ok(typed)
 }
 
-struct TypedSink<T> {
-    tx: watch::Sender<Arc<T>>,
-    live: Arc<ArcSwap<T>>,
-    validators: Vec<Validator<T>>,
+/// A typed value's subscribers, for a config ([`Sink`]) or a group
+/// ([`GroupSink`]): the stream's sender, the lock-free handle, and the
+/// validators.
+pub(crate) struct TypedSink<T> {
+    pub(crate) tx: watch::Sender<Arc<T>>,
+    pub(crate) live: Arc<ArcSwap<T>>,
+    pub(crate) validators: Vec<Validator<T>>,
 }
 
-impl<T> Sink for TypedSink<T>
+impl<T> TypedSink<T>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
-    fn prepare(&self, value: &Value, sources: &Sources, run_validators: bool) -> Result<Commit, ConfigError> {
-        let value = Arc::new(check(&self.validators, value, sources, run_validators)?);
+    /// Checks `value`, errors located by `at`, and returns what makes it
+    /// live.
+    fn prepare_at<L: Locate>(&self, value: &Value, at: &L, run_validators: bool) -> Result<Commit, L::Error> {
+        let value = Arc::new(check(&self.validators, value, at, run_validators)?);
         let tx = self.tx.clone();
         let live = Arc::clone(&self.live);
         Ok(Box::new(move || {
@@ -268,7 +273,33 @@ where
         }))
     }
 
-    fn is_closed(&self) -> bool {
+    fn closed(&self) -> bool {
         self.tx.is_closed() && Arc::strong_count(&self.live) == 1
+    }
+}
+
+impl<T> Sink for TypedSink<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn prepare(&self, value: &Value, sources: &Sources, run_validators: bool) -> Result<Commit, ConfigError> {
+        self.prepare_at(value, sources, run_validators)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed()
+    }
+}
+
+impl<T> GroupSink for TypedSink<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn prepare(&self, value: &Value, members: &Members<'_>, run_validators: bool) -> Result<Commit, MemberError> {
+        self.prepare_at(value, members, run_validators)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed()
     }
 }
