@@ -9,7 +9,8 @@
 //! cargo run --release -p relive-fleet --example fleet_bench -- --endpoint http://127.0.0.1:2379
 //! cargo run --release -p relive-fleet --example fleet_bench -- --cluster 3          # a 3-member cluster
 //! cargo run --release -p relive-fleet --example fleet_bench -- --tls                # mutual TLS and auth
-//! cargo run --release -p relive-fleet --example fleet_bench -- --compare-tls        # plaintext and TLS interleaved: the ratio
+//! cargo run --release -p relive-fleet --example fleet_bench -- --tls --no-auth      # mutual TLS, auth off
+//! cargo run --release -p relive-fleet --example fleet_bench -- --compare-tls        # plaintext, TLS, TLS + auth interleaved: the ratios
 //! ```
 //!
 //! Without `--endpoint` the bench starts its own etcd with the tests'
@@ -23,11 +24,12 @@
 //! 3`, and so do the baselines' watchers. `--tls` serves clients over
 //! mutual TLS with authentication on: certificates made by the tests' `Pki`
 //! (`openssl`), every client (instances, baselines, the bench) with the
-//! certificate of user `root`. `--compare-tls` starts two etcds (or
-//! clusters), one plaintext and one over mutual TLS with auth, a fleet of
-//! N instances on each, and interleaves their rounds (relive only, no
-//! baselines), so both meet the same load; it prints both p50 and p99 and
-//! their ratio.
+//! certificate of user `root` (`--no-auth`: TLS alone). `--compare-tls`
+//! starts three etcds (or clusters), one plaintext, one over mutual TLS
+//! with auth off and one with auth on, a fleet of N instances on each, and
+//! interleaves their rounds (relive only, no baselines), so all meet the
+//! same load; it prints each side's p50 and p99, their ratios to
+//! plaintext, and the CPU each side's rounds cost.
 //!
 //! # What runs
 //!
@@ -135,6 +137,31 @@ fn document(n: u64) -> Vec<u8> {
     encode_config(Format::Toml, doc.as_bytes())
 }
 
+/// How the bench's clients reach etcd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plaintext,
+    /// Mutual TLS (`--client-cert-auth`), authentication off.
+    Tls,
+    /// Mutual TLS with authentication on: every client is user `root` by
+    /// its certificate. What a secured production cluster runs.
+    TlsAuth,
+}
+
+impl Security {
+    fn tls(self) -> bool {
+        self != Security::Plaintext
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Security::Plaintext => "plaintext",
+            Security::Tls => "mutual TLS, auth off",
+            Security::TlsAuth => "mutual TLS + auth",
+        }
+    }
+}
+
 struct Args {
     instances: usize,
     versions: usize,
@@ -146,20 +173,22 @@ struct Args {
     history: bool,
     /// Members of the etcd the bench starts: 1 or 3.
     cluster: usize,
-    tls: bool,
+    security: Security,
     compare_tls: bool,
+    /// `--compare-tls` boots its fleets last side first.
+    boot_reversed: bool,
 }
 
 const USAGE: &str = "usage: fleet_bench [--instances N] [--versions M] [--endpoint URL] [--inotify] \
                      [--boot-concurrency K] [--workspaces DIR] [--no-history] [--quick] [--cluster 1|3] \
-                     [--tls | --compare-tls]";
+                     [--tls [--no-auth] | --compare-tls [--boot-reversed]] [--shared-client-port]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut instances, mut versions, mut endpoint, mut inotify, mut quick, mut boot) =
         (None, None, None, false, false, 100);
     let (mut workspaces, mut history) = (None, true);
-    let (mut cluster, mut tls, mut compare_tls) = (1, false, false);
+    let (mut cluster, mut tls, mut compare_tls, mut auth, mut boot_reversed) = (1, false, false, true, false);
     let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{flag} takes a positive number, not `{v}`"))
@@ -186,6 +215,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--tls" => tls = true,
             "--compare-tls" => compare_tls = true,
+            "--no-auth" => auth = false,
+            "--boot-reversed" => boot_reversed = true,
+            "--shared-client-port" => common::SHARED_CLIENT_PORT.store(true, std::sync::atomic::Ordering::Relaxed),
             // `cargo bench` passes it to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
@@ -205,11 +237,19 @@ fn parse_args() -> Result<Args, String> {
         workspaces,
         history,
         cluster,
-        tls,
+        security: match (tls, auth) {
+            (false, _) => Security::Plaintext,
+            (true, false) => Security::Tls,
+            (true, true) => Security::TlsAuth,
+        },
         compare_tls,
+        boot_reversed,
     })
     .and_then(|a: Args| {
-        if a.endpoint.is_some() && (a.tls || a.compare_tls || a.cluster != 1) {
+        if !auth && !tls {
+            return Err("--no-auth goes with --tls (--compare-tls measures both)".into());
+        }
+        if a.endpoint.is_some() && (a.security.tls() || a.compare_tls || a.cluster != 1) {
             return Err("--tls, --compare-tls and --cluster start the bench's own etcd: not with --endpoint".into());
         }
         Ok(a)
@@ -225,35 +265,50 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let result = if args.compare_tls { compare_tls(&args).await } else { run(&args, args.tls).await.map(drop) };
+    let result = if args.compare_tls { compare_tls(&args).await } else { run(&args, args.security).await.map(drop) };
     if let Err(e) = result {
         eprintln!("fleet_bench: {e}");
         std::process::exit(1);
     }
 }
 
-/// Relive's publish → applied + acked, plaintext against mutual TLS with
-/// auth, in one run: two etcds (or clusters), a fleet of N instances on
-/// each, and the rounds interleaved (plaintext first in even rounds, TLS
-/// first in odd ones), so both sides meet the same load on this shared
-/// machine. Then p50 and p99 side by side.
+/// Relive's publish → applied + acked over plaintext, mutual TLS with auth
+/// off, and mutual TLS with auth on, in one run: three etcds (or
+/// clusters), a fleet of N instances on each, and the rounds interleaved
+/// (the side that goes first rotates every round), so every side meets the
+/// same load on this shared machine. Then p50 and p99 side by side, and the
+/// CPU each side's rounds cost, in this process and in the etcds.
 async fn compare_tls(args: &Args) -> Result<(), String> {
+    const SIDES: [Security; 3] = [Security::Plaintext, Security::Tls, Security::TlsAuth];
     let n = args.instances;
     let members = if args.cluster == 3 { "a 3-member cluster each" } else { "one etcd each" };
     println!(
-        "fleet_bench --compare-tls: {n} instances on each side, {} rounds (+{} warm-up), {members}",
-        args.versions, args.warmup
+        "fleet_bench --compare-tls: {n} instances on each of {} sides, {} rounds (+{} warm-up), {members}",
+        SIDES.len(),
+        args.versions,
+        args.warmup
     );
     println!("load average before: {}", loadavg());
-    let mut sides = Vec::new();
-    for tls in [false, true] {
-        sides.push(Side::start(args, tls).await?);
+    // Booted in order, or the other way round (`--boot-reversed`): a
+    // fleet's place in the boot order must not be what a ratio measures.
+    let mut sides: Vec<Option<Side>> = SIDES.iter().map(|_| None).collect();
+    let mut order: Vec<usize> = (0..SIDES.len()).collect();
+    if args.boot_reversed {
+        order.reverse();
     }
-    let mut times: [Vec<Duration>; 2] = Default::default();
+    for k in order {
+        sides[k] = Some(Side::start(args, SIDES[k]).await?);
+    }
+    let mut sides: Vec<Side> = sides.into_iter().map(|s| s.expect("every side booted")).collect();
+    let mut cpu = CpuMeter::per_kind(sides.iter().map(|s| s._server.pids()).collect());
+    let mut times: [Vec<Duration>; 3] = Default::default();
     let total = args.warmup + args.versions;
     for round in 0..total {
-        for k in 0..2 {
-            let side = (round + k) % 2;
+        for k in 0..SIDES.len() {
+            let side = (round + k) % SIDES.len();
+            // The window runs until the next side's put: the trailing work
+            // (history records, cache writes) of a round is its own.
+            cpu.switch(side, round > args.warmup || (round == args.warmup && k > 0));
             let started = Instant::now();
             let done = sides[side].round(round as u64 + 1).await?;
             if round >= args.warmup {
@@ -262,20 +317,39 @@ async fn compare_tls(args: &Args) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_micros(2000 + (round as u64 * 7919) % 3000)).await;
     }
+    cpu.switch(0, true);
     println!("load average after: {}", loadavg());
     for side in sides {
         side.stop().await?;
     }
-    let [plain, tls] = times.map(Summary::of);
+    let summaries = times.map(Summary::of);
+    let plain = &summaries[0];
+    let per_round = |ticks: u64| ticks as f64 / ticks_per_second() * 1e3 / args.versions as f64;
     println!();
     println!("TLS against plaintext, same run, interleaved: publish → {n} instances applied + acked, {members}");
-    println!("{:<34} {:>9} {:>9} {:>9}", "(ms)", "p50", "p99", "max");
-    println!("{:<34} {:>9.2} {:>9.2} {:>9.2}", "plaintext", ms(plain.p50), ms(plain.p99), ms(plain.max));
-    println!("{:<34} {:>9.2} {:>9.2} {:>9.2}", "mutual TLS + auth", ms(tls.p50), ms(tls.p99), ms(tls.max));
-    let (r50, r99) = (ratio(tls.p50, plain.p50), ratio(tls.p99, plain.p99));
-    println!("{:<34} {:>8.2}× {:>8.2}×", "TLS / plaintext", r50, r99);
     println!(
-        "target: TLS adds ≤ 20% at p99: {} ({:+.0}%)",
+        "{:<24} {:>8} {:>8} {:>8} {:>15} {:>15} {:>13}",
+        "(ms)", "p50", "p99", "max", "× plain p50", "× plain p99", "CPU/round"
+    );
+    for (k, security) in SIDES.iter().enumerate() {
+        let s = &summaries[k];
+        let (us, etcd) = cpu.used[k];
+        println!(
+            "{:<24} {:>8.2} {:>8.2} {:>8.2} {:>14.2}× {:>14.2}× {:>6.1} + {:>4.1}",
+            security.name(),
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            ratio(s.p50, plain.p50),
+            ratio(s.p99, plain.p99),
+            per_round(us),
+            per_round(etcd),
+        );
+    }
+    println!("(CPU/round: ms of CPU per round in this process + in that side's etcd, trailing work included)");
+    let r99 = ratio(summaries[2].p99, plain.p99);
+    println!(
+        "target: TLS (with auth) adds ≤ 20% at p99: {} ({:+.0}%)",
         if r99 <= 1.2 { "met" } else { "missed" },
         (r99 - 1.0) * 100.0
     );
@@ -296,8 +370,8 @@ struct Side {
 }
 
 impl Side {
-    async fn start(args: &Args, tls: bool) -> Result<Side, String> {
-        let server = Server::start(args, tls).await;
+    async fn start(args: &Args, security: Security) -> Result<Side, String> {
+        let server = Server::start(args, security).await;
         let conn = server.conn.clone();
         let mut client = conn.client(0).await?;
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -317,11 +391,7 @@ impl Side {
             .map_err(|e| format!("cannot create the instances' directory: {e}"))?;
         let fleet = boot_fleet(&conn, &prefix, root.path(), args).await?;
         acks.wait(first, ACK_TIMEOUT).await.map_err(|e| format!("boot: {e}"))?;
-        println!(
-            "{}: {n} instances booted at {}",
-            if tls { "mutual TLS + auth" } else { "plaintext" },
-            conn.endpoints.join(",")
-        );
+        println!("{}: {n} instances booted at {}", security.name(), conn.endpoints.join(","));
         Ok(Side { _server: server, client, config_key, layout, acks, fleet, n, _root: root })
     }
 
@@ -399,14 +469,15 @@ struct Server {
 impl Server {
     /// The tests' etcd harness: it waits until etcd is healthy, and panics
     /// with etcd's log if it does not start.
-    async fn start(args: &Args, tls: bool) -> Server {
-        let pki = tls.then(Pki::new);
+    async fn start(args: &Args, security: Security) -> Server {
+        let pki = security.tls().then(Pki::new);
+        let auth = security == Security::TlsAuth;
         if let Some(endpoint) = &args.endpoint {
             return Server { conn: Conn { endpoints: vec![endpoint.clone()], pki }, single: None, cluster: None };
         }
         if args.cluster == 3 {
             let cluster = Cluster::start_with(pki.as_ref(), &BENCH_ETCD_FLAGS);
-            if tls {
+            if auth {
                 cluster.enable_auth().await;
             }
             let conn = Conn { endpoints: cluster.endpoints(), pki };
@@ -416,7 +487,7 @@ impl Server {
             Some(pki) => Etcd::start_tls(pki, &BENCH_ETCD_FLAGS),
             None => Etcd::start_with(&BENCH_ETCD_FLAGS),
         };
-        if tls {
+        if auth {
             etcd.enable_auth().await;
         }
         Server { conn: Conn { endpoints: vec![etcd.endpoint()], pki }, single: Some(etcd), cluster: None }
@@ -446,11 +517,11 @@ impl Server {
 }
 
 /// Runs the bench once; returns relive's times.
-async fn run(args: &Args, tls: bool) -> Result<Summary, String> {
+async fn run(args: &Args, security: Security) -> Result<Summary, String> {
     let n = args.instances;
     let load_before = loadavg();
     let idle = ProcStats::of("self");
-    let server = Server::start(args, tls).await;
+    let server = Server::start(args, security).await;
     let conn = server.conn.clone();
     let endpoint = conn.endpoints.join(",");
     let mut client = conn.client(0).await?;
@@ -467,12 +538,12 @@ async fn run(args: &Args, tls: bool) -> Result<Summary, String> {
     let raw = format!("/{prefix}-raw");
 
     println!(
-        "fleet_bench: {n} instances, {} versions (+{} warm-up), etcd {etcd_version} at {endpoint} ({}{}{})",
+        "fleet_bench: {n} instances, {} versions (+{} warm-up), etcd {etcd_version} at {endpoint} ({}{}, {})",
         args.versions,
         args.warmup,
         if server.started() { "started by the bench" } else { "given" },
         if server.cluster.is_some() { ", 3 members" } else { "" },
-        if tls { ", mutual TLS + auth" } else { ", plaintext" }
+        security.name()
     );
     if let Some(flags) = server.flags() {
         println!("etcd flags: {}", flags.join(" "));
@@ -932,8 +1003,8 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 /// measured from its put until the next measurement starts, so trailing
 /// work (history records, cache writes) counts too.
 struct CpuMeter {
-    /// etcd's processes (one per member).
-    etcd: Vec<String>,
+    /// etcd's processes (one per member), for each kind of round.
+    etcd: Vec<Vec<String>>,
     /// Ticks (this process, etcd) used by each kind of round.
     used: [(u64, u64); 4],
     since: (u64, u64),
@@ -941,14 +1012,21 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// Every kind of round served by the same etcd.
     fn new(etcd: Vec<String>) -> CpuMeter {
+        CpuMeter::per_kind(vec![etcd; 4])
+    }
+
+    /// Kind `k`'s rounds served by `etcd[k]`: its window is charged that
+    /// etcd's CPU alone.
+    fn per_kind(etcd: Vec<Vec<String>>) -> CpuMeter {
         let mut meter = CpuMeter { etcd, used: [(0, 0); 4], since: (0, 0), kind: 0 };
         meter.since = meter.now();
         meter
     }
 
     fn now(&self) -> (u64, u64) {
-        (cpu_ticks("self"), self.etcd.iter().map(|pid| cpu_ticks(pid)).sum())
+        (cpu_ticks("self"), self.etcd[self.kind].iter().map(|pid| cpu_ticks(pid)).sum())
     }
 
     /// Ends the current window (charging it to its kind if `charge`) and
@@ -959,7 +1037,9 @@ impl CpuMeter {
             self.used[self.kind].0 += now.0 - self.since.0;
             self.used[self.kind].1 += now.1 - self.since.1;
         }
-        (self.since, self.kind) = (now, kind);
+        self.kind = kind;
+        // The new window starts from the new kind's etcd.
+        self.since = self.now();
     }
 }
 

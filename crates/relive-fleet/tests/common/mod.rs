@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod netns;
+pub use netns::Netns;
+
 /// How long etcd may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +30,8 @@ pub struct Etcd {
     /// Where `/health` is served (over plain HTTP even when clients use
     /// TLS).
     metrics: SocketAddr,
+    /// Where etcd's HTTP services are served, apart from gRPC.
+    http: SocketAddr,
 }
 
 impl Etcd {
@@ -40,7 +45,17 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
         let extra = extra.iter().map(|f| f.to_string()).collect();
-        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra, tls: None, metrics: free_port() };
+        let mut etcd = Etcd {
+            dir,
+            client,
+            peer,
+            child: None,
+            starts: 0,
+            extra,
+            tls: None,
+            metrics: free_port(),
+            http: free_port(),
+        };
         etcd.restart();
         etcd
     }
@@ -53,7 +68,8 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let extra = extra.iter().map(|f| f.to_string()).collect();
         let tls = Some(pki.clone());
-        let mut etcd = Etcd { dir, client, peer, child: None, starts: 0, extra, tls, metrics: free_port() };
+        let mut etcd =
+            Etcd { dir, client, peer, child: None, starts: 0, extra, tls, metrics: free_port(), http: free_port() };
         etcd.restart();
         etcd
     }
@@ -72,6 +88,7 @@ impl Etcd {
             format!("--initial-cluster=test={peer}"),
             format!("--listen-metrics-urls=http://{}", self.metrics),
         ];
+        flags.extend(separate_http(self.tls.is_some(), self.http));
         if let Some(pki) = &self.tls {
             flags.extend([
                 "--client-cert-auth".to_string(),
@@ -179,6 +196,34 @@ impl Drop for Etcd {
     }
 }
 
+/// Serve HTTP and gRPC on one client port even where etcd can separate
+/// them: `fleet_bench --shared-client-port` measures what that costs.
+pub static SHARED_CLIENT_PORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--listen-client-http-urls` on `addr`, if this etcd has the flag (3.5.8
+/// and 3.4.25 on): the client port then serves gRPC alone, with etcd's own
+/// gRPC server, as etcd recommends for production. Without it, a TLS
+/// client port serves gRPC through Go's HTTP/2 server, and every message
+/// costs etcd more CPU than plaintext's native gRPC does (BENCHMARKS.md §12).
+fn separate_http(tls: bool, addr: SocketAddr) -> Option<String> {
+    if SHARED_CLIENT_PORT.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    static HAS_FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let has = *HAS_FLAG.get_or_init(|| {
+        Command::new(etcd_binary())
+            .arg("--help")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("--listen-client-http-urls")
+                    || String::from_utf8_lossy(&o.stderr).contains("--listen-client-http-urls")
+            })
+            .unwrap_or(false)
+    });
+    let scheme = if tls { "https" } else { "http" };
+    has.then(|| format!("--listen-client-http-urls={scheme}://{addr}"))
+}
+
 fn etcd_binary() -> PathBuf {
     std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("etcd"))
 }
@@ -219,6 +264,8 @@ pub struct Cluster {
     tls: Option<Pki>,
     /// Flags after the ones that place each member.
     extra: Vec<String>,
+    /// The members' network namespaces, when they can be partitioned.
+    net: Option<Netns>,
 }
 
 struct Member {
@@ -226,6 +273,7 @@ struct Member {
     client: SocketAddr,
     peer: SocketAddr,
     metrics: SocketAddr,
+    http: SocketAddr,
     child: Option<Child>,
     starts: u32,
 }
@@ -254,11 +302,36 @@ impl Cluster {
                 client: free_port(),
                 peer: free_port(),
                 metrics: free_port(),
+                http: free_port(),
                 child: None,
                 starts: 0,
             })
             .collect();
-        let mut cluster = Cluster { dir, members, tls, extra };
+        Cluster::boot(Cluster { dir, members, tls, extra, net: None })
+    }
+
+    /// A plaintext 3-member cluster whose members each run in a network
+    /// namespace of their own (needs root), so that one can be cut off
+    /// from the others while its clients still reach it:
+    /// [`partition`](Cluster::partition).
+    pub fn start_partitionable() -> Cluster {
+        let net = Netns::new(3);
+        let members = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: net.client_addr(i, 2379),
+                peer: net.peer_addr(i),
+                metrics: net.client_addr(i, 2381),
+                http: net.client_addr(i, 2382),
+                child: None,
+                starts: 0,
+            })
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        Cluster::boot(Cluster { dir, members, tls: None, extra: Vec::new(), net: Some(net) })
+    }
+
+    fn boot(mut cluster: Cluster) -> Cluster {
         // All three first: a member alone has no quorum and is not healthy.
         for i in 0..3 {
             cluster.spawn(i);
@@ -267,6 +340,18 @@ impl Cluster {
             cluster.wait_healthy(i);
         }
         cluster
+    }
+
+    /// Cuts member `i` off from the other members (its peer link goes
+    /// down); clients still reach it. Only for
+    /// [`start_partitionable`](Cluster::start_partitionable).
+    pub fn partition(&self, i: usize) {
+        self.net.as_ref().expect("a partitionable cluster").partition(i);
+    }
+
+    /// Joins member `i` to the others again.
+    pub fn heal(&self, i: usize) {
+        self.net.as_ref().expect("a partitionable cluster").heal(i);
     }
 
     /// Member `i`'s client endpoint (`http://` or `https://`).
@@ -306,6 +391,7 @@ impl Cluster {
             "--heartbeat-interval=50".to_string(),
             "--election-timeout=500".to_string(),
         ];
+        flags.extend(separate_http(self.tls.is_some(), m.http));
         if let Some(pki) = &self.tls {
             flags.extend([
                 "--client-cert-auth".to_string(),
@@ -341,7 +427,17 @@ impl Cluster {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         self.members[i].starts += 1;
         let out = std::fs::File::create(self.log(i)).expect("etcd log");
-        let child = Command::new(etcd_binary())
+        let mut command = match &self.net {
+            // `ip netns exec` enters the namespace and execs etcd: the
+            // child is etcd itself.
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.namespace(i)]).arg(etcd_binary());
+                c
+            }
+            None => Command::new(etcd_binary()),
+        };
+        let child = command
             .args(self.flags(i))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
