@@ -113,7 +113,11 @@ impl FleetBuilder {
             .conn
             .options()?
             .with_connect_timeout(self.request_timeout)
-            .with_auto_token_refresh(self.conn.user_name().is_some());
+            .with_auto_token_refresh(self.conn.user_name().is_some())
+            // A member cut off from the others refuses the call ("no
+            // leader", sent again to another member) instead of holding
+            // it until the request timeout.
+            .with_require_leader(true);
         let host = crate::source::hostname();
         let operator = match (self.operator.take(), self.conn.principal()?) {
             (Some(operator), _) => operator,

@@ -520,7 +520,14 @@ impl Worker {
             // --grpc-keepalive-min-time (5 s by default) with GOAWAY
             // (too_many_pings) once no data flowed between three of them.
             .with_keep_alive(Duration::from_secs(6), limit)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others by a partition still
+            // answers, but learns of no new revision: with this, it ends
+            // the watch and refuses calls once it has had no leader for a
+            // few election timeouts, and the next member takes over.
+            // Without it, an instance stayed on such a member, deaf, for
+            // as long as the partition lasted (tests/partition.rs).
+            .with_require_leader(true);
         let mut client = call(limit, Client::connect([endpoint], Some(options))).await.map_err(lost)?;
         let ttl = self.opts.lease_ttl.as_secs().max(1) as i64;
         let lease = call(limit, client.lease_grant(ttl, None)).await.map_err(lost)?.id();
