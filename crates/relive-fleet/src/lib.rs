@@ -244,6 +244,21 @@
 //!   etcd answers pings more frequent than its `--grpc-keepalive-min-time`
 //!   (5 s by default) with GOAWAY when no data flows between them. Do not
 //!   raise that setting above 6 s.
+//! - **TLS: give gRPC the client port alone.** An etcd whose client port
+//!   serves TLS and also HTTP (`/health`, `/metrics`, the JSON gateway)
+//!   serves gRPC there through Go's HTTP/2 server instead of its own gRPC
+//!   server, and every message costs it more CPU: measured with 100
+//!   instances, etcd spent 1.7–2.2× plaintext's CPU per version, and the
+//!   fleet took up to 1.31× as long at p99 (BENCHMARKS.md §12). etcd's
+//!   `--listen-client-http-urls` moves HTTP to a port of its own; the
+//!   client port then serves gRPC alone, natively: etcd's CPU was within
+//!   10% of plaintext's, and the fleet's p99 0.82–1.11× plaintext's. etcd
+//!   3.5.16 (Debian 13's) has the flag; 3.4.23 (Debian 12's) does not.
+//! - **Partitions.** Instances and operators ask etcd to require a leader
+//!   (etcd-client's `require_leader`): a member cut off from the others
+//!   ends their streams and refuses their calls once it has had no leader
+//!   for a few election timeouts, and they move to the next member. Give
+//!   every instance more than one endpoint.
 //!
 //! # Building
 //!
@@ -301,10 +316,12 @@
 //!   for its groups with its change-set window). A file it cannot write
 //!   makes that config's status `rejected` while the others of the set say
 //!   `applied`.
-//! - Tested on a 3-member cluster whose members are killed (SIGKILL) and
-//!   restarted, not on one whose network is partitioned: a member cut off
-//!   from the others but still answering serves a watch that stays silent
-//!   until it rejoins (etcd-client's `require_leader` is not set).
+//! - A member cut off from the others is left only once it has had no
+//!   leader for a few of its election timeouts (about 1.5 s at etcd's
+//!   defaults, measured in `tests/partition.rs`): until then, it serves
+//!   what it has and holds writes. An instance with one endpoint has
+//!   nowhere to go and waits, with its last good values, for the partition
+//!   to heal.
 //! - `https://` endpoints trust only the CA certificates given: there are
 //!   no system trust roots.
 //! - A revoked credential stops an instance at its next reconnection (etcd
