@@ -17,8 +17,7 @@ use crate::Error;
 use crate::connect::Connection;
 use crate::draft::Draft;
 use crate::layout::{
-    Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, push_id, with_author,
-    with_author_and_push,
+    Canary, Layout, StatusRecord, check_instance_id, config_author, decode_config, push_id, with_author_and_push,
 };
 use crate::status::FleetStatus;
 
@@ -380,45 +379,24 @@ impl Fleet {
         push: &str,
     ) -> Result<u64, Error> {
         let txn = put_if_txn(snap, expected, snap.key.clone(), value);
-        let limit = self.opts.request_timeout;
-        let deadline = tokio::time::Instant::now() + limit * 3;
-        let mut delay = Duration::from_millis(50);
-        let mut lost = false;
-        loop {
-            match bounded(limit, crate::kv(&self.client).txn(txn.clone())).await {
-                Ok(resp) if resp.succeeded() => return Ok(revision(resp.header())),
-                Ok(resp) => {
-                    let now = self.snapshot_from(snap, &resp);
-                    if lost {
-                        if let Some(version) = self.landed(&now, expected, push).await? {
-                            tracing::info!(config = name, version, push, "an earlier attempt of this push landed");
-                            return Ok(version);
-                        }
+        match self.send(&format!("push {push} of {name}"), &txn).await {
+            Ok(Answer { resp, .. }) if resp.succeeded() => Ok(revision(resp.header())),
+            Ok(Answer { resp, lost }) => {
+                let now = self.snapshot_from(snap, &resp);
+                if lost {
+                    if let Some(version) = self.landed(&now, expected, push).await? {
+                        tracing::info!(config = name, version, push, "an earlier attempt of this push landed");
+                        return Ok(version);
                     }
-                    self.refuse_during_canary(name, &now)?;
-                    return Err(self.conflict(name, &now, expected));
                 }
-                Err(e) if e.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(config = name, error = %e, ?delay, push, "the answer to a push was lost; sending it again");
-                    lost = true;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    let error = self.opts.etcd(format!("publish {}", snap.key), e);
-                    return Err(match error {
-                        Error::Etcd { endpoints, action, message } if lost => Error::Etcd {
-                            endpoints,
-                            action,
-                            message: format!(
-                                "{message} (an earlier attempt's answer was lost: it may have landed; \
-                                 the version it wrote carries `# relive-push: {push}`)"
-                            ),
-                        },
-                        other => other,
-                    });
-                }
+                self.refuse_during_canary(name, &now)?;
+                Err(self.conflict(name, &now, expected))
             }
+            Err(failed) => Err(self.unanswered(
+                format!("publish {}", snap.key),
+                failed,
+                Some(format!("the version it wrote carries `# relive-push: {push}`")),
+            )),
         }
     }
 
@@ -442,27 +420,6 @@ impl Fleet {
                 self.get(&now.key, Some(before)).await.map_err(|e| self.opts.etcd(format!("read {}", now.key), e))?;
         }
         Ok(None)
-    }
-
-    /// Puts `value` at `key` in one transaction, if config `name` is still
-    /// at `expected` (0: does not exist) and has no canary in progress.
-    /// Returns the new revision.
-    async fn put_if(
-        &self,
-        name: &str,
-        snap: &Snapshot,
-        expected: u64,
-        key: String,
-        value: Vec<u8>,
-        action: &str,
-    ) -> Result<u64, Error> {
-        let resp = self.txn(action, put_if_txn(snap, expected, key, value)).await?;
-        if !resp.succeeded() {
-            let now = self.snapshot_from(snap, &resp);
-            self.refuse_during_canary(name, &now)?;
-            return Err(self.conflict(name, &now, expected));
-        }
-        Ok(revision(resp.header()))
     }
 
     /// Starts a canary: `draft` becomes the version of config `name` for
@@ -497,7 +454,8 @@ impl Fleet {
             });
         };
         let base = self.expected(name, &snap, expect)?;
-        let value = with_author(&draft.encoded(), &self.operator);
+        let push = new_push_id();
+        let value = with_author_and_push(&draft.encoded(), &self.operator, &push);
         if same_document(current.value(), &value) {
             return Err(Error::CanaryUnchanged { config: name.to_string(), version: base });
         }
@@ -538,8 +496,31 @@ impl Fleet {
             aborted: None,
             returning: Vec::new(),
         };
-        let key = snap.canary_key.clone();
-        let version = self.put_if(name, &snap, base, key, record.to_json(), "start the canary").await?;
+        let txn = put_if_txn(&snap, base, snap.canary_key.clone(), record.to_json());
+        let version = match self.send(&format!("canary {push} of {name}"), &txn).await {
+            Ok(Answer { resp, .. }) if resp.succeeded() => revision(resp.header()),
+            Ok(Answer { resp, lost }) => {
+                let now = self.snapshot_from(&snap, &resp);
+                // An earlier attempt started it: the canary carries its id.
+                let ours = now.canary.as_ref().filter(|kv| {
+                    Canary::from_json(kv.value()).is_ok_and(|c| push_id(c.value.as_bytes()).as_deref() == Some(&push))
+                });
+                match ours {
+                    Some(kv) if lost => kv.mod_revision() as u64,
+                    _ => {
+                        self.refuse_during_canary(name, &now)?;
+                        return Err(self.conflict(name, &now, base));
+                    }
+                }
+            }
+            Err(failed) => {
+                return Err(self.unanswered(
+                    "start the canary".into(),
+                    failed,
+                    Some(format!("the canary it started carries `# relive-push: {push}`")),
+                ));
+            }
+        };
         Ok(CanaryStarted { config: name.to_string(), version, base_version: base, instances })
     }
 
@@ -556,25 +537,44 @@ impl Fleet {
                 now: snap.version(),
             });
         }
+        let push = new_push_id();
         let txn = Txn::new()
             .when(vec![
                 Compare::mod_revision(snap.canary_key.clone(), CompareOp::Equal, canary_version),
                 Compare::mod_revision(snap.key.clone(), CompareOp::Equal, canary.base_version as i64),
             ])
             .and_then(vec![
-                // Recorded as written by whoever promotes it.
-                TxnOp::put(snap.key.clone(), with_author(canary.value.as_bytes(), &self.operator), None),
+                // Recorded as written by whoever promotes it, with an id of
+                // its own.
+                TxnOp::put(
+                    snap.key.clone(),
+                    with_author_and_push(canary.value.as_bytes(), &self.operator, &push),
+                    None,
+                ),
                 TxnOp::delete(snap.canary_key.clone(), None),
-            ]);
-        let resp = self.txn("promote the canary", txn).await?;
-        if !resp.succeeded() {
-            return Err(Error::CanaryChanged { config: name.to_string() });
-        }
-        Ok(Promoted {
-            config: name.to_string(),
-            version: revision(resp.header()),
-            canary_version: canary_version as u64,
-        })
+            ])
+            .or_else(vec![TxnOp::get(snap.key.clone(), None), TxnOp::get(snap.canary_key.clone(), None)]);
+        let version = match self.send(&format!("promote {push} of {name}"), &txn).await {
+            Ok(Answer { resp, .. }) if resp.succeeded() => revision(resp.header()),
+            Ok(Answer { resp, lost }) => {
+                let now = self.snapshot_from(&snap, &resp);
+                match lost {
+                    true => match self.landed(&now, canary.base_version, &push).await? {
+                        Some(version) => version,
+                        None => return Err(Error::CanaryChanged { config: name.to_string() }),
+                    },
+                    false => return Err(Error::CanaryChanged { config: name.to_string() }),
+                }
+            }
+            Err(failed) => {
+                return Err(self.unanswered(
+                    "promote the canary".into(),
+                    failed,
+                    Some(format!("the version it wrote carries `# relive-push: {push}`")),
+                ));
+            }
+        };
+        Ok(Promoted { config: name.to_string(), version, canary_version: canary_version as u64 })
     }
 
     /// Ends config `name`'s canary without publishing it: the canary's
@@ -585,14 +585,26 @@ impl Fleet {
         let canary_version = kv.mod_revision();
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(snap.canary_key.clone(), CompareOp::Equal, canary_version)])
-            .and_then(vec![TxnOp::delete(snap.canary_key.clone(), None), TxnOp::get(snap.key.clone(), None)]);
-        let resp = self.txn("abort the canary", txn).await?;
-        if !resp.succeeded() {
-            return Err(Error::CanaryChanged { config: name.to_string() });
-        }
-        let version = match resp.op_responses().get(1) {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map_or(0, |kv| kv.mod_revision() as u64),
-            _ => 0,
+            .and_then(vec![TxnOp::delete(snap.canary_key.clone(), None), TxnOp::get(snap.key.clone(), None)])
+            .or_else(vec![TxnOp::get(snap.key.clone(), None), TxnOp::get(snap.canary_key.clone(), None)]);
+        let version = match self.send(&format!("abort the canary of {name}"), &txn).await {
+            Ok(Answer { resp, .. }) if resp.succeeded() => match resp.op_responses().get(1) {
+                Some(TxnOpResponse::Get(get)) => get.kvs().first().map_or(0, |kv| kv.mod_revision() as u64),
+                _ => 0,
+            },
+            Ok(Answer { resp, lost }) => {
+                // A delete carries no id. After a lost answer, a canary that
+                // is gone while the config stayed where it was is this
+                // abort's doing, or an abort's all the same: the state asked
+                // for.
+                let now = self.snapshot_from(&snap, &resp);
+                if lost && now.canary.is_none() && now.version() == snap.version() {
+                    now.version().unwrap_or(0)
+                } else {
+                    return Err(Error::CanaryChanged { config: name.to_string() });
+                }
+            }
+            Err(failed) => return Err(self.unanswered("abort the canary".into(), failed, None)),
         };
         Ok(Aborted { config: name.to_string(), canary_version: canary_version as u64, version })
     }
@@ -793,29 +805,54 @@ impl Fleet {
     }
 
     /// A transaction that only reads, sent again while etcd fails in a way
-    /// that passes (a leader lost or changing, a member gone), for up to
-    /// three request timeouts: an operator's command rides out an election.
+    /// that passes (a leader lost or changing, a member gone): an
+    /// operator's command rides out an election.
     async fn read_txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
+        self.send(action, &txn).await.map(|answer| answer.resp).map_err(|failed| self.opts.etcd(action, failed.error))
+    }
+
+    /// Sends `txn` until etcd answers it, for up to three request
+    /// timeouts: while a call fails in a way that leaves its outcome
+    /// unknown (no answer in time, a broken connection, a leader changing
+    /// or lost, a member without a leader), the same transaction is sent
+    /// again, 50 ms later, doubling up to 1 s. The one loop behind every
+    /// operator command: reads ride out an election, and a write, whose
+    /// compare-and-set makes a second commit impossible, learns from
+    /// [`Answer::lost`] that an earlier attempt may have been carried out.
+    pub(crate) async fn send(&self, what: &str, txn: &Txn) -> Result<Answer, Unanswered> {
         let limit = self.opts.request_timeout;
         let deadline = tokio::time::Instant::now() + limit * 3;
         let mut delay = Duration::from_millis(50);
+        let mut lost = false;
         loop {
             match bounded(limit, crate::kv(&self.client).txn(txn.clone())).await {
-                Ok(resp) => return Ok(resp),
-                Err(e) if e.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::debug!(action, error = %e, ?delay, "etcd failed a read; trying again");
+                Ok(resp) => return Ok(Answer { resp, lost }),
+                Err(error) if error.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(what, %error, ?delay, "etcd's answer was lost; sending the same request again");
+                    lost = true;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(self.opts.etcd(action, e)),
+                Err(error) => return Err(Unanswered { error, lost }),
             }
         }
     }
 
-    async fn txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
-        bounded(self.opts.request_timeout, crate::kv(&self.client).txn(txn))
-            .await
-            .map_err(|e| self.opts.etcd(action, e))
+    /// The error for a write that got no answer: when an earlier attempt's
+    /// answer was lost, it says the write may have been carried out, and
+    /// how to tell (`carries`).
+    pub(crate) fn unanswered(&self, action: String, failed: Unanswered, carries: Option<String>) -> Error {
+        match self.opts.etcd(action, failed.error) {
+            Error::Etcd { endpoints, action, message } if failed.lost => Error::Etcd {
+                endpoints,
+                action,
+                message: format!(
+                    "{message} (an earlier attempt's answer was lost: it may have been carried out{})",
+                    carries.map(|c| format!("; {c}")).unwrap_or_default()
+                ),
+            },
+            other => other,
+        }
     }
 
     /// Config `name`'s key and its canary's, read at one revision.
@@ -949,6 +986,21 @@ fn revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
 
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// etcd's answer to a transaction sent by [`Fleet::send`].
+pub(crate) struct Answer {
+    pub(crate) resp: etcd_client::TxnResponse,
+    /// An earlier attempt's answer was lost: that attempt may have been
+    /// carried out, and a failed compare may be its doing.
+    pub(crate) lost: bool,
+}
+
+/// A transaction [`Fleet::send`] got no answer to.
+pub(crate) struct Unanswered {
+    error: Failed,
+    /// An earlier attempt's answer was lost, as in [`Answer::lost`].
+    lost: bool,
 }
 
 /// Why a call to etcd failed.

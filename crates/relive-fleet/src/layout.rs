@@ -263,8 +263,9 @@ pub fn with_author(value: &[u8], by: &str) -> Vec<u8> {
 
 /// The first bytes of the optional third header line: the push that wrote
 /// the version (`# relive-push: 9f86d081884c7d65...`, 32 hex digits), unique
-/// to one call of `Fleet::push` or `Fleet::rollback` however often it sends
-/// its transaction. A push whose answer was lost reads the key back and
+/// to one call of `Fleet::push`, `Fleet::rollback`, `Fleet::push_set`,
+/// `Fleet::canary` (in the canary's document) or `Fleet::promote`, however
+/// often it sends its transaction. A push whose answer was lost reads the key back and
 /// knows its own version by it, so it neither writes a second version nor
 /// reports a conflict with itself.
 pub const PUSH_HEADER: &str = "# relive-push: ";

@@ -296,14 +296,14 @@
 //!   the document (a comment in TOML and YAML; JSON fails to parse); the
 //!   same holds for the `# relive-push:` line.
 //! - A push whose answers stay lost for longer than three request timeouts
-//!   fails, and its error says the push may have landed and names its push
-//!   id ([`ConfigVersion::push`], and `relive fleet versions --json`, show
-//!   whether a version carries it).
-//!   Starting a canary, promote and abort carry no id and are not sent
-//!   again: a lost answer to them is an [`Error::Etcd`], and running the
-//!   command again reports a conflict or [`Error::CanaryChanged`] although
-//!   the first one did its work (`relive fleet status` shows what is
-//!   there).
+//!   fails, and its error says the push may have been carried out and
+//!   names its push id ([`ConfigVersion::push`], and `relive fleet versions
+//!   --json`, show whether a version carries it). Starting a canary and
+//!   promoting one carry an id too (in the canary's document, and in the
+//!   version a promotion writes) and are sent again the same way. An abort
+//!   deletes a key and carries no id: after a lost answer, a canary found
+//!   gone with the config where it was counts as aborted, whoever deleted
+//!   it.
 //! - A change set is one revision: configs pushed one by one are not a
 //!   set, and a canary or a rollout takes one config (a set is refused
 //!   while one of its configs has a canary). A set holds at most

@@ -17,7 +17,7 @@ use common::{Cluster, Etcd, Pki, Proxy, eventually};
 use etcd_client::{EventType, WatchOptions};
 use relive::Workspace;
 use relive_fleet::layout::push_id;
-use relive_fleet::{Draft, Expect, Fleet, FleetBuilder, FleetSource, Layout, SourceEvent};
+use relive_fleet::{Canaries, Draft, Expect, Fleet, FleetBuilder, FleetSource, Layout, SourceEvent};
 
 const PREFIX: &str = "app";
 const WAIT: Duration = Duration::from_secs(30);
@@ -183,26 +183,10 @@ async fn a_push_whose_answer_is_lost_is_one_version_not_a_conflict() {
     let first = fleet.push("server", &draft(1), Expect::Version(0)).await.expect("first push").version;
 
     // From now on the proxy carries the push to etcd and drops the answer;
-    // once the write is in etcd, the connection is cut, then healed.
+    // once the write is in etcd, the connection is cut, then healed. The
+    // write is the only request that carries the new document.
     let client = etcd.client().await;
-    let mut watcher = client.clone();
-    let mut changes = watcher
-        .watch(key.clone(), Some(WatchOptions::new().with_start_revision(first as i64 + 1)))
-        .await
-        .expect("watch");
-    // The write is the only request that carries the new document.
-    proxy.hold_answers_after(b"port = 1002");
-    let cutter = Arc::clone(&proxy);
-    let cut = tokio::spawn(async move {
-        loop {
-            let resp = changes.message().await.expect("watch").expect("watch stream");
-            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
-                cutter.cut();
-                cutter.heal();
-                return kv.mod_revision() as u64;
-            }
-        }
-    });
+    let cut = lose_the_answer(&proxy, &client, &key, b"port = 1002").await;
     let pushed = fleet.push("server", &draft(2), Expect::Version(first)).await;
     let landed = tokio::time::timeout(WAIT, cut).await.expect("the push reached etcd").unwrap();
     let pushed = pushed.unwrap_or_else(|e| panic!("the push landed at version {landed}, yet it answered: {e}"));
@@ -220,6 +204,84 @@ async fn a_push_whose_answer_is_lost_is_one_version_not_a_conflict() {
     .await;
     let order: Vec<u64> = versions.versions.iter().rev().map(|v| v.version).collect();
     assert_eq!(order, [first, landed, next.version]);
+}
+
+/// From the next request carrying `pattern`, the proxy carries requests to
+/// etcd and drops the answers; once `key` changes, the connection is cut
+/// and healed. The task returns the revision of that change.
+async fn lose_the_answer(
+    proxy: &Arc<Proxy>,
+    client: &etcd_client::Client,
+    key: &str,
+    pattern: &[u8],
+) -> tokio::task::JoinHandle<u64> {
+    let mut watcher = client.clone();
+    let mut changes = watcher.watch(key, None).await.expect("watch");
+    proxy.hold_answers_after(pattern);
+    let cutter = Arc::clone(proxy);
+    tokio::spawn(async move {
+        loop {
+            let resp = changes.message().await.expect("watch").expect("watch stream");
+            if let Some(kv) = resp.events().first().and_then(|e| e.kv()) {
+                cutter.cut();
+                cutter.heal();
+                return kv.mod_revision() as u64;
+            }
+        }
+    })
+}
+
+/// Starting a canary, promoting it, and aborting another, each with its
+/// answer lost after etcd carried it out: each is sent again, finds its
+/// own doing, and reports it, instead of a conflict or "the canary
+/// changed"; and each happened once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_a_promotion_and_an_abort_whose_answers_are_lost_report_what_they_did() {
+    let etcd = Etcd::start();
+    let proxy = Arc::new(Proxy::start(etcd.addr()).await);
+    let layout = Layout::new(PREFIX).unwrap();
+    let (key, canary_key) = (layout.config_key("server").unwrap(), layout.canary_key("server").unwrap());
+    let fleet = operator(&[proxy.endpoint()], Duration::from_secs(1)).await;
+    let client = etcd.client().await;
+    // A canary goes to live instances: one, straight to etcd.
+    let web = instance(&[etcd.endpoint()], "web-0").await;
+    let first = fleet.push("server", &draft(1), Expect::Version(0)).await.expect("first push").version;
+    eventually("the instance applied the first version", WAIT, || {
+        let done = web.applied.lock().unwrap().last() == Some(&first);
+        async move { done.then_some(()) }
+    })
+    .await;
+    let only_web = Canaries::Instances(vec!["web-0".into()]);
+
+    // The canary's request is the only one that carries its document.
+    let cut = lose_the_answer(&proxy, &client, &canary_key, b"port = 1002").await;
+    let started = fleet.canary("server", &draft(2), Expect::Version(first), &only_web).await;
+    let landed = tokio::time::timeout(WAIT, cut).await.expect("the canary reached etcd").unwrap();
+    let started = started.unwrap_or_else(|e| panic!("the canary started at {landed}, yet it answered: {e}"));
+    assert_eq!(started.version, landed);
+    let kv = client.clone().get(canary_key.clone(), None).await.unwrap().kvs()[0].clone();
+    assert_eq!((kv.mod_revision() as u64, kv.version()), (landed, 1), "the canary key was written once");
+
+    // The promotion writes the canary's document to the config key.
+    let cut = lose_the_answer(&proxy, &client, &key, b"port = 1002").await;
+    let promoted = fleet.promote("server").await;
+    let landed = tokio::time::timeout(WAIT, cut).await.expect("the promotion reached etcd").unwrap();
+    let promoted = promoted.unwrap_or_else(|e| panic!("the promotion landed at {landed}, yet it answered: {e}"));
+    assert_eq!(promoted.version, landed);
+    assert_eq!(history(&client, &key, landed).await.iter().map(|(rev, _)| *rev).collect::<Vec<_>>(), [first, landed]);
+
+    // An abort deletes the canary key: its request is the only one with a
+    // delete of that key (RequestOp.request_delete_range, field 3, holding
+    // DeleteRangeRequest.key, field 1).
+    let canary = fleet.canary("server", &draft(3), Expect::Version(landed), &only_web).await.expect("a second canary");
+    let mut delete = vec![0x1a, 2 + canary_key.len() as u8, 0x0a, canary_key.len() as u8];
+    delete.extend_from_slice(canary_key.as_bytes());
+    let cut = lose_the_answer(&proxy, &client, &canary_key, &delete).await;
+    let aborted = fleet.abort("server").await;
+    let deleted = tokio::time::timeout(WAIT, cut).await.expect("the abort reached etcd").unwrap();
+    let aborted = aborted.unwrap_or_else(|e| panic!("the abort deleted the canary at {deleted}, yet it answered: {e}"));
+    assert_eq!((aborted.canary_version, aborted.version), (canary.version, landed));
+    assert!(client.clone().get(canary_key.clone(), None).await.unwrap().kvs().is_empty(), "no canary");
 }
 
 /// The same over mutual TLS: an operator and an instance given the three

@@ -5,12 +5,11 @@
 //! it whole or not at all ([`FleetSource`](crate::FleetSource)).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::Serialize;
 
-use super::{Expect, Fleet, Pushed, Snapshot, bounded, new_push_id, revision, same_document};
+use super::{Answer, Expect, Fleet, Pushed, Snapshot, new_push_id, revision, same_document};
 use crate::Error;
 use crate::draft::Draft;
 use crate::layout::{push_id, with_author_and_push};
@@ -146,57 +145,36 @@ impl Fleet {
             .flat_map(|s| [TxnOp::get(s.key.clone(), None), TxnOp::get(s.canary_key.clone(), None)])
             .collect();
         let txn = Txn::new().when(when).and_then(writes).or_else(reads);
-        let limit = self.opts.request_timeout;
-        let deadline = tokio::time::Instant::now() + limit * 3;
-        let mut delay = Duration::from_millis(50);
-        let mut lost = false;
-        loop {
-            match bounded(limit, crate::kv(&self.client).txn(txn.clone())).await {
-                Ok(resp) if resp.succeeded() => return Ok(revision(resp.header())),
-                Ok(resp) => {
-                    let now = self.snapshots_from(snaps, &resp);
-                    if lost {
-                        // Every config the set wrote holds its push id at
-                        // the same revision, unless written again since:
-                        // then the versions before are read back.
-                        for (snap, &at) in now.iter().zip(expected) {
-                            if snap.config.as_ref().is_some_and(|kv| push_id(kv.value()).as_deref() == Some(push)) {
-                                return Ok(snap.version().unwrap_or(0));
-                            }
-                            if let Some(version) = self.landed(snap, at, push).await? {
-                                return Ok(version);
-                            }
+        match self.send(&format!("change set {push}"), &txn).await {
+            Ok(Answer { resp, .. }) if resp.succeeded() => Ok(revision(resp.header())),
+            Ok(Answer { resp, lost }) => {
+                let now = self.snapshots_from(snaps, &resp);
+                if lost {
+                    // Every config the set wrote holds its push id at the
+                    // same revision, unless written again since: then the
+                    // versions before are read back.
+                    for (snap, &at) in now.iter().zip(expected) {
+                        if snap.config.as_ref().is_some_and(|kv| push_id(kv.value()).as_deref() == Some(push)) {
+                            return Ok(snap.version().unwrap_or(0));
+                        }
+                        if let Some(version) = self.landed(snap, at, push).await? {
+                            return Ok(version);
                         }
                     }
-                    for ((name, snap), &at) in snaps.iter().map(|s| s.name(self)).zip(&now).zip(expected) {
-                        self.refuse_during_canary(&name, snap)?;
-                        if snap.version().unwrap_or(0) != at {
-                            return Err(self.conflict(&name, snap, at));
-                        }
+                }
+                for ((name, snap), &at) in snaps.iter().map(|s| s.name(self)).zip(&now).zip(expected) {
+                    self.refuse_during_canary(&name, snap)?;
+                    if snap.version().unwrap_or(0) != at {
+                        return Err(self.conflict(&name, snap, at));
                     }
-                    return Err(Error::InvalidSet { message: "etcd refused the set's compare-and-set".into() });
                 }
-                Err(e) if e.unknown_outcome() && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(error = %e, ?delay, push, "the answer to a change set's push was lost; sending it again");
-                    lost = true;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    let error = self.opts.etcd("publish a change set", e);
-                    return Err(match error {
-                        Error::Etcd { endpoints, action, message } if lost => Error::Etcd {
-                            endpoints,
-                            action,
-                            message: format!(
-                                "{message} (an earlier attempt's answer was lost: it may have landed; \
-                                 the versions it wrote carry `# relive-push: {push}`)"
-                            ),
-                        },
-                        other => other,
-                    });
-                }
+                Err(Error::InvalidSet { message: "etcd refused the set's compare-and-set".into() })
             }
+            Err(failed) => Err(self.unanswered(
+                "publish a change set".into(),
+                failed,
+                Some(format!("the versions it wrote carry `# relive-push: {push}`")),
+            )),
         }
     }
 }

@@ -733,12 +733,18 @@ impl Proxy {
                                     Ok(n) => n,
                                 };
                                 seen.extend_from_slice(&buf[..n]);
-                                if let Some(pattern) = trigger.lock().unwrap().as_ref() {
-                                    if seen.windows(pattern.len()).any(|w| w == &pattern[..]) {
-                                        hold.store(true, std::sync::atomic::Ordering::SeqCst);
+                                match trigger.lock().unwrap().as_ref() {
+                                    Some(pattern) => {
+                                        if seen.windows(pattern.len()).any(|w| w == &pattern[..]) {
+                                            hold.store(true, std::sync::atomic::Ordering::SeqCst);
+                                        }
+                                        // Less than a pattern: a request sent
+                                        // before the trigger was set cannot
+                                        // set it off.
+                                        let keep = pattern.len().saturating_sub(1);
+                                        seen.drain(..seen.len().saturating_sub(keep));
                                     }
-                                    let keep = seen.len().saturating_sub(pattern.len());
-                                    seen.drain(..keep);
+                                    None => seen.clear(),
                                 }
                                 if to_server.write_all(&buf[..n]).await.is_err() {
                                     return;
