@@ -125,7 +125,7 @@ struct DirLock(PathBuf);
 
 impl DirLock {
     fn take() -> DirLock {
-        let path = std::env::temp_dir().join("relive-test-netns.lock");
+        let path = std::env::temp_dir().join("relive-test-netns.lockdir");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match std::fs::create_dir(&path) {
@@ -135,7 +135,7 @@ impl DirLock {
                     // behind; choosing a subnet takes milliseconds.
                     let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
                     if age.is_some_and(|age| age > Duration::from_secs(10)) {
-                        let _ = std::fs::remove_dir(&path);
+                        let _ = std::fs::remove_dir(&path).or_else(|_| std::fs::remove_file(&path));
                     }
                     assert!(Instant::now() < deadline, "{} stayed locked for a minute", path.display());
                     std::thread::sleep(Duration::from_millis(10));
