@@ -934,6 +934,69 @@ fn a_failing_gate_stops_the_rollout_and_its_output_stays_out_of_etcd() {
     assert!(!dump.contains("s3cr3t"), "the gate's output reached etcd");
 }
 
+/// `--max-rejected`: with the default (0), one instance of wave 1 that
+/// rejects the version stops the rollout and everyone returns to stable;
+/// with `--max-rejected 1` the same rejection is let through and the
+/// version is promoted, the rejecting instance staying on the old one.
+#[test]
+fn max_rejected_decides_how_many_rejections_a_rollout_lets_through() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["zone=a", "zone=b"]);
+    // A service in zone a whose stream refuses `port = 2`.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let service = Ws::new();
+    let (_source, _stream) = rt.block_on(async {
+        let w = relive::Workspace::new(service.root());
+        let source =
+            etcd::source(&etcd.endpoint(), PREFIX, "picky").label("zone", "a").unwrap().start(&w).await.unwrap();
+        let stream = w
+            .config::<Value>("server")
+            .validate(|v: &Value| {
+                if v["port"] == 2 { Err(relive::ValidationError::at("port", "2 is not allowed here")) } else { Ok(()) }
+            })
+            .watch()
+            .await
+            .unwrap();
+        (source, stream)
+    });
+    wait_row(&ws, &etcd, "picky", v1, "SYNCED");
+    ws.write("server.toml", "port = 2\n");
+    let v1s = v1.to_string();
+    let push = |max: &str| {
+        let args = ["push", "server", "server.toml", "--expect", &v1s, "--waves", "zone=a,100%", "--bake", "200ms"];
+        let mut args = args.to_vec();
+        if !max.is_empty() {
+            args.extend(["--max-rejected", max]);
+        }
+        fleet(&ws, &etcd, &args)
+    };
+
+    let run = push("");
+    assert_eq!(run.code(), 1, "{}{}", run.stdout(), run.stderr());
+    let why = "picky rejected version";
+    assert!(run.stderr().contains(why) && run.stderr().contains("(at most 0 may) during wave 1"), "{}", run.stderr());
+    assert!(run.stderr().contains("2 is not allowed here"), "{}", run.stderr());
+    for id in ["web-1", "web-2", "picky"] {
+        wait_row(&ws, &etcd, id, v1, "SYNCED");
+    }
+
+    let run = push("1");
+    assert_eq!(run.code(), 0, "{}{}", run.stdout(), run.stderr());
+    let out = run.stdout();
+    let done = "done: server promoted to every instance as version ";
+    let v2: u64 = out
+        .split(done)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{done}N in: {out}"));
+    for id in ["web-1", "web-2"] {
+        wait_row(&ws, &etcd, id, v2, "SYNCED");
+    }
+    let row = wait_row(&ws, &etcd, "picky", v1, "REJECTED");
+    assert_eq!(row["target"].as_u64(), Some(v2));
+}
+
 /// `relive fleet rollout abort` from another process: the driving push
 /// exits 1 saying who aborted it, and the abort exits 0.
 #[test]
