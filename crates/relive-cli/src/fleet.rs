@@ -826,7 +826,7 @@ async fn start_rollout(
     plan.max_rejected = args.max_rejected;
     plan.apply_timeout_ms = u64::try_from(args.apply_timeout.as_millis()).unwrap_or(u64::MAX);
     plan.gate = args.gate.clone();
-    let timeout = args.gate_timeout;
+    plan.gate_timeout_ms = u64::try_from(args.gate_timeout.as_millis()).unwrap_or(u64::MAX);
     let rollout = fleet.start_rollout(name, draft, expect, plan).await.map_err(failure)?;
     let waves: Vec<String> = rollout.plan.waves.iter().map(ToString::to_string).collect();
     println!(
@@ -836,7 +836,7 @@ async fn start_rollout(
         humantime_short(args.bake),
         rollout.base_version
     );
-    drive(fleet, name, timeout).await
+    drive(fleet, name).await
 }
 
 /// `relive fleet rollout status|resume|abort NAME`.
@@ -865,7 +865,7 @@ async fn run_rollout(fleet: &Fleet, command: FleetRolloutCommand) -> Result<Exit
                 }
                 Some(r) => {
                     println!("resuming the rollout of {}: {}", args.name, where_it_is(&r));
-                    drive(fleet, &args.name, GATE_TIMEOUT).await
+                    drive(fleet, &args.name).await
                 }
             }
         }
@@ -884,14 +884,14 @@ async fn run_rollout(fleet: &Fleet, command: FleetRolloutCommand) -> Result<Exit
     }
 }
 
-/// The gate's time limit when a rollout is resumed (the plan does not
-/// keep it).
-const GATE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Drives the rollout of `name` to its end, one line per step; exit 0
-/// when it is done, 1 when it stopped or was aborted.
-async fn drive(fleet: &Fleet, name: &str, gate_timeout: Duration) -> Result<Exit> {
-    let gate = move |rollout: Rollout| run_gate(rollout, gate_timeout);
+/// when it is done, 1 when it stopped or was aborted. The gate runs with
+/// the time limit the plan in etcd gives it, whichever process drives.
+async fn drive(fleet: &Fleet, name: &str) -> Result<Exit> {
+    let gate = |rollout: Rollout| {
+        let limit = Duration::from_millis(rollout.plan.gate_timeout_ms);
+        run_gate(rollout, limit)
+    };
     let mut progress = |r: &Rollout, action: &Action| print_step(r, action);
     let drive = Drive { gate: Some(&gate), progress: Some(&mut progress), ..Drive::default() };
     let rollout = fleet.drive_rollout(name, drive).await.map_err(failure)?;

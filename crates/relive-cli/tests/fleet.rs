@@ -886,6 +886,45 @@ fn a_rollout_whose_driver_is_killed_mid_bake_is_resumed_from_another_process() {
     }
 }
 
+/// The gate's time limit is the plan's, kept in etcd: a rollout started
+/// with `--gate-timeout 1s` and resumed by another process stops when its
+/// gate runs past 1 s (the resuming process used to give it 60 s, and a
+/// gate that hangs for 30 s then passed).
+#[test]
+fn a_resumed_rollout_runs_its_gate_with_the_time_limit_it_was_started_with() {
+    let etcd = Etcd::start();
+    let ws = Ws::new();
+    let (_agents, _dirs, v1) = agents_on_v1(&ws, &etcd, &["", ""]);
+    ws.write("server.toml", "port = 2\n");
+    let v1 = v1.to_string();
+    let push = [
+        "push",
+        "server",
+        "server.toml",
+        "--expect",
+        &v1,
+        "--waves",
+        "1,100%",
+        "--bake",
+        "3s",
+        "--gate",
+        "sleep 30",
+        "--gate-timeout",
+        "1s",
+    ];
+    let (mut driver, _log) = spawn_fleet(&ws, &etcd, &push);
+    wait_until("the first wave to bake", || baking(&ws, &etcd));
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    assert_eq!(rollout_json(&ws, &etcd)["plan"]["gate_timeout_ms"], 1000);
+
+    let resumed = fleet(&ws, &etcd, &["rollout", "resume", "server"]);
+    assert_eq!(resumed.code(), 1, "{}{}", resumed.stdout(), resumed.stderr());
+    let reason = "the gate failed after wave 1: no exit within 1s";
+    assert!(resumed.stderr().contains(reason), "{}", resumed.stderr());
+    assert_eq!(rollout_json(&ws, &etcd)["phase"], "stopped");
+}
+
 /// A gate that fails stops the rollout: push exits 1 with the reason, every
 /// instance is back on the stable version saying why, and what the gate
 /// printed is nowhere in etcd.

@@ -135,13 +135,29 @@ pub struct Plan {
     /// resume the rollout: keep secrets out of it (let it read them from a
     /// file).
     pub gate: Option<String>,
+    /// How long the gate may run before it counts as failed
+    /// (milliseconds). Default 60 s; a rollout recorded before this field
+    /// existed reads as the default.
+    #[serde(default = "default_gate_timeout_ms")]
+    pub gate_timeout_ms: u64,
+}
+
+fn default_gate_timeout_ms() -> u64 {
+    60_000
 }
 
 impl Plan {
     /// A plan with `waves` and `bake` between them, no rejection allowed,
     /// 5 minutes for each wave to apply, and no gate.
     pub fn new(waves: Vec<Wave>, bake: Duration) -> Plan {
-        Plan { waves, bake_ms: millis(bake), max_rejected: 0, apply_timeout_ms: 300_000, gate: None }
+        Plan {
+            waves,
+            bake_ms: millis(bake),
+            max_rejected: 0,
+            apply_timeout_ms: 300_000,
+            gate: None,
+            gate_timeout_ms: default_gate_timeout_ms(),
+        }
     }
 }
 
@@ -987,6 +1003,17 @@ mod tests {
 
     fn plan(waves: &str, bake_s: u64) -> Plan {
         Plan::new(parse_waves(waves).unwrap(), Duration::from_secs(bake_s))
+    }
+
+    #[test]
+    fn the_gate_timeout_is_kept_and_an_older_record_reads_the_default() {
+        let mut r = rollout(plan("1,100%", 5));
+        r.plan.gate_timeout_ms = 1_500;
+        assert_eq!(Rollout::from_json(&r.to_json()).unwrap().plan.gate_timeout_ms, 1_500);
+        let mut older: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        older["plan"].as_object_mut().unwrap().remove("gate_timeout_ms");
+        let older = Rollout::from_json(&serde_json::to_vec(&older).unwrap()).unwrap();
+        assert_eq!(older.plan.gate_timeout_ms, 60_000);
     }
 
     fn rollout(plan: Plan) -> Rollout {
