@@ -78,9 +78,13 @@ impl FleetAgentBuilder {
         let config =
             HotReloadConfig { history: HistoryConfig { enabled: false, ..Default::default() }, ..Default::default() };
         ws.start_hot_reload_with_config(config).await?;
-        let target = config_dir.clone();
-        let mirror = Mirror(Arc::new(move |name: &str, format: Format, document: &[u8]| {
-            write_config(&target, name, format, document)
+        let (target, root) = (config_dir.clone(), self.dir.clone());
+        let mirror = Mirror(Arc::new(move |docs: &[(String, Format, Vec<u8>)]| {
+            // A change set's files are written under a hold on DIR: a relive
+            // engine watching DIR (`relive watch`, a service's Workspace)
+            // applies them as one change set, never one without the others.
+            let _hold = (docs.len() > 1).then(|| hold(&root)).flatten();
+            docs.iter().map(|(name, format, document)| write_config(&target, name, *format, document)).collect()
         }));
         let source = self.source.mirror(mirror).start(&ws).await?;
         Ok(FleetAgent { source, ws, config_dir })
@@ -200,6 +204,26 @@ fn write_config(config_dir: &Path, name: &str, format: Format, document: &[u8]) 
         }
     }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync the directory of", e))
+}
+
+/// A hold on the workspace `dir` (its `data/hold`), waiting up to a
+/// second for another holder (`relive apply`) to let go; without one the
+/// files are written all the same, as a warning says.
+fn hold(dir: &Path) -> Option<relive::Hold> {
+    let ws = Workspace::new(dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match ws.hold() {
+            Ok(hold) => return Some(hold),
+            Err(relive::Error::Held { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "writing a change set's files without a hold");
+                return None;
+            }
+        }
+    }
 }
 
 /// A file's mode and owner, to keep them when it is replaced.

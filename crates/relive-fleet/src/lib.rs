@@ -311,11 +311,13 @@
 //!   instance of a version before change sets applies a set's configs one
 //!   by one.
 //! - The agent writes a set's files one after the other, each atomically,
-//!   after the set was applied whole: a program that reads the files may
-//!   see a mix for a moment (`relive watch` on that directory joins them
-//!   for its groups with its change-set window). A file it cannot write
-//!   makes that config's status `rejected` while the others of the set say
-//!   `applied`.
+//!   under a hold on its directory (`DIR/data/hold`, as `relive apply`
+//!   does): a relive engine on that directory (`relive watch`, a service's
+//!   `Workspace`) applies them as one change set, but a program that reads
+//!   the files itself may see a mix for a moment. If another process holds
+//!   the directory for more than a second, the files are written without
+//!   the hold, with a warning. A file it cannot write makes that config's
+//!   status `rejected` while the others of the set say `applied`.
 //! - A member cut off from the others is left only once it has had no
 //!   leader for a few of its election timeouts (about 1.5 s at etcd's
 //!   defaults, measured in `tests/partition.rs`): until then, it serves

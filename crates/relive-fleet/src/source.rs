@@ -26,10 +26,12 @@ use crate::cache::{Cache, CacheWriter};
 use crate::connect::Connection;
 use crate::layout::{AckState, Canary, Layout, StatusRecord, check_instance_id, decode_config};
 
-/// Called with each version an instance applies, before it acknowledges
-/// it: the agent writes the document to a file here. An error rejects the
-/// version with that error.
-pub(crate) type MirrorFn = dyn Fn(&str, Format, &[u8]) -> Result<(), String> + Send + Sync;
+/// Called with the versions an instance applies, before it acknowledges
+/// them: the agent writes each document to a file here. Several at once
+/// are one change set (the configs of one revision), written together.
+/// Returns one result per document; an error rejects that config's version
+/// with that error.
+pub(crate) type MirrorFn = dyn Fn(&[(String, Format, Vec<u8>)]) -> Vec<Result<(), String>> + Send + Sync;
 
 /// A [`MirrorFn`], shared.
 #[derive(Clone)]
@@ -749,6 +751,20 @@ impl Worker {
                 }
             }
         }
+        // Applied whole: the mirror writes the set's files in one call.
+        let mut mirrored = match &refused {
+            None => {
+                let docs = due
+                    .iter()
+                    .filter_map(|(name, _, value)| {
+                        let (format, document) = decode_config(value).ok()?;
+                        Some((name.clone(), format, document.to_vec()))
+                    })
+                    .collect::<Vec<_>>();
+                self.mirror_set(docs).await.into_iter()
+            }
+            Some(_) => Vec::new().into_iter(),
+        };
         let mut statuses = Vec::new();
         for (name, version, value) in &due {
             let result = match &refused {
@@ -756,10 +772,7 @@ impl Worker {
                 Some((bad, error)) => {
                     Err(format!("not applied: {bad}, in the same change set ({list}), was rejected: {error}"))
                 }
-                None => match decode_config(value) {
-                    Ok((format, document)) => self.mirror(name, format, document).await,
-                    Err(message) => Err(message),
-                },
+                None => mirrored.next().unwrap_or_else(|| Err("the mirror gave no answer for this config".into())),
             };
             let applied = self.outcome(name, *version as u64, &result);
             self.versions.insert(name.clone(), *version);
@@ -867,11 +880,20 @@ impl Worker {
 
     /// Runs the mirror, if any, for an applied version.
     async fn mirror(&self, name: &str, format: Format, document: &[u8]) -> Result<(), String> {
-        let Some(Mirror(mirror)) = self.opts.mirror.clone() else { return Ok(()) };
-        let (name, document) = (name.to_string(), document.to_vec());
-        tokio::task::spawn_blocking(move || mirror(&name, format, &document))
+        let mut results = self.mirror_set(vec![(name.to_string(), format, document.to_vec())]).await;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Runs the mirror, if any, for the versions of one change set, in one
+    /// call: one result per document.
+    async fn mirror_set(&self, docs: Vec<(String, Format, Vec<u8>)>) -> Vec<Result<(), String>> {
+        let Some(Mirror(mirror)) = self.opts.mirror.clone() else { return docs.iter().map(|_| Ok(())).collect() };
+        let n = docs.len();
+        let mut results = tokio::task::spawn_blocking(move || mirror(&docs))
             .await
-            .unwrap_or_else(|e| Err(format!("the mirror panicked: {e}")))
+            .unwrap_or_else(|e| vec![Err(format!("the mirror panicked: {e}")); n]);
+        results.resize_with(n, || Err("the mirror gave no answer for this config".into()));
+        results
     }
 
     /// Publishes every cached config. Returns how many there were.

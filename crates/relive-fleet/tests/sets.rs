@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Etcd, eventually};
 use relive::{ChangeEvent, Format, Workspace};
-use relive_fleet::{AckState, Draft, Error, Expect, Fleet, FleetBuilder, FleetSource, StatusRecord};
+use relive_fleet::{AckState, Draft, Error, Expect, Fleet, FleetAgentBuilder, FleetBuilder, FleetSource, StatusRecord};
 use serde::Deserialize;
 
 const PREFIX: &str = "app";
@@ -218,6 +218,62 @@ async fn good_sets_arrive_whole_at_every_instance_over_many_rounds() {
         assert_eq!(sets, ROUNDS, "web-{i}: one change set per push");
         instance.source.shutdown().await;
     }
+}
+
+/// The agent writes a set's files under a hold on its directory, so an
+/// engine watching that directory (the service's; the configs are in no
+/// group, so no change-set window joins them) applies each set as one
+/// change set with both files, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_writes_a_set_so_that_an_engine_on_its_directory_applies_it_whole() {
+    const ROUNDS: u16 = 20;
+    let etcd = Etcd::start();
+    let fleet = fleet(&etcd).await;
+    let mut at = push_pair(&fleet, 2000, (0, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent =
+        FleetAgentBuilder::new(common::source(&etcd.endpoint(), PREFIX, "sidecar"), dir.path()).start().await.unwrap();
+    let ws = Workspace::new(dir.path());
+    let mut events = ws.start_hot_reload().await.unwrap().subscribe();
+    let mut server = ws.config::<Server>("server").watch().await.unwrap();
+    let mut proxy_values = ws.config::<Proxy>("proxy").watch().await.unwrap();
+    for round in 1..=ROUNDS {
+        let port = 2000 + round;
+        at = push_pair(&fleet, port, (at, at)).await;
+        // Both live before the next push: one set per round.
+        tokio::time::timeout(WAIT, async {
+            while server.current().port != port {
+                server.next().await;
+            }
+            while proxy_values.current().target_port != port {
+                proxy_values.next().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the engine did not get both files"));
+    }
+    // The event of a set follows its values: the last may still be on
+    // its way.
+    fn record(sets: &mut Vec<Vec<String>>, event: ChangeEvent) {
+        if let ChangeEvent::ChangeSetApplied { configs, .. } = event {
+            let mut configs = configs.to_vec();
+            configs.sort();
+            sets.push(configs);
+        }
+    }
+    let mut sets = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while sets.len() < usize::from(ROUNDS) {
+            record(&mut sets, events.recv().await.expect("events"));
+        }
+    })
+    .await;
+    while let Ok(event) = events.try_recv() {
+        record(&mut sets, event);
+    }
+    assert!(sets.iter().all(|c| c == &["proxy", "server"]), "a set's files applied apart: {sets:?}");
+    assert_eq!(sets.len(), usize::from(ROUNDS), "one change set per round: {sets:?}");
+    agent.shutdown().await.unwrap();
 }
 
 /// The set's compare-and-set covers every config: one stale expectation
