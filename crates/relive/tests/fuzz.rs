@@ -205,6 +205,37 @@ fn nested(format: Format, depth: usize, style: u8) -> String {
     }
 }
 
+/// The boundary of the nesting limit, which the property test below draws
+/// only now and then: `max_depth` levels of JSON arrays or objects are
+/// accepted, one more is a limit error. (That test once asserted `depth <
+/// max_depth` for an accepted document, and failed in CI the day it drew
+/// exactly 16 levels.)
+#[test]
+fn max_depth_levels_are_accepted_and_one_more_is_not() {
+    // Every format and style near the boundary, with the property's rule.
+    for format in [Format::Json, Format::Toml, Format::Yaml] {
+        for style in 0..3 {
+            for depth in 1..LIMITS.max_depth + 4 {
+                let doc = nested(format, depth, style);
+                match parse(format, doc.as_bytes()) {
+                    Ok(_) => assert!(depth <= LIMITS.max_depth, "{format:?}/{style}: {depth} levels accepted"),
+                    Err(error) => {
+                        assert!(depth >= LIMITS.max_depth - 2, "{format:?}/{style}: {depth} levels: {error}");
+                        assert_eq!(error.kind(), ConfigErrorKind::Limit, "{format:?}/{style}: {depth}: {error}");
+                    }
+                }
+            }
+        }
+    }
+    for style in [0, 1] {
+        let at = nested(Format::Json, LIMITS.max_depth, style);
+        assert!(parse(Format::Json, at.as_bytes()).is_ok(), "style {style}: {} levels refused", LIMITS.max_depth);
+        let past = nested(Format::Json, LIMITS.max_depth + 1, style);
+        let error = parse(Format::Json, past.as_bytes()).expect_err("one level more is refused");
+        assert_eq!(error.kind(), ConfigErrorKind::Limit, "style {style}: {error}");
+    }
+}
+
 /// A "billion laughs" document: `levels` anchors, each a list of `width`
 /// aliases of the one before; it expands to `width^levels` strings.
 fn laughs(width: usize, levels: usize) -> String {
@@ -233,7 +264,10 @@ proptest! {
     fn nesting_past_the_limit_is_a_limit_error(format in any_format(), depth in 1usize..2000, style in any::<u8>()) {
         let doc = nested(format, depth, style);
         match parse(format, doc.as_bytes()) {
-            Ok(_) => prop_assert!(depth < LIMITS.max_depth, "{depth} levels accepted"),
+            // `max_depth` is how deep collections may nest: that many
+            // levels are accepted (JSON's arrays and objects, with no
+            // wrapping; see `max_depth_levels_are_accepted_and_one_more_is_not`).
+            Ok(_) => prop_assert!(depth <= LIMITS.max_depth, "{depth} levels accepted"),
             Err(error) => {
                 // At the boundary the format's own wrapping (a table, a
                 // key) counts as a level; well past it, the limit says so.
