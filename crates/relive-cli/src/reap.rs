@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rustix::process::{Pid, WaitOptions};
+use rustix::process::{Pid, Signal, WaitOptions};
 
 /// The processes started by [`spawn`], with their exit status once reaped.
 static OWNED: Mutex<Option<HashMap<i32, Option<ExitStatus>>>> = Mutex::new(None);
@@ -80,6 +80,33 @@ pub async fn spawn(mut command: Command) -> io::Result<Pid> {
     spawner().send(job).map_err(|_| io::Error::other("the spawning thread is gone"))?;
     let pid = rx.await.map_err(|_| io::Error::other("the spawning thread is gone"))??;
     Pid::from_raw(pid).ok_or_else(|| io::Error::other("the kernel returned pid 0"))
+}
+
+/// Gives `signals` their default action in the process `command` starts.
+///
+/// A signal ignored in relive stays ignored in what it starts, through
+/// exec, and a shell cannot even trap a signal it was started ignoring.
+/// Under `nohup` (SIGHUP ignored), `--signal HUP` therefore reached a
+/// program that never saw it: every change was "signalled" and nothing
+/// reloaded. The signals relive sends its program (`--signal`'s, and SIGTERM
+/// and SIGINT to stop it) must arrive.
+pub fn deliver(command: &mut Command, signals: &[Signal]) {
+    let raw: Vec<i32> = signals.iter().map(|s| s.as_raw()).collect();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe work is allowed: it reads a vector allocated
+    // before the fork and calls signal(2), which is async-signal-safe, and
+    // builds an io::Error from errno, which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            for &signal in &raw {
+                if libc::signal(signal, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sets SIGKILL as the parent-death signal of the process `command` starts.

@@ -157,11 +157,12 @@ fn a_program_run_directly_dies_with_relive_even_by_sigkill() {
 
 /// `--signal HUP` to a program that writes a line on HUP: each change is one
 /// line, from the one copy that ever started.
-fn signal_reaches(command: &str) {
+fn signal_reaches(command: &str, relive_ignores_hup: bool) {
     let ws = Ws::new();
     ws.write("config/app.yaml", "level: info\n");
     script(&ws, "reloader.sh", "trap 'echo hup >> hups.txt' HUP\necho $$ >> pids.txt\nwhile :; do sleep 0.05; done");
-    let mut watch = ws.watch(&["--exec", command, "--signal", "HUP", "--no-history"]);
+    let args = ["--exec", command, "--signal", "HUP", "--no-history"];
+    let mut watch = if relive_ignores_hup { ws.watch_ignoring_hup(&args) } else { ws.watch(&args) };
     wait_until("the first start", || pids(&ws, "pids.txt").len() == 1);
     let program = pids(&ws, "pids.txt")[0];
 
@@ -180,12 +181,22 @@ fn signal_reaches(command: &str) {
 
 #[test]
 fn signal_reaches_a_program_given_as_a_simple_command() {
-    signal_reaches("./reloader.sh");
+    signal_reaches("./reloader.sh", false);
 }
 
 #[test]
 fn signal_reaches_a_program_run_by_a_compound_command() {
-    signal_reaches("cd . && ./reloader.sh");
+    signal_reaches("cd . && ./reloader.sh", false);
+}
+
+/// relive started under `nohup` (SIGHUP ignored, which exec keeps): the
+/// program still gets `--signal HUP`. Before, it inherited the ignored
+/// disposition, its shell could not trap it, and nothing reloaded; found
+/// when CI ran under `nohup` and the two tests above failed.
+#[test]
+fn signal_reaches_a_program_when_relive_was_started_ignoring_it() {
+    signal_reaches("./reloader.sh", true);
+    signal_reaches("cd . && ./reloader.sh", true);
 }
 
 /// `unshare --pid --fork --mount-proc relive ARGS`: relive is PID 1 of a

@@ -194,6 +194,9 @@ impl State {
             Some(reason) => command.env("RELIVE_CONFIG", reason),
             None => command.env_remove("RELIVE_CONFIG"),
         };
+        let mut sent = vec![Signal::TERM, Signal::INT];
+        sent.extend(self.options.signal.map(|s| s.signal));
+        reap::deliver(&mut command, &sent);
         command
     }
 

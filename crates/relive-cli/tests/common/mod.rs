@@ -81,8 +81,30 @@ impl Ws {
     pub fn watch(&self, args: &[&str]) -> Watch {
         let mut all = vec!["watch", "--json"];
         all.extend_from_slice(args);
-        let mut child = self
-            .relive(&all)
+        self.watch_command(self.relive(&all))
+    }
+
+    /// `relive watch --json ARGS` started as `nohup` would start it: with
+    /// SIGHUP ignored (`trap '' HUP`, then exec), a disposition relive
+    /// inherits.
+    pub fn watch_ignoring_hup(&self, args: &[&str]) -> Watch {
+        // The environment `relive` gives relive, for the shell to pass on.
+        let env = self.relive(&[]);
+        let mut words = vec!["-c", "trap '' HUP; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_relive"), "watch", "--json"];
+        words.extend_from_slice(args);
+        let mut sh = Command::new("sh");
+        sh.args(&words).current_dir(self.root());
+        for (key, value) in env.get_envs() {
+            match value {
+                Some(value) => sh.env(key, value),
+                None => sh.env_remove(key),
+            };
+        }
+        self.watch_command(sh)
+    }
+
+    fn watch_command(&self, mut command: Command) -> Watch {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
