@@ -300,7 +300,7 @@ async fn compare_tls(args: &Args) -> Result<(), String> {
         sides[k] = Some(Side::start(args, SIDES[k]).await?);
     }
     let mut sides: Vec<Side> = sides.into_iter().map(|s| s.expect("every side booted")).collect();
-    let mut cpu = CpuMeter::per_kind(sides.iter().map(|s| s._server.pids()).collect());
+    let mut cpu = CpuMeter::per_kind(sides.iter().map(|s| s.server.pids()).collect());
     let mut times: [Vec<Duration>; 3] = Default::default();
     let total = args.warmup + args.versions;
     for round in 0..total {
@@ -359,7 +359,7 @@ async fn compare_tls(args: &Args) -> Result<(), String> {
 /// One side of `--compare-tls`: an etcd, a fleet on it, and one watch on
 /// its acknowledgements.
 struct Side {
-    _server: Server,
+    server: Server,
     client: Client,
     config_key: String,
     layout: Layout,
@@ -392,7 +392,7 @@ impl Side {
         let fleet = boot_fleet(&conn, &prefix, root.path(), args).await?;
         acks.wait(first, ACK_TIMEOUT).await.map_err(|e| format!("boot: {e}"))?;
         println!("{}: {n} instances booted at {}", security.name(), conn.endpoints.join(","));
-        Ok(Side { _server: server, client, config_key, layout, acks, fleet, n, _root: root })
+        Ok(Side { server, client, config_key, layout, acks, fleet, n, _root: root })
     }
 
     /// Publishes document `doc`; returns when every instance acknowledged it.

@@ -557,14 +557,11 @@ impl Fleet {
         let version = match self.send(&format!("promote {push} of {name}"), &txn).await {
             Ok(Answer { resp, .. }) if resp.succeeded() => revision(resp.header()),
             Ok(Answer { resp, lost }) => {
+                // After a lost answer, the version carrying this promotion's
+                // id is its answer.
                 let now = self.snapshot_from(&snap, &resp);
-                match lost {
-                    true => match self.landed(&now, canary.base_version, &push).await? {
-                        Some(version) => version,
-                        None => return Err(Error::CanaryChanged { config: name.to_string() }),
-                    },
-                    false => return Err(Error::CanaryChanged { config: name.to_string() }),
-                }
+                let landed = if lost { self.landed(&now, canary.base_version, &push).await? } else { None };
+                landed.ok_or_else(|| Error::CanaryChanged { config: name.to_string() })?
             }
             Err(failed) => {
                 return Err(self.unanswered(
